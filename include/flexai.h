@@ -20,6 +20,12 @@
 extern "C" {
 #endif
 
+#if defined(__GNUC__)
+#define FLEXAI_API __attribute__((visibility("default")))
+#else
+#define FLEXAI_API
+#endif
+
 /** Most devices one process can see and one node can hold in its shared state. */
 #define FLEXAI_MAX_DEVICES 16
 /** Longest slice name, including the terminating NUL. */
@@ -64,8 +70,8 @@ typedef struct flexai_config {
 
 /**
  * @brief Parse a configuration from name/value pairs (normally the process environment).
- * @param names   variable names, e.g. "FLEXAI_GPU_MEMORY"; unknown FLEXAI_* names are an error,
- *                other names are ignored.
+ * @param names   variable names, e.g. "FLEXAI_GPU_MEMORY"; names this parser does not own
+ *                (FLEXAI_SIM_*, other programs' variables) are ignored.
  * @param values  their values, same length as names.
  * @param count   number of pairs.
  * @param out     filled with defaults, then with every valid value.
@@ -73,17 +79,17 @@ typedef struct flexai_config {
  * @return 0 on success, -1 on the first invalid value.
  * Thread-safe; allocates nothing.
  */
-int flexai_config_parse(const char *const *names, const char *const *values, size_t count,
+FLEXAI_API int flexai_config_parse(const char *const *names, const char *const *values, size_t count,
                         flexai_config *out, char *err);
 
 /**
  * @brief Parse one size such as "8GiB", "4096MiB", "1.5G" (decimal) or "1073741824" (bytes).
  * @return 0 and *bytes on success, -1 on a malformed, zero or overflowing size.
  */
-int flexai_parse_size(const char *text, uint64_t *bytes, char *err);
+FLEXAI_API int flexai_parse_size(const char *text, uint64_t *bytes, char *err);
 
 /** @brief The library's version, e.g. "0.1.0". */
-const char *flexai_version(void);
+FLEXAI_API const char *flexai_version(void);
 
 /** Opaque handle on the node's shared state. */
 typedef struct flexai_node flexai_node;
@@ -95,16 +101,16 @@ typedef struct flexai_node flexai_node;
  * @return 0 on success, -1 when the directory or state file cannot be used (wrong version,
  *         permissions, corrupt), with the reason in err.
  */
-int flexai_node_open(const char *state_dir, flexai_node **out, char *err);
+FLEXAI_API int flexai_node_open(const char *state_dir, flexai_node **out, char *err);
 
 /** @brief Detach from the shared state. Accepts NULL. */
-void flexai_node_close(flexai_node *node);
+FLEXAI_API void flexai_node_close(flexai_node *node);
 
 /**
  * @brief Reclaim the usage of processes that have exited (or were killed).
  * @return the number of processes reclaimed, or -1.
  */
-int flexai_node_sweep(flexai_node *node, char *err);
+FLEXAI_API int flexai_node_sweep(flexai_node *node, char *err);
 
 /** One device known to the node. */
 typedef struct flexai_device_info {
@@ -136,17 +142,17 @@ typedef struct flexai_usage_row {
 } flexai_usage_row;
 
 /** @brief Copy up to `cap` devices into out. @return the number of devices, or -1. */
-int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap, char *err);
+FLEXAI_API int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap, char *err);
 
 /** @brief Copy up to `cap` slices into out. @return the number of slices, or -1. */
-int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, char *err);
+FLEXAI_API int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, char *err);
 
 /**
  * @brief Copy up to `cap` usage rows: for every slice and device with a limit or usage, one
  *        slice row (pid 0) followed by one row per process charged on that device.
  * @return the number of rows (may exceed cap: call again with a bigger buffer), or -1.
  */
-int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, char *err);
+FLEXAI_API int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, char *err);
 
 /**
  * @brief Set a slice's memory quota on one device (creating the slice if needed).
@@ -154,7 +160,7 @@ int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, char
  *              allocations until usage drops; nothing already allocated is freed.
  * @param uuid  "GPU-..." of the device.
  */
-int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const char *uuid,
+FLEXAI_API int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const char *uuid,
                                  uint64_t bytes, char *err);
 
 #ifdef __cplusplus

@@ -1,0 +1,181 @@
+/* api.c - the public control and statistics API (include/flexai.h) over the shared region. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "shm.h"
+
+struct flexai_node {
+    struct fx_shm shm;
+};
+
+int flexai_node_open(const char *state_dir, flexai_node **out, char *err)
+{
+    if (!out) return fx_fail(err, "flexai_node_open: missing output");
+    *out = NULL;
+    if (!state_dir || !*state_dir) state_dir = getenv("FLEXAI_STATE_DIR");
+    if (!state_dir || !*state_dir) state_dir = "/dev/shm/flexai";
+    if (state_dir[0] != '/')
+        return fx_fail(err, "FLEXAI_STATE_DIR: '%s' is not an absolute path (expected e.g. "
+                       "FLEXAI_STATE_DIR=/dev/shm/flexai)", state_dir);
+    if (strlen(state_dir) >= FLEXAI_PATH_MAX)
+        return fx_fail(err, "FLEXAI_STATE_DIR: path longer than %d bytes", FLEXAI_PATH_MAX - 1);
+    flexai_node *n = calloc(1, sizeof *n);
+    if (!n) return fx_fail(err, "flexai_node_open: out of memory");
+    if (fx_shm_open(&n->shm, state_dir, err) != 0) {
+        free(n);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+void flexai_node_close(flexai_node *node)
+{
+    if (!node) return;
+    fx_shm_close(&node->shm);
+    free(node);
+}
+
+int flexai_node_sweep(flexai_node *node, char *err)
+{
+    if (!node) return fx_fail(err, "flexai_node_sweep: no node");
+    int n = fx_sweep(node->shm.r);
+    return n < 0 ? fx_fail(err, "sweep: cannot lock the node's state") : n;
+}
+
+int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap, char *err)
+{
+    if (!node) return fx_fail(err, "flexai_node_devices: no node");
+    struct fx_region *r = node->shm.r;
+    int n = 0;
+    if (fx_shm_lock(r) != 0) return fx_fail(err, "cannot lock the node's state");
+    for (uint32_t d = 0; d < FLEXAI_MAX_DEVICES; d++) {
+        if (!r->devs[d].in_use) continue;
+        if (out && (size_t)n < cap) {
+            memset(&out[n], 0, sizeof out[n]);
+            out[n].id = d;
+            fx_uuid_format(r->devs[d].uuid, out[n].uuid);
+        }
+        n++;
+    }
+    fx_shm_unlock(r);
+    return n;
+}
+
+static uint32_t fx_count_procs(const struct fx_region *r, uint32_t slice)
+{
+    uint32_t n = 0;
+    for (uint32_t p = 0; p < FX_MAX_PROCS; p++)
+        if (r->procs[p].in_use && r->procs[p].slice == slice) n++;
+    return n;
+}
+
+int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, char *err)
+{
+    if (!node) return fx_fail(err, "flexai_node_slices: no node");
+    struct fx_region *r = node->shm.r;
+    int n = 0;
+    if (fx_shm_lock(r) != 0) return fx_fail(err, "cannot lock the node's state");
+    for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
+        const struct fx_slice *sl = &r->slices[s];
+        if (!sl->in_use) continue;
+        if (out && (size_t)n < cap) {
+            memset(&out[n], 0, sizeof out[n]);
+            out[n].id = s;
+            out[n].priority = sl->priority;
+            out[n].nprocs = fx_count_procs(r, s);
+            memcpy(out[n].name, sl->name, FLEXAI_NAME_MAX);
+            out[n].name[FLEXAI_NAME_MAX - 1] = '\0';
+        }
+        n++;
+    }
+    fx_shm_unlock(r);
+    return n;
+}
+
+static void fx_put_row(flexai_usage_row *out, size_t cap, int *n, uint32_t slice, uint32_t dev,
+                       int32_t pid, uint64_t limit, uint64_t used)
+{
+    if (out && (size_t)*n < cap)
+        out[*n] = (flexai_usage_row){slice, dev, pid, 0, limit, used};
+    (*n)++;
+}
+
+int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, char *err)
+{
+    if (!node) return fx_fail(err, "flexai_node_usage: no node");
+    struct fx_region *r = node->shm.r;
+    int n = 0;
+    if (fx_shm_lock(r) != 0) return fx_fail(err, "cannot lock the node's state");
+    for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
+        const struct fx_slice *sl = &r->slices[s];
+        if (!sl->in_use) continue;
+        for (uint32_t d = 0; d < FLEXAI_MAX_DEVICES; d++) {
+            if (!sl->mem_limit[d] && !sl->mem_used[d]) continue;
+            fx_put_row(out, cap, &n, s, d, 0, sl->mem_limit[d], sl->mem_used[d]);
+            for (uint32_t p = 0; p < FX_MAX_PROCS; p++) {
+                const struct fx_proc *pr = &r->procs[p];
+                if (pr->in_use && pr->slice == s)
+                    fx_put_row(out, cap, &n, s, d, pr->pid, sl->mem_limit[d], pr->mem_used[d]);
+            }
+        }
+    }
+    fx_shm_unlock(r);
+    return n;
+}
+
+int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const char *uuid,
+                                 uint64_t bytes, char *err)
+{
+    uint8_t u[16];
+    if (!node) return fx_fail(err, "flexai_node_set_memory_limit: no node");
+    if (!slice || fx_slice_name_valid(slice, err) != 0) return -1;
+    if (!uuid || fx_uuid_parse(uuid, u) != 0)
+        return fx_fail(err, "device: '%s' is not a GPU UUID (expected e.g. "
+                       "GPU-5ca1ab1e-0000-4000-8000-000000000000)", uuid ? uuid : "");
+    struct fx_region *r = node->shm.r;
+    if (fx_shm_lock(r) != 0) return fx_fail(err, "cannot lock the node's state");
+    int rc = 0;
+    uint32_t d = fx_dev_id(r, u);
+    uint32_t s = d == FX_NONE ? FX_NONE : fx_slice_get(r, slice, 0);
+    if (s == FX_NONE) {
+        rc = fx_fail(err, "the node's state is full (devices or slices)");
+    } else {
+        r->slices[s].mem_limit[d] = bytes;
+        r->generation++;
+    }
+    fx_shm_unlock(r);
+    return rc;
+}
+
+/* ---- layout introspection for tests (not in the public header on purpose) --------------- */
+#define FX_LAYOUT_ENTRY(type, field) {#type "." #field, offsetof(struct type, field)}
+struct fx_layout_entry {
+    const char *name;
+    size_t value;
+};
+static const struct fx_layout_entry fx_layout[] = {
+    {"fx_region", sizeof(struct fx_region)},
+    {"fx_slice", sizeof(struct fx_slice)},
+    {"fx_proc", sizeof(struct fx_proc)},
+    {"fx_dev", sizeof(struct fx_dev)},
+    {"version", FX_LAYOUT_VERSION},
+    FX_LAYOUT_ENTRY(fx_region, lock),
+    FX_LAYOUT_ENTRY(fx_region, devs),
+    FX_LAYOUT_ENTRY(fx_region, slices),
+    FX_LAYOUT_ENTRY(fx_region, procs),
+    FX_LAYOUT_ENTRY(fx_slice, mem_limit),
+    FX_LAYOUT_ENTRY(fx_slice, mem_used),
+    FX_LAYOUT_ENTRY(fx_proc, mem_used),
+};
+
+/* Size or offset named "struct.field" (or a struct name), -1 when unknown. */
+__attribute__((visibility("default"))) long flexai_layout_value(const char *name);
+long flexai_layout_value(const char *name)
+{
+    for (size_t i = 0; i < sizeof fx_layout / sizeof fx_layout[0]; i++)
+        if (strcmp(fx_layout[i].name, name) == 0) return (long)fx_layout[i].value;
+    return -1;
+}

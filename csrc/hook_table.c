@@ -1,0 +1,64 @@
+/* hook_table.c - everything generated from hooks.def: name lookup, real-pointer lookup and the
+ * resolution of the real functions. */
+#include <dlfcn.h>
+#include <string.h>
+
+#include "log.h"
+#include "runtime.h"
+
+static const struct fx_hook fx_hooks[] = {
+#define FX_CUDA_HOOK(n) {#n, (void *)&n, (void **)&fx_cu.n},
+#define FX_CUDA_REAL(n)
+#define FX_NVML_HOOK(n) {#n, (void *)&n, (void **)&fx_nv.n},
+#define FX_NVML_REAL(n)
+#include "hooks.def"
+#undef FX_CUDA_HOOK
+#undef FX_CUDA_REAL
+#undef FX_NVML_HOOK
+#undef FX_NVML_REAL
+};
+
+#define FX_NHOOKS (sizeof fx_hooks / sizeof fx_hooks[0])
+
+const struct fx_hook *fx_hook_find(const char *name)
+{
+    for (size_t i = 0; i < FX_NHOOKS; i++)
+        if (strcmp(fx_hooks[i].name, name) == 0) return &fx_hooks[i];
+    return NULL;
+}
+
+void *fx_hook_by_real(void *real)
+{
+    if (!real) return NULL;
+    for (size_t i = 0; i < FX_NHOOKS; i++)
+        if (*fx_hooks[i].real == real) return fx_hooks[i].wrapper;
+    return NULL;
+}
+
+/* Look `name` up in `lib` only (RTLD_LOCAL handle), never through our own dlsym. */
+static void *fx_sym(void *lib, const char *name)
+{
+    return lib ? fx_real_dlsym(lib, name) : NULL;
+}
+
+void fx_hooks_resolve(void *libcuda, void *libnvml)
+{
+#define FX_CUDA_HOOK(n) fx_cu.n = (__typeof__(fx_cu.n))fx_sym(libcuda, #n);
+#define FX_CUDA_REAL(n) fx_cu.n = (__typeof__(fx_cu.n))fx_sym(libcuda, #n);
+#define FX_NVML_HOOK(n) fx_nv.n = (__typeof__(fx_nv.n))fx_sym(libnvml, #n);
+#define FX_NVML_REAL(n) fx_nv.n = (__typeof__(fx_nv.n))fx_sym(libnvml, #n);
+#include "hooks.def"
+#undef FX_CUDA_HOOK
+#undef FX_CUDA_REAL
+#undef FX_NVML_HOOK
+#undef FX_NVML_REAL
+    /* A real function resolving to one of our wrappers would loop forever: that happens when
+     * FLEXAI_LIBCUDA names libflexai itself. Refuse such pointers. */
+    for (size_t i = 0; i < FX_NHOOKS; i++) {
+        if (*fx_hooks[i].real == fx_hooks[i].wrapper) {
+            FX_ERROR("%s resolves to flexai itself; check FLEXAI_LIBCUDA/FLEXAI_LIBNVML",
+                     fx_hooks[i].name);
+            *fx_hooks[i].real = NULL;
+        }
+    }
+}

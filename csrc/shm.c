@@ -1,0 +1,191 @@
+/* shm.c - create, map, check and lock the node's shared region (layout in shm.h). */
+#include "shm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+
+_Static_assert(sizeof(pthread_mutex_t) <= sizeof(((struct fx_region *)0)->lock),
+               "pthread_mutex_t does not fit the region's lock field");
+_Static_assert(offsetof(struct fx_region, lock) % 16 == 0, "lock must be aligned");
+
+static int fx_flock(int fd, int op)
+{
+    int rc;
+    do {
+        rc = flock(fd, op);
+    } while (rc != 0 && errno == EINTR);
+    return rc;
+}
+
+static int fx_init_region(struct fx_region *r, char *err)
+{
+    pthread_mutexattr_t a;
+    pthread_mutex_t *m = (pthread_mutex_t *)(void *)r->lock;
+    if (pthread_mutexattr_init(&a) != 0) return fx_fail(err, "state: cannot create lock");
+    int rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (rc == 0) rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (rc == 0) rc = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+    if (rc != 0) return fx_fail(err, "state: cannot create robust lock: %s", strerror(rc));
+    r->version = FX_LAYOUT_VERSION;
+    r->size = sizeof *r;
+    /* magic last: a creator that dies before this line leaves a region the next opener
+     * (serialized by flock) initializes again. */
+    __atomic_store_n(&r->magic, FX_MAGIC, __ATOMIC_RELEASE);
+    return 0;
+}
+
+int fx_shm_open(struct fx_shm *s, const char *dir, char *err)
+{
+    char path[FLEXAI_PATH_MAX + 16];
+    struct stat st;
+    void *map = MAP_FAILED;
+    int fd = -1;
+
+    s->r = NULL;
+    s->fd = -1;
+    if (mkdir(dir, 01777) == 0) {
+        chmod(dir, 01777); /* every user's processes share one node state; umask must not win */
+    } else if (errno != EEXIST) {
+        return fx_fail(err, "FLEXAI_STATE_DIR %s: cannot create: %s", dir, strerror(errno));
+    }
+    snprintf(path, sizeof path, "%s/state", dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0) return fx_fail(err, "state file %s: %s", path, strerror(errno));
+    if (fx_flock(fd, LOCK_EX) != 0) {
+        fx_fail(err, "state file %s: flock: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (fstat(fd, &st) != 0) {
+        fx_fail(err, "state file %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (st.st_size == 0) {
+        (void)fchmod(fd, 0666); /* best effort: only the creator may change the mode */
+        if (ftruncate(fd, (off_t)sizeof(struct fx_region)) != 0) {
+            fx_fail(err, "state file %s: cannot size it: %s", path, strerror(errno));
+            goto fail;
+        }
+    } else if ((size_t)st.st_size != sizeof(struct fx_region)) {
+        uint32_t version = 0;
+        if (pread(fd, &version, sizeof version, 8) != (ssize_t)sizeof version) version = 0;
+        fx_fail(err, "state file %s has %lld bytes and layout version %u; this libflexai expects "
+                "%zu bytes, version %u: stop the processes using it or set another "
+                "FLEXAI_STATE_DIR", path, (long long)st.st_size, version,
+                sizeof(struct fx_region), FX_LAYOUT_VERSION);
+        goto fail;
+    }
+    map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) {
+        fx_fail(err, "state file %s: mmap: %s", path, strerror(errno));
+        goto fail;
+    }
+    struct fx_region *r = map;
+    uint64_t magic = __atomic_load_n(&r->magic, __ATOMIC_ACQUIRE);
+    if (magic == 0) {
+        if (fx_init_region(r, err) != 0) goto fail;
+    } else if (magic != FX_MAGIC) {
+        fx_fail(err, "state file %s is not a flexai state file (bad magic)", path);
+        goto fail;
+    } else if (r->version != FX_LAYOUT_VERSION || r->size != sizeof *r) {
+        fx_fail(err, "state file %s has layout version %u; this libflexai expects %u: stop the "
+                "processes using it or set another FLEXAI_STATE_DIR", path, r->version,
+                FX_LAYOUT_VERSION);
+        goto fail;
+    }
+    fx_flock(fd, LOCK_UN);
+    s->r = r;
+    s->fd = fd;
+    return 0;
+fail:
+    if (map != MAP_FAILED) munmap(map, sizeof(struct fx_region));
+    if (fd >= 0) close(fd); /* also drops the flock */
+    return -1;
+}
+
+void fx_shm_close(struct fx_shm *s)
+{
+    if (s->r) munmap(s->r, sizeof *s->r);
+    if (s->fd >= 0) close(s->fd);
+    s->r = NULL;
+    s->fd = -1;
+}
+
+/* The last holder died inside a critical section. Everything that section may have left half
+ * done is derived data or guarded by an in_use flag written last, so rebuilding the slices'
+ * usage from their processes' usage restores every invariant. */
+static void fx_repair(struct fx_region *r)
+{
+    for (uint32_t s = 0; s < FX_MAX_SLICES; s++)
+        memset(r->slices[s].mem_used, 0, sizeof r->slices[s].mem_used);
+    for (uint32_t p = 0; p < FX_MAX_PROCS; p++) {
+        struct fx_proc *pr = &r->procs[p];
+        if (!pr->in_use || pr->slice >= FX_MAX_SLICES) continue;
+        for (int d = 0; d < FLEXAI_MAX_DEVICES; d++)
+            r->slices[pr->slice].mem_used[d] += pr->mem_used[d];
+    }
+    r->generation++;
+}
+
+int fx_shm_lock(struct fx_region *r)
+{
+    pthread_mutex_t *m = (pthread_mutex_t *)(void *)r->lock;
+    int rc = pthread_mutex_lock(m);
+    if (rc == EOWNERDEAD) {
+        fx_repair(r);
+        pthread_mutex_consistent(m);
+        FX_INFO("recovered the state lock from a process that died holding it");
+        return 0;
+    }
+    if (rc != 0) {
+        FX_ERROR("state lock: %s", strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+void fx_shm_unlock(struct fx_region *r)
+{
+    pthread_mutex_unlock((pthread_mutex_t *)(void *)r->lock);
+}
+
+static int fx_hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+int fx_uuid_parse(const char *text, uint8_t out[16])
+{
+    const char *p = text;
+    if (strncmp(p, "GPU-", 4) == 0) p += 4;
+    int n = 0;
+    for (; *p && n < 32; p++) {
+        if (*p == '-') continue;
+        int v = fx_hexval(*p);
+        if (v < 0) return -1;
+        if (n % 2 == 0) out[n / 2] = (uint8_t)(v << 4);
+        else out[n / 2] = (uint8_t)(out[n / 2] | v);
+        n++;
+    }
+    return (n == 32 && *p == '\0') ? 0 : -1;
+}
+
+void fx_uuid_format(const uint8_t u[16], char out[FLEXAI_UUID_STR])
+{
+    snprintf(out, FLEXAI_UUID_STR,
+             "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+             u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+             u[14], u[15]);
+}

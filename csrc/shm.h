@@ -1,0 +1,108 @@
+/* shm.h - the node's shared region: one file in FLEXAI_STATE_DIR, mapped by every process.
+ *
+ * Versioned fixed-width layout (tests/test_layout.py checks offsets and sizes through
+ * flexai_layout_*). One robust process-shared mutex guards all of it: a holder killed at any
+ * point hands the next locker EOWNERDEAD, and that locker rebuilds the derived fields (each
+ * slice's usage is the sum of its processes' usage) before going on. The critical sections are a
+ * few dozen instructions with no system calls, so one lock costs less than finer ones would.
+ */
+#ifndef FX_SHM_H
+#define FX_SHM_H
+
+#include <stdint.h>
+
+#include "flexai.h"
+
+#define FX_MAGIC 0x314d48534941584eULL /* "NXAISHM1" read as little-endian bytes */
+#define FX_LAYOUT_VERSION 1u
+#define FX_MAX_SLICES 128
+#define FX_MAX_PROCS 1024
+#define FX_NONE 0xffffffffu
+
+struct fx_dev {
+    uint8_t uuid[16];
+    uint32_t in_use;
+    uint32_t pad;
+    uint64_t reserved[2];
+};
+
+struct fx_slice {
+    char name[FLEXAI_NAME_MAX];
+    uint32_t in_use;
+    int32_t priority;
+    uint32_t private_to_pid; /* nonzero: a process's own unnamed slice, freed with it */
+    uint32_t pad;
+    uint64_t mem_limit[FLEXAI_MAX_DEVICES]; /* by node device id; 0 = no limit */
+    uint64_t mem_used[FLEXAI_MAX_DEVICES];  /* derived: sum of its processes' mem_used */
+    uint32_t compute[FLEXAI_MAX_DEVICES];   /* percent; 0 = none (compute issue) */
+    uint64_t reserved[8];
+};
+
+struct fx_proc {
+    int32_t pid;
+    uint32_t slice;
+    uint64_t start_time; /* /proc/<pid>/stat field 22: tells a reused pid apart */
+    uint64_t mem_used[FLEXAI_MAX_DEVICES];
+    uint32_t in_use;
+    uint32_t pad;
+};
+
+struct fx_region {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t pad0;
+    uint64_t size;        /* sizeof(struct fx_region) of the writer */
+    uint64_t generation;  /* bumped whenever slices, limits or processes change */
+    uint8_t lock[64];     /* pthread_mutex_t, robust and process-shared */
+    struct fx_dev devs[FLEXAI_MAX_DEVICES];
+    struct fx_slice slices[FX_MAX_SLICES];
+    struct fx_proc procs[FX_MAX_PROCS];
+};
+
+/* A process's attachment to the region. */
+struct fx_shm {
+    struct fx_region *r;
+    int fd;
+};
+
+/* Map (creating or initializing when needed) "<dir>/state". */
+int fx_shm_open(struct fx_shm *s, const char *dir, char *err);
+void fx_shm_close(struct fx_shm *s);
+
+/* Take / release the region lock. fx_shm_lock repairs the region if the last holder died. */
+int fx_shm_lock(struct fx_region *r);
+void fx_shm_unlock(struct fx_region *r);
+
+/* ---- ledger operations; all but fx_sweep expect the lock held ---------------------------- */
+
+/* Node device id of `uuid`, adding it if new; FX_NONE when the table is full. */
+uint32_t fx_dev_id(struct fx_region *r, const uint8_t uuid[16]);
+
+/* Find or create the slice `name` (empty name: a private slice for pid). FX_NONE when full. */
+uint32_t fx_slice_get(struct fx_region *r, const char *name, int32_t pid);
+
+/* Register a process in a slice; returns its slot or FX_NONE when the table is full. */
+uint32_t fx_proc_add(struct fx_region *r, uint32_t slice, int32_t pid, uint64_t start_time);
+
+/* Reserve `bytes` on device `dev` for process slot `proc` against its slice's limit.
+ * Returns 0, or -1 (and changes nothing) when the slice would exceed its limit. */
+int fx_charge(struct fx_region *r, uint32_t proc, uint32_t dev, uint64_t bytes);
+
+/* Give back what fx_charge reserved; never underflows (a mismatch is clamped and logged). */
+void fx_uncharge(struct fx_region *r, uint32_t proc, uint32_t dev, uint64_t bytes);
+
+/* Remove a process slot, returning its usage to its slice (and freeing a private slice). */
+void fx_proc_remove(struct fx_region *r, uint32_t proc);
+
+/* Reclaim every process that has exited. Takes the lock itself; reads /proc outside of it.
+ * Returns the number of processes reclaimed or -1. */
+int fx_sweep(struct fx_region *r);
+
+/* Start time of pid from /proc, 0 when the process does not exist. */
+uint64_t fx_pid_start_time(int32_t pid);
+
+/* Parse "GPU-xxxxxxxx-xxxx-..." (or bare hex) into 16 bytes; format them back. */
+int fx_uuid_parse(const char *text, uint8_t out[16]);
+void fx_uuid_format(const uint8_t uuid[16], char out[FLEXAI_UUID_STR]);
+
+#endif

@@ -1,0 +1,184 @@
+/*
+ * fake_common.c - configuration and UUIDs shared by the fake libcuda and libnvidia-ml.
+ *
+ * Each library links its own copy, so each parses the environment once on its own. The result
+ * depends only on the environment, so both agree on device count, memory size and UUIDs.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "fake.h"
+
+#define DEFAULT_MEMORY ((size_t)16 << 30)
+
+static struct fake_config config;
+static int config_ok;
+static pthread_once_t config_once = PTHREAD_ONCE_INIT;
+
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int fake_parse_size(const char *s, size_t *out) {
+    static const struct {
+        const char *suffix;
+        unsigned shift;
+    } units[] = {
+        {"", 0},       {"B", 0},       {"K", 10},  {"KiB", 10}, {"M", 20},
+        {"MiB", 20},   {"G", 30},      {"GiB", 30}, {"T", 40},   {"TiB", 40},
+    };
+    size_t value = 0;
+    const char *p = s;
+
+    if (s == NULL || !isdigit((unsigned char)*p))
+        return -1;
+    for (; isdigit((unsigned char)*p); p++) {
+        size_t digit = (size_t)(*p - '0');
+        if (value > (SIZE_MAX - digit) / 10)
+            return -1;
+        value = value * 10 + digit;
+    }
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcasecmp(p, units[i].suffix) != 0)
+            continue;
+        if (value == 0 || value > (SIZE_MAX >> units[i].shift))
+            return -1;
+        *out = value << units[i].shift;
+        return 0;
+    }
+    return -1;
+}
+
+int fake_uuid_parse(const char *s, unsigned char out[16]) {
+    /* Positions of the dashes after "GPU-": 8-4-4-4-12. */
+    static const int dash_at[] = {8, 13, 18, 23};
+    unsigned char bytes[16];
+    int nbytes = 0, high = -1, dash = 0;
+
+    if (s == NULL || strncmp(s, "GPU-", 4) != 0 || strlen(s) != FAKE_UUID_STRLEN)
+        return -1;
+    for (int i = 0; i < FAKE_UUID_STRLEN - 4; i++) {
+        char c = s[4 + i];
+        if (dash < 4 && i == dash_at[dash]) {
+            if (c != '-')
+                return -1;
+            dash++;
+            continue;
+        }
+        int v = hex_value(c);
+        if (v < 0)
+            return -1;
+        if (high < 0) {
+            high = v;
+        } else {
+            bytes[nbytes++] = (unsigned char)(high << 4 | v);
+            high = -1;
+        }
+    }
+    memcpy(out, bytes, sizeof(bytes));
+    return 0;
+}
+
+void fake_uuid_format(const unsigned char u[16], char out[FAKE_UUID_STRLEN + 1]) {
+    snprintf(out, FAKE_UUID_STRLEN + 1,
+             "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+             u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
+             u[15]);
+}
+
+/* GPU-f1e5a100-0000-4000-8000-00000000000N: recognisable in logs, valid version-4 layout, and
+ * the same for a given physical index in every process. */
+static void default_uuid(int index, unsigned char u[16]) {
+    static const unsigned char base[16] = {0xf1, 0xe5, 0xa1, 0x00, 0x00, 0x00, 0x40, 0x00,
+                                           0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00};
+    memcpy(u, base, sizeof(base));
+    u[15] = (unsigned char)index;
+}
+
+static int config_fail(const char *var, const char *value, const char *why) {
+    /* stderr only: the fake runs inside the host program and must not touch its stdout. */
+    fprintf(stderr, "flexai fake driver: %s=\"%s\" %s\n", var, value, why);
+    return -1;
+}
+
+static int parse_devices(void) {
+    const char *s = getenv("FLEXAI_SIM_DEVICES");
+    char *end;
+
+    config.ndevices = 1;
+    if (s == NULL)
+        return 0;
+    errno = 0;
+    long n = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || n < 1 || n > FAKE_MAX_DEVICES)
+        return config_fail("FLEXAI_SIM_DEVICES", s, "is not a device count 1..16 (e.g. 2)");
+    config.ndevices = (int)n;
+    return 0;
+}
+
+static int parse_memory(void) {
+    const char *s = getenv("FLEXAI_SIM_MEMORY");
+
+    config.memory = DEFAULT_MEMORY;
+    if (s != NULL && fake_parse_size(s, &config.memory) != 0)
+        return config_fail("FLEXAI_SIM_MEMORY", s, "is not a size (e.g. 16GiB, 512MiB, 4096)");
+    return 0;
+}
+
+static int parse_uuids(void) {
+    const char *s = getenv("FLEXAI_SIM_UUIDS");
+    int n = 0;
+
+    if (s == NULL) {
+        for (int i = 0; i < config.ndevices; i++)
+            default_uuid(i, config.dev[i].uuid);
+    } else {
+        const char *p = s;
+        for (;;) {
+            const char *comma = strchr(p, ',');
+            size_t len = comma ? (size_t)(comma - p) : strlen(p);
+            char entry[FAKE_UUID_STRLEN + 1];
+            if (n == config.ndevices || len != FAKE_UUID_STRLEN)
+                return config_fail("FLEXAI_SIM_UUIDS", s,
+                                   "needs one GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx per device");
+            memcpy(entry, p, len);
+            entry[len] = '\0';
+            if (fake_uuid_parse(entry, config.dev[n].uuid) != 0)
+                return config_fail("FLEXAI_SIM_UUIDS", s, "holds a malformed UUID");
+            n++;
+            if (comma == NULL)
+                break;
+            p = comma + 1;
+        }
+        if (n != config.ndevices)
+            return config_fail("FLEXAI_SIM_UUIDS", s, "must list exactly FLEXAI_SIM_DEVICES UUIDs");
+    }
+    for (int i = 0; i < config.ndevices; i++) {
+        for (int j = 0; j < i; j++)
+            if (memcmp(config.dev[i].uuid, config.dev[j].uuid, 16) == 0)
+                return config_fail("FLEXAI_SIM_UUIDS", s ? s : "", "lists a UUID twice");
+        fake_uuid_format(config.dev[i].uuid, config.dev[i].uuid_str);
+    }
+    return 0;
+}
+
+static void config_load(void) {
+    /* UUIDs depend on the device count, so the order matters. */
+    config_ok = parse_devices() == 0 && parse_memory() == 0 && parse_uuids() == 0;
+}
+
+const struct fake_config *fake_config_get(void) {
+    pthread_once(&config_once, config_load);
+    return config_ok ? &config : NULL;
+}

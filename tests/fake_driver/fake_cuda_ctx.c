@@ -1,0 +1,352 @@
+/*
+ * fake_cuda_ctx.c - simulated contexts and streams.
+ *
+ * Like the real driver, each thread has a stack of current contexts; creating a context pushes
+ * it, retaining a primary context does not. A context handle held by another thread may be
+ * destroyed at any time, so every handle is checked against the registry (under the lock) before
+ * it is dereferenced.
+ */
+#include <stdlib.h>
+
+#include "fake_cuda_internal.h"
+
+/* The real stack is unbounded; no program nests contexts this deep. */
+#define CTX_STACK_MAX 64
+
+struct CUstream_st {
+    struct CUstream_st *next;
+    struct CUctx_st *ctx;
+};
+
+static struct CUctx_st *ctx_registry;       /* created (non-primary) contexts */
+static struct CUstream_st *stream_registry; /* created streams */
+
+static _Thread_local struct CUctx_st *ctx_stack[CTX_STACK_MAX];
+static _Thread_local int ctx_depth;
+
+/* ---- helpers (lock held) ----------------------------------------------------------------- */
+
+static int ctx_valid_locked(const struct CUctx_st *ctx) {
+    if (ctx == NULL)
+        return 0;
+    for (int i = 0; i < fake_cuda_ndevices; i++)
+        if (ctx == &fake_cuda_devices[i].primary)
+            return ctx->retains > 0;
+    for (const struct CUctx_st *c = ctx_registry; c != NULL; c = c->next)
+        if (c == ctx)
+            return 1;
+    return 0;
+}
+
+CUresult fake_ctx_current_locked(struct CUctx_st **out) {
+    struct CUctx_st *ctx = ctx_depth > 0 ? ctx_stack[ctx_depth - 1] : NULL;
+    if (!ctx_valid_locked(ctx))
+        return CUDA_ERROR_INVALID_CONTEXT;
+    *out = ctx;
+    return CUDA_SUCCESS;
+}
+
+static struct CUstream_st *stream_find_locked(CUstream hStream) {
+    for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next)
+        if (s == hStream)
+            return s;
+    return NULL;
+}
+
+CUresult fake_stream_ctx_locked(CUstream hStream, struct CUctx_st **out) {
+    if (hStream == NULL || hStream == CU_STREAM_LEGACY || hStream == CU_STREAM_PER_THREAD)
+        return fake_ctx_current_locked(out);
+    struct CUstream_st *s = stream_find_locked(hStream);
+    if (s == NULL)
+        return CUDA_ERROR_INVALID_HANDLE;
+    *out = s->ctx; /* valid: destroying a context destroys its streams */
+    return CUDA_SUCCESS;
+}
+
+/* What dies with a context: its streams and its memory. The handle itself is the caller's. */
+static void ctx_release_resources_locked(const struct CUctx_st *ctx) {
+    struct CUstream_st **link = &stream_registry;
+    while (*link != NULL) {
+        struct CUstream_st *s = *link;
+        if (s->ctx == ctx) {
+            *link = s->next;
+            free(s);
+        } else {
+            link = &s->next;
+        }
+    }
+    fake_mem_release_ctx_locked(ctx);
+}
+
+/* Removes ctx from the calling thread's stack (other threads find out through validation). */
+static void ctx_unstack(const struct CUctx_st *ctx) {
+    int kept = 0;
+    for (int i = 0; i < ctx_depth; i++)
+        if (ctx_stack[i] != ctx)
+            ctx_stack[kept++] = ctx_stack[i];
+    ctx_depth = kept;
+}
+
+/* ---- context creation and destruction ---------------------------------------------------- */
+
+static CUresult ctx_create(CUcontext *pctx, CUdevice dev) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (pctx == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!fake_cuda_device_valid(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    if (ctx_depth == CTX_STACK_MAX)
+        return CUDA_ERROR_UNKNOWN;
+    struct CUctx_st *ctx = calloc(1, sizeof(*ctx));
+    if (ctx == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    ctx->device = dev;
+    pthread_mutex_lock(&fake_cuda_lock);
+    ctx->next = ctx_registry;
+    ctx_registry = ctx;
+    pthread_mutex_unlock(&fake_cuda_lock);
+    ctx_stack[ctx_depth++] = ctx;
+    *pctx = ctx;
+    return CUDA_SUCCESS;
+}
+
+/* Scheduling flags and execution-affinity parameters change nothing on the host. */
+CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev) {
+    (void)flags;
+    return ctx_create(pctx, dev);
+}
+
+CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *paramsArray, int numParams,
+                        unsigned int flags, CUdevice dev) {
+    (void)flags;
+    if (numParams < 0 || (numParams > 0 && paramsArray == NULL))
+        return CUDA_ERROR_INVALID_VALUE;
+    return ctx_create(pctx, dev);
+}
+
+CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags,
+                        CUdevice dev) {
+    (void)ctxCreateParams;
+    (void)flags;
+    return ctx_create(pctx, dev);
+}
+
+CUresult cuCtxDestroy_v2(CUcontext ctx) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    struct CUctx_st **link = &ctx_registry;
+    while (*link != NULL && *link != ctx)
+        link = &(*link)->next;
+    if (*link == NULL) {
+        /* Unknown, already destroyed, or primary (which only Release/Reset may end). */
+        pthread_mutex_unlock(&fake_cuda_lock);
+        return CUDA_ERROR_INVALID_CONTEXT;
+    }
+    *link = ctx->next;
+    ctx_release_resources_locked(ctx);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    ctx_unstack(ctx);
+    free(ctx);
+    return CUDA_SUCCESS;
+}
+
+/* ---- primary contexts -------------------------------------------------------------------- */
+
+static CUresult primary_prologue(CUdevice dev) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    return fake_cuda_device_valid(dev) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+}
+
+CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
+    CUresult rc = primary_prologue(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (pctx == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    fake_cuda_devices[dev].primary.retains++;
+    pthread_mutex_unlock(&fake_cuda_lock);
+    *pctx = &fake_cuda_devices[dev].primary;
+    return CUDA_SUCCESS;
+}
+
+/* The last release deactivates the primary context and frees what it owned; the handle stays
+ * the same for the next retain, as with the real driver. */
+CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
+    CUresult rc = primary_prologue(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    struct CUctx_st *primary = &fake_cuda_devices[dev].primary;
+    pthread_mutex_lock(&fake_cuda_lock);
+    if (primary->retains == 0) {
+        rc = CUDA_ERROR_INVALID_CONTEXT;
+    } else if (--primary->retains == 0) {
+        ctx_release_resources_locked(primary);
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+/* Frees everything the primary context owns; retains are kept, so it stays usable. */
+CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
+    CUresult rc = primary_prologue(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    ctx_release_resources_locked(&fake_cuda_devices[dev].primary);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return CUDA_SUCCESS;
+}
+
+/* ---- the current-context stack ----------------------------------------------------------- */
+
+static CUresult ctx_check(CUcontext ctx) {
+    pthread_mutex_lock(&fake_cuda_lock);
+    int ok = ctx_valid_locked(ctx);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
+/* Replaces the top of the stack; NULL unbinds (pops) it. */
+CUresult cuCtxSetCurrent(CUcontext ctx) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (ctx == NULL) {
+        if (ctx_depth > 0)
+            ctx_depth--;
+        return CUDA_SUCCESS;
+    }
+    rc = ctx_check(ctx);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (ctx_depth == 0)
+        ctx_depth = 1;
+    ctx_stack[ctx_depth - 1] = ctx;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxGetCurrent(CUcontext *pctx) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (pctx == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pctx = ctx_depth > 0 ? ctx_stack[ctx_depth - 1] : NULL;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxPushCurrent_v2(CUcontext ctx) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = ctx_check(ctx);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (ctx_depth == CTX_STACK_MAX)
+        return CUDA_ERROR_UNKNOWN;
+    ctx_stack[ctx_depth++] = ctx;
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxPopCurrent_v2(CUcontext *pctx) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (ctx_depth == 0)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    ctx_depth--;
+    if (pctx != NULL)
+        *pctx = ctx_stack[ctx_depth];
+    return CUDA_SUCCESS;
+}
+
+CUresult cuCtxGetDevice(CUdevice *device) {
+    struct CUctx_st *ctx;
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (device == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    rc = fake_ctx_current_locked(&ctx);
+    if (rc == CUDA_SUCCESS)
+        *device = ctx->device;
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+/* Nothing runs asynchronously in the fake, so synchronising only validates. */
+CUresult cuCtxSynchronize(void) {
+    struct CUctx_st *ctx;
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    rc = fake_ctx_current_locked(&ctx);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+/* ---- streams ----------------------------------------------------------------------------- */
+
+CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags) {
+    struct CUctx_st *ctx;
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (phStream == NULL || (Flags != CU_STREAM_DEFAULT && Flags != CU_STREAM_NON_BLOCKING))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUstream_st *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_lock(&fake_cuda_lock);
+    rc = fake_ctx_current_locked(&ctx);
+    if (rc == CUDA_SUCCESS) {
+        s->ctx = ctx;
+        s->next = stream_registry;
+        stream_registry = s;
+        *phStream = s;
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    if (rc != CUDA_SUCCESS)
+        free(s);
+    return rc;
+}
+
+CUresult cuStreamDestroy_v2(CUstream hStream) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    struct CUstream_st **link = &stream_registry;
+    while (*link != NULL && *link != hStream)
+        link = &(*link)->next;
+    struct CUstream_st *s = *link;
+    if (s != NULL)
+        *link = s->next;
+    pthread_mutex_unlock(&fake_cuda_lock);
+    if (s == NULL)
+        return CUDA_ERROR_INVALID_HANDLE; /* includes NULL and the special handles */
+    free(s);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamSynchronize(CUstream hStream) {
+    struct CUctx_st *ctx;
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    rc = fake_stream_ctx_locked(hStream, &ctx);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+FAKE_CUDA_CTX_ENTRIES(FAKE_DEFINE_LOCAL)
