@@ -35,8 +35,8 @@ static void fx_atfork_parent(void)
     pthread_mutex_unlock(&fx_rt.mu);
 }
 
-/* The child is a new process: its allocations, slot and context charges start empty; the
- * device map (UUIDs) and the mapped region stay valid. */
+/* The child is a new process in its parent's slice: its allocations, slot and context charges
+ * start empty; the slice, the device map (UUIDs) and the mapped region stay valid. */
 static void fx_atfork_child(void)
 {
     fx_track_reset_after_fork();
@@ -93,12 +93,17 @@ static int fx_join_locked(struct fx_region *r)
 {
     for (int i = 0; i < fx_rt.ndev; i++) fx_rt.dev[i] = fx_dev_id(r, fx_rt.uuid[i]);
     if (fx_rt.proc == FX_NONE) {
-        uint32_t s = fx_slice_get(r, fx_rt.cfg.slice, (int32_t)getpid());
+        /* A forked child keeps its parent's slice (even a private one) while it is alive. */
+        uint32_t s = fx_rt.slice;
+        if (s == FX_NONE || !r->slices[s].in_use ||
+            strncmp(r->slices[s].name, fx_rt.slice_name, FLEXAI_NAME_MAX) != 0)
+            s = fx_slice_get(r, fx_rt.cfg.slice, (int32_t)getpid());
         if (s == FX_NONE) return -1;
         uint32_t p = fx_proc_add(r, s, (int32_t)getpid(), fx_pid_start_time((int32_t)getpid()));
         if (p == FX_NONE) return -1;
         fx_rt.slice = s;
         fx_rt.proc = p;
+        memcpy(fx_rt.slice_name, r->slices[s].name, FLEXAI_NAME_MAX);
         r->slices[s].priority = fx_rt.cfg.priority;
     }
     struct fx_slice *sl = &r->slices[fx_rt.slice];

@@ -52,6 +52,7 @@ struct fx_runtime {
     struct fx_shm shm;             /* shm.r is NULL when no region is attached */
     uint32_t proc;                 /* this process's slot, FX_NONE until attached */
     uint32_t slice;
+    char slice_name[FLEXAI_NAME_MAX]; /* to tell our slice from a later one in the same slot */
     int ndev;                      /* visible devices mapped, -1 until mapped */
     int devices_from_cuda;         /* mapping came from the CUDA driver (else from NVML) */
     uint8_t uuid[FLEXAI_MAX_DEVICES][16];       /* by visible ordinal */

@@ -1,0 +1,359 @@
+/* client.c - a CUDA driver client for the tests: runs a list of operations given on the command
+ * line and prints one JSON line per operation. It reaches the driver the way real programs do,
+ * chosen with --via:
+ *   link      direct calls to the functions it was linked against (-lcuda)
+ *   dlsym     dlopen("libcuda.so.1") + dlsym(handle)          (libtorch, CuPy, ctypes)
+ *   deepbind  dlopen(..., RTLD_DEEPBIND) + dlsym(handle)
+ *   default   dlsym(RTLD_DEFAULT)
+ *   next      dlsym(RTLD_NEXT)
+ *   gpa11     cuGetProcAddress, cudaVersion 11030              (cudart 11)
+ *   gpa12     cuGetProcAddress_v2 for "cuGetProcAddress" itself, then everything through the
+ *             pointer it returned, cudaVersion 12000           (cudart 12/13)
+ *   ptsz      as gpa12 with CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM
+ */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef int CUresult;
+typedef unsigned long long CUdeviceptr;
+typedef void *CUcontext;
+typedef void *CUstream;
+typedef void *CUarray;
+typedef void *CUmemoryPool;
+typedef unsigned long long CUmemHandle;
+typedef struct { size_t Width, Height; int Format; unsigned NumChannels; } ArrayDesc;
+typedef struct { size_t Width, Height, Depth; int Format; unsigned NumChannels, Flags; } Array3DDesc;
+typedef struct {
+    int type, requestedHandleTypes;
+    struct { int type, id; } location;
+    void *win32HandleMetaData;
+    unsigned char allocFlags[8];
+} MemProp;
+typedef struct { unsigned long long total, free, used; } NvmlMem;
+typedef struct { unsigned version; unsigned long long total, reserved, free, used; } NvmlMem2;
+
+CUresult cuInit(unsigned);
+CUresult cuGetProcAddress(const char *, void **, int, uint64_t);
+CUresult cuGetProcAddress_v2(const char *, void **, int, uint64_t, int *);
+CUresult cuMemAlloc_v2(CUdeviceptr *, size_t);
+CUresult cuMemFree_v2(CUdeviceptr);
+CUresult cuMemGetInfo_v2(size_t *, size_t *);
+
+static struct {
+    CUresult (*Init)(unsigned);
+    CUresult (*DeviceGet)(int *, int);
+    CUresult (*PrimaryCtxRetain)(CUcontext *, int);
+    CUresult (*CtxCreate)(CUcontext *, unsigned, int);
+    CUresult (*CtxSetCurrent)(CUcontext);
+    CUresult (*MemGetInfo)(size_t *, size_t *);
+    CUresult (*DeviceTotalMem)(size_t *, int);
+    CUresult (*MemAlloc)(CUdeviceptr *, size_t);
+    CUresult (*MemAllocPitch)(CUdeviceptr *, size_t *, size_t, size_t, unsigned);
+    CUresult (*MemAllocManaged)(CUdeviceptr *, size_t, unsigned);
+    CUresult (*MemFree)(CUdeviceptr);
+    CUresult (*MemAllocAsync)(CUdeviceptr *, size_t, CUstream);
+    CUresult (*MemFreeAsync)(CUdeviceptr, CUstream);
+    CUresult (*DeviceGetDefaultMemPool)(CUmemoryPool *, int);
+    CUresult (*MemAllocFromPoolAsync)(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
+    CUresult (*MemCreate)(CUmemHandle *, size_t, const MemProp *, unsigned long long);
+    CUresult (*MemRelease)(CUmemHandle);
+    CUresult (*ArrayCreate)(CUarray *, const ArrayDesc *);
+    CUresult (*Array3DCreate)(CUarray *, const Array3DDesc *);
+    CUresult (*ArrayDestroy)(CUarray);
+    CUresult (*MipmappedArrayCreate)(CUarray *, const Array3DDesc *, unsigned);
+    CUresult (*MipmappedArrayDestroy)(CUarray);
+} cu;
+
+/* {field, exported name, base name for cuGetProcAddress} */
+#define FUNCS(X)                                                                               \
+    X(Init, "cuInit", "cuInit")                                                                \
+    X(DeviceGet, "cuDeviceGet", "cuDeviceGet")                                                 \
+    X(PrimaryCtxRetain, "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRetain")                \
+    X(CtxCreate, "cuCtxCreate_v2", "cuCtxCreate")                                              \
+    X(CtxSetCurrent, "cuCtxSetCurrent", "cuCtxSetCurrent")                                     \
+    X(MemGetInfo, "cuMemGetInfo_v2", "cuMemGetInfo")                                           \
+    X(DeviceTotalMem, "cuDeviceTotalMem_v2", "cuDeviceTotalMem")                               \
+    X(MemAlloc, "cuMemAlloc_v2", "cuMemAlloc")                                                 \
+    X(MemAllocPitch, "cuMemAllocPitch_v2", "cuMemAllocPitch")                                  \
+    X(MemAllocManaged, "cuMemAllocManaged", "cuMemAllocManaged")                               \
+    X(MemFree, "cuMemFree_v2", "cuMemFree")                                                    \
+    X(MemAllocAsync, "cuMemAllocAsync", "cuMemAllocAsync")                                     \
+    X(MemFreeAsync, "cuMemFreeAsync", "cuMemFreeAsync")                                        \
+    X(DeviceGetDefaultMemPool, "cuDeviceGetDefaultMemPool", "cuDeviceGetDefaultMemPool")       \
+    X(MemAllocFromPoolAsync, "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync")             \
+    X(MemCreate, "cuMemCreate", "cuMemCreate")                                                 \
+    X(MemRelease, "cuMemRelease", "cuMemRelease")                                              \
+    X(ArrayCreate, "cuArrayCreate_v2", "cuArrayCreate")                                        \
+    X(Array3DCreate, "cuArray3DCreate_v2", "cuArray3DCreate")                                  \
+    X(ArrayDestroy, "cuArrayDestroy", "cuArrayDestroy")                                        \
+    X(MipmappedArrayCreate, "cuMipmappedArrayCreate", "cuMipmappedArrayCreate")                \
+    X(MipmappedArrayDestroy, "cuMipmappedArrayDestroy", "cuMipmappedArrayDestroy")
+
+static int resolve(const char *via)
+{
+    void *h = NULL;
+    int gpa = 0, ver = 12000;
+    uint64_t flags = 0;
+    if (strcmp(via, "link") == 0) {
+        h = dlopen(NULL, RTLD_NOW); /* the executable's own view: what a direct call binds to */
+    } else if (strcmp(via, "dlsym") == 0 || strcmp(via, "gpa12") == 0 ||
+               strcmp(via, "gpa11") == 0 || strcmp(via, "ptsz") == 0) {
+        h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+        gpa = strcmp(via, "dlsym") != 0;
+        if (strcmp(via, "gpa11") == 0) ver = 11030;
+        if (strcmp(via, "ptsz") == 0) flags = 2;
+    } else if (strcmp(via, "deepbind") == 0) {
+        h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    } else if (strcmp(via, "default") == 0) {
+        h = RTLD_DEFAULT;
+    } else if (strcmp(via, "next") == 0) {
+        h = RTLD_NEXT;
+    } else {
+        fprintf(stderr, "client: unknown --via %s\n", via);
+        return -1;
+    }
+    if (!h && strcmp(via, "default") != 0) { /* RTLD_DEFAULT is a null handle */
+        printf("{\"op\":\"resolve\",\"error\":\"dlopen\"}\n");
+        return -1;
+    }
+    if (strcmp(via, "link") == 0) {
+        /* Bind the way the compiler would: the linked symbols themselves. */
+        cu.MemAlloc = cuMemAlloc_v2;
+        cu.MemFree = cuMemFree_v2;
+        cu.MemGetInfo = cuMemGetInfo_v2;
+        cu.Init = cuInit;
+    }
+    CUresult (*gpa12)(const char *, void **, int, uint64_t, int *) = NULL;
+    CUresult (*gpa11)(const char *, void **, int, uint64_t) = NULL;
+    if (gpa && ver >= 12000) {
+        /* cudart's bootstrap: find cuGetProcAddress_v2, then ask it for itself. */
+        CUresult (*boot)(const char *, void **, int, uint64_t, int *) =
+            (CUresult(*)(const char *, void **, int, uint64_t, int *))dlsym(h, "cuGetProcAddress_v2");
+        if (!boot || boot("cuGetProcAddress", (void **)&gpa12, ver, 0, NULL) != 0) return -1;
+    } else if (gpa) {
+        CUresult (*boot)(const char *, void **, int, uint64_t) =
+            (CUresult(*)(const char *, void **, int, uint64_t))dlsym(h, "cuGetProcAddress");
+        if (!boot || boot("cuGetProcAddress", (void **)&gpa11, ver, 0) != 0) return -1;
+    }
+#define RESOLVE(field, name, base)                                                             \
+    if (!cu.field) {                                                                           \
+        void *p = NULL;                                                                        \
+        if (gpa12) gpa12(base, &p, ver, flags, NULL);                                          \
+        else if (gpa11) gpa11(base, &p, ver, flags);                                           \
+        else p = dlsym(h, name);                                                               \
+        memcpy(&cu.field, &p, sizeof p);                                                       \
+    }
+    FUNCS(RESOLVE)
+    return 0;
+}
+
+static size_t parse_size(const char *s)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (strcmp(end, "KiB") == 0) v *= 1024.0;
+    else if (strcmp(end, "MiB") == 0) v *= 1024.0 * 1024;
+    else if (strcmp(end, "GiB") == 0) v *= 1024.0 * 1024 * 1024;
+    return (size_t)v;
+}
+
+enum kind { K_PTR, K_ASYNC, K_VMM, K_ARRAY, K_MIPMAP };
+static struct { int kind; uint64_t id; } held[4096];
+static int nheld;
+
+static void hold(int kind, uint64_t id)
+{
+    if (nheld < 4096) held[nheld].kind = kind, held[nheld++].id = id;
+}
+
+static CUresult release_last(void)
+{
+    if (nheld == 0) return -1;
+    nheld--;
+    uint64_t id = held[nheld].id;
+    switch (held[nheld].kind) {
+    case K_PTR: return cu.MemFree(id);
+    case K_ASYNC: return cu.MemFreeAsync(id, NULL);
+    case K_VMM: return cu.MemRelease(id);
+    case K_ARRAY: return cu.ArrayDestroy((CUarray)(uintptr_t)id);
+    default: return cu.MipmappedArrayDestroy((CUarray)(uintptr_t)id);
+    }
+}
+
+#define NEED(n) if (i + (n) >= argc) { fprintf(stderr, "client: %s needs %d args\n", op, n); return 2; }
+#define ARG(k) argv[i + (k)]
+#define REPORT(rc) printf("{\"op\":\"%s\",\"rc\":%d}\n", op, (int)(rc))
+
+int main(int argc, char **argv)
+{
+    const char *via = "dlsym";
+    int i = 1;
+    if (argc > 2 && strcmp(argv[1], "--via") == 0) via = argv[2], i = 3;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    if (resolve(via) != 0) return 3;
+    for (; i < argc; i++) {
+        const char *op = argv[i];
+        CUresult rc;
+        if (strcmp(op, "init") == 0) {
+            rc = cu.Init ? cu.Init(0) : -1;
+            REPORT(rc);
+        } else if (strcmp(op, "ctx") == 0 || strcmp(op, "ctxcreate") == 0) {
+            NEED(1);
+            int dev = -1;
+            CUcontext c = NULL;
+            rc = cu.DeviceGet(&dev, atoi(ARG(1)));
+            if (rc == 0 && op[3] == 'c') rc = cu.CtxCreate(&c, 0, dev);
+            else if (rc == 0) {
+                rc = cu.PrimaryCtxRetain(&c, dev);
+                if (rc == 0) rc = cu.CtxSetCurrent(c);
+            }
+            REPORT(rc);
+            i += 1;
+        } else if (strcmp(op, "info") == 0) {
+            size_t f = 0, t = 0;
+            rc = cu.MemGetInfo(&f, &t);
+            printf("{\"op\":\"info\",\"rc\":%d,\"free\":%zu,\"total\":%zu}\n", rc, f, t);
+        } else if (strcmp(op, "total") == 0) {
+            NEED(1);
+            size_t t = 0;
+            rc = cu.DeviceTotalMem(&t, atoi(ARG(1)));
+            printf("{\"op\":\"total\",\"rc\":%d,\"total\":%zu}\n", rc, t);
+            i += 1;
+        } else if (strcmp(op, "alloc") == 0 || strcmp(op, "managed") == 0 ||
+                   strcmp(op, "async") == 0 || strcmp(op, "pool") == 0) {
+            NEED(1);
+            CUdeviceptr p = 0;
+            size_t n = parse_size(ARG(1));
+            int kind = K_PTR;
+            if (op[0] == 'a' && op[1] == 'l') rc = cu.MemAlloc(&p, n);
+            else if (op[0] == 'm') rc = cu.MemAllocManaged(&p, n, 1);
+            else if (op[0] == 'a') rc = cu.MemAllocAsync(&p, n, NULL), kind = K_ASYNC;
+            else {
+                CUmemoryPool pool = NULL;
+                rc = cu.DeviceGetDefaultMemPool(&pool, 0);
+                if (rc == 0) rc = cu.MemAllocFromPoolAsync(&p, n, pool, NULL);
+                kind = K_ASYNC;
+            }
+            if (rc == 0) hold(kind, p);
+            REPORT(rc);
+            i += 1;
+        } else if (strcmp(op, "pitch") == 0) {
+            NEED(2);
+            CUdeviceptr p = 0;
+            size_t pitch = 0;
+            rc = cu.MemAllocPitch(&p, &pitch, parse_size(ARG(1)), parse_size(ARG(2)), 4);
+            if (rc == 0) hold(K_PTR, p);
+            printf("{\"op\":\"pitch\",\"rc\":%d,\"pitch\":%zu}\n", rc, pitch);
+            i += 2;
+        } else if (strcmp(op, "vmm") == 0) {
+            NEED(1);
+            MemProp prop;
+            memset(&prop, 0, sizeof prop);
+            prop.type = 1; /* pinned */
+            prop.location.type = 1; /* device */
+            prop.location.id = 0;
+            CUmemHandle h = 0;
+            rc = cu.MemCreate(&h, parse_size(ARG(1)), &prop, 0);
+            if (rc == 0) hold(K_VMM, h);
+            REPORT(rc);
+            i += 1;
+        } else if (strcmp(op, "array") == 0 || strcmp(op, "array3d") == 0 ||
+                   strcmp(op, "mipmap") == 0) {
+            /* float32 arrays: array W H | array3d W H D | mipmap W H LEVELS */
+            NEED(op[5] == '3' || op[0] == 'm' ? 3 : 2);
+            CUarray a = NULL;
+            if (strcmp(op, "array") == 0) {
+                ArrayDesc d = {parse_size(ARG(1)), parse_size(ARG(2)), 0x20, 1};
+                rc = cu.ArrayCreate(&a, &d);
+                if (rc == 0) hold(K_ARRAY, (uint64_t)(uintptr_t)a);
+                i += 2;
+            } else if (op[0] == 'a') {
+                Array3DDesc d = {parse_size(ARG(1)), parse_size(ARG(2)), parse_size(ARG(3)), 0x20, 1, 0};
+                rc = cu.Array3DCreate(&a, &d);
+                if (rc == 0) hold(K_ARRAY, (uint64_t)(uintptr_t)a);
+                i += 3;
+            } else {
+                Array3DDesc d = {parse_size(ARG(1)), parse_size(ARG(2)), 0, 0x20, 1, 0};
+                rc = cu.MipmappedArrayCreate(&a, &d, (unsigned)atoi(ARG(3)));
+                if (rc == 0) hold(K_MIPMAP, (uint64_t)(uintptr_t)a);
+                i += 3;
+            }
+            REPORT(rc);
+        } else if (strcmp(op, "free") == 0) {
+            REPORT(release_last());
+        } else if (strcmp(op, "freeall") == 0) {
+            int bad = 0;
+            while (nheld) bad |= release_last() != 0;
+            REPORT(bad);
+        } else if (strcmp(op, "fill") == 0) {
+            /* allocate chunks until refused; report what was obtained */
+            NEED(1);
+            size_t n = parse_size(ARG(1)), got = 0;
+            CUdeviceptr p;
+            while ((rc = cu.MemAlloc(&p, n)) == 0 && nheld < 4096) hold(K_PTR, p), got += n;
+            printf("{\"op\":\"fill\",\"rc\":%d,\"bytes\":%zu}\n", rc, got);
+            i += 1;
+        } else if (strcmp(op, "loop") == 0) {
+            /* alloc/free forever, for the kill tests */
+            NEED(1);
+            size_t n = parse_size(ARG(1));
+            CUdeviceptr p;
+            printf("{\"op\":\"loop\",\"rc\":0}\n");
+            for (;;)
+                if (cu.MemAlloc(&p, n) == 0) cu.MemFree(p);
+        } else if (strcmp(op, "nvml") == 0) {
+            void *nv = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
+            int (*init)(void) = nv ? (int (*)(void))dlsym(nv, "nvmlInit_v2") : NULL;
+            int (*byidx)(unsigned, void **) = nv ? (int (*)(unsigned, void **))dlsym(nv, "nvmlDeviceGetHandleByIndex_v2") : NULL;
+            int (*m1)(void *, NvmlMem *) = nv ? (int (*)(void *, NvmlMem *))dlsym(nv, "nvmlDeviceGetMemoryInfo") : NULL;
+            int (*m2)(void *, NvmlMem2 *) = nv ? (int (*)(void *, NvmlMem2 *))dlsym(nv, "nvmlDeviceGetMemoryInfo_v2") : NULL;
+            void *dev = NULL;
+            NvmlMem a = {0, 0, 0};
+            NvmlMem2 b = {(unsigned)sizeof(NvmlMem2) | (2u << 24), 0, 0, 0, 0};
+            NEED(1);
+            int r = (!init || !byidx || !m1 || !m2) ? -1 : init();
+            if (r == 0) r = byidx((unsigned)atoi(ARG(1)), &dev);
+            if (r == 0) r = m1(dev, &a);
+            if (r == 0) r = m2(dev, &b);
+            printf("{\"op\":\"nvml\",\"rc\":%d,\"total\":%llu,\"free\":%llu,\"used\":%llu,"
+                   "\"total2\":%llu,\"free2\":%llu,\"used2\":%llu}\n",
+                   r, a.total, a.free, a.used, b.total, b.free, b.used);
+            i += 1;
+        } else if (strcmp(op, "wait") == 0) {
+            char line[16];
+            printf("{\"op\":\"wait\",\"rc\":0}\n");
+            if (!fgets(line, sizeof line, stdin)) { /* EOF: go on */ }
+        } else if (strcmp(op, "sleep") == 0) {
+            NEED(1);
+            usleep((useconds_t)atoi(ARG(1)) * 1000u);
+            i += 1;
+        } else if (strcmp(op, "getpid") == 0) {
+            printf("{\"op\":\"getpid\",\"rc\":0,\"pid\":%d}\n", (int)getpid());
+        } else if (strcmp(op, "fork") == 0) {
+            /* fork N: the child runs the next N arguments (operations with their own arguments) and
+             * exits; the parent waits for it, reports its status and goes on after them. */
+            NEED(1);
+            int n = atoi(ARG(1));
+            i += 1;
+            pid_t c = fork();
+            if (c == 0) {
+                int end = i + n < argc ? i + n : argc - 1;
+                argc = end + 1; /* the loop stops after the child's operations */
+                continue;
+            }
+            int st = 0;
+            waitpid(c, &st, 0);
+            printf("{\"op\":\"fork\",\"rc\":%d}\n", WIFEXITED(st) ? WEXITSTATUS(st) : 128);
+            i += n;
+        } else {
+            fprintf(stderr, "client: unknown operation %s\n", op);
+            return 2;
+        }
+    }
+    return 0;
+}

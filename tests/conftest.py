@@ -1,0 +1,126 @@
+"""Shared fixtures: the installed library, the simulated device, and the test client programs.
+
+Tests run against the installed package (``pip install .``); ``FLEXAI_LIB_DIR`` points them at a
+development build instead. C behaviour is tested through small client programs run under
+``LD_PRELOAD`` with the fake driver, exactly as a user's program would run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import flexai
+
+HERE = Path(__file__).parent
+LIB_DIR = flexai.lib_dir()
+LIBFLEXAI = LIB_DIR / "libflexai.so"
+SIM_DIR = LIB_DIR / "sim"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip `gpu` tests cleanly where no NVIDIA driver answers."""
+    if _real_gpu_present():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU and driver")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def _real_gpu_present() -> bool:
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
+@pytest.fixture(scope="session")
+def clients(tmp_path_factory) -> dict[str, Path]:
+    """Compile the client programs once per session against the simulated driver."""
+    if not LIBFLEXAI.exists() or not (SIM_DIR / "libcuda.so.1").exists():
+        pytest.fail(f"flexai is not built: {LIBFLEXAI} or the simulated device is missing")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.fail("a C compiler (cc) is needed to build the test clients")
+    out = tmp_path_factory.mktemp("clients")
+    built = {
+        "client": out / "client",
+        "wrap_getpid": out / "libwrap_getpid.so",
+    }
+    subprocess.run(
+        [cc, "-O1", "-Wall", str(HERE / "clients" / "client.c"), "-o", str(built["client"]),
+         "-ldl", f"-L{SIM_DIR}", "-l:libcuda.so.1"],
+        check=True,
+    )
+    subprocess.run(
+        [cc, "-O1", "-shared", "-fPIC", str(HERE / "clients" / "wrap_getpid.c"), "-o",
+         str(built["wrap_getpid"]), "-ldl"],
+        check=True,
+    )
+    return built
+
+
+@pytest.fixture
+def state_dir(tmp_path) -> Path:
+    d = tmp_path / "state"
+    d.mkdir()
+    return d
+
+
+def base_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """An environment that runs a program in a slice on the simulated device."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("FLEXAI_") and k not in ("LD_PRELOAD", "CUDA_VISIBLE_DEVICES")}
+    env.update(
+        LD_PRELOAD=str(LIBFLEXAI),
+        LD_LIBRARY_PATH=str(SIM_DIR),
+        FLEXAI_LIBCUDA=str(SIM_DIR / "libcuda.so.1"),
+        FLEXAI_LIBNVML=str(SIM_DIR / "libnvidia-ml.so.1"),
+        FLEXAI_STATE_DIR=str(state_dir),
+        FLEXAI_CONTEXT_MEMORY="0",
+        FLEXAI_SIM_MEMORY="16GiB",
+    )
+    env.update(extra)
+    return env
+
+
+class Run:
+    """A finished client run: its JSON lines by operation, and the raw process result."""
+
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.proc = proc
+        self.lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+    def op(self, name: str, nth: int = 0) -> dict:
+        found = [line for line in self.lines if line["op"] == name]
+        assert len(found) > nth, f"no {name!r} #{nth} in {self.lines}; stderr: {self.proc.stderr}"
+        return found[nth]
+
+    def rcs(self, name: str) -> list[int]:
+        return [line["rc"] for line in self.lines if line["op"] == name]
+
+
+@pytest.fixture
+def run_client(clients, state_dir):
+    """run_client(*ops, via="dlsym", env={...}) -> Run"""
+
+    def run(*ops: str, via: str = "dlsym", env: dict[str, str] | None = None,
+            timeout: float = 30, preload: str | None = None) -> Run:
+        e = base_env(state_dir, **(env or {}))
+        if preload is not None:
+            e["LD_PRELOAD"] = preload
+        proc = subprocess.run([str(clients["client"]), "--via", via, *ops], env=e,
+                              capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, f"client failed ({proc.returncode}): {proc.stderr}"
+        return Run(proc)
+
+    return run

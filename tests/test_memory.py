@@ -1,0 +1,284 @@
+"""Memory quotas through real client programs under LD_PRELOAD on the simulated device."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import base_env, Run
+
+MiB = 1 << 20
+GiB = 1 << 30
+OOM = 2  # CUDA_ERROR_OUT_OF_MEMORY
+
+# (operation and arguments) for ~600 MiB through each allocation path
+PATHS = {
+    "alloc": ["alloc", "600MiB"],
+    "managed": ["managed", "600MiB"],
+    "async": ["async", "600MiB"],
+    "pool": ["pool", "600MiB"],
+    "vmm": ["vmm", "600MiB"],
+    "pitch": ["pitch", "614400", "1024"],          # 600 KiB rows (a multiple of 512) x 1024
+    "array": ["array", "16384", "9600"],           # float32: 16384 * 9600 * 4 = 600 MiB
+    "array3d": ["array3d", "1024", "1024", "150"],  # float32: 600 MiB
+    "mipmap": ["mipmap", "8192", "15360", "2"],    # float32 levels: 480 MiB + 120 MiB
+}
+
+
+@pytest.mark.parametrize("path", sorted(PATHS))
+def test_each_allocation_path_is_charged_refused_and_released(run_client, path):
+    args = PATHS[path]
+    size = 600 * MiB
+    r = run_client("init", "ctx", "0", "info", *args, "info", *args, "free", "info", "nvml", "0",
+                   env={"FLEXAI_GPU_MEMORY": "1GiB"})
+    before, during, after = r.op("info", 0), r.op("info", 1), r.op("info", 2)
+    assert before["total"] == GiB and before["free"] == GiB
+    allocs = r.rcs(args[0])
+    assert allocs == [0, OOM], f"{path}: first fits, second is over the quota"
+    assert during["free"] == GiB - size
+    assert r.op("free")["rc"] == 0
+    assert after["free"] == GiB, "a free gives back exactly what was charged"
+    nv = r.op("nvml")
+    assert (nv["total"], nv["free"], nv["used"]) == (GiB, GiB, 0)
+
+
+@pytest.mark.parametrize("via", ["link", "dlsym", "deepbind", "default", "next", "gpa11", "gpa12",
+                                 "ptsz"])
+def test_every_resolution_path_is_limited(run_client, via):
+    r = run_client("init", "ctx", "0", "info", "alloc", "1536MiB", "alloc", "512MiB", "info",
+                   "async", "1GiB", via=via, env={"FLEXAI_GPU_MEMORY": "1GiB"})
+    assert r.op("info", 0)["total"] == GiB
+    assert r.rcs("alloc") == [OOM, 0]
+    assert r.op("info", 1)["free"] == 512 * MiB
+    if via != "link":  # the linked client binds only the basic calls directly
+        assert r.op("async")["rc"] == OOM
+
+
+def test_context_overhead_is_charged_once_per_process(run_client):
+    r = run_client("init", "ctx", "0", "ctxcreate", "0", "info", "fill", "64MiB",
+                   env={"FLEXAI_GPU_MEMORY": "1GiB", "FLEXAI_CONTEXT_MEMORY": "256MiB"})
+    assert r.op("info")["free"] == 768 * MiB
+    assert r.op("fill")["bytes"] == 768 * MiB
+
+
+def test_queries_agree_cuda_total_mem_and_nvml(run_client):
+    r = run_client("init", "ctx", "0", "alloc", "300MiB", "info", "total", "0", "nvml", "0",
+                   env={"FLEXAI_GPU_MEMORY": "2GiB"})
+    info, total, nv = r.op("info"), r.op("total"), r.op("nvml")
+    assert info["total"] == total["total"] == nv["total"] == nv["total2"] == 2 * GiB
+    assert info["free"] == nv["free"] == nv["free2"] == 2 * GiB - 300 * MiB
+    assert nv["used"] == nv["used2"] == 300 * MiB
+
+
+def test_nvml_only_process_sees_quota_without_initializing_cuda(run_client):
+    r = run_client("nvml", "0", env={"FLEXAI_GPU_MEMORY": "3GiB"})
+    nv = r.op("nvml")
+    assert nv["rc"] == 0 and nv["total"] == 3 * GiB and nv["free"] == 3 * GiB
+
+
+def test_without_quota_calls_pass_through(run_client):
+    r = run_client("init", "ctx", "0", "info", "alloc", "1GiB", "info")
+    assert r.op("info", 0)["total"] == 16 * GiB
+    assert r.op("alloc")["rc"] == 0
+
+
+def test_free_of_unknown_pointer_never_underflows(run_client):
+    r = run_client("init", "ctx", "0", "alloc", "64MiB", "free", "free", "info",
+                   env={"FLEXAI_GPU_MEMORY": "1GiB"})
+    assert r.rcs("free")[0] == 0
+    assert r.op("info")["free"] == GiB  # not 17 TB, not negative
+
+
+def test_slice_shared_by_processes(clients, state_dir):
+    env = base_env(state_dir, FLEXAI_GPU_MEMORY="1GiB", FLEXAI_SLICE="shared")
+    holder = subprocess.Popen([str(clients["client"]), "init", "ctx", "0", "alloc", "700MiB",
+                               "wait"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert '"op":"wait"' in _read_until(holder, '"op":"wait"')
+        other = subprocess.run([str(clients["client"]), "init", "ctx", "0", "info", "fill",
+                                "100MiB"], env=env, capture_output=True, text=True, timeout=30)
+        r = Run(other)
+        assert r.op("info")["free"] == 324 * MiB
+        assert r.op("fill")["bytes"] == 300 * MiB
+    finally:
+        holder.communicate("go\n", timeout=30)
+
+
+def _read_until(proc: subprocess.Popen, marker: str) -> str:
+    seen = ""
+    while marker not in seen:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen += line
+    return seen
+
+
+def test_32_racing_processes_never_exceed_the_quota(clients, state_dir):
+    env = base_env(state_dir, FLEXAI_GPU_MEMORY="4GiB", FLEXAI_SLICE="race")
+    procs = [subprocess.Popen([str(clients["client"]), "init", "ctx", "0", "fill", "48MiB",
+                               "wait"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True) for _ in range(32)]
+    try:
+        outs = [_read_until(p, '"op":"wait"') for p in procs]
+        got = [Run(subprocess.CompletedProcess([], 0, o, "")).op("fill")["bytes"] for o in outs]
+        assert sum(got) <= 4 * GiB
+        # 4 GiB is not a multiple of 48 MiB: the slack is less than one chunk
+        assert sum(got) > 4 * GiB - 48 * MiB
+    finally:
+        for p in procs:
+            p.communicate("go\n", timeout=30)
+
+
+def test_sigkilled_processes_never_block_others_and_are_reclaimed(clients, state_dir):
+    env = base_env(state_dir, FLEXAI_GPU_MEMORY="1GiB", FLEXAI_SLICE="kill")
+    for delay in [0.005 * k for k in range(1, 21)]:
+        victim = subprocess.Popen([str(clients["client"]), "init", "ctx", "0", "alloc", "256MiB",
+                                   "loop", "1MiB"], env=env, stdout=subprocess.PIPE, text=True)
+        _read_until(victim, '"op":"loop"')
+        time.sleep(delay)  # killed somewhere inside its alloc/free loop, maybe holding the lock
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    start = time.monotonic()
+    r = subprocess.run([str(clients["client"]), "init", "ctx", "0", "fill", "64MiB"], env=env,
+                       capture_output=True, text=True, timeout=30)
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.0, f"a survivor waited {elapsed:.2f}s"
+    assert Run(r).op("fill")["bytes"] == GiB, "the killed processes' usage is reclaimed"
+
+
+def test_fork_child_allocations_are_its_own_and_reclaimed(run_client):
+    r = run_client("init", "ctx", "0", "alloc", "512MiB",
+                   "fork", "5", "alloc", "256MiB", "alloc", "256MiB", "info",
+                   "alloc", "512MiB", "info",
+                   env={"FLEXAI_GPU_MEMORY": "1GiB"})
+    # parent 512 + child 256, the child's second 256 MiB would exceed 1 GiB? no: 512+256+256 = 1 GiB
+    assert r.rcs("alloc")[:3] == [0, 0, 0]
+    assert r.op("info", 0)["free"] == 0
+    assert r.op("fork")["rc"] == 0
+    # after the child exited its 512 MiB come back: the parent can take them
+    assert r.rcs("alloc")[3] == 0
+    assert r.op("info", 1)["free"] == 0
+
+
+def test_visible_devices_subsets_and_uuids_share_one_account(clients, state_dir):
+    uuid1 = "GPU-f1e5a100-0000-4000-8000-000000000001"
+    common = dict(FLEXAI_SIM_DEVICES="2", FLEXAI_SLICE="uuid", FLEXAI_GPU_MEMORY="0:1GiB,1:1GiB")
+    a_env = base_env(state_dir, CUDA_VISIBLE_DEVICES="1", **common)
+    holder = subprocess.Popen([str(clients["client"]), "init", "ctx", "0", "alloc", "768MiB",
+                               "wait"], env=a_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        _read_until(holder, '"op":"wait"')
+        b_env = base_env(state_dir, CUDA_VISIBLE_DEVICES=f"0,{uuid1}", **common)
+        r = Run(subprocess.run([str(clients["client"]), "init", "ctx", "1", "info", "ctx", "0",
+                                "info"], env=b_env, capture_output=True, text=True, timeout=30))
+        assert r.op("info", 0)["free"] == 256 * MiB, "physical device 1 is one account"
+        assert r.op("info", 1)["free"] == GiB, "physical device 0 is untouched"
+    finally:
+        holder.communicate("go\n", timeout=30)
+
+
+@pytest.mark.parametrize("var,value", [
+    ("FLEXAI_GPU_MEMORY", "8XB"),
+    ("FLEXAI_GPU_MEMORY", "0"),
+    ("FLEXAI_GPU_MEMORY", "0:1GiB,0:2GiB"),
+    ("FLEXAI_GPU_COMPUTE", "150"),
+    ("FLEXAI_PRIORITY", "urgent"),
+    ("FLEXAI_SLICE", "bad name"),
+    ("FLEXAI_STATE_DIR", "relative/dir"),
+])
+def test_malformed_variables_fail_closed_with_a_clear_message(run_client, var, value):
+    r = run_client("init", "alloc", "1MiB", env={var: value})
+    assert r.op("init")["rc"] == 1  # CUDA_ERROR_INVALID_VALUE, no crash, no silent "no limit"
+    assert r.op("alloc")["rc"] != 0
+    assert var in r.proc.stderr and "e.g." in r.proc.stderr
+    assert r.proc.stdout.count("flexai") == 0, "the library never writes to stdout"
+
+
+def test_missing_driver_is_an_error_code_not_a_crash(run_client):
+    r = run_client("init", "alloc", "1MiB", via="link",
+                   env={"FLEXAI_LIBCUDA": "/nonexistent/libcuda.so.1"})
+    assert r.op("init")["rc"] == 100  # CUDA_ERROR_NO_DEVICE
+    assert r.op("alloc")["rc"] == 100
+
+
+def test_unusable_state_fails_closed_when_a_quota_is_set(run_client, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "state").write_bytes(b"not a flexai state file")
+    r = run_client("init", "ctx", "0", "alloc", "1MiB",
+                   env={"FLEXAI_GPU_MEMORY": "1GiB", "FLEXAI_STATE_DIR": str(bad)})
+    assert r.op("init")["rc"] == 304  # CUDA_ERROR_OPERATING_SYSTEM
+    assert r.op("alloc")["rc"] == 304
+    assert "state file" in r.proc.stderr
+    free_run = run_client("init", "ctx", "0", "alloc", "1MiB", env={"FLEXAI_STATE_DIR": str(bad)})
+    assert free_run.op("alloc")["rc"] == 0, "without a quota there is nothing to enforce"
+
+
+@pytest.mark.parametrize("order", ["flexai-first", "wrapper-first"])
+def test_rtld_next_of_another_preload_library_still_works(clients, state_dir, order):
+    libs = [str(base_env(state_dir)["LD_PRELOAD"]), str(clients["wrap_getpid"])]
+    if order == "wrapper-first":
+        libs.reverse()
+    env = base_env(state_dir, FLEXAI_GPU_MEMORY="1GiB")
+    env["LD_PRELOAD"] = " ".join(libs)
+    proc = subprocess.run([str(clients["client"]), "getpid", "init", "ctx", "0", "alloc",
+                           "2GiB"], env=env, capture_output=True, text=True, timeout=30)
+    r = Run(proc)
+    assert r.op("getpid")["pid"] > 0, "the wrapper's RTLD_NEXT found libc, not itself"
+    assert r.op("alloc")["rc"] == OOM
+
+
+def test_python_under_preload_does_not_touch_cuda(state_dir):
+    env = base_env(state_dir, FLEXAI_GPU_MEMORY="1GiB")
+    code = ("import ctypes, json, sqlite3, ssl, decimal;"
+            "maps = open('/proc/self/maps').read();"
+            "print('libcuda' in maps)")
+    proc = subprocess.run(["python3", "-c", code], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+    assert proc.stderr == ""
+
+
+HOLD_LOCK = """
+import ctypes, mmap, sys, time
+path, offset = sys.argv[1], int(sys.argv[2])
+f = open(path, "r+b")
+m = mmap.mmap(f.fileno(), 0)
+lock = ctypes.c_char.from_buffer(m, offset)
+libc = ctypes.CDLL(None)
+assert libc.pthread_mutex_lock(ctypes.byref(lock)) == 0
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_holder_of_the_state_lock_killed_does_not_block_others(run_client, state_dir, tmp_path):
+    import ctypes
+
+    from conftest import LIBFLEXAI
+
+    run_client("init", "ctx", "0", env={"FLEXAI_GPU_MEMORY": "1GiB"})  # creates the state
+    lib = ctypes.CDLL(str(LIBFLEXAI))
+    lib.flexai_layout_value.restype = ctypes.c_long
+    offset = lib.flexai_layout_value(b"fx_region.lock")
+    assert offset > 0
+    script = tmp_path / "hold.py"
+    script.write_text(HOLD_LOCK)
+    holder = subprocess.Popen(["python3", str(script), str(state_dir / "state"), str(offset)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    start = time.monotonic()
+    r = run_client("init", "ctx", "0", "fill", "256MiB",
+                   env={"FLEXAI_GPU_MEMORY": "1GiB", "FLEXAI_LOG": "info"})
+    assert time.monotonic() - start < 1.0
+    assert r.op("fill")["bytes"] == GiB
+    assert "recovered the state lock" in r.proc.stderr
