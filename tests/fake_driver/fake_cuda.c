@@ -167,19 +167,20 @@ CUresult cuDeviceGetName(char *name, int len, CUdevice dev) {
     return CUDA_SUCCESS;
 }
 
-CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) {
+static CUresult device_uuid(CUuuid *uuid, CUdevice dev) {
     CUresult rc = device_query(uuid, dev);
     if (rc == CUDA_SUCCESS)
         memcpy(uuid->bytes, fake_cuda_devices[dev].cfg->uuid, sizeof(uuid->bytes));
     return rc;
 }
 
+CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) {
+    return device_uuid(uuid, dev);
+}
+
 /* _v2 differs from the original only for MIG instances, which the fake does not simulate. */
 CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) {
-    CUresult rc = device_query(uuid, dev);
-    if (rc == CUDA_SUCCESS)
-        memcpy(uuid->bytes, fake_cuda_devices[dev].cfg->uuid, sizeof(uuid->bytes));
-    return rc;
+    return device_uuid(uuid, dev);
 }
 
 CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
