@@ -1,0 +1,104 @@
+"""Cost of the shim on the driver's hot paths: alloc/free pairs and kernel launches, native
+against LD_PRELOAD=libflexai.so (no quota, and with a memory quota).
+
+    python benchmarks/overhead.py [--sim] [--repeat 5] [--out results/overhead.json]
+
+On a machine with an NVIDIA driver it measures the real GPU; with --sim (or without a GPU) it
+measures the shim's added cost over the bundled simulated device, and says so in the output.
+Targets (issue: foundation): at most 0.2 us added per launch and 1 us per allocation.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import flexai
+
+HERE = Path(__file__).parent
+
+
+def build(out_dir: Path) -> Path:
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        sys.exit("overhead.py: a C compiler (cc) is needed")
+    exe = out_dir / "bench_driver"
+    subprocess.run([cc, "-O2", str(HERE / "bench_driver.c"), "-o", str(exe), "-ldl"], check=True)
+    return exe
+
+
+def gpu_present() -> bool:
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    n = ctypes.c_int(0)
+    return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(n)) == 0 and n.value > 0
+
+
+def variants(state_dir: str, sim: bool) -> dict[str, dict[str, str]]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FLEXAI_") and k != "LD_PRELOAD"}
+    base["FLEXAI_STATE_DIR"] = state_dir
+    if sim:
+        sim_dir = flexai.lib_dir() / "sim"
+        base["LD_LIBRARY_PATH"] = f"{sim_dir}:{base.get('LD_LIBRARY_PATH', '')}"
+        base["FLEXAI_LIBCUDA"] = str(sim_dir / "libcuda.so.1")
+        base["FLEXAI_LIBNVML"] = str(sim_dir / "libnvidia-ml.so.1")
+        base["FLEXAI_SIM_KERNEL_US"] = "0"
+    shim = {**base, "LD_PRELOAD": str(flexai.library_path())}
+    return {
+        "native": base,
+        "flexai": shim,
+        "flexai_memory_quota": {**shim, "FLEXAI_GPU_MEMORY": "8GiB", "FLEXAI_SLICE": "bench"},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sim", action="store_true", help="use the simulated device")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=20000)
+    ap.add_argument("--launches", type=int, default=50000)
+    ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
+    args = ap.parse_args(argv)
+    sim = args.sim or not gpu_present()
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = build(Path(tmp))
+        runs: dict[str, list[dict]] = {}
+        envs = variants(str(Path(tmp) / "state"), sim)
+        # interleave variants so drift (clocks, other load) hits all of them alike
+        for _ in range(args.repeat):
+            for name, env in envs.items():
+                out = subprocess.run([str(exe), str(args.pairs), str(args.launches)], env=env,
+                                     capture_output=True, text=True, check=True).stdout
+                runs.setdefault(name, []).append(json.loads(out))
+    result = {
+        "device": "simulated (flexai fake driver, no GPU)" if sim else "real GPU",
+        "host": platform.node(),
+        "repeat": args.repeat,
+        "median": {name: {k: statistics.median(r[k] for r in rs)
+                          for k in ("alloc_free_ns", "launch_ns", "launch_sync_ns")}
+                   for name, rs in runs.items()},
+    }
+    nat = result["median"]["native"]
+    result["added_ns"] = {name: {k: round(v - nat[k], 1) for k, v in med.items()}
+                          for name, med in result["median"].items() if name != "native"}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
