@@ -1,0 +1,363 @@
+"""The ``flexai`` command: run a program in a slice, list the node's slices, show a demo."""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, _native, sim_dir
+from .config import (
+    add_slice_options,
+    format_bytes,
+    option_overrides,
+    preload_value,
+    unknown_variable_warnings,
+)
+
+DEFAULT_STATE_DIR = "/dev/shm/flexai"
+
+
+def _error(message: object, status: int) -> int:
+    print(f"flexai: {message}", file=sys.stderr)
+    return status
+
+
+# ---- flexai run ---------------------------------------------------------------------------------
+
+def _run_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment of the command: options over the caller's environment, a slice name."""
+    env = {**os.environ, **option_overrides(args)}
+    if "FLEXAI_SLICE" not in env:
+        env["FLEXAI_SLICE"] = f"run-{os.getpid()}"  # exec keeps the pid: unique per command
+    return env
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        args.parser.error("missing the command to run, e.g. flexai run --gpu-memory 8GiB -- "
+                          "python train.py")
+    env = _run_env(args)
+    try:
+        cfg = _native.parse_config(env)
+    except _native.ConfigError as exc:
+        return _error(exc, 2)
+    except _native.FlexaiError as exc:
+        return _error(exc, 1)
+    for warning in unknown_variable_warnings(env):
+        print(f"flexai: {warning}", file=sys.stderr)
+    if not any(cfg.memory) and not any(cfg.compute):
+        print("flexai: warning: no --gpu-memory or --gpu-compute given; the command runs "
+              "without a quota", file=sys.stderr)
+    env["LD_PRELOAD"] = preload_value(env.get("LD_PRELOAD"))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvpe(command[0], command, env)
+    except FileNotFoundError:
+        return _error(f"{command[0]}: command not found", 127)
+    except OSError as exc:
+        return _error(f"{command[0]}: cannot run: {exc.strerror}", 126)
+    return 0  # not reached: exec replaced this process
+
+
+# ---- flexai ps ----------------------------------------------------------------------------------
+
+def effective_state_dir(state_dir: str | None) -> str:
+    """The state directory libflexai uses for `state_dir` (None: environment, then default)."""
+    return state_dir or os.environ.get("FLEXAI_STATE_DIR") or DEFAULT_STATE_DIR
+
+
+def ps_snapshot(state_dir: str | None = None) -> dict[str, Any]:
+    """Sweep dead processes, then read the node's devices, slices and usage as plain data.
+
+    Raises
+    ------
+    FlexaiError
+        When the state directory cannot be used.
+    """
+    with _native.Node(state_dir) as node:
+        reclaimed = node.sweep()
+        uuids = {d.id: d.uuid for d in node.devices()}
+        slices = node.slices()
+        usage = node.usage()
+    out = []
+    for s in slices:
+        devices: list[dict[str, Any]] = []
+        for row in (r for r in usage if r.slice_id == s.id):
+            if row.pid == 0:
+                devices.append({"device": uuids.get(row.device_id, f"#{row.device_id}"),
+                                "limit_bytes": row.limit_bytes, "used_bytes": row.used_bytes,
+                                "processes": []})
+            elif devices:
+                devices[-1]["processes"].append({"pid": row.pid, "used_bytes": row.used_bytes})
+        out.append({"name": s.name, "priority": s.priority, "nprocs": s.nprocs,
+                    "devices": devices})
+    return {"state_dir": effective_state_dir(state_dir), "reclaimed": reclaimed,
+            "devices": [{"id": i, "uuid": u} for i, u in sorted(uuids.items())], "slices": out}
+
+
+def _columns(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def render_ps(snap: dict[str, Any]) -> str:
+    """Format a :func:`ps_snapshot` as a table (human units, devices by UUID)."""
+    if not snap["slices"]:
+        return f"no slices in {snap['state_dir']}"
+    rows = [["SLICE", "PRIORITY", "PROCS", "DEVICE", "LIMIT", "USED"]]
+    for s in snap["slices"]:
+        head = [s["name"], s["priority"], str(s["nprocs"])]
+        if not s["devices"]:
+            rows.append(head + ["-", "-", "-"])
+        for dev in s["devices"]:
+            limit = format_bytes(dev["limit_bytes"]) if dev["limit_bytes"] else "none"
+            rows.append(head + [dev["device"], limit, format_bytes(dev["used_bytes"])])
+            head = ["", "", ""]
+            for p in dev["processes"]:
+                rows.append([f"  pid {p['pid']}", "", "", "", "", format_bytes(p["used_bytes"])])
+    return f"state dir: {snap['state_dir']}\n" + _columns(rows)
+
+
+def _cmd_ps(args: argparse.Namespace) -> int:
+    try:
+        snap = ps_snapshot(args.state_dir)
+    except _native.FlexaiError as exc:
+        return _error(exc, 1)
+    print(json.dumps(snap, indent=2) if args.json else render_ps(snap))
+    return 0
+
+
+# ---- flexai demo --------------------------------------------------------------------------------
+
+DEMO_SLICES = (("demo-a", "4GiB", 2), ("demo-b", "2GiB", 1))  # name, quota, processes
+DEMO_CHUNK = 256 << 20
+DEMO_TIMEOUT_S = 60.0
+
+
+@dataclass
+class _Client:
+    slice: str
+    quota: int
+    proc: subprocess.Popen[str]
+    stderr: Any
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def _has_real_gpu() -> bool:
+    """True when libcuda.so.1 loads, initializes and shows at least one device."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        count = ctypes.c_int(0)
+        return (cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0
+                and count.value > 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _demo_env(state_dir: str, simulated: bool) -> dict[str, str]:
+    """The clients' environment: the caller's, without its flexai settings, plus the demo's."""
+    keep = ("FLEXAI_LIB_DIR", "FLEXAI_LOG")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXAI_") or k in keep}
+    env["FLEXAI_STATE_DIR"] = state_dir
+    if simulated:
+        sim = str(sim_dir())
+        env.pop("CUDA_VISIBLE_DEVICES", None)  # the simulated device has one GPU, index 0
+        env.update(FLEXAI_LIBCUDA=f"{sim}/libcuda.so.1", FLEXAI_LIBNVML=f"{sim}/libnvidia-ml.so.1",
+                   FLEXAI_SIM_MEMORY="16GiB", FLEXAI_CONTEXT_MEMORY="256MiB",
+                   LD_LIBRARY_PATH=":".join(p for p in (sim, env.get("LD_LIBRARY_PATH")) if p))
+    return env
+
+
+def _start_clients(env: dict[str, str], clients: list[_Client]) -> None:
+    """Start every demo process through `flexai run`, appending each to `clients` at once."""
+    client = str(Path(__file__).with_name("_demo_client.py"))
+    for name, quota, nprocs in DEMO_SLICES:
+        quota_bytes = _native.parse_size(quota)
+        cmd = [sys.executable, "-m", "flexai", "run", "--gpu-memory", quota, "--slice", name,
+               "--", sys.executable, client, "--chunk", str(DEMO_CHUNK),
+               "--cap", str(2 * quota_bytes)]
+        for _ in range(nprocs):
+            err = tempfile.TemporaryFile(mode="w+")
+            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=err, text=True)
+            clients.append(_Client(name, quota_bytes, proc, err))
+
+
+def _read_report(c: _Client, deadline: float) -> None:
+    """Read the client's next JSON line; a client that dies or stays silent gets an error."""
+    out = c.proc.stdout
+    if "error" in c.report or out is None:
+        return
+    ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
+    line = out.readline() if ready else ""
+    try:
+        c.report = json.loads(line)
+    except ValueError:
+        c.report = {**c.report, "error": "no report from the client"}
+
+
+def _send(c: _Client, line: str) -> None:
+    try:
+        assert c.proc.stdin is not None  # started with stdin=PIPE
+        c.proc.stdin.write(line + "\n")
+        c.proc.stdin.flush()
+    except OSError:
+        pass  # the client has exited; its report says why
+
+
+def _run_clients(clients: list[_Client]) -> None:
+    """Barrier 1: every client holds a context. Barrier 2: every client has hit its quota."""
+    deadline = time.monotonic() + DEMO_TIMEOUT_S
+    for c in clients:
+        _read_report(c, deadline)
+    for c in clients:
+        if "error" not in c.report:
+            _send(c, "allocate")
+    for c in clients:
+        _read_report(c, deadline)
+
+
+def _release(clients: list[_Client]) -> None:
+    """Let the clients free their memory and exit; collect what they wrote to stderr."""
+    for c in clients:
+        try:
+            c.proc.communicate("free\n", timeout=DEMO_TIMEOUT_S)
+        except (subprocess.TimeoutExpired, OSError, ValueError):
+            c.proc.kill()
+            c.proc.wait()
+        if "error" in c.report:
+            c.stderr.seek(0)
+            tail = " | ".join(c.stderr.read().strip().splitlines()[-3:])
+            c.report["error"] += f" (exit status {c.proc.returncode}{': ' + tail if tail else ''})"
+        c.stderr.close()
+
+
+def _verdicts(clients: list[_Client], snap: dict[str, Any]) -> list[dict[str, Any]]:
+    charged = {s["name"]: sum(d["used_bytes"] for d in s["devices"]) for s in snap["slices"]}
+    out = []
+    for name, _, _ in DEMO_SLICES:
+        mine = [c for c in clients if c.slice == name]
+        total = sum(c.report.get("allocated", 0) for c in mine)
+        quota = mine[0].quota
+        if any("error" in c.report for c in mine):
+            verdict = "failed: " + next(c.report["error"] for c in mine if "error" in c.report)
+        elif total > quota or charged.get(name, 0) > quota:
+            verdict = "NOT enforced: the slice got more than its quota"
+        elif not all(c.report.get("oom") for c in mine):
+            verdict = "NOT enforced: no out-of-memory error"
+        else:
+            verdict = "enforced"
+        out.append({"slice": name, "quota_bytes": quota, "allocated_bytes": total,
+                    "charged_bytes": charged.get(name, 0), "verdict": verdict,
+                    "enforced": verdict == "enforced"})
+    return out
+
+
+def _render_demo(device: str, clients: list[_Client], snap: dict[str, Any],
+                 verdicts: list[dict[str, Any]]) -> str:
+    rows = [["SLICE", "QUOTA", "PID", "cuMemGetInfo TOTAL / FREE", "GOT BEFORE OOM"]]
+    for c in clients:
+        r = c.report
+        info = f"{format_bytes(r['total'])} / {format_bytes(r['free'])}" if "total" in r else "-"
+        got = format_bytes(r["allocated"]) if "allocated" in r else "-"
+        rows.append([c.slice, format_bytes(c.quota), str(r.get("pid", c.proc.pid)), info,
+                     got if r.get("oom") or "allocated" not in r else got + " (no OOM)"])
+    summary = [["SLICE", "QUOTA", "SLICE TOTAL", "CHARGED BY FLEXAI", "VERDICT"]]
+    summary += [[v["slice"], format_bytes(v["quota_bytes"]), format_bytes(v["allocated_bytes"]),
+                 format_bytes(v["charged_bytes"]), v["verdict"]] for v in verdicts]
+    return "\n\n".join([
+        f"flexai demo: two slices share one GPU, each under a memory quota\n{device}",
+        "each process allocates 256 MiB chunks until the driver says out of memory:\n"
+        + _columns(rows),
+        "what `flexai ps` sees while the processes hold their memory:\n" + render_ps(snap),
+        "CHARGED BY FLEXAI includes each process's CUDA context.\n" + _columns(summary)])
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    simulated = args.simulated or not _has_real_gpu()
+    if simulated:
+        why = "--simulated" if args.simulated else "no GPU found"
+        if not (sim_dir() / "libcuda.so.1").is_file():
+            return _error(f"{why}, and there is no simulated device in {sim_dir()}", 1)
+        device = (f"simulated device ({why}): flexai's fake CUDA driver from {sim_dir()}, "
+                  "16 GiB, 256 MiB charged per CUDA context")
+    else:
+        device = "real GPU: device 0 of libcuda.so.1"
+    clients: list[_Client] = []
+    with tempfile.TemporaryDirectory(prefix="flexai-demo-") as state_dir:
+        try:
+            _start_clients(_demo_env(state_dir, simulated), clients)
+            _run_clients(clients)
+            snap = ps_snapshot(state_dir)
+        except _native.FlexaiError as exc:
+            return _error(exc, 1)
+        finally:
+            _release(clients)
+    verdicts = _verdicts(clients, snap)
+    ok = all(v["enforced"] for v in verdicts)
+    if args.json:
+        print(json.dumps({"simulated": simulated, "device": device,
+                          "clients": [{"slice": c.slice, **c.report} for c in clients],
+                          "ps": snap, "slices": verdicts, "ok": ok}, indent=2))
+    else:
+        print(_render_demo(device, clients, snap, verdicts))
+    return 0 if ok else 1
+
+
+# ---- the parser ---------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flexai", description="GPU slicing: run programs with "
+                                "memory and compute quotas on a shared GPU.")
+    p.add_argument("--version", action="version", version=f"flexai {__version__}")
+    sub = p.add_subparsers(dest="subcommand", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a command (and all it spawns) inside a slice",
+                         usage="flexai run [--gpu-memory SIZE] [--gpu-compute PERCENT] "
+                               "[--slice NAME] [--priority P] -- CMD [ARGS...]",
+                         description="Run CMD with libflexai.so preloaded, so that CMD and every "
+                                     "process it starts share one slice's quotas. Options "
+                                     "override the FLEXAI_* environment; without a slice name "
+                                     "the command gets its own (run-<pid>). The exit status is "
+                                     "CMD's.")
+    add_slice_options(run)
+    run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    run.set_defaults(func=_cmd_run, parser=run)
+
+    ps = sub.add_parser("ps", help="list the node's slices, processes and memory")
+    ps.add_argument("--json", action="store_true", help="machine-readable output")
+    ps.add_argument("--state-dir", metavar="DIR",
+                    help=f"node state directory (default: $FLEXAI_STATE_DIR or "
+                         f"{DEFAULT_STATE_DIR})")
+    ps.set_defaults(func=_cmd_ps)
+
+    demo = sub.add_parser("demo", help="show two slices sharing a GPU with their quotas enforced")
+    demo.add_argument("--json", action="store_true", help="machine-readable output")
+    demo.add_argument("--simulated", action="store_true",
+                      help="use the simulated device even when a GPU is present")
+    demo.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flexai`` command; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return 2
+    return int(args.func(args))
