@@ -169,6 +169,12 @@ static const struct fx_layout_entry fx_layout[] = {
     FX_LAYOUT_ENTRY(fx_slice, mem_limit),
     FX_LAYOUT_ENTRY(fx_slice, mem_used),
     FX_LAYOUT_ENTRY(fx_proc, mem_used),
+    FX_LAYOUT_ENTRY(fx_dev, lease_pid),
+    FX_LAYOUT_ENTRY(fx_dev, lease_until_ns),
+    FX_LAYOUT_ENTRY(fx_dev, sched_until_ns),
+    FX_LAYOUT_ENTRY(fx_slice, compute),
+    FX_LAYOUT_ENTRY(fx_slice, tokens_ns),
+    FX_LAYOUT_ENTRY(fx_slice, gpu_ns),
 };
 
 /* Size or offset named "struct.field" (or a struct name), -1 when unknown. */

@@ -103,6 +103,7 @@ static int fx_join_locked(struct fx_region *r)
         if (p == FX_NONE) return -1;
         fx_rt.slice = s;
         fx_rt.proc = p;
+        fx_rt.pid = (int32_t)getpid();
         memcpy(fx_rt.slice_name, r->slices[s].name, FLEXAI_NAME_MAX);
         r->slices[s].priority = fx_rt.cfg.priority;
     }

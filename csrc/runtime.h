@@ -51,6 +51,7 @@ struct fx_runtime {
     CUresult broken_rc;            /* what the hooks return then */
     struct fx_shm shm;             /* shm.r is NULL when no region is attached */
     uint32_t proc;                 /* this process's slot, FX_NONE until attached */
+    int32_t pid;                   /* getpid() when attached (glibc no longer caches it) */
     uint32_t slice;
     char slice_name[FLEXAI_NAME_MAX]; /* to tell our slice from a later one in the same slot */
     int ndev;                      /* visible devices mapped, -1 until mapped */

@@ -14,7 +14,7 @@
 #include "flexai.h"
 
 #define FX_MAGIC 0x314d48534941584eULL /* "NXAISHM1" read as little-endian bytes */
-#define FX_LAYOUT_VERSION 1u
+#define FX_LAYOUT_VERSION 2u
 #define FX_MAX_SLICES 128
 #define FX_MAX_PROCS 1024
 #define FX_NONE 0xffffffffu
@@ -22,7 +22,14 @@
 struct fx_dev {
     uint8_t uuid[16];
     uint32_t in_use;
+    /* time-share lease (timeshare.c): the process whose slice alone may submit work now */
+    int32_t lease_pid;
+    uint32_t lease_slice;
     uint32_t pad;
+    uint64_t lease_start_ns;  /* CLOCK_MONOTONIC */
+    uint64_t lease_until_ns;  /* end of the quantum */
+    uint64_t lease_touch_ns;  /* holder's last launch; a silent holder loses the lease */
+    uint64_t sched_until_ns;  /* a scheduled slice was active: everyone schedules until then */
     uint64_t reserved[2];
 };
 
@@ -34,7 +41,14 @@ struct fx_slice {
     uint32_t pad;
     uint64_t mem_limit[FLEXAI_MAX_DEVICES]; /* by node device id; 0 = no limit */
     uint64_t mem_used[FLEXAI_MAX_DEVICES];  /* derived: sum of its processes' mem_used */
-    uint32_t compute[FLEXAI_MAX_DEVICES];   /* percent; 0 = none (compute issue) */
+    /* compute (timeshare.c), by node device id */
+    uint32_t compute[FLEXAI_MAX_DEVICES];   /* share in percent; 0 = none (treated as 100) */
+    uint32_t burst[FLEXAI_MAX_DEVICES];     /* 0: share is a hard cap; else the cap, >= share */
+    int64_t tokens_ns[FLEXAI_MAX_DEVICES];  /* GPU time the cap still allows; may go negative */
+    uint64_t refill_ns[FLEXAI_MAX_DEVICES]; /* last refill of tokens_ns */
+    uint64_t vtime_ns[FLEXAI_MAX_DEVICES];  /* GPU time used / share: fair-share clock */
+    uint64_t active_ns[FLEXAI_MAX_DEVICES]; /* last time it wanted to submit work */
+    uint64_t gpu_ns[FLEXAI_MAX_DEVICES];    /* GPU time used in all (statistics) */
     uint64_t reserved[8];
 };
 

@@ -8,18 +8,24 @@ import pytest
 
 from conftest import LIBFLEXAI
 
-# name -> value for layout version 1
-LAYOUT_V1 = {
-    "version": 1,
-    "fx_dev": 40,
-    "fx_slice": 464,
+# name -> value for layout version 2 (version 1 had no compute fields)
+LAYOUT = {
+    "version": 2,
+    "fx_dev": 80,
+    "fx_slice": 1168,
     "fx_proc": 152,
     "fx_region.lock": 32,
     "fx_region.devs": 96,
-    "fx_region.slices": 736,
+    "fx_region.slices": 1376,
     "fx_slice.mem_limit": 80,
     "fx_slice.mem_used": 208,
+    "fx_slice.compute": 336,
+    "fx_slice.tokens_ns": 464,
+    "fx_slice.gpu_ns": 976,
     "fx_proc.mem_used": 16,
+    "fx_dev.lease_pid": 20,
+    "fx_dev.lease_until_ns": 40,
+    "fx_dev.sched_until_ns": 56,
 }
 
 
@@ -31,9 +37,9 @@ def layout():
     return lambda name: lib.flexai_layout_value(name.encode())
 
 
-@pytest.mark.parametrize("name", sorted(LAYOUT_V1))
-def test_layout_v1(layout, name):
-    assert layout(name) == LAYOUT_V1[name]
+@pytest.mark.parametrize("name", sorted(LAYOUT))
+def test_layout(layout, name):
+    assert layout(name) == LAYOUT[name]
 
 
 def test_region_size_is_the_sum_of_its_tables(layout):

@@ -1,0 +1,298 @@
+/* hook_launch.c - every way work reaches a GPU (kernels, cooperative kernels, graphs) passes the
+ * compute gate: a lease from timeshare.c, and a bound on the work this process keeps in flight.
+ *
+ * Frameworks queue thousands of kernels ahead; throttling only at submission would then act
+ * seconds late. So while scheduling is on, the process records an event every few launches
+ * ("marks") and, before launching, waits until the work it still has in flight is estimated
+ * below FX_INFLIGHT_NS. A decision (yield to a higher priority, end of quantum, out of tokens)
+ * therefore takes effect within about that bound. When a slice has no cap, normal priority and
+ * nothing scheduled shares its device, a launch costs one shared-memory load and goes straight
+ * to the driver.
+ */
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "runtime.h"
+#include "timeshare.h"
+
+#define FX_RING 64
+#define FX_INFLIGHT_NS 1000000ULL      /* normal bound on queued work */
+#define FX_INFLIGHT_SHORT_NS 400000ULL /* while a higher priority may need the device */
+#define FX_MAX_STREAMS 8
+
+struct fx_mark {
+    CUevent ev;
+    uint32_t launches; /* launches this mark closes */
+};
+
+struct fx_launch_dev {
+    pthread_mutex_t mu;  /* one thread of this process at a time through the gate */
+    int holding;
+    uint64_t held_since;
+    struct fx_mark ring[FX_RING];
+    CUevent spare[FX_RING];
+    unsigned head, count, nspare;
+    unsigned since_mark;  /* launches since the last mark */
+    CUstream streams[FX_MAX_STREAMS];
+    uint8_t stream_ptsz[FX_MAX_STREAMS];
+    int nstreams;         /* streams used since the last mark; FX_MAX_STREAMS+1: too many */
+    uint64_t avg_ns;      /* estimated GPU time per launch */
+    uint64_t last_pop_ns; /* when the previous mark was seen complete */
+};
+
+static struct fx_launch_dev fx_ld[FLEXAI_MAX_DEVICES];
+static pthread_once_t fx_ld_once = PTHREAD_ONCE_INIT;
+
+static void fx_ld_init(void)
+{
+    for (int i = 0; i < FLEXAI_MAX_DEVICES; i++) {
+        pthread_mutex_init(&fx_ld[i].mu, NULL);
+        fx_ld[i].avg_ns = 50000;
+    }
+}
+
+static uint64_t fx_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+}
+
+/* Short waits spin politely (timer slack would turn a 20 us sleep into 70 us); long ones
+ * sleep. */
+static void fx_wait(uint64_t ns)
+{
+    if (ns > 200000) {
+        struct timespec t = {0, (long)(ns - 50000)};
+        nanosleep(&t, NULL);
+        return;
+    }
+    uint64_t end = fx_now() + ns;
+    while (fx_now() < end) sched_yield();
+}
+
+static void fx_touch(uint32_t dev)
+{
+    struct fx_region *r = fx_rt.shm.r;
+    if (r->devs[dev].lease_pid == fx_rt.pid)
+        __atomic_store_n(&r->devs[dev].lease_touch_ns, fx_now(), __ATOMIC_RELAXED);
+}
+
+static uint64_t fx_inflight_ns(const struct fx_launch_dev *ld)
+{
+    uint64_t n = ld->since_mark;
+    for (unsigned i = 0; i < ld->count; i++) n += ld->ring[(ld->head + i) % FX_RING].launches;
+    return n * ld->avg_ns;
+}
+
+/* Pop the oldest mark if its work is done; 1 when popped. */
+static int fx_pop_if_done(struct fx_launch_dev *ld)
+{
+    if (ld->count == 0) return 0;
+    struct fx_mark *m = &ld->ring[ld->head];
+    CUresult rc = fx_cu.cuEventQuery(m->ev);
+    if (rc == (CUresult)FX_CUDA_ERROR_NOT_READY) return 0;
+    uint64_t now = fx_now();
+    /* GPU time per launch, from consecutive completions while work stayed queued */
+    if (ld->last_pop_ns && m->launches && ld->count > 1) {
+        uint64_t est = (now - ld->last_pop_ns) / m->launches;
+        ld->avg_ns = (3 * ld->avg_ns + est) / 4;
+        if (ld->avg_ns < 1000) ld->avg_ns = 1000;
+    }
+    ld->last_pop_ns = ld->count > 1 ? now : 0;
+    if (ld->nspare < FX_RING) ld->spare[ld->nspare++] = m->ev;
+    else fx_cu.cuEventDestroy_v2(m->ev);
+    ld->head = (ld->head + 1) % FX_RING;
+    ld->count--;
+    return 1;
+}
+
+static void fx_mark_stream(struct fx_launch_dev *ld, CUstream s, int ptsz, uint32_t launches)
+{
+    CUevent ev = NULL;
+    if (ld->count == FX_RING) return;
+    if (ld->nspare) ev = ld->spare[--ld->nspare];
+    else if (fx_cu.cuEventCreate(&ev, FX_CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) return;
+    CUresult rc = ptsz ? fx_cu.cuEventRecord_ptsz(ev, s) : fx_cu.cuEventRecord(ev, s);
+    if (rc != CUDA_SUCCESS) {
+        fx_cu.cuEventDestroy_v2(ev);
+        return;
+    }
+    ld->ring[(ld->head + ld->count) % FX_RING] = (struct fx_mark){ev, launches};
+    ld->count++;
+}
+
+/* Close the launches since the last mark with one event per stream they used. */
+static void fx_mark_all(struct fx_launch_dev *ld)
+{
+    if (ld->since_mark == 0) return;
+    if (ld->nstreams > FX_MAX_STREAMS) {
+        fx_cu.cuCtxSynchronize(); /* too many streams to mark: settle everything */
+    } else {
+        for (int i = 0; i < ld->nstreams; i++)
+            fx_mark_stream(ld, ld->streams[i], ld->stream_ptsz[i], i == 0 ? ld->since_mark : 0);
+    }
+    ld->since_mark = 0;
+    ld->nstreams = 0;
+}
+
+/* Wait until everything this process submitted on the device has finished. */
+static void fx_drain(uint32_t dev, struct fx_launch_dev *ld)
+{
+    fx_mark_all(ld);
+    while (ld->count) {
+        if (!fx_pop_if_done(ld)) {
+            fx_touch(dev);
+            fx_wait(10000);
+        }
+    }
+}
+
+static void fx_release_lease(uint32_t dev, struct fx_launch_dev *ld)
+{
+    struct fx_region *r = fx_rt.shm.r;
+    fx_drain(dev, ld);
+    uint64_t end = fx_now();
+    if (fx_shm_lock(r) == 0) {
+        fx_ts_release(r, fx_rt.slice, fx_rt.pid, dev, ld->held_since, end);
+        fx_shm_unlock(r);
+    }
+    ld->holding = 0;
+}
+
+static int fx_capturing(CUstream s, int ptsz)
+{
+    CUstreamCaptureStatus st = 0;
+    __typeof__(fx_cu.cuStreamIsCapturing) q =
+        ptsz ? fx_cu.cuStreamIsCapturing_ptsz : fx_cu.cuStreamIsCapturing;
+    return q && q(s, &st) == CUDA_SUCCESS && st != 0;
+}
+
+/* Before a launch. Returns the device state to hand to fx_gate_leave (its mutex held), or NULL
+ * when this launch goes straight to the driver. */
+static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
+{
+    struct fx_region *r = fx_rt.shm.r;
+    if (!r) return NULL;
+    uint32_t dev = fx_current_dev();
+    if (dev == FX_NONE || fx_rt.slice == FX_NONE) return NULL;
+    uint64_t now = fx_now();
+    if (!fx_ts_needed(r, fx_rt.slice, dev, now)) return NULL;
+    if (!fx_cu.cuEventQuery || !fx_cu.cuEventRecord || !fx_cu.cuEventCreate) return NULL;
+    if (fx_capturing(stream, ptsz)) return NULL; /* recorded into a graph, not run now */
+    pthread_once(&fx_ld_once, fx_ld_init);
+    struct fx_launch_dev *ld = &fx_ld[dev];
+    pthread_mutex_lock(&ld->mu);
+    for (;;) {
+        uint64_t arg = 0;
+        if (fx_shm_lock(r) != 0) break; /* cannot schedule: let the work through */
+        enum fx_ts_verdict v = fx_ts_admit(r, fx_rt.slice, fx_rt.pid, dev, fx_now(), &arg);
+        fx_shm_unlock(r);
+        if (v == FX_TS_GO) {
+            if (!ld->holding || ld->held_since != arg) {
+                ld->holding = 1;
+                ld->held_since = arg;
+            }
+            break;
+        }
+        if (v == FX_TS_RELEASE || ld->holding) {
+            /* quantum over, out of tokens, a higher priority came, or we lost the lease */
+            fx_release_lease(dev, ld);
+            if (v == FX_TS_RELEASE) continue;
+        }
+        fx_wait(arg);
+    }
+    /* bound the work in flight so the next decision takes effect quickly */
+    uint64_t bound = r->devs[dev].sched_until_ns > now && r->slices[fx_rt.slice].priority <
+                     FLEXAI_PRIORITY_HIGH ? FX_INFLIGHT_SHORT_NS : FX_INFLIGHT_NS;
+    while (ld->count && fx_inflight_ns(ld) >= bound) {
+        if (!fx_pop_if_done(ld)) {
+            fx_touch(dev);
+            fx_wait(10000);
+        }
+    }
+    return ld;
+}
+
+/* After the launch: count it, remember its stream, and mark every so often. */
+static void fx_gate_leave(struct fx_launch_dev *ld, CUresult rc, CUstream stream, int ptsz)
+{
+    if (!ld) return;
+    if (rc == CUDA_SUCCESS) {
+        int known = 0;
+        for (int i = 0; i < ld->nstreams && i < FX_MAX_STREAMS; i++)
+            if (ld->streams[i] == stream && ld->stream_ptsz[i] == ptsz) known = 1;
+        if (!known && ld->nstreams < FX_MAX_STREAMS) {
+            ld->streams[ld->nstreams] = stream;
+            ld->stream_ptsz[ld->nstreams++] = (uint8_t)ptsz;
+        } else if (!known) {
+            ld->nstreams = FX_MAX_STREAMS + 1;
+        }
+        ld->since_mark++;
+        /* marks about a quarter of the in-flight bound apart: cheap yet responsive */
+        uint64_t every = FX_INFLIGHT_SHORT_NS / 4 / (ld->avg_ns ? ld->avg_ns : 1);
+        if (ld->since_mark >= (every ? every : 1)) fx_mark_all(ld);
+    }
+    pthread_mutex_unlock(&ld->mu);
+}
+
+/* One wrapper per entry point; `stream` and `ptsz` say where the work goes. */
+#define FX_LAUNCH(fn, stream, ptsz, call_args)                                                     FX_ENTER(fn);                                                                                  struct fx_launch_dev *ld = fx_gate_enter((stream), (ptsz));                                    CUresult rc = fx_cu.fn call_args;                                                              fx_gate_leave(ld, rc, (stream), (ptsz));                                                       return rc
+
+FX_EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
+                                  unsigned int bx, unsigned int by, unsigned int bz,
+                                  unsigned int shmem, CUstream s, void **params, void **extra)
+{
+    FX_LAUNCH(cuLaunchKernel, s, 0, (f, gx, gy, gz, bx, by, bz, shmem, s, params, extra));
+}
+
+FX_EXPORT CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy,
+                                       unsigned int gz, unsigned int bx, unsigned int by,
+                                       unsigned int bz, unsigned int shmem, CUstream s,
+                                       void **params, void **extra)
+{
+    FX_LAUNCH(cuLaunchKernel_ptsz, s, 1, (f, gx, gy, gz, bx, by, bz, shmem, s, params, extra));
+}
+
+FX_EXPORT CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **params,
+                                    void **extra)
+{
+    FX_LAUNCH(cuLaunchKernelEx, config ? config->hStream : NULL, 0, (config, f, params, extra));
+}
+
+FX_EXPORT CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f,
+                                         void **params, void **extra)
+{
+    FX_LAUNCH(cuLaunchKernelEx_ptsz, config ? config->hStream : NULL, 1,
+              (config, f, params, extra));
+}
+
+FX_EXPORT CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned int gy,
+                                             unsigned int gz, unsigned int bx, unsigned int by,
+                                             unsigned int bz, unsigned int shmem, CUstream s,
+                                             void **params)
+{
+    FX_LAUNCH(cuLaunchCooperativeKernel, s, 0, (f, gx, gy, gz, bx, by, bz, shmem, s, params));
+}
+
+FX_EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx, unsigned int gy,
+                                                  unsigned int gz, unsigned int bx,
+                                                  unsigned int by, unsigned int bz,
+                                                  unsigned int shmem, CUstream s, void **params)
+{
+    FX_LAUNCH(cuLaunchCooperativeKernel_ptsz, s, 1,
+              (f, gx, gy, gz, bx, by, bz, shmem, s, params));
+}
+
+FX_EXPORT CUresult cuGraphLaunch(CUgraphExec g, CUstream s)
+{
+    FX_LAUNCH(cuGraphLaunch, s, 0, (g, s));
+}
+
+FX_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s)
+{
+    FX_LAUNCH(cuGraphLaunch_ptsz, s, 1, (g, s));
+}

@@ -1,0 +1,195 @@
+/* timeshare.c - leases, token buckets and fair-share clocks (see timeshare.h). */
+#include "timeshare.h"
+
+#include "log.h"
+
+static uint32_t fx_rate(const struct fx_slice *sl, uint32_t dev)
+{
+    uint32_t share = sl->compute[dev] ? sl->compute[dev] : 100;
+    uint32_t cap = sl->burst[dev] ? sl->burst[dev] : share;
+    return cap < share ? share : cap;
+}
+
+static uint32_t fx_weight(const struct fx_slice *sl, uint32_t dev)
+{
+    return sl->compute[dev] ? sl->compute[dev] : 100;
+}
+
+/* Slices that take part in scheduling on their own account. */
+static int fx_scheduled(const struct fx_slice *sl, uint32_t dev)
+{
+    return (sl->compute[dev] && sl->compute[dev] < 100) || sl->burst[dev] ||
+           sl->priority != FLEXAI_PRIORITY_NORMAL;
+}
+
+int fx_ts_needed(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now)
+{
+    const struct fx_slice *sl = &r->slices[slice];
+    if (fx_scheduled(sl, dev)) return 1;
+    return __atomic_load_n(&r->devs[dev].sched_until_ns, __ATOMIC_RELAXED) > now;
+}
+
+void fx_ts_set(struct fx_region *r, uint32_t slice, uint32_t dev, uint32_t share, uint32_t burst)
+{
+    struct fx_slice *sl = &r->slices[slice];
+    sl->compute[dev] = share;
+    sl->burst[dev] = burst;
+    r->generation++;
+}
+
+static void fx_refill(struct fx_slice *sl, uint32_t dev, uint64_t now)
+{
+    uint32_t rate = fx_rate(sl, dev);
+    int64_t depth = (int64_t)(FX_TS_WINDOW_NS * rate / 100);
+    if (sl->refill_ns[dev] == 0 || now < sl->refill_ns[dev]) {
+        sl->refill_ns[dev] = now;
+        if (sl->tokens_ns[dev] == 0) sl->tokens_ns[dev] = depth / 4; /* a modest head start */
+        return;
+    }
+    uint64_t gained = (now - sl->refill_ns[dev]) * rate / 100;
+    sl->refill_ns[dev] = now;
+    int64_t t = sl->tokens_ns[dev];
+    t = gained > (uint64_t)(depth - (t < depth ? t : depth)) ? depth : t + (int64_t)gained;
+    sl->tokens_ns[dev] = t;
+}
+
+static int fx_is_active(const struct fx_slice *sl, uint32_t dev, uint64_t now, uint64_t window)
+{
+    return sl->in_use && sl->active_ns[dev] && now - sl->active_ns[dev] < window;
+}
+
+static int fx_holder_valid(const struct fx_region *r, const struct fx_dev *d, uint64_t now)
+{
+    return d->lease_pid != 0 && d->lease_slice < FX_MAX_SLICES &&
+           r->slices[d->lease_slice].in_use && now - d->lease_touch_ns < FX_TS_SILENT_NS;
+}
+
+/* Tokens the holder would have left if its lease ended now. */
+static int64_t fx_tokens_left(const struct fx_slice *sl, uint32_t dev, const struct fx_dev *d,
+                              uint64_t now, int holding)
+{
+    int64_t t = sl->tokens_ns[dev];
+    if (holding) t -= (int64_t)(now - d->lease_start_ns);
+    return t;
+}
+
+/* Highest priority among active slices, and whether another eligible slice of priority >= p
+ * is waiting now. */
+static int32_t fx_top_priority(const struct fx_region *r, uint32_t dev, uint64_t now)
+{
+    int32_t top = FLEXAI_PRIORITY_LOW;
+    for (uint32_t s = 0; s < FX_MAX_SLICES; s++)
+        if (fx_is_active(&r->slices[s], dev, now, FX_TS_WAITING_NS) && r->slices[s].priority > top)
+            top = r->slices[s].priority;
+    return top;
+}
+
+/* The eligible waiting slice of priority `prio` with the smallest virtual time. */
+static uint32_t fx_best(struct fx_region *r, uint32_t dev, uint64_t now, int32_t prio,
+                        uint32_t except)
+{
+    uint32_t best = FX_NONE;
+    for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
+        struct fx_slice *sl = &r->slices[s];
+        if (s == except || sl->priority != prio || !fx_is_active(sl, dev, now, FX_TS_WAITING_NS))
+            continue;
+        fx_refill(sl, dev, now);
+        if (sl->tokens_ns[dev] <= 0) continue;
+        if (best == FX_NONE || sl->vtime_ns[dev] < r->slices[best].vtime_ns[dev]) best = s;
+    }
+    return best;
+}
+
+/* A slice coming back from idle starts at the smallest virtual time of the active ones, so it
+ * gets no credit for the time it did not use (and no penalty either). */
+static void fx_wake(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now)
+{
+    uint64_t min_v = UINT64_MAX;
+    for (uint32_t s = 0; s < FX_MAX_SLICES; s++)
+        if (s != slice && fx_is_active(&r->slices[s], dev, now, FX_TS_ACTIVE_NS) &&
+            r->slices[s].vtime_ns[dev] < min_v)
+            min_v = r->slices[s].vtime_ns[dev];
+    struct fx_slice *sl = &r->slices[slice];
+    if (min_v != UINT64_MAX && sl->vtime_ns[dev] < min_v) sl->vtime_ns[dev] = min_v;
+}
+
+static void fx_take(struct fx_dev *d, uint32_t slice, int32_t pid, uint64_t now)
+{
+    d->lease_pid = pid;
+    d->lease_slice = slice;
+    d->lease_start_ns = now;
+    d->lease_touch_ns = now;
+    d->lease_until_ns = now + FX_TS_QUANTUM_NS;
+}
+
+enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
+                               uint64_t now, uint64_t *arg)
+{
+    struct fx_slice *sl = &r->slices[slice];
+    struct fx_dev *d = &r->devs[dev];
+    fx_refill(sl, dev, now);
+    if (!fx_is_active(sl, dev, now, FX_TS_ACTIVE_NS)) fx_wake(r, slice, dev, now);
+    sl->active_ns[dev] = now;
+    if (fx_scheduled(sl, dev)) d->sched_until_ns = now + FX_TS_ACTIVE_NS;
+
+    int32_t prio = sl->priority, top = fx_top_priority(r, dev, now);
+    uint32_t rate = fx_rate(sl, dev);
+    int holding = d->lease_pid == pid && d->lease_slice == slice;
+
+    if (holding) {
+        int64_t left = fx_tokens_left(sl, dev, d, now, 1);
+        if (prio < top || left <= 0) return FX_TS_RELEASE;
+        if (now >= d->lease_until_ns) {
+            uint32_t other = fx_best(r, dev, now, prio, slice);
+            if (other != FX_NONE) return FX_TS_RELEASE;
+            d->lease_until_ns = now + FX_TS_QUANTUM_NS; /* nobody waits: keep going */
+        }
+        d->lease_touch_ns = now;
+        *arg = d->lease_start_ns;
+        return FX_TS_GO;
+    }
+    if (prio < top) {
+        *arg = 50000;
+        return FX_TS_WAIT;
+    }
+    if (sl->tokens_ns[dev] <= 0) {
+        /* time until the bucket holds a little again */
+        *arg = (uint64_t)(-sl->tokens_ns[dev]) * 100 / rate + 20000;
+        return FX_TS_WAIT;
+    }
+    if (fx_holder_valid(r, d, now)) {
+        if (r->slices[d->lease_slice].priority >= prio || d->lease_slice == slice) {
+            uint64_t left = d->lease_until_ns > now ? d->lease_until_ns - now : 0;
+            *arg = left < 20000 ? 20000 : (left > 100000 ? 100000 : left);
+            return FX_TS_WAIT;
+        }
+        /* preempt a lower priority: it notices at its next admission and drains */
+        FX_DEBUG("slice %u preempts slice %u on device %u", slice, d->lease_slice, dev);
+    } else {
+        uint32_t best = fx_best(r, dev, now, prio, FX_NONE);
+        if (best != FX_NONE && best != slice) {
+            *arg = 20000;
+            return FX_TS_WAIT;
+        }
+    }
+    fx_take(d, slice, pid, now);
+    *arg = now;
+    return FX_TS_GO;
+}
+
+void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev, uint64_t start,
+                   uint64_t end)
+{
+    struct fx_slice *sl = &r->slices[slice];
+    struct fx_dev *d = &r->devs[dev];
+    if (end > start) {
+        uint64_t used = end - start;
+        sl->tokens_ns[dev] -= (int64_t)used;
+        sl->vtime_ns[dev] += used * 100 / fx_weight(sl, dev);
+        sl->gpu_ns[dev] += used;
+    }
+    if (d->lease_pid == pid && d->lease_slice == slice) {
+        d->lease_pid = 0;
+        d->lease_slice = FX_NONE;
+    }
+}

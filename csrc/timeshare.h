@@ -1,0 +1,54 @@
+/* timeshare.h - vendor-free compute shares: who may submit GPU work now, and for how long.
+ *
+ * Model (time-slicing, no MPS): on each device one process at a time holds a *lease*; only the
+ * holder's slice submits work, so the GPU time between the lease's start and the completion of
+ * its last submitted work is exactly that slice's GPU time. Processes bound how much work they
+ * keep in flight (hook_launch.c), so a lease changes hands within about a millisecond.
+ *  - Caps: a debt-carrying token bucket per slice and device fills at the cap's rate; a slice
+ *    with no tokens may not hold the lease. Overshoot becomes debt, so the long-run share is
+ *    exact.
+ *  - Fairness under contention: among eligible slices of the top priority the one with the
+ *    smallest virtual time (GPU time / share) gets the lease next (weighted fair queueing).
+ *  - Priorities: while a slice of higher priority is active, lower ones yield; a higher one
+ *    takes the lease at once without waiting for the holder.
+ *  - A holder that dies or stays silent loses the lease after FX_TS_SILENT_NS.
+ * All functions expect the region lock held and take `now` in CLOCK_MONOTONIC nanoseconds.
+ */
+#ifndef FX_TIMESHARE_H
+#define FX_TIMESHARE_H
+
+#include <stdint.h>
+
+#include "shm.h"
+
+#define FX_TS_QUANTUM_NS (4000000ULL)  /* a lease lasts this long when others wait */
+#define FX_TS_WINDOW_NS (20000000ULL)  /* token bucket depth, in ns at 100% */
+#define FX_TS_ACTIVE_NS (3000000ULL)   /* asked within this: active (gets no idle credit) */
+#define FX_TS_WAITING_NS (200000ULL)   /* asked within this: waiting for the lease now */
+#define FX_TS_SILENT_NS (2000000ULL)   /* a holder silent this long loses the lease */
+
+enum fx_ts_verdict {
+    FX_TS_GO = 0,      /* submit now (the caller holds the lease) */
+    FX_TS_WAIT = 1,    /* retry after *wait_ns */
+    FX_TS_RELEASE = 2, /* the caller holds the lease but must drain its work and release it */
+};
+
+/* Ask to submit work of `slice` from process `pid` on node device `dev`. On FX_TS_GO *arg is
+ * the start of the caller's lease; on FX_TS_WAIT the nanoseconds to wait before asking again. */
+enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
+                               uint64_t now, uint64_t *arg);
+
+/* The holder's work has drained: charge the GPU time it used since `start` (its lease start)
+ * up to `end` to its slice, and free the lease if it still holds it (a preempted or silent
+ * holder may have lost it meanwhile; it used the GPU all the same). */
+void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev, uint64_t start,
+                   uint64_t end);
+
+/* Without the lock: nonzero when `slice` must go through fx_ts_admit on `dev` (it has a cap
+ * or burst, a non-normal priority, or such a slice was active on the device lately). */
+int fx_ts_needed(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now);
+
+/* Set a slice's share and burst on a device (resize); takes effect at the next admission. */
+void fx_ts_set(struct fx_region *r, uint32_t slice, uint32_t dev, uint32_t share, uint32_t burst);
+
+#endif
