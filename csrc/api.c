@@ -5,6 +5,7 @@
 #include "config.h"
 #include "log.h"
 #include "shm.h"
+#include "timeshare.h"
 
 struct flexai_node {
     struct fx_shm shm;
@@ -95,11 +96,21 @@ int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, ch
     return n;
 }
 
-static void fx_put_row(flexai_usage_row *out, size_t cap, int *n, uint32_t slice, uint32_t dev,
-                       int32_t pid, uint64_t limit, uint64_t used)
+static void fx_put_row(flexai_usage_row *out, size_t cap, int *n, const struct fx_slice *sl,
+                       uint32_t slice, uint32_t dev, int32_t pid, uint64_t used)
 {
-    if (out && (size_t)*n < cap)
-        out[*n] = (flexai_usage_row){slice, dev, pid, 0, limit, used};
+    if (out && (size_t)*n < cap) {
+        flexai_usage_row *row = &out[*n];
+        memset(row, 0, sizeof *row);
+        row->slice_id = slice;
+        row->device_id = dev;
+        row->pid = pid;
+        row->limit_bytes = sl->mem_limit[dev];
+        row->used_bytes = used;
+        row->compute = sl->compute[dev];
+        row->burst = sl->burst[dev];
+        row->gpu_ns = pid ? 0 : sl->gpu_ns[dev];
+    }
     (*n)++;
 }
 
@@ -113,12 +124,13 @@ int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, char
         const struct fx_slice *sl = &r->slices[s];
         if (!sl->in_use) continue;
         for (uint32_t d = 0; d < FLEXAI_MAX_DEVICES; d++) {
-            if (!sl->mem_limit[d] && !sl->mem_used[d]) continue;
-            fx_put_row(out, cap, &n, s, d, 0, sl->mem_limit[d], sl->mem_used[d]);
+            if (!sl->mem_limit[d] && !sl->mem_used[d] && !sl->compute[d] && !sl->gpu_ns[d])
+                continue;
+            fx_put_row(out, cap, &n, sl, s, d, 0, sl->mem_used[d]);
             for (uint32_t p = 0; p < FX_MAX_PROCS; p++) {
                 const struct fx_proc *pr = &r->procs[p];
                 if (pr->in_use && pr->slice == s)
-                    fx_put_row(out, cap, &n, s, d, pr->pid, sl->mem_limit[d], pr->mem_used[d]);
+                    fx_put_row(out, cap, &n, sl, s, d, pr->pid, pr->mem_used[d]);
             }
         }
     }
@@ -126,28 +138,51 @@ int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, char
     return n;
 }
 
-int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const char *uuid,
-                                 uint64_t bytes, char *err)
+/* Lock the region and find (or create) the slice and device a setter names. */
+static int fx_setter_begin(flexai_node *node, const char *slice, const char *uuid, uint32_t *s,
+                           uint32_t *d, char *err)
 {
     uint8_t u[16];
-    if (!node) return fx_fail(err, "flexai_node_set_memory_limit: no node");
+    if (!node) return fx_fail(err, "flexai_node_set_*: no node");
     if (!slice || fx_slice_name_valid(slice, err) != 0) return -1;
     if (!uuid || fx_uuid_parse(uuid, u) != 0)
         return fx_fail(err, "device: '%s' is not a GPU UUID (expected e.g. "
                        "GPU-5ca1ab1e-0000-4000-8000-000000000000)", uuid ? uuid : "");
     struct fx_region *r = node->shm.r;
     if (fx_shm_lock(r) != 0) return fx_fail(err, "cannot lock the node's state");
-    int rc = 0;
-    uint32_t d = fx_dev_id(r, u);
-    uint32_t s = d == FX_NONE ? FX_NONE : fx_slice_get(r, slice, 0);
-    if (s == FX_NONE) {
-        rc = fx_fail(err, "the node's state is full (devices or slices)");
-    } else {
-        r->slices[s].mem_limit[d] = bytes;
-        r->generation++;
+    *d = fx_dev_id(r, u);
+    *s = *d == FX_NONE ? FX_NONE : fx_slice_get(r, slice, 0);
+    if (*s == FX_NONE) {
+        fx_shm_unlock(r);
+        return fx_fail(err, "the node's state is full (devices or slices)");
     }
-    fx_shm_unlock(r);
-    return rc;
+    return 0;
+}
+
+int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const char *uuid,
+                                 uint64_t bytes, char *err)
+{
+    uint32_t s = FX_NONE, d = FX_NONE;
+    if (fx_setter_begin(node, slice, uuid, &s, &d, err) != 0) return -1;
+    node->shm.r->slices[s].mem_limit[d] = bytes;
+    node->shm.r->generation++;
+    fx_shm_unlock(node->shm.r);
+    return 0;
+}
+
+int flexai_node_set_compute(flexai_node *node, const char *slice, const char *uuid,
+                            uint32_t percent, uint32_t burst, char *err)
+{
+    uint32_t s = FX_NONE, d = FX_NONE;
+    if (percent > 100)
+        return fx_fail(err, "compute: %u is outside 0..100 (expected e.g. 50)", percent);
+    if (burst && (burst < percent || burst > 100))
+        return fx_fail(err, "burst: %u must lie between the share %u and 100 (expected e.g. "
+                       "100)", burst, percent);
+    if (fx_setter_begin(node, slice, uuid, &s, &d, err) != 0) return -1;
+    fx_ts_set(node->shm.r, s, d, percent, burst);
+    fx_shm_unlock(node->shm.r);
+    return 0;
 }
 
 /* ---- layout introspection for tests (not in the public header on purpose) --------------- */

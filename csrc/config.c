@@ -115,22 +115,23 @@ int flexai_parse_size(const char *text, uint64_t *bytes, char *err)
     return fx_parse_size_n(text, strlen(text), bytes, 0, "size", "8GiB", err);
 }
 
-static int fx_parse_percent_n(const char *s, size_t len, uint32_t *out, char *err)
+static int fx_parse_percent_n(const char *var, const char *s, size_t len, uint32_t *out,
+                              char *err)
 {
     size_t n = len;
     if (n > 0 && s[n - 1] == '%') n--;
     if (n == 0 || n > 3)
-        return fx_fail(err, "FLEXAI_GPU_COMPUTE: '%.*s' is not a percentage 1..100 (expected "
-                       "e.g. %s)", (int)len, s, COMPUTE_EXAMPLE);
+        return fx_fail(err, "%s: '%.*s' is not a percentage 1..100 (expected e.g. %s)", var,
+                       (int)len, s, COMPUTE_EXAMPLE);
     uint32_t v = 0;
     for (size_t i = 0; i < n; i++) {
         if (!isdigit((unsigned char)s[i]))
-            return fx_fail(err, "FLEXAI_GPU_COMPUTE: '%.*s' is not a percentage 1..100 "
-                           "(expected e.g. %s)", (int)len, s, COMPUTE_EXAMPLE);
+            return fx_fail(err, "%s: '%.*s' is not a percentage 1..100 (expected e.g. %s)",
+                           var, (int)len, s, COMPUTE_EXAMPLE);
         v = v * 10 + (uint32_t)(s[i] - '0');
     }
     if (v < 1 || v > 100)
-        return fx_fail(err, "FLEXAI_GPU_COMPUTE: %u is outside 1..100 (expected e.g. %s)", v,
+        return fx_fail(err, "%s: %u is outside 1..100 (expected e.g. %s)", var, v,
                        COMPUTE_EXAMPLE);
     *out = v;
     return 0;
@@ -184,7 +185,7 @@ static int fx_parse_device_list(const char *var, const char *text, int kind, uin
         uint64_t m = 0;
         uint32_t c = 0;
         int rc = kind == 0 ? fx_parse_size_n(val, vlen, &m, 0, var, example, err)
-                           : fx_parse_percent_n(val, vlen, &c, err);
+                           : fx_parse_percent_n(var, val, vlen, &c, err);
         if (rc != 0) return -1;
         if (idx < 0) {
             mdefault = m;
@@ -267,6 +268,10 @@ static int fx_config_set(flexai_config *c, const char *name, const char *value, 
         c->compute_set = 1;
         return fx_parse_device_list(name, value, 1, NULL, c->compute, err);
     }
+    if (strcmp(name, "FLEXAI_GPU_COMPUTE_BURST") == 0) {
+        c->burst_set = 1;
+        return fx_parse_device_list(name, value, 1, NULL, c->burst, err);
+    }
     if (strcmp(name, "FLEXAI_SLICE") == 0) {
         if (fx_slice_name_valid(value, err) != 0) return -1;
         strcpy(c->slice, value);
@@ -292,6 +297,26 @@ static int fx_config_set(flexai_config *c, const char *name, const char *value, 
     return 0; /* not ours (FLEXAI_SIM_*, FLEXAI_LIB_DIR, ...): ignored */
 }
 
+/* Rules between variables, once all are read. */
+static int fx_config_check(const flexai_config *c, char *err)
+{
+    if (c->burst_set && !c->compute_set)
+        return fx_fail(err, "FLEXAI_GPU_COMPUTE_BURST needs FLEXAI_GPU_COMPUTE (expected e.g. "
+                       "FLEXAI_GPU_COMPUTE=30 FLEXAI_GPU_COMPUTE_BURST=100)");
+    for (int d = 0; d < FLEXAI_MAX_DEVICES; d++) {
+        if (c->burst[d] && !c->compute[d])
+            return fx_fail(err, "FLEXAI_GPU_COMPUTE_BURST: device %d has a burst but no "
+                           "FLEXAI_GPU_COMPUTE share (expected e.g. FLEXAI_GPU_COMPUTE=30 "
+                           "FLEXAI_GPU_COMPUTE_BURST=100)", d);
+        if (c->burst[d] && c->burst[d] < c->compute[d])
+            return fx_fail(err, "FLEXAI_GPU_COMPUTE_BURST: %u is below the share %u on device "
+                           "%d; the burst is the most a slice may use (expected e.g. "
+                           "FLEXAI_GPU_COMPUTE=30 FLEXAI_GPU_COMPUTE_BURST=100)", c->burst[d],
+                           c->compute[d], d);
+    }
+    return 0;
+}
+
 int flexai_config_parse(const char *const *names, const char *const *values, size_t count,
                         flexai_config *out, char *err)
 {
@@ -301,7 +326,7 @@ int flexai_config_parse(const char *const *names, const char *const *values, siz
         if (!names || !values || !names[i] || !values[i]) continue;
         if (fx_config_set(out, names[i], values[i], err) != 0) return -1;
     }
-    return 0;
+    return fx_config_check(out, err);
 }
 
 extern char **environ;

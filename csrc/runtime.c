@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "timeshare.h"
 
 struct fx_real_cuda fx_cu;
 struct fx_real_nvml fx_nv;
@@ -110,11 +111,14 @@ static int fx_join_locked(struct fx_region *r)
     struct fx_slice *sl = &r->slices[fx_rt.slice];
     for (int i = 0; i < fx_rt.ndev; i++) {
         uint32_t d = fx_rt.dev[i];
-        if (d == FX_NONE || !fx_rt.cfg.memory[i]) continue;
-        if (sl->mem_limit[d] != fx_rt.cfg.memory[i]) {
+        if (d == FX_NONE) continue;
+        if (fx_rt.cfg.memory[i] && sl->mem_limit[d] != fx_rt.cfg.memory[i]) {
             sl->mem_limit[d] = fx_rt.cfg.memory[i];
             r->generation++;
         }
+        if (fx_rt.cfg.compute[i] &&
+            (sl->compute[d] != fx_rt.cfg.compute[i] || sl->burst[d] != fx_rt.cfg.burst[i]))
+            fx_ts_set(r, fx_rt.slice, d, fx_rt.cfg.compute[i], fx_rt.cfg.burst[i]);
     }
     return 0;
 }

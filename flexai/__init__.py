@@ -32,6 +32,7 @@ __all__ = [
     "library_path",
     "parse_config",
     "parse_size",
+    "resize",
     "sim_dir",
 ]
 
@@ -73,6 +74,7 @@ _LAZY = {
     "UsageRow": "_native",
     "parse_config": "_native",
     "parse_size": "_native",
+    "resize": "control",
 }
 
 

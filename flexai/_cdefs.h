@@ -23,11 +23,14 @@
 typedef struct flexai_config {
     uint64_t memory[FLEXAI_MAX_DEVICES];
     uint32_t compute[FLEXAI_MAX_DEVICES];
+    uint32_t burst[FLEXAI_MAX_DEVICES];
     uint64_t context_memory;
     int32_t priority;
     int32_t log_level;
     uint32_t memory_set;
     uint32_t compute_set;
+    uint32_t burst_set;
+    uint32_t pad;
     char slice[FLEXAI_NAME_MAX];
     char state_dir[FLEXAI_PATH_MAX];
     char libcuda[FLEXAI_PATH_MAX];
@@ -63,9 +66,12 @@ typedef struct flexai_usage_row {
     uint32_t slice_id;
     uint32_t device_id;
     int32_t pid;
-    uint32_t pad;
+    uint32_t compute;
     uint64_t limit_bytes;
     uint64_t used_bytes;
+    uint32_t burst;
+    uint32_t pad;
+    uint64_t gpu_ns;
 } flexai_usage_row;
 
 int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap, char *err);
@@ -73,3 +79,5 @@ int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, ch
 int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, char *err);
 int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const char *uuid,
                                  uint64_t bytes, char *err);
+int flexai_node_set_compute(flexai_node *node, const char *slice, const char *uuid,
+                            uint32_t percent, uint32_t burst, char *err);

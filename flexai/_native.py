@@ -174,13 +174,20 @@ class SliceInfo:
 
 @dataclass(frozen=True)
 class UsageRow:
-    """Memory of a slice (``pid == 0``) or of one of its processes on one device, in bytes."""
+    """Usage of a slice (``pid == 0``) or of one of its processes on one device.
+
+    ``limit_bytes``/``used_bytes`` are memory; ``compute``/``burst`` the slice's share and burst
+    in percent (0: none); ``gpu_ns`` the GPU time the slice used while scheduled.
+    """
 
     slice_id: int
     device_id: int
     pid: int
     limit_bytes: int
     used_bytes: int
+    compute: int = 0
+    burst: int = 0
+    gpu_ns: int = 0
 
 
 class Node:
@@ -270,7 +277,8 @@ class Node:
         return self._table(
             _load()[1].flexai_node_usage, "flexai_usage_row",
             lambda r: UsageRow(int(r.slice_id), int(r.device_id), int(r.pid),
-                               int(r.limit_bytes), int(r.used_bytes)))
+                               int(r.limit_bytes), int(r.used_bytes), int(r.compute),
+                               int(r.burst), int(r.gpu_ns)))
 
     def set_memory_limit(self, slice: str, uuid: str, bytes: int) -> None:
         """Set a slice's memory quota on one device, creating the slice if needed.
@@ -288,3 +296,24 @@ class Node:
             raise FlexaiError(f"memory limit: {bytes} is negative (expected e.g. 8589934592)")
         lib = _load()[1]
         self._call(lib.flexai_node_set_memory_limit, slice.encode(), uuid.encode(), bytes)
+
+    def set_compute(self, slice: str, uuid: str, percent: int, burst: int = 0) -> None:
+        """Set a slice's compute share on one device; running processes apply it at their
+        next kernel launch.
+
+        Parameters
+        ----------
+        slice : str
+            Slice name, e.g. ``"job-42"``.
+        uuid : str
+            Device UUID, ``"GPU-..."``.
+        percent : int
+            Share of the device's time, 1..100, or 0 to remove it.
+        burst : int
+            0 makes the share a hard cap; ``percent..100`` makes it a guarantee with idle time
+            usable up to ``burst``.
+        """
+        if percent < 0 or burst < 0:
+            raise FlexaiError(f"compute: {percent}/{burst} is negative (expected e.g. 50)")
+        lib = _load()[1]
+        self._call(lib.flexai_node_set_compute, slice.encode(), uuid.encode(), percent, burst)

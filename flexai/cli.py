@@ -100,7 +100,8 @@ def ps_snapshot(state_dir: str | None = None) -> dict[str, Any]:
             if row.pid == 0:
                 devices.append({"device": uuids.get(row.device_id, f"#{row.device_id}"),
                                 "limit_bytes": row.limit_bytes, "used_bytes": row.used_bytes,
-                                "processes": []})
+                                "compute": row.compute, "burst": row.burst,
+                                "gpu_seconds": row.gpu_ns / 1e9, "processes": []})
             elif devices:
                 devices[-1]["processes"].append({"pid": row.pid, "used_bytes": row.used_bytes})
         out.append({"name": s.name, "priority": s.priority, "nprocs": s.nprocs,
@@ -118,17 +119,23 @@ def render_ps(snap: dict[str, Any]) -> str:
     """Format a :func:`ps_snapshot` as a table (human units, devices by UUID)."""
     if not snap["slices"]:
         return f"no slices in {snap['state_dir']}"
-    rows = [["SLICE", "PRIORITY", "PROCS", "DEVICE", "LIMIT", "USED"]]
+    rows = [["SLICE", "PRIORITY", "PROCS", "DEVICE", "LIMIT", "USED", "COMPUTE", "GPU TIME"]]
     for s in snap["slices"]:
         head = [s["name"], s["priority"], str(s["nprocs"])]
         if not s["devices"]:
-            rows.append(head + ["-", "-", "-"])
+            rows.append(head + ["-"] * 5)
         for dev in s["devices"]:
             limit = format_bytes(dev["limit_bytes"]) if dev["limit_bytes"] else "none"
-            rows.append(head + [dev["device"], limit, format_bytes(dev["used_bytes"])])
+            compute = f"{dev['compute']}%" if dev["compute"] else "-"
+            if dev["burst"]:
+                compute += f" (burst {dev['burst']}%)"
+            gpu = f"{dev['gpu_seconds']:.2f}s" if dev["gpu_seconds"] else "-"
+            rows.append(head + [dev["device"], limit, format_bytes(dev["used_bytes"]), compute,
+                                gpu])
             head = ["", "", ""]
             for p in dev["processes"]:
-                rows.append([f"  pid {p['pid']}", "", "", "", "", format_bytes(p["used_bytes"])])
+                rows.append([f"  pid {p['pid']}", "", "", "", "", format_bytes(p["used_bytes"]),
+                             "", ""])
     return f"state dir: {snap['state_dir']}\n" + _columns(rows)
 
 
@@ -318,6 +325,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# ---- flexai resize ------------------------------------------------------------------------------
+
+def _cmd_resize(args: argparse.Namespace) -> int:
+    from .control import resize
+
+    try:
+        done = resize(args.slice, memory=args.gpu_memory, compute=args.gpu_compute,
+                      burst=args.gpu_compute_burst, device=args.device,
+                      state_dir=args.state_dir)
+    except _native.ConfigError as exc:
+        return _error(exc, 2)
+    except _native.FlexaiError as exc:
+        return _error(exc, 1)
+    parts = []
+    if done.memory is not None:
+        parts.append(f"memory {format_bytes(done.memory) if done.memory else 'unlimited'}")
+    if done.compute is not None:
+        parts.append(f"compute {done.compute}%" + (f" (burst {done.burst}%)" if done.burst else ""))
+    print(f"{done.slice}: {', '.join(parts)} on {', '.join(done.devices)}")
+    return 0
+
+
 # ---- the parser ---------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -328,7 +357,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a command (and all it spawns) inside a slice",
                          usage="flexai run [--gpu-memory SIZE] [--gpu-compute PERCENT] "
-                               "[--slice NAME] [--priority P] -- CMD [ARGS...]",
+                               "[--gpu-compute-burst PERCENT] [--slice NAME] [--priority P] "
+                               "-- CMD [ARGS...]",
                          description="Run CMD with libflexai.so preloaded, so that CMD and every "
                                      "process it starts share one slice's quotas. Options "
                                      "override the FLEXAI_* environment; without a slice name "
@@ -337,6 +367,21 @@ def _parser() -> argparse.ArgumentParser:
     add_slice_options(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     run.set_defaults(func=_cmd_run, parser=run)
+
+    rs = sub.add_parser("resize", help="change a running slice's memory quota or compute share",
+                        description="Change a slice's quotas while it runs: compute within "
+                                    "milliseconds, memory at the next allocation. Lowering "
+                                    "memory below usage refuses new allocations until usage "
+                                    "drops; nothing is freed.")
+    rs.add_argument("slice", help="slice name, e.g. job-42")
+    rs.add_argument("--gpu-memory", metavar="SIZE", help="new memory quota, e.g. 6GiB (0: none)")
+    rs.add_argument("--gpu-compute", metavar="PERCENT", type=int,
+                    help="new compute share, 1..100 (0: none)")
+    rs.add_argument("--gpu-compute-burst", metavar="PERCENT", type=int,
+                    help="make the share a guarantee that may burst up to PERCENT")
+    rs.add_argument("--device", metavar="UUID", help="only this device (default: all it uses)")
+    rs.add_argument("--state-dir", metavar="DIR", help="node state directory")
+    rs.set_defaults(func=_cmd_resize)
 
     ps = sub.add_parser("ps", help="list the node's slices, processes and memory")
     ps.add_argument("--json", action="store_true", help="machine-readable output")

@@ -21,6 +21,7 @@ from . import _native, library_path
 CONTRACT_VARIABLES = (
     "FLEXAI_GPU_MEMORY",
     "FLEXAI_GPU_COMPUTE",
+    "FLEXAI_GPU_COMPUTE_BURST",
     "FLEXAI_SLICE",
     "FLEXAI_PRIORITY",
     "FLEXAI_STATE_DIR",
@@ -71,6 +72,9 @@ class Config:
         Memory quota in bytes per visible device index; 0 means no limit.
     compute : tuple of int
         Compute share in percent per visible device index; 0 means no limit.
+    burst : tuple of int
+        Burst limit in percent per device; 0 means the share is a hard cap, otherwise the
+        share is guaranteed under contention and idle time may be used up to the burst.
     slice : str
         Slice name; empty means a private slice per process.
     priority : str
@@ -87,6 +91,7 @@ class Config:
 
     memory: tuple[int, ...]
     compute: tuple[int, ...]
+    burst: tuple[int, ...]
     slice: str
     priority: str
     log_level: str
@@ -102,6 +107,7 @@ class Config:
         return cls(
             memory=tuple(int(c.memory[i]) for i in range(n)),
             compute=tuple(int(c.compute[i]) for i in range(n)),
+            burst=tuple(int(c.burst[i]) for i in range(n)),
             slice=_native.cstring(c.slice),
             priority=_native.priority_names().get(c.priority, str(c.priority)),
             log_level=_native.log_level_names().get(c.log_level, str(c.log_level)),
@@ -117,7 +123,13 @@ class Config:
 
     def compute_text(self) -> str:
         """The compute shares in words, e.g. ``all devices: 30%`` or ``none``."""
-        return describe_per_device(self.compute, lambda v: f"{v}%")
+        text = describe_per_device(self.compute, lambda v: f"{v}%")
+        if any(self.burst):
+            bursts = describe_per_device(self.burst, lambda v: f"{v}%")
+            text += f" guaranteed; may burst to {bursts.removeprefix('all devices: ')}"
+        elif any(self.compute):
+            text += " hard cap"
+        return text
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; ``memory``/``compute`` map device index to the quota of each
@@ -125,6 +137,7 @@ class Config:
         d = asdict(self)
         d["memory"] = {str(i): v for i, v in enumerate(self.memory) if v}
         d["compute"] = {str(i): v for i, v in enumerate(self.compute) if v}
+        d["burst"] = {str(i): v for i, v in enumerate(self.burst) if v}
         d["memory_text"] = self.memory_text()
         d["compute_text"] = self.compute_text()
         return d
@@ -140,6 +153,9 @@ class SliceSpec:
         Memory quota: ``"8GiB"``, ``"4096MiB"``, ``"0:8GiB,1:4GiB"``, or bytes.
     compute : int or str, optional
         Compute share in percent, 1..100 (``30``), or a per-device list (``"0:30,1:50"``).
+    burst : int or str, optional
+        Makes ``compute`` a guarantee that may use idle time up to this percent (``100``);
+        without it the share is a hard cap.
     slice : str, optional
         Slice name; processes with the same name share one quota, e.g. ``"job-42"``.
     priority : str, optional
@@ -162,6 +178,7 @@ class SliceSpec:
     compute: int | str | None = None
     slice: str | None = None
     priority: str | None = None
+    burst: int | str | None = None
 
     def __post_init__(self) -> None:
         _native.parse_config(self.env())
@@ -171,6 +188,7 @@ class SliceSpec:
         pairs = (
             ("FLEXAI_GPU_MEMORY", self.memory),
             ("FLEXAI_GPU_COMPUTE", self.compute),
+            ("FLEXAI_GPU_COMPUTE_BURST", self.burst),
             ("FLEXAI_SLICE", self.slice),
             ("FLEXAI_PRIORITY", self.priority),
         )
@@ -209,6 +227,7 @@ def option_overrides(args: argparse.Namespace) -> dict[str, str]:
     pairs = (
         ("FLEXAI_GPU_MEMORY", args.gpu_memory),
         ("FLEXAI_GPU_COMPUTE", args.gpu_compute),
+        ("FLEXAI_GPU_COMPUTE_BURST", args.gpu_compute_burst),
         ("FLEXAI_SLICE", args.slice),
         ("FLEXAI_PRIORITY", args.priority),
     )
@@ -221,6 +240,9 @@ def add_slice_options(parser: argparse.ArgumentParser) -> None:
                         help="memory quota per device, e.g. 8GiB or 0:8GiB,1:4GiB")
     parser.add_argument("--gpu-compute", metavar="PERCENT",
                         help="compute share per device in percent, e.g. 30 or 0:30,1:50")
+    parser.add_argument("--gpu-compute-burst", metavar="PERCENT",
+                        help="make --gpu-compute a guarantee and allow idle time up to this "
+                             "percent, e.g. 100")
     parser.add_argument("--slice", metavar="NAME",
                         help="slice name; processes with one name share one quota")
     parser.add_argument("--priority", metavar="P", help="high, normal or low")

@@ -57,11 +57,15 @@ extern "C" {
 typedef struct flexai_config {
     uint64_t memory[FLEXAI_MAX_DEVICES];  /**< memory quota in bytes per visible device */
     uint32_t compute[FLEXAI_MAX_DEVICES]; /**< compute share in percent (1..100) per device */
+    uint32_t burst[FLEXAI_MAX_DEVICES];   /**< 0: the share is a hard cap; else the cap (>= share)
+                                               and the share is guaranteed under contention */
     uint64_t context_memory;              /**< bytes charged per process and device for the context */
     int32_t priority;                     /**< FLEXAI_PRIORITY_* */
     int32_t log_level;                    /**< FLEXAI_LOG_* */
     uint32_t memory_set;                  /**< 1 when FLEXAI_GPU_MEMORY was given */
     uint32_t compute_set;                 /**< 1 when FLEXAI_GPU_COMPUTE was given */
+    uint32_t burst_set;                   /**< 1 when FLEXAI_GPU_COMPUTE_BURST was given */
+    uint32_t pad;
     char slice[FLEXAI_NAME_MAX];          /**< slice name; empty: a private slice per process */
     char state_dir[FLEXAI_PATH_MAX];      /**< directory of the node's shared state */
     char libcuda[FLEXAI_PATH_MAX];        /**< the real CUDA driver library */
@@ -131,14 +135,19 @@ typedef struct flexai_slice_info {
 /**
  * One usage row: a slice (pid == 0) or one of its processes (pid > 0) on one device.
  * limit_bytes is the slice's quota on that device (0: none); used_bytes is what is charged.
+ * compute/burst are the slice's share and burst in percent (0: none); gpu_ns is the GPU time
+ * the slice used on the device while it was scheduled (slice rows only).
  */
 typedef struct flexai_usage_row {
     uint32_t slice_id;
     uint32_t device_id;
     int32_t pid;
-    uint32_t pad;
+    uint32_t compute;
     uint64_t limit_bytes;
     uint64_t used_bytes;
+    uint32_t burst;
+    uint32_t pad;
+    uint64_t gpu_ns;
 } flexai_usage_row;
 
 /** @brief Copy up to `cap` devices into out. @return the number of devices, or -1. */
@@ -162,6 +171,14 @@ FLEXAI_API int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_
  */
 FLEXAI_API int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const char *uuid,
                                  uint64_t bytes, char *err);
+
+/**
+ * @brief Set a slice's compute share and burst on one device (creating the slice if needed);
+ *        running processes apply it at their next kernel launch.
+ * @param percent share 1..100, or 0 to remove it; burst 0 (hard cap) or percent..100.
+ */
+FLEXAI_API int flexai_node_set_compute(flexai_node *node, const char *slice, const char *uuid,
+                                       uint32_t percent, uint32_t burst, char *err);
 
 #ifdef __cplusplus
 }

@@ -70,7 +70,17 @@ def test_one_value_for_all_devices() -> None:
     cfg = flexai.parse_config({"FLEXAI_GPU_MEMORY": "8GiB", "FLEXAI_GPU_COMPUTE": "30"})
     assert set(cfg.memory) == {8 * GiB} and set(cfg.compute) == {30}
     assert cfg.memory_text() == "all devices: 8 GiB"
-    assert cfg.compute_text() == "all devices: 30%"
+    assert cfg.compute_text() == "all devices: 30% hard cap"
+
+
+def test_burst_makes_the_share_a_guarantee() -> None:
+    cfg = flexai.parse_config({"FLEXAI_GPU_COMPUTE": "30", "FLEXAI_GPU_COMPUTE_BURST": "100"})
+    assert set(cfg.burst) == {100}
+    assert cfg.compute_text() == "all devices: 30% guaranteed; may burst to 100%"
+    for bad, needle in ((("FLEXAI_GPU_COMPUTE_BURST", "100"),), "needs FLEXAI_GPU_COMPUTE"), \
+                       ((("FLEXAI_GPU_COMPUTE", "30"), ("FLEXAI_GPU_COMPUTE_BURST", "20")), "below"):
+        with pytest.raises(flexai.ConfigError, match=needle):
+            flexai.parse_config(dict(bad))
 
 
 def test_per_device_list() -> None:

@@ -136,6 +136,34 @@ static int parse_memory(void) {
     return 0;
 }
 
+/* FLEXAI_SIM_KERNEL_US: microseconds, 0 .. 1 hour. */
+static int parse_kernel_us(void) {
+    const char *s = getenv("FLEXAI_SIM_KERNEL_US");
+    char *end;
+
+    config.kernel_us = 10;
+    if (s == NULL)
+        return 0;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < 0 || v > 3600L * 1000 * 1000)
+        return config_fail("FLEXAI_SIM_KERNEL_US", s, "is not a duration in microseconds (e.g. 10)");
+    config.kernel_us = (unsigned)v;
+    return 0;
+}
+
+static int parse_mps(void) {
+    const char *s = getenv("FLEXAI_SIM_MPS");
+
+    config.mps = 0;
+    if (s == NULL || strcmp(s, "") == 0 || strcmp(s, "0") == 0)
+        return 0;
+    if (strcmp(s, "1") != 0)
+        return config_fail("FLEXAI_SIM_MPS", s, "must be 0 or 1");
+    config.mps = 1;
+    return 0;
+}
+
 static int parse_uuids(void) {
     const char *s = getenv("FLEXAI_SIM_UUIDS");
     int n = 0;
@@ -175,7 +203,8 @@ static int parse_uuids(void) {
 
 static void config_load(void) {
     /* UUIDs depend on the device count, so the order matters. */
-    config_ok = parse_devices() == 0 && parse_memory() == 0 && parse_uuids() == 0;
+    config_ok = parse_devices() == 0 && parse_memory() == 0 && parse_uuids() == 0 &&
+                parse_kernel_us() == 0 && parse_mps() == 0;
 }
 
 const struct fake_config *fake_config_get(void) {

@@ -1,5 +1,5 @@
 /*
- * fake_cuda_ctx.c - simulated contexts and streams.
+ * fake_cuda_ctx.c - simulated contexts (streams are in fake_cuda_exec.c).
  *
  * Like the real driver, each thread has a stack of current contexts; creating a context pushes
  * it, retaining a primary context does not. A context handle held by another thread may be
@@ -13,20 +13,14 @@
 /* The real stack is unbounded; no program nests contexts this deep. */
 #define CTX_STACK_MAX 64
 
-struct CUstream_st {
-    struct CUstream_st *next;
-    struct CUctx_st *ctx;
-};
-
-static struct CUctx_st *ctx_registry;       /* created (non-primary) contexts */
-static struct CUstream_st *stream_registry; /* created streams */
+static struct CUctx_st *ctx_registry; /* created (non-primary) contexts */
 
 static _Thread_local struct CUctx_st *ctx_stack[CTX_STACK_MAX];
 static _Thread_local int ctx_depth;
 
 /* ---- helpers (lock held) ----------------------------------------------------------------- */
 
-static int ctx_valid_locked(const struct CUctx_st *ctx) {
+int fake_ctx_valid_locked(const struct CUctx_st *ctx) {
     if (ctx == NULL)
         return 0;
     for (int i = 0; i < fake_cuda_ndevices; i++)
@@ -40,41 +34,17 @@ static int ctx_valid_locked(const struct CUctx_st *ctx) {
 
 CUresult fake_ctx_current_locked(struct CUctx_st **out) {
     struct CUctx_st *ctx = ctx_depth > 0 ? ctx_stack[ctx_depth - 1] : NULL;
-    if (!ctx_valid_locked(ctx))
+    if (!fake_ctx_valid_locked(ctx))
         return CUDA_ERROR_INVALID_CONTEXT;
     *out = ctx;
     return CUDA_SUCCESS;
 }
 
-static struct CUstream_st *stream_find_locked(CUstream hStream) {
-    for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next)
-        if (s == hStream)
-            return s;
-    return NULL;
-}
-
-CUresult fake_stream_ctx_locked(CUstream hStream, struct CUctx_st **out) {
-    if (hStream == NULL || hStream == CU_STREAM_LEGACY || hStream == CU_STREAM_PER_THREAD)
-        return fake_ctx_current_locked(out);
-    struct CUstream_st *s = stream_find_locked(hStream);
-    if (s == NULL)
-        return CUDA_ERROR_INVALID_HANDLE;
-    *out = s->ctx; /* valid: destroying a context destroys its streams */
-    return CUDA_SUCCESS;
-}
-
-/* What dies with a context: its streams and its memory. The handle itself is the caller's. */
-static void ctx_release_resources_locked(const struct CUctx_st *ctx) {
-    struct CUstream_st **link = &stream_registry;
-    while (*link != NULL) {
-        struct CUstream_st *s = *link;
-        if (s->ctx == ctx) {
-            *link = s->next;
-            free(s);
-        } else {
-            link = &s->next;
-        }
-    }
+/* What dies with a context: its streams (their queued work still drains), modules and memory.
+ * The handle itself is the caller's. */
+static void ctx_release_resources_locked(struct CUctx_st *ctx) {
+    fake_exec_release_ctx_locked(ctx);
+    fake_launch_release_ctx_locked(ctx);
     fake_mem_release_ctx_locked(ctx);
 }
 
@@ -208,7 +178,7 @@ CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
 
 static CUresult ctx_check(CUcontext ctx) {
     pthread_mutex_lock(&fake_cuda_lock);
-    int ok = ctx_valid_locked(ctx);
+    int ok = fake_ctx_valid_locked(ctx);
     pthread_mutex_unlock(&fake_cuda_lock);
     return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
 }
@@ -278,73 +248,6 @@ CUresult cuCtxGetDevice(CUdevice *device) {
     rc = fake_ctx_current_locked(&ctx);
     if (rc == CUDA_SUCCESS)
         *device = ctx->device;
-    pthread_mutex_unlock(&fake_cuda_lock);
-    return rc;
-}
-
-/* Nothing runs asynchronously in the fake, so synchronising only validates. */
-CUresult cuCtxSynchronize(void) {
-    struct CUctx_st *ctx;
-    CUresult rc = fake_cuda_check_init();
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    pthread_mutex_lock(&fake_cuda_lock);
-    rc = fake_ctx_current_locked(&ctx);
-    pthread_mutex_unlock(&fake_cuda_lock);
-    return rc;
-}
-
-/* ---- streams ----------------------------------------------------------------------------- */
-
-CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags) {
-    struct CUctx_st *ctx;
-    CUresult rc = fake_cuda_check_init();
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    if (phStream == NULL || (Flags != CU_STREAM_DEFAULT && Flags != CU_STREAM_NON_BLOCKING))
-        return CUDA_ERROR_INVALID_VALUE;
-    struct CUstream_st *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    pthread_mutex_lock(&fake_cuda_lock);
-    rc = fake_ctx_current_locked(&ctx);
-    if (rc == CUDA_SUCCESS) {
-        s->ctx = ctx;
-        s->next = stream_registry;
-        stream_registry = s;
-        *phStream = s;
-    }
-    pthread_mutex_unlock(&fake_cuda_lock);
-    if (rc != CUDA_SUCCESS)
-        free(s);
-    return rc;
-}
-
-CUresult cuStreamDestroy_v2(CUstream hStream) {
-    CUresult rc = fake_cuda_check_init();
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    pthread_mutex_lock(&fake_cuda_lock);
-    struct CUstream_st **link = &stream_registry;
-    while (*link != NULL && *link != hStream)
-        link = &(*link)->next;
-    struct CUstream_st *s = *link;
-    if (s != NULL)
-        *link = s->next;
-    pthread_mutex_unlock(&fake_cuda_lock);
-    if (s == NULL)
-        return CUDA_ERROR_INVALID_HANDLE; /* includes NULL and the special handles */
-    free(s);
-    return CUDA_SUCCESS;
-}
-
-CUresult cuStreamSynchronize(CUstream hStream) {
-    struct CUctx_st *ctx;
-    CUresult rc = fake_cuda_check_init();
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    pthread_mutex_lock(&fake_cuda_lock);
-    rc = fake_stream_ctx_locked(hStream, &ctx);
     pthread_mutex_unlock(&fake_cuda_lock);
     return rc;
 }

@@ -11,12 +11,19 @@
  * the shim's wrapper, and the shim would recurse into itself. So the fake never calls its own
  * exported names: shared logic lives in static or hidden helpers, and cuGetProcAddress hands out
  * the hidden aliases declared here (fake_local_<name>), which always bind inside this library.
+ *
+ * Execution (fake_cuda_exec.c, fake_cuda_sim.c, fake_cuda_launch.c, fake_cuda_graph.c): each
+ * stream is an in-order queue of fake_op served by a worker thread of its own. Stream and event
+ * queues have their own locks, taken after fake_cuda_lock when both are held; worker threads never
+ * take fake_cuda_lock. Streams and events are reference counted, so a handle destroyed while work
+ * that names it is queued stays valid until that work is done.
  */
 #ifndef FLEXAI_FAKE_CUDA_INTERNAL_H
 #define FLEXAI_FAKE_CUDA_INTERNAL_H
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 
 #include "fake.h"
 
@@ -28,6 +35,9 @@ FAKE_CUDA_CORE_ENTRIES(FAKE_DECLARE_LOCAL)
 FAKE_CUDA_CTX_ENTRIES(FAKE_DECLARE_LOCAL)
 FAKE_CUDA_MEM_ENTRIES(FAKE_DECLARE_LOCAL)
 FAKE_CUDA_VMM_ENTRIES(FAKE_DECLARE_LOCAL)
+FAKE_CUDA_EXEC_ENTRIES(FAKE_DECLARE_LOCAL)
+FAKE_CUDA_LAUNCH_ENTRIES(FAKE_DECLARE_LOCAL)
+FAKE_CUDA_GRAPH_ENTRIES(FAKE_DECLARE_LOCAL)
 
 /* A CUDA context. Primary contexts live in the device table; others are malloc'd and linked in
  * a registry so a stale or foreign handle is recognised before it is dereferenced. */
@@ -36,6 +46,54 @@ struct CUctx_st {
     int device;            /* visible ordinal */
     int is_primary;
     unsigned int retains; /* primary only: active while > 0 */
+    struct CUstream_st *default_stream; /* NULL stream; created on first use */
+};
+
+/* ---- execution ---------------------------------------------------------------------------- */
+
+enum fake_op_kind {
+    FAKE_OP_KERNEL = 1, /* occupies the device for ns */
+    FAKE_OP_RECORD,     /* event reaches record number gen */
+    FAKE_OP_WAIT,       /* stream waits until event has reached record number gen */
+};
+
+/* One unit of work in a stream queue or a graph. RECORD and WAIT hold a reference on event. */
+struct fake_op {
+    int kind;
+    int64_t ns;
+    struct CUevent_st *event;
+    uint64_t gen;
+};
+
+struct CUstream_st {
+    /* guarded by fake_cuda_lock */
+    struct CUstream_st *next;   /* registry link */
+    struct CUctx_st *ctx;       /* NULL once destroyed (the queue may still drain) */
+    struct CUgraph_st *capture; /* graph this stream is capturing into, if any */
+    /* immutable */
+    int physical;   /* device whose time the kernels occupy */
+    int is_default; /* the context's NULL stream */
+    unsigned flags;
+    int priority;
+    atomic_int refs;
+    /* guarded by mu */
+    pthread_mutex_t mu;
+    pthread_cond_t work_cv; /* worker: work arrived or stream dying */
+    pthread_cond_t done_cv; /* an op completed */
+    struct fake_op *ring;
+    size_t cap, head, count;
+    uint64_t submitted, completed;
+    int worker, dying;
+};
+
+/* A graph: a linear list of kernels, in capture order (the fake does not need the DAG). */
+struct CUgraph_st {
+    struct CUgraph_st *next;    /* registry link (fake_cuda_lock), also while capturing */
+    struct fake_op *ops;        /* FAKE_OP_KERNEL only */
+    size_t n, cap;
+    uint64_t capture_id;        /* nonzero while a capture is recording into it */
+    struct CUstream_st *origin; /* the stream that began the capture */
+    int invalidated;
 };
 
 struct CUmemPoolHandle_st {
@@ -86,5 +144,35 @@ FAKE_HIDDEN CUresult fake_stream_ctx_locked(CUstream hStream, struct CUctx_st **
 FAKE_HIDDEN void fake_mem_release_ctx_locked(const struct CUctx_st *ctx);
 /* Whether [addr, addr+len) lies in mapped VMM memory with at least the given access. */
 FAKE_HIDDEN int fake_vmm_covers_locked(uintptr_t addr, size_t len, int need_write);
+/* Whether ctx is a live context (fake_cuda_ctx.c). */
+FAKE_HIDDEN int fake_ctx_valid_locked(const struct CUctx_st *ctx);
+
+/* Streams (fake_cuda_exec.c). get resolves a handle, NULL and the special handles meaning the
+ * current context's default stream, and takes a reference that put drops. */
+FAKE_HIDDEN CUresult fake_stream_get_locked(CUstream hStream, struct CUstream_st **out);
+FAKE_HIDDEN void fake_stream_put(struct CUstream_st *s);
+/* Appends ops to the queue in order, blocking while it is full. Takes over the ops' event
+ * references (also on failure, when they are dropped). */
+FAKE_HIDDEN CUresult fake_stream_enqueue(struct CUstream_st *s, const struct fake_op *ops, size_t n);
+/* Detaches a dying context's streams; their queued work still drains. */
+FAKE_HIDDEN void fake_exec_release_ctx_locked(const struct CUctx_st *ctx);
+/* Waits for the current context's default stream (synchronous copies are ordered after it). */
+FAKE_HIDDEN void fake_exec_sync_default(void);
+
+/* The simulated device (fake_cuda_sim.c): occupies physical device dev for ns nanoseconds of
+ * device time, shared with every process on the node; returns when the kernel has ended. */
+FAKE_HIDDEN void fake_sim_kernel(int dev, int64_t ns);
+FAKE_HIDDEN int64_t fake_now_ns(void);
+
+/* Modules and functions die with their context (fake_cuda_launch.c). */
+FAKE_HIDDEN void fake_launch_release_ctx_locked(const struct CUctx_st *ctx);
+
+/* Stream capture (fake_cuda_graph.c). */
+FAKE_HIDDEN CUresult fake_graph_append_locked(struct CUgraph_st *g, const struct fake_op *ops,
+                                              size_t n);
+/* The graph a capture with this id records into, or NULL once it ended. */
+FAKE_HIDDEN struct CUgraph_st *fake_graph_capturing_locked(uint64_t capture_id);
+/* A stream is going away: a capture it began is ended and invalidated. */
+FAKE_HIDDEN void fake_graph_stream_gone_locked(struct CUstream_st *s);
 
 #endif /* FLEXAI_FAKE_CUDA_INTERNAL_H */
