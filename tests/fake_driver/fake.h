@@ -250,11 +250,12 @@ enum {
 #define FAKE_CUDA_EXEC_ENTRIES(X)                                                                  \
     X(cuCtxSynchronize) X(cuCtxSynchronize_v2) X(cuStreamCreate) X(cuStreamCreateWithPriority)     \
     X(cuStreamDestroy_v2) X(cuStreamSynchronize) X(cuStreamSynchronize_ptsz) X(cuStreamQuery)      \
-    X(cuStreamQuery_ptsz) X(cuStreamWaitEvent) X(cuStreamWaitEvent_ptsz) X(cuStreamGetCtx)         \
-    X(cuStreamGetCtx_ptsz) X(cuStreamGetCtx_v2) X(cuStreamGetCtx_v2_ptsz) X(cuEventCreate)         \
-    X(cuEventDestroy_v2) X(cuEventRecord) X(cuEventRecord_ptsz) X(cuEventRecordWithFlags)          \
-    X(cuEventRecordWithFlags_ptsz) X(cuEventQuery) X(cuEventSynchronize) X(cuEventElapsedTime)     \
-    X(cuEventElapsedTime_v2)
+    X(cuStreamQuery_ptsz) X(cuStreamGetCtx)                                                        \
+    X(cuStreamGetCtx_ptsz) X(cuStreamGetCtx_v2) X(cuStreamGetCtx_v2_ptsz)
+#define FAKE_CUDA_EVENT_ENTRIES(X)                                                                 \
+    X(cuEventCreate) X(cuEventDestroy_v2) X(cuEventRecord) X(cuEventRecord_ptsz)                   \
+    X(cuEventRecordWithFlags) X(cuEventRecordWithFlags_ptsz) X(cuEventQuery) X(cuEventSynchronize) \
+    X(cuEventElapsedTime) X(cuEventElapsedTime_v2) X(cuStreamWaitEvent) X(cuStreamWaitEvent_ptsz)
 #define FAKE_CUDA_LAUNCH_ENTRIES(X)                                                                \
     X(cuModuleLoad) X(cuModuleLoadData) X(cuModuleUnload) X(cuModuleGetFunction)                   \
     X(cuLibraryLoadData) X(cuLibraryUnload) X(cuLibraryGetKernel) X(cuKernelGetFunction)           \

@@ -3,6 +3,11 @@
  *
  * Each library links its own copy, so each parses the environment once on its own. The result
  * depends only on the environment, so both agree on device count, memory size and UUIDs.
+ *
+ * Variables: FLEXAI_SIM_DEVICES (1..16, default 1), FLEXAI_SIM_MEMORY (per device, default
+ * 16GiB), FLEXAI_SIM_UUIDS (one GPU-... per device), FLEXAI_SIM_KERNEL_US (duration of kernels
+ * not named sleep_us*, default 10), FLEXAI_SIM_MPS (1: kernels of different processes overlap).
+ * FLEXAI_SIM_STATE_DIR (where the shared device timeline lives) is read by fake_cuda_sim.c.
  */
 #include <ctype.h>
 #include <errno.h>

@@ -2,8 +2,10 @@
  * fake_cuda.c - simulated libcuda.so.1: initialisation, CUDA_VISIBLE_DEVICES, device queries,
  * error strings and entry-point lookup (cuGetProcAddress).
  *
- * Contexts and streams are in fake_cuda_ctx.c, linear memory, pools and arrays in
- * fake_cuda_mem.c, the virtual memory management API in fake_cuda_vmm.c.
+ * Contexts are in fake_cuda_ctx.c, linear memory, pools and arrays in fake_cuda_mem.c, the
+ * virtual memory management API in fake_cuda_vmm.c; streams in fake_cuda_exec.c, events in
+ * fake_cuda_event.c, the shared simulated device time in fake_cuda_sim.c, modules and launches
+ * in fake_cuda_launch.c, stream capture and graphs in fake_cuda_graph.c.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -268,11 +270,23 @@ static const struct {
     {CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"},
     {CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected"},
     {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {CUDA_ERROR_INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"},
     {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
+    {CUDA_ERROR_FILE_NOT_FOUND, "CUDA_ERROR_FILE_NOT_FOUND", "file not found"},
     {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE",
+     "the operation cannot be performed in the present state"},
     {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
     {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"},
+    {CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
+     "too many resources requested for launch"},
     {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+    {CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+     "operation not permitted when stream is capturing"},
+    {CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+     "operation failed due to a previous error during capture"},
+    {CUDA_ERROR_STREAM_CAPTURE_UNMATCHED, "CUDA_ERROR_STREAM_CAPTURE_UNMATCHED",
+     "the capture was not initiated in this stream"},
     {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
 
@@ -316,7 +330,9 @@ static const struct {
     void *fn;
 } exports[] = {
     FAKE_CUDA_CORE_ENTRIES(FAKE_EXPORT_ENTRY) FAKE_CUDA_CTX_ENTRIES(FAKE_EXPORT_ENTRY)
-        FAKE_CUDA_MEM_ENTRIES(FAKE_EXPORT_ENTRY) FAKE_CUDA_VMM_ENTRIES(FAKE_EXPORT_ENTRY)};
+        FAKE_CUDA_MEM_ENTRIES(FAKE_EXPORT_ENTRY) FAKE_CUDA_VMM_ENTRIES(FAKE_EXPORT_ENTRY)
+            FAKE_CUDA_EXEC_ENTRIES(FAKE_EXPORT_ENTRY) FAKE_CUDA_EVENT_ENTRIES(FAKE_EXPORT_ENTRY)
+                FAKE_CUDA_LAUNCH_ENTRIES(FAKE_EXPORT_ENTRY) FAKE_CUDA_GRAPH_ENTRIES(FAKE_EXPORT_ENTRY)};
 
 /* Base name -> exported name by the caller's CUDA version: the highest min_version not above
  * the requested version wins. Names not listed resolve to themselves. */
@@ -344,6 +360,18 @@ static const struct {
     {"cuMemcpyDtoH", 3020, "cuMemcpyDtoH_v2"},
     {"cuMemsetD8", 3020, "cuMemsetD8_v2"},
     {"cuStreamDestroy", 4000, "cuStreamDestroy_v2"},
+    {"cuEventDestroy", 4000, "cuEventDestroy_v2"},
+    {"cuEventElapsedTime", 2000, "cuEventElapsedTime"},
+    {"cuEventElapsedTime", 12080, "cuEventElapsedTime_v2"},
+    {"cuCtxSynchronize", 2000, "cuCtxSynchronize"},
+    {"cuCtxSynchronize", 13000, "cuCtxSynchronize_v2"}, /* takes a CUcontext since 13.0 */
+    {"cuStreamGetCtx", 9020, "cuStreamGetCtx"},
+    {"cuStreamGetCtx", 12050, "cuStreamGetCtx_v2"},
+    {"cuStreamBeginCapture", 10000, "cuStreamBeginCapture"},
+    {"cuStreamBeginCapture", 10010, "cuStreamBeginCapture_v2"},
+    {"cuGraphInstantiate", 10000, "cuGraphInstantiate"},
+    {"cuGraphInstantiate", 11000, "cuGraphInstantiate_v2"},
+    {"cuGraphInstantiate", 12000, "cuGraphInstantiateWithFlags"},
     {"cuDeviceGetUuid", 0, "cuDeviceGetUuid"},
     {"cuDeviceGetUuid", 11040, "cuDeviceGetUuid_v2"},
     {"cuGetProcAddress", 11030, "cuGetProcAddress"},

@@ -12,7 +12,8 @@
  * exported names: shared logic lives in static or hidden helpers, and cuGetProcAddress hands out
  * the hidden aliases declared here (fake_local_<name>), which always bind inside this library.
  *
- * Execution (fake_cuda_exec.c, fake_cuda_sim.c, fake_cuda_launch.c, fake_cuda_graph.c): each
+ * Execution (fake_cuda_exec.c, fake_cuda_event.c, fake_cuda_sim.c, fake_cuda_launch.c,
+ * fake_cuda_graph.c): each
  * stream is an in-order queue of fake_op served by a worker thread of its own. Stream and event
  * queues have their own locks, taken after fake_cuda_lock when both are held; worker threads never
  * take fake_cuda_lock. Streams and events are reference counted, so a handle destroyed while work
@@ -36,6 +37,7 @@ FAKE_CUDA_CTX_ENTRIES(FAKE_DECLARE_LOCAL)
 FAKE_CUDA_MEM_ENTRIES(FAKE_DECLARE_LOCAL)
 FAKE_CUDA_VMM_ENTRIES(FAKE_DECLARE_LOCAL)
 FAKE_CUDA_EXEC_ENTRIES(FAKE_DECLARE_LOCAL)
+FAKE_CUDA_EVENT_ENTRIES(FAKE_DECLARE_LOCAL)
 FAKE_CUDA_LAUNCH_ENTRIES(FAKE_DECLARE_LOCAL)
 FAKE_CUDA_GRAPH_ENTRIES(FAKE_DECLARE_LOCAL)
 
@@ -83,6 +85,8 @@ struct CUstream_st {
     struct fake_op *ring;
     size_t cap, head, count;
     uint64_t submitted, completed;
+    uint64_t wake_at;  /* lowest `completed` a synchronising thread waits for; 0: none */
+    int space_waiters; /* submitters waiting for room in a full queue */
     int worker, dying;
 };
 
@@ -155,9 +159,20 @@ FAKE_HIDDEN void fake_stream_put(struct CUstream_st *s);
  * references (also on failure, when they are dropped). */
 FAKE_HIDDEN CUresult fake_stream_enqueue(struct CUstream_st *s, const struct fake_op *ops, size_t n);
 /* Detaches a dying context's streams; their queued work still drains. */
-FAKE_HIDDEN void fake_exec_release_ctx_locked(const struct CUctx_st *ctx);
+FAKE_HIDDEN void fake_exec_release_ctx_locked(struct CUctx_st *ctx);
+/* Ends capture g on every stream that records into it. */
+FAKE_HIDDEN void fake_exec_uncapture_locked(const struct CUgraph_st *g);
 /* Waits for the current context's default stream (synchronous copies are ordered after it). */
 FAKE_HIDDEN void fake_exec_sync_default(void);
+
+/* Events (fake_cuda_event.c): the device reached record number gen / wait until it has; put
+ * drops a reference. The fork hooks keep the event lock consistent across fork(). */
+FAKE_HIDDEN void fake_event_reach(struct CUevent_st *ev, uint64_t gen);
+FAKE_HIDDEN void fake_event_wait(struct CUevent_st *ev, uint64_t gen);
+FAKE_HIDDEN void fake_event_put(struct CUevent_st *ev);
+FAKE_HIDDEN void fake_event_fork_prepare(void);
+FAKE_HIDDEN void fake_event_fork_parent(void);
+FAKE_HIDDEN void fake_event_fork_child(void);
 
 /* The simulated device (fake_cuda_sim.c): occupies physical device dev for ns nanoseconds of
  * device time, shared with every process on the node; returns when the kernel has ended. */

@@ -1,0 +1,285 @@
+/*
+ * fake_cuda_event.c - events, and streams waiting on them.
+ *
+ * A record is an operation in the stream's queue; the event's timestamp is the CLOCK_MONOTONIC
+ * time at which the stream's worker reached it, i.e. when the work queued before it had ended.
+ * Only the latest record counts, as with the real driver: an event is complete when the device
+ * has reached its latest record. A never-recorded event is complete.
+ *
+ * Events are reference counted (the registry, plus every queued record or wait), so one may be
+ * destroyed while a record of it is still queued.
+ */
+#include <stdlib.h>
+
+#include "fake_cuda_internal.h"
+
+struct CUevent_st {
+    struct CUevent_st *next; /* registry link (fake_cuda_lock) */
+    atomic_int refs;         /* the registry's, and one per queued operation naming it */
+    unsigned flags;
+    uint64_t capture_id; /* fake_cuda_lock: recorded into this stream capture */
+    /* guarded by ev_lock */
+    uint64_t recorded; /* number of the latest record; 0: never recorded */
+    uint64_t reached;  /* highest record number a stream has reached */
+    int64_t ts;        /* CLOCK_MONOTONIC ns at which `reached` was reached */
+};
+
+static struct CUevent_st *event_registry; /* fake_cuda_lock */
+static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ev_cv = PTHREAD_COND_INITIALIZER; /* some event reached a record */
+
+void fake_event_put(struct CUevent_st *ev) {
+    if (atomic_fetch_sub(&ev->refs, 1) == 1)
+        free(ev);
+}
+
+void fake_event_reach(struct CUevent_st *ev, uint64_t gen) {
+    pthread_mutex_lock(&ev_lock);
+    if (gen > ev->reached) {
+        ev->reached = gen;
+        ev->ts = fake_now_ns();
+        pthread_cond_broadcast(&ev_cv);
+    }
+    pthread_mutex_unlock(&ev_lock);
+}
+
+void fake_event_wait(struct CUevent_st *ev, uint64_t gen) {
+    pthread_mutex_lock(&ev_lock);
+    while (ev->reached < gen)
+        pthread_cond_wait(&ev_cv, &ev_lock);
+    pthread_mutex_unlock(&ev_lock);
+}
+
+void fake_event_fork_prepare(void) {
+    pthread_mutex_lock(&ev_lock);
+}
+
+void fake_event_fork_parent(void) {
+    pthread_mutex_unlock(&ev_lock);
+}
+
+void fake_event_fork_child(void) {
+    pthread_mutex_unlock(&ev_lock);
+    pthread_cond_init(&ev_cv, NULL); /* waiters of the parent's threads are gone */
+}
+
+static struct CUevent_st *event_find_locked(CUevent hEvent) {
+    for (struct CUevent_st *ev = event_registry; ev != NULL; ev = ev->next)
+        if (ev == hEvent)
+            return ev;
+    return NULL;
+}
+
+CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags) {
+    struct CUctx_st *ctx;
+    const unsigned known = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (phEvent == NULL || (Flags & ~known) != 0 ||
+        ((Flags & CU_EVENT_INTERPROCESS) && !(Flags & CU_EVENT_DISABLE_TIMING)))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct CUevent_st *ev = calloc(1, sizeof(*ev));
+    if (ev == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    ev->flags = Flags;
+    atomic_init(&ev->refs, 1);
+    pthread_mutex_lock(&fake_cuda_lock);
+    rc = fake_ctx_current_locked(&ctx);
+    if (rc == CUDA_SUCCESS) {
+        ev->next = event_registry;
+        event_registry = ev;
+        *phEvent = ev;
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    if (rc != CUDA_SUCCESS)
+        free(ev);
+    return rc;
+}
+
+/* Like the real driver, an event may be destroyed while a record of it is still queued. */
+CUresult cuEventDestroy_v2(CUevent hEvent) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    struct CUevent_st **link = &event_registry;
+    while (*link != NULL && *link != hEvent)
+        link = &(*link)->next;
+    struct CUevent_st *ev = *link;
+    if (ev != NULL)
+        *link = ev->next;
+    pthread_mutex_unlock(&fake_cuda_lock);
+    if (ev == NULL)
+        return CUDA_ERROR_INVALID_HANDLE;
+    fake_event_put(ev);
+    return CUDA_SUCCESS;
+}
+
+static CUresult event_record(CUevent hEvent, CUstream hStream, unsigned int flags) {
+    struct CUstream_st *s;
+    struct fake_op op = {.kind = FAKE_OP_RECORD};
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (flags & ~1u) /* CU_EVENT_RECORD_DEFAULT, CU_EVENT_RECORD_EXTERNAL */
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    struct CUevent_st *ev = event_find_locked(hEvent);
+    rc = ev == NULL ? CUDA_ERROR_INVALID_HANDLE : fake_stream_get_locked(hStream, &s);
+    if (rc != CUDA_SUCCESS) {
+        pthread_mutex_unlock(&fake_cuda_lock);
+        return rc;
+    }
+    if (s->capture != NULL) {
+        /* Inside a capture a record only marks a point other streams may join at. */
+        ev->capture_id = s->capture->capture_id;
+        pthread_mutex_unlock(&fake_cuda_lock);
+        fake_stream_put(s);
+        return CUDA_SUCCESS;
+    }
+    ev->capture_id = 0;
+    atomic_fetch_add(&ev->refs, 1);
+    op.event = ev;
+    pthread_mutex_lock(&ev_lock);
+    op.gen = ++ev->recorded;
+    pthread_mutex_unlock(&ev_lock);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    rc = fake_stream_enqueue(s, &op, 1);
+    fake_stream_put(s);
+    return rc;
+}
+
+CUresult cuEventRecord(CUevent hEvent, CUstream hStream) {
+    return event_record(hEvent, hStream, 0);
+}
+
+CUresult cuEventRecord_ptsz(CUevent hEvent, CUstream hStream) {
+    return event_record(hEvent, hStream, 0);
+}
+
+CUresult cuEventRecordWithFlags(CUevent hEvent, CUstream hStream, unsigned int flags) {
+    return event_record(hEvent, hStream, flags);
+}
+
+CUresult cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream, unsigned int flags) {
+    return event_record(hEvent, hStream, flags);
+}
+
+/* A never-recorded event counts as complete, as with the real driver. */
+CUresult cuEventQuery(CUevent hEvent) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    struct CUevent_st *ev = event_find_locked(hEvent);
+    if (ev == NULL) {
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    } else {
+        pthread_mutex_lock(&ev_lock);
+        rc = ev->reached >= ev->recorded ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+        pthread_mutex_unlock(&ev_lock);
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+CUresult cuEventSynchronize(CUevent hEvent) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    struct CUevent_st *ev = event_find_locked(hEvent);
+    if (ev != NULL)
+        atomic_fetch_add(&ev->refs, 1);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    if (ev == NULL)
+        return CUDA_ERROR_INVALID_HANDLE;
+    pthread_mutex_lock(&ev_lock);
+    uint64_t target = ev->recorded;
+    while (ev->reached < target)
+        pthread_cond_wait(&ev_cv, &ev_lock);
+    pthread_mutex_unlock(&ev_lock);
+    fake_event_put(ev);
+    return CUDA_SUCCESS;
+}
+
+/* Both events recorded, completed and timing-enabled; else INVALID_HANDLE or NOT_READY. */
+static CUresult event_elapsed(float *pMilliseconds, CUevent hStart, CUevent hEnd) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (pMilliseconds == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    struct CUevent_st *a = event_find_locked(hStart), *b = event_find_locked(hEnd);
+    if (a == NULL || b == NULL || ((a->flags | b->flags) & CU_EVENT_DISABLE_TIMING)) {
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    } else {
+        pthread_mutex_lock(&ev_lock);
+        if (a->recorded == 0 || b->recorded == 0)
+            rc = CUDA_ERROR_INVALID_HANDLE;
+        else if (a->reached < a->recorded || b->reached < b->recorded)
+            rc = CUDA_ERROR_NOT_READY;
+        else
+            *pMilliseconds = (float)((double)(b->ts - a->ts) / 1e6);
+        pthread_mutex_unlock(&ev_lock);
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+CUresult cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd) {
+    return event_elapsed(pMilliseconds, hStart, hEnd);
+}
+
+/* CUDA 12.8+ headers map cuEventElapsedTime here; same contract. */
+CUresult cuEventElapsedTime_v2(float *pMilliseconds, CUevent hStart, CUevent hEnd) {
+    return event_elapsed(pMilliseconds, hStart, hEnd);
+}
+
+/* ---- streams waiting on events ----------------------------------------------------------- */
+
+static CUresult stream_wait_event(CUstream hStream, CUevent hEvent, unsigned int flags) {
+    struct CUstream_st *s;
+    struct fake_op op = {.kind = FAKE_OP_WAIT};
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (flags & ~1u) /* CU_EVENT_WAIT_DEFAULT, CU_EVENT_WAIT_EXTERNAL */
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    struct CUevent_st *ev = event_find_locked(hEvent);
+    rc = ev == NULL ? CUDA_ERROR_INVALID_HANDLE : fake_stream_get_locked(hStream, &s);
+    if (rc != CUDA_SUCCESS) {
+        pthread_mutex_unlock(&fake_cuda_lock);
+        return rc;
+    }
+    if (s->capture == NULL && ev->capture_id != 0) {
+        /* Waiting on an event recorded in a capture joins that capture (fork/join capture). */
+        s->capture = fake_graph_capturing_locked(ev->capture_id);
+    } else if (s->capture == NULL) {
+        pthread_mutex_lock(&ev_lock);
+        op.gen = ev->recorded; /* 0: never recorded, nothing to wait for */
+        pthread_mutex_unlock(&ev_lock);
+        if (op.gen != 0) {
+            atomic_fetch_add(&ev->refs, 1);
+            op.event = ev;
+        }
+    } /* else: a dependency inside the capture, which a linear graph keeps anyway */
+    pthread_mutex_unlock(&fake_cuda_lock);
+    if (op.event != NULL)
+        rc = fake_stream_enqueue(s, &op, 1);
+    fake_stream_put(s);
+    return rc;
+}
+
+CUresult cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags) {
+    return stream_wait_event(hStream, hEvent, Flags);
+}
+
+CUresult cuStreamWaitEvent_ptsz(CUstream hStream, CUevent hEvent, unsigned int Flags) {
+    return stream_wait_event(hStream, hEvent, Flags);
+}
+
+FAKE_CUDA_EVENT_ENTRIES(FAKE_DEFINE_LOCAL)

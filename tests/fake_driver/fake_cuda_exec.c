@@ -1,0 +1,515 @@
+/*
+ * fake_cuda_exec.c - streams that execute.
+ *
+ * Every stream is an in-order queue served by a worker thread of its own, started on the first
+ * submission: launches return at once, as on a GPU, and the worker runs the queue (kernels take
+ * device time through fake_cuda_sim.c). A queue holds up to QUEUE_MAX operations; a submission
+ * to a full queue blocks until there is room, like the real driver's pushbuffer.
+ *
+ * The NULL stream (and CU_STREAM_LEGACY / CU_STREAM_PER_THREAD, and the _ptsz variants) is one
+ * in-order stream per context, created on first use. Simplification: it does not implicitly
+ * synchronise with the context's other blocking streams the way the legacy default stream does;
+ * it is just another in-order stream.
+ *
+ * Events are in fake_cuda_event.c.
+ *
+ * Destroying a stream (or its context) returns at once; its queued work still drains, then the
+ * worker frees it.
+ */
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+
+#include "fake_cuda_internal.h"
+
+#define QUEUE_MAX ((size_t)1 << 16)
+#define QUEUE_MIN ((size_t)64)
+#define QUEUE_REFILL ((size_t)1024) /* a full queue takes submissions again this much below max */
+#define WORKER_STACK ((size_t)256 << 10)
+
+static struct CUstream_st *stream_registry; /* created streams and default streams */
+
+/* ---- fork ------------------------------------------------------------------------------- */
+
+/* Locks held across fork() so the child finds them consistent. */
+static void fork_prepare(void) {
+    pthread_mutex_lock(&fake_cuda_lock);
+    for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next)
+        pthread_mutex_lock(&s->mu);
+    fake_event_fork_prepare();
+}
+
+static void fork_parent(void) {
+    fake_event_fork_parent();
+    for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next)
+        pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&fake_cuda_lock);
+}
+
+static void op_drop(const struct fake_op *op);
+
+/* The workers did not survive the fork, and the work queued before it is the parent's: the
+ * child's streams start empty, and records the parent had queued count as reached. */
+static void fork_child(void) {
+    fake_event_fork_child();
+    for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next) {
+        for (size_t k = 0; k < s->count; k++)
+            op_drop(&s->ring[(s->head + k) % s->cap]);
+        s->head = s->count = 0;
+        s->completed = s->submitted;
+        s->wake_at = 0;
+        s->space_waiters = 0;
+        s->worker = 0;
+        pthread_cond_init(&s->work_cv, NULL);
+        pthread_cond_init(&s->done_cv, NULL);
+        pthread_mutex_unlock(&s->mu);
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+}
+
+static void fork_register(void) {
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+/* ---- streams: lifetime ------------------------------------------------------------------- */
+
+static struct CUstream_st *stream_new(struct CUctx_st *ctx, unsigned flags, int priority,
+                                      int is_default) {
+    static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+    pthread_once(&fork_once, fork_register);
+    struct CUstream_st *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->ctx = ctx;
+    s->physical = fake_cuda_devices[ctx->device].physical;
+    s->flags = flags;
+    s->priority = priority;
+    s->is_default = is_default;
+    atomic_init(&s->refs, 1); /* the registry's */
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->work_cv, NULL);
+    pthread_cond_init(&s->done_cv, NULL);
+    s->next = stream_registry;
+    stream_registry = s;
+    return s;
+}
+
+void fake_stream_put(struct CUstream_st *s) {
+    if (atomic_fetch_sub(&s->refs, 1) != 1)
+        return;
+    pthread_mutex_destroy(&s->mu);
+    pthread_cond_destroy(&s->work_cv);
+    pthread_cond_destroy(&s->done_cv);
+    free(s->ring);
+    free(s);
+}
+
+static struct CUstream_st *stream_find_locked(CUstream hStream) {
+    for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next)
+        if (s == hStream && !s->is_default)
+            return s;
+    return NULL;
+}
+
+CUresult fake_stream_get_locked(CUstream hStream, struct CUstream_st **out) {
+    struct CUstream_st *s;
+    if (hStream == NULL || hStream == CU_STREAM_LEGACY || hStream == CU_STREAM_PER_THREAD) {
+        struct CUctx_st *ctx;
+        CUresult rc = fake_ctx_current_locked(&ctx);
+        if (rc != CUDA_SUCCESS)
+            return rc;
+        if (ctx->default_stream == NULL &&
+            (ctx->default_stream = stream_new(ctx, CU_STREAM_DEFAULT, 0, 1)) == NULL)
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        s = ctx->default_stream;
+    } else if ((s = stream_find_locked(hStream)) == NULL) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    atomic_fetch_add(&s->refs, 1);
+    *out = s;
+    return CUDA_SUCCESS;
+}
+
+CUresult fake_stream_ctx_locked(CUstream hStream, struct CUctx_st **out) {
+    if (hStream == NULL || hStream == CU_STREAM_LEGACY || hStream == CU_STREAM_PER_THREAD)
+        return fake_ctx_current_locked(out);
+    struct CUstream_st *s = stream_find_locked(hStream);
+    if (s == NULL)
+        return CUDA_ERROR_INVALID_HANDLE;
+    *out = s->ctx; /* valid: destroying a context detaches its streams */
+    return CUDA_SUCCESS;
+}
+
+/* The stream is already out of the registry: its queue drains, then the worker frees it. */
+static void stream_detach_locked(struct CUstream_st *s) {
+    fake_graph_stream_gone_locked(s);
+    s->ctx = NULL;
+    s->capture = NULL;
+    pthread_mutex_lock(&s->mu);
+    s->dying = 1;
+    pthread_cond_signal(&s->work_cv);
+    pthread_mutex_unlock(&s->mu);
+    fake_stream_put(s);
+}
+
+void fake_exec_release_ctx_locked(struct CUctx_st *ctx) {
+    struct CUstream_st **link = &stream_registry;
+    while (*link != NULL) {
+        struct CUstream_st *s = *link;
+        if (s->ctx == ctx) {
+            *link = s->next;
+            stream_detach_locked(s);
+        } else {
+            link = &s->next;
+        }
+    }
+    ctx->default_stream = NULL;
+}
+
+void fake_exec_uncapture_locked(const struct CUgraph_st *g) {
+    for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next)
+        if (s->capture == g)
+            s->capture = NULL;
+}
+
+/* ---- streams: the queue and its worker --------------------------------------------------- */
+
+/* A record or wait that will never run: settle it so nobody waits for it forever. */
+static void op_drop(const struct fake_op *op) {
+    if (op->event == NULL)
+        return;
+    if (op->kind == FAKE_OP_RECORD)
+        fake_event_reach(op->event, op->gen);
+    fake_event_put(op->event);
+}
+
+static void op_run(const struct CUstream_st *s, const struct fake_op *op) {
+    switch (op->kind) {
+    case FAKE_OP_KERNEL:
+        fake_sim_kernel(s->physical, op->ns);
+        break;
+    case FAKE_OP_RECORD:
+        fake_event_reach(op->event, op->gen);
+        fake_event_put(op->event);
+        break;
+    case FAKE_OP_WAIT:
+        fake_event_wait(op->event, op->gen);
+        fake_event_put(op->event);
+        break;
+    default:
+        break;
+    }
+}
+
+static void *worker_main(void *arg) {
+    struct CUstream_st *s = arg;
+
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL); /* wake on time: kernels end on time */
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (s->count == 0 && !s->dying)
+            pthread_cond_wait(&s->work_cv, &s->mu);
+        if (s->count == 0)
+            break;
+        /* The op stays queued (the stream is not idle) until it has run. The ring may grow
+         * meanwhile; growing keeps the head op at s->head. */
+        struct fake_op op = s->ring[s->head];
+        pthread_mutex_unlock(&s->mu);
+        op_run(s, &op);
+        pthread_mutex_lock(&s->mu);
+        s->head = (s->head + 1) % s->cap;
+        s->count--;
+        s->completed++;
+        /* Wake only whom it concerns: a per-kernel wake-up would cost the worker a syscall. */
+        if ((s->wake_at != 0 && s->completed >= s->wake_at) ||
+            (s->space_waiters > 0 && s->count <= QUEUE_MAX - QUEUE_REFILL)) {
+            s->wake_at = 0;
+            pthread_cond_broadcast(&s->done_cv);
+        }
+    }
+    s->worker = 0;
+    pthread_mutex_unlock(&s->mu);
+    fake_stream_put(s);
+    return NULL;
+}
+
+/* mu held. The worker holds a reference; it blocks every signal so the host's handlers run on
+ * the host's threads. */
+static int worker_start(struct CUstream_st *s) {
+    pthread_attr_t attr;
+    pthread_t tid;
+    sigset_t all, old;
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, WORKER_STACK);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    atomic_fetch_add(&s->refs, 1);
+    int r = pthread_create(&tid, &attr, worker_main, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        atomic_fetch_sub(&s->refs, 1); /* the caller still holds one */
+        return -1;
+    }
+    s->worker = 1;
+    return 0;
+}
+
+/* mu held; the queue is full up to cap. Re-lays the ring out from index 0. */
+static int ring_grow(struct CUstream_st *s) {
+    size_t cap = s->cap ? s->cap * 2 : QUEUE_MIN;
+    struct fake_op *ring = malloc(cap * sizeof(*ring));
+    if (ring == NULL)
+        return -1;
+    for (size_t k = 0; k < s->count; k++)
+        ring[k] = s->ring[(s->head + k) % s->cap];
+    free(s->ring);
+    s->ring = ring;
+    s->head = 0;
+    s->cap = cap;
+    return 0;
+}
+
+CUresult fake_stream_enqueue(struct CUstream_st *s, const struct fake_op *ops, size_t n) {
+    CUresult rc = CUDA_SUCCESS;
+    size_t i = 0;
+
+    pthread_mutex_lock(&s->mu);
+    if (!s->worker && worker_start(s) != 0)
+        rc = CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
+    for (; rc == CUDA_SUCCESS && i < n; i++) {
+        if (s->count >= QUEUE_MAX) {
+            s->space_waiters++;
+            while (s->count > QUEUE_MAX - QUEUE_REFILL)
+                pthread_cond_wait(&s->done_cv, &s->mu);
+            s->space_waiters--;
+        }
+        if (s->count == s->cap && ring_grow(s) != 0) {
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+            break;
+        }
+        s->ring[(s->head + s->count) % s->cap] = ops[i];
+        s->count++;
+        s->submitted++;
+        pthread_cond_signal(&s->work_cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (; i < n; i++)
+        op_drop(&ops[i]);
+    return rc;
+}
+
+/* Waits for everything submitted to s before the call. */
+static void stream_wait(struct CUstream_st *s) {
+    pthread_mutex_lock(&s->mu);
+    uint64_t target = s->submitted;
+    while (s->completed < target) {
+        if (s->wake_at == 0 || target < s->wake_at)
+            s->wake_at = target; /* every waiter re-registers after each wake-up */
+        pthread_cond_wait(&s->done_cv, &s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void fake_exec_sync_default(void) {
+    struct CUctx_st *ctx;
+    struct CUstream_st *s = NULL;
+
+    pthread_mutex_lock(&fake_cuda_lock);
+    if (fake_ctx_current_locked(&ctx) == CUDA_SUCCESS && ctx->default_stream != NULL) {
+        s = ctx->default_stream;
+        atomic_fetch_add(&s->refs, 1);
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    if (s != NULL) {
+        stream_wait(s);
+        fake_stream_put(s);
+    }
+}
+
+/* ---- stream entry points ----------------------------------------------------------------- */
+
+static CUresult stream_create(CUstream *phStream, unsigned int flags, int priority) {
+    struct CUctx_st *ctx;
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (phStream == NULL || (flags != CU_STREAM_DEFAULT && flags != CU_STREAM_NON_BLOCKING))
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    rc = fake_ctx_current_locked(&ctx);
+    if (rc == CUDA_SUCCESS) {
+        struct CUstream_st *s = stream_new(ctx, flags, priority, 0);
+        if (s != NULL)
+            *phStream = s;
+        else
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags) {
+    return stream_create(phStream, Flags, 0);
+}
+
+/* Priorities are kept (clamped to an H100's range, -5..0) but do not change scheduling. */
+CUresult cuStreamCreateWithPriority(CUstream *phStream, unsigned int flags, int priority) {
+    return stream_create(phStream, flags, priority < -5 ? -5 : priority > 0 ? 0 : priority);
+}
+
+CUresult cuStreamDestroy_v2(CUstream hStream) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    struct CUstream_st **link = &stream_registry;
+    while (*link != NULL && (*link != hStream || (*link)->is_default))
+        link = &(*link)->next;
+    struct CUstream_st *s = *link;
+    if (s != NULL) {
+        *link = s->next;
+        stream_detach_locked(s);
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return s != NULL ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE; /* NULL, special handles too */
+}
+
+/* Synchronising or querying a capturing stream is illegal and invalidates the capture. */
+static CUresult stream_for_sync(CUstream hStream, struct CUstream_st **out) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    rc = fake_stream_get_locked(hStream, out);
+    if (rc == CUDA_SUCCESS && (*out)->capture != NULL) {
+        (*out)->capture->invalidated = 1;
+        fake_stream_put(*out);
+        rc = CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+static CUresult stream_synchronize(CUstream hStream) {
+    struct CUstream_st *s;
+    CUresult rc = stream_for_sync(hStream, &s);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    stream_wait(s);
+    fake_stream_put(s);
+    return CUDA_SUCCESS;
+}
+
+CUresult cuStreamSynchronize(CUstream hStream) {
+    return stream_synchronize(hStream);
+}
+
+CUresult cuStreamSynchronize_ptsz(CUstream hStream) {
+    return stream_synchronize(hStream);
+}
+
+static CUresult stream_query(CUstream hStream) {
+    struct CUstream_st *s;
+    CUresult rc = stream_for_sync(hStream, &s);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&s->mu);
+    rc = s->completed == s->submitted ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+    pthread_mutex_unlock(&s->mu);
+    fake_stream_put(s);
+    return rc;
+}
+
+CUresult cuStreamQuery(CUstream hStream) {
+    return stream_query(hStream);
+}
+
+CUresult cuStreamQuery_ptsz(CUstream hStream) {
+    return stream_query(hStream);
+}
+
+static CUresult stream_get_ctx(CUstream hStream, CUcontext *pctx, CUgreenCtx *pGreenCtx) {
+    struct CUstream_st *s;
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (pctx == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    rc = fake_stream_get_locked(hStream, &s);
+    if (rc == CUDA_SUCCESS) {
+        *pctx = s->ctx;
+        if (pGreenCtx != NULL)
+            *pGreenCtx = NULL; /* no green contexts in the fake */
+        fake_stream_put(s);
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+CUresult cuStreamGetCtx(CUstream hStream, CUcontext *pctx) {
+    return stream_get_ctx(hStream, pctx, NULL);
+}
+
+CUresult cuStreamGetCtx_ptsz(CUstream hStream, CUcontext *pctx) {
+    return stream_get_ctx(hStream, pctx, NULL);
+}
+
+CUresult cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx) {
+    return stream_get_ctx(hStream, pCtx, pGreenCtx);
+}
+
+CUresult cuStreamGetCtx_v2_ptsz(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx) {
+    return stream_get_ctx(hStream, pCtx, pGreenCtx);
+}
+
+/* Waits for every stream of ctx (NULL: the current context). */
+static CUresult ctx_synchronize(CUcontext ctx) {
+    struct CUstream_st **list = NULL;
+    size_t n = 0;
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    if (ctx == NULL)
+        rc = fake_ctx_current_locked(&ctx);
+    else if (!fake_ctx_valid_locked(ctx))
+        rc = CUDA_ERROR_INVALID_CONTEXT;
+    if (rc == CUDA_SUCCESS) {
+        for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next)
+            n += s->ctx == ctx;
+        list = n ? malloc(n * sizeof(*list)) : NULL;
+        if (n != 0 && list == NULL)
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (list != NULL) {
+        n = 0;
+        for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next) {
+            if (s->ctx == ctx) {
+                atomic_fetch_add(&s->refs, 1);
+                list[n++] = s;
+            }
+        }
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    for (size_t i = 0; list != NULL && i < n; i++) {
+        stream_wait(list[i]);
+        fake_stream_put(list[i]);
+    }
+    free(list);
+    return rc;
+}
+
+CUresult cuCtxSynchronize(void) {
+    return ctx_synchronize(NULL);
+}
+
+/* CUDA 13: cuGetProcAddress("cuCtxSynchronize", >= 13000) resolves to this one. */
+CUresult cuCtxSynchronize_v2(CUcontext ctx) {
+    return ctx_synchronize(ctx);
+}
+
+FAKE_CUDA_EXEC_ENTRIES(FAKE_DEFINE_LOCAL)
