@@ -29,8 +29,8 @@ def build(out_dir: Path) -> Path:
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         sys.exit("overhead.py: a C compiler (cc) is needed")
-    exe = out_dir / "bench_driver"
-    subprocess.run([cc, "-O2", str(HERE / "bench_driver.c"), "-o", str(exe), "-ldl"], check=True)
+    exe = out_dir / "driver_bench"
+    subprocess.run([cc, "-O2", str(HERE / "driver_bench.c"), "-o", str(exe), "-ldl"], check=True)
     return exe
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         # interleave variants so drift (clocks, other load) hits all of them alike
         for _ in range(args.repeat):
             for name, env in envs.items():
-                out = subprocess.run([str(exe), str(args.pairs), str(args.launches)], env=env,
+                out = subprocess.run([str(exe), "overhead", str(args.pairs), str(args.launches)], env=env,
                                      capture_output=True, text=True, check=True).stdout
                 runs.setdefault(name, []).append(json.loads(out))
     result = {

@@ -30,6 +30,7 @@ struct fx_mark {
 
 struct fx_launch_dev {
     pthread_mutex_t mu;  /* one thread of this process at a time through the gate */
+    uint32_t dev;        /* node device id (this entry's index) */
     int holding;
     uint64_t held_since;
     struct fx_mark ring[FX_RING];
@@ -41,6 +42,7 @@ struct fx_launch_dev {
     int nstreams;         /* streams used since the last mark; FX_MAX_STREAMS+1: too many */
     uint64_t avg_ns;      /* estimated GPU time per launch */
     uint64_t last_pop_ns; /* when the previous mark was seen complete */
+    uint64_t last_busy_ns; /* when our work was last expected to end (for a lost lease) */
 };
 
 static struct fx_launch_dev fx_ld[FLEXAI_MAX_DEVICES];
@@ -50,8 +52,16 @@ static void fx_ld_init(void)
 {
     for (int i = 0; i < FLEXAI_MAX_DEVICES; i++) {
         pthread_mutex_init(&fx_ld[i].mu, NULL);
+        fx_ld[i].dev = (uint32_t)i;
         fx_ld[i].avg_ns = 50000;
     }
+}
+
+/* A forked child holds no lease and none of its parent's events. */
+void fx_launch_reset_after_fork(void)
+{
+    memset(fx_ld, 0, sizeof fx_ld);
+    fx_ld_init();
 }
 
 static uint64_t fx_now(void)
@@ -74,18 +84,19 @@ static void fx_wait(uint64_t ns)
     while (fx_now() < end) sched_yield();
 }
 
-static void fx_touch(uint32_t dev)
-{
-    struct fx_region *r = fx_rt.shm.r;
-    if (r->devs[dev].lease_pid == fx_rt.pid)
-        __atomic_store_n(&r->devs[dev].lease_touch_ns, fx_now(), __ATOMIC_RELAXED);
-}
-
 static uint64_t fx_inflight_ns(const struct fx_launch_dev *ld)
 {
     uint64_t n = ld->since_mark;
     for (unsigned i = 0; i < ld->count; i++) n += ld->ring[(ld->head + i) % FX_RING].launches;
     return n * ld->avg_ns;
+}
+
+/* Tell the others we hold the lease for a reason: we are here, and our work runs until ~busy. */
+static void fx_touch(uint32_t dev, struct fx_launch_dev *ld)
+{
+    uint64_t now = fx_now();
+    ld->last_busy_ns = now + fx_inflight_ns(ld);
+    fx_ts_touch(fx_rt.shm.r, dev, fx_rt.pid, now, ld->last_busy_ns);
 }
 
 /* Pop the oldest mark if its work is done; 1 when popped. */
@@ -145,17 +156,21 @@ static void fx_drain(uint32_t dev, struct fx_launch_dev *ld)
     fx_mark_all(ld);
     while (ld->count) {
         if (!fx_pop_if_done(ld)) {
-            fx_touch(dev);
+            fx_touch(dev, ld);
             fx_wait(10000);
         }
     }
 }
 
-static void fx_release_lease(uint32_t dev, struct fx_launch_dev *ld)
+/* Drain our work and charge the lease. `lost`: another process took it while we were away, so
+ * charge only up to when our work was expected to end, not our absence. */
+static void fx_release_lease(uint32_t dev, struct fx_launch_dev *ld, int lost)
 {
     struct fx_region *r = fx_rt.shm.r;
+    uint64_t expected = ld->last_busy_ns;
     fx_drain(dev, ld);
     uint64_t end = fx_now();
+    if (lost && expected > ld->held_since && expected < end) end = expected;
     if (fx_shm_lock(r) == 0) {
         fx_ts_release(r, fx_rt.slice, fx_rt.pid, dev, ld->held_since, end);
         fx_shm_unlock(r);
@@ -200,7 +215,7 @@ static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
         }
         if (v == FX_TS_RELEASE || ld->holding) {
             /* quantum over, out of tokens, a higher priority came, or we lost the lease */
-            fx_release_lease(dev, ld);
+            fx_release_lease(dev, ld, v != FX_TS_RELEASE);
             if (v == FX_TS_RELEASE) continue;
         }
         fx_wait(arg);
@@ -210,7 +225,7 @@ static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
                      FLEXAI_PRIORITY_HIGH ? FX_INFLIGHT_SHORT_NS : FX_INFLIGHT_NS;
     while (ld->count && fx_inflight_ns(ld) >= bound) {
         if (!fx_pop_if_done(ld)) {
-            fx_touch(dev);
+            fx_touch(dev, ld);
             fx_wait(10000);
         }
     }
@@ -232,6 +247,7 @@ static void fx_gate_leave(struct fx_launch_dev *ld, CUresult rc, CUstream stream
             ld->nstreams = FX_MAX_STREAMS + 1;
         }
         ld->since_mark++;
+        fx_touch(ld->dev, ld);
         /* marks about a quarter of the in-flight bound apart: cheap yet responsive */
         uint64_t every = FX_INFLIGHT_SHORT_NS / 4 / (ld->avg_ns ? ld->avg_ns : 1);
         if (ld->since_mark >= (every ? every : 1)) fx_mark_all(ld);

@@ -41,6 +41,7 @@ static void fx_atfork_parent(void)
 static void fx_atfork_child(void)
 {
     fx_track_reset_after_fork();
+    fx_launch_reset_after_fork();
     fx_rt.proc = FX_NONE;
     memset(fx_rt.ctx_charged, 0, sizeof fx_rt.ctx_charged);
     pthread_mutex_init(&fx_rt.mu, NULL);

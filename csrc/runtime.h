@@ -123,6 +123,9 @@ void fx_track_reset_after_fork(void);
 void fx_track_prefork(void);
 void fx_track_postfork_parent(void);
 
+/* ---- launches (hook_launch.c) ------------------------------------------------------------ */
+void fx_launch_reset_after_fork(void);
+
 /* ---- devices (devices.c) ----------------------------------------------------------------- */
 /* Fill fx_rt.uuid / ndev from the CUDA driver (1) or NVML and CUDA_VISIBLE_DEVICES (0). */
 int fx_devices_map(int from_cuda);

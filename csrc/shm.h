@@ -30,7 +30,8 @@ struct fx_dev {
     uint64_t lease_until_ns;  /* end of the quantum */
     uint64_t lease_touch_ns;  /* holder's last launch; a silent holder loses the lease */
     uint64_t sched_until_ns;  /* a scheduled slice was active: everyone schedules until then */
-    uint64_t reserved[2];
+    uint64_t lease_busy_ns;   /* when the holder expects the work it submitted to be done */
+    uint64_t reserved[1];
 };
 
 struct fx_slice {

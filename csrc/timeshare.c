@@ -10,10 +10,6 @@ static uint32_t fx_rate(const struct fx_slice *sl, uint32_t dev)
     return cap < share ? share : cap;
 }
 
-static uint32_t fx_weight(const struct fx_slice *sl, uint32_t dev)
-{
-    return sl->compute[dev] ? sl->compute[dev] : 100;
-}
 
 /* Slices that take part in scheduling on their own account. */
 static int fx_scheduled(const struct fx_slice *sl, uint32_t dev)
@@ -58,10 +54,24 @@ static int fx_is_active(const struct fx_slice *sl, uint32_t dev, uint64_t now, u
     return sl->in_use && sl->active_ns[dev] && now - sl->active_ns[dev] < window;
 }
 
+/* The holder still counts while it asks for work, or its work runs, or (dead or hung) until
+ * FX_TS_SILENT_NS has passed since it last showed up. */
 static int fx_holder_valid(const struct fx_region *r, const struct fx_dev *d, uint64_t now)
 {
-    return d->lease_pid != 0 && d->lease_slice < FX_MAX_SLICES &&
-           r->slices[d->lease_slice].in_use && now - d->lease_touch_ns < FX_TS_SILENT_NS;
+    if (d->lease_pid == 0 || d->lease_slice >= FX_MAX_SLICES || !r->slices[d->lease_slice].in_use)
+        return 0;
+    uint64_t touch = __atomic_load_n(&d->lease_touch_ns, __ATOMIC_RELAXED);
+    uint64_t busy = __atomic_load_n(&d->lease_busy_ns, __ATOMIC_RELAXED);
+    if (now - touch >= FX_TS_SILENT_NS) return 0;
+    return now < touch + FX_TS_WAITING_NS || now < busy;
+}
+
+void fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, uint64_t busy)
+{
+    struct fx_dev *d = &r->devs[dev];
+    if (__atomic_load_n(&d->lease_pid, __ATOMIC_RELAXED) != pid) return;
+    __atomic_store_n(&d->lease_touch_ns, now, __ATOMIC_RELAXED);
+    __atomic_store_n(&d->lease_busy_ns, busy, __ATOMIC_RELAXED);
 }
 
 /* Tokens the holder would have left if its lease ended now. */
@@ -113,6 +123,24 @@ static void fx_wake(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t 
     if (min_v != UINT64_MAX && sl->vtime_ns[dev] < min_v) sl->vtime_ns[dev] = min_v;
 }
 
+/* Fair-share weight: a slice's share; a slice without one gets what the active shares leave,
+ * split among such slices (so that shares are guarantees, whoever else runs). */
+static uint32_t fx_weight(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now)
+{
+    const struct fx_slice *sl = &r->slices[slice];
+    if (sl->compute[dev]) return sl->compute[dev];
+    uint32_t reserved = 0, unshared = 1;
+    for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
+        const struct fx_slice *o = &r->slices[s];
+        if (s == slice || !fx_is_active(o, dev, now, FX_TS_ACTIVE_NS)) continue;
+        if (o->compute[dev]) reserved += o->compute[dev];
+        else unshared++;
+    }
+    uint32_t left = reserved < 100 ? 100 - reserved : 0;
+    uint32_t w = left / unshared;
+    return w < 5 ? 5 : w;
+}
+
 static void fx_take(struct fx_dev *d, uint32_t slice, int32_t pid, uint64_t now)
 {
     d->lease_pid = pid;
@@ -120,6 +148,7 @@ static void fx_take(struct fx_dev *d, uint32_t slice, int32_t pid, uint64_t now)
     d->lease_start_ns = now;
     d->lease_touch_ns = now;
     d->lease_until_ns = now + FX_TS_QUANTUM_NS;
+    d->lease_busy_ns = now;
 }
 
 enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
@@ -153,8 +182,8 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
         return FX_TS_WAIT;
     }
     if (sl->tokens_ns[dev] <= 0) {
-        /* time until the bucket holds a little again */
-        *arg = (uint64_t)(-sl->tokens_ns[dev]) * 100 / rate + 20000;
+        /* sleep until the bucket allows a worthwhile run (fewer, longer leases) */
+        *arg = ((uint64_t)(-sl->tokens_ns[dev]) + FX_TS_MIN_RUN_NS) * 100 / rate;
         return FX_TS_WAIT;
     }
     if (fx_holder_valid(r, d, now)) {
@@ -185,7 +214,7 @@ void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t de
     if (end > start) {
         uint64_t used = end - start;
         sl->tokens_ns[dev] -= (int64_t)used;
-        sl->vtime_ns[dev] += used * 100 / fx_weight(sl, dev);
+        sl->vtime_ns[dev] += used * 100 / fx_weight(r, slice, dev, end);
         sl->gpu_ns[dev] += used;
     }
     if (d->lease_pid == pid && d->lease_slice == slice) {

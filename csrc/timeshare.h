@@ -11,7 +11,8 @@
  *    smallest virtual time (GPU time / share) gets the lease next (weighted fair queueing).
  *  - Priorities: while a slice of higher priority is active, lower ones yield; a higher one
  *    takes the lease at once without waiting for the holder.
- *  - A holder that dies or stays silent loses the lease after FX_TS_SILENT_NS.
+ *  - A holder whose submitted work is done and that asked for nothing for FX_TS_WAITING_NS
+ *    loses the lease to anyone waiting; one that dies or hangs, after FX_TS_SILENT_NS at most.
  * All functions expect the region lock held and take `now` in CLOCK_MONOTONIC nanoseconds.
  */
 #ifndef FX_TIMESHARE_H
@@ -26,6 +27,7 @@
 #define FX_TS_ACTIVE_NS (3000000ULL)   /* asked within this: active (gets no idle credit) */
 #define FX_TS_WAITING_NS (200000ULL)   /* asked within this: waiting for the lease now */
 #define FX_TS_SILENT_NS (2000000ULL)   /* a holder silent this long loses the lease */
+#define FX_TS_MIN_RUN_NS (500000ULL)   /* a capped slice waits for this much time to run */
 
 enum fx_ts_verdict {
     FX_TS_GO = 0,      /* submit now (the caller holds the lease) */
@@ -43,6 +45,9 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
  * holder may have lost it meanwhile; it used the GPU all the same). */
 void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev, uint64_t start,
                    uint64_t end);
+
+/* Without the lock, from the holder: it is alive and its submitted work should end by `busy`. */
+void fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, uint64_t busy);
 
 /* Without the lock: nonzero when `slice` must go through fx_ts_admit on `dev` (it has a cap
  * or burst, a non-normal priority, or such a slice was active on the device lately). */

@@ -79,7 +79,8 @@ def state_dir(tmp_path) -> Path:
 def base_env(state_dir: Path, **extra: str) -> dict[str, str]:
     """An environment that runs a program in a slice on the simulated device."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("FLEXAI_") and k not in ("LD_PRELOAD", "CUDA_VISIBLE_DEVICES")}
+           if (not k.startswith("FLEXAI_") or k == "FLEXAI_LIB_DIR")
+           and k not in ("LD_PRELOAD", "CUDA_VISIBLE_DEVICES")}
     env.update(
         LD_PRELOAD=str(LIBFLEXAI),
         LD_LIBRARY_PATH=str(SIM_DIR),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -239,7 +240,7 @@ def test_python_under_preload_does_not_touch_cuda(state_dir):
     code = ("import ctypes, json, sqlite3, ssl, decimal;"
             "maps = open('/proc/self/maps').read();"
             "print('libcuda' in maps)")
-    proc = subprocess.run(["python3", "-c", code], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
@@ -271,7 +272,7 @@ def test_holder_of_the_state_lock_killed_does_not_block_others(run_client, state
     assert offset > 0
     script = tmp_path / "hold.py"
     script.write_text(HOLD_LOCK)
-    holder = subprocess.Popen(["python3", str(script), str(state_dir / "state"), str(offset)],
+    holder = subprocess.Popen([sys.executable, str(script), str(state_dir / "state"), str(offset)],
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
     holder.send_signal(signal.SIGKILL)

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef int CUresult;
@@ -67,6 +68,19 @@ static struct {
     CUresult (*ArrayDestroy)(CUarray);
     CUresult (*MipmappedArrayCreate)(CUarray *, const Array3DDesc *, unsigned);
     CUresult (*MipmappedArrayDestroy)(CUarray);
+    CUresult (*ModuleLoadData)(void **, const void *);
+    CUresult (*ModuleGetFunction)(void **, void *, const char *);
+    CUresult (*LaunchKernel)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                             unsigned, CUstream, void **, void **);
+    CUresult (*LaunchKernelEx)(const void *, void *, void **, void **);
+    CUresult (*LaunchCooperativeKernel)(void *, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                        unsigned, unsigned, CUstream, void **);
+    CUresult (*StreamBeginCapture)(CUstream, int);
+    CUresult (*StreamEndCapture)(CUstream, void **);
+    CUresult (*GraphInstantiate)(void **, void *, unsigned long long);
+    CUresult (*GraphLaunch)(void *, CUstream);
+    CUresult (*StreamCreate)(CUstream *, unsigned);
+    CUresult (*CtxSynchronize)(void);
 } cu;
 
 /* {field, exported name, base name for cuGetProcAddress} */
@@ -92,7 +106,18 @@ static struct {
     X(Array3DCreate, "cuArray3DCreate_v2", "cuArray3DCreate")                                  \
     X(ArrayDestroy, "cuArrayDestroy", "cuArrayDestroy")                                        \
     X(MipmappedArrayCreate, "cuMipmappedArrayCreate", "cuMipmappedArrayCreate")                \
-    X(MipmappedArrayDestroy, "cuMipmappedArrayDestroy", "cuMipmappedArrayDestroy")
+    X(MipmappedArrayDestroy, "cuMipmappedArrayDestroy", "cuMipmappedArrayDestroy")             \
+    X(ModuleLoadData, "cuModuleLoadData", "cuModuleLoadData")                                  \
+    X(ModuleGetFunction, "cuModuleGetFunction", "cuModuleGetFunction")                         \
+    X(LaunchKernel, "cuLaunchKernel", "cuLaunchKernel")                                        \
+    X(LaunchKernelEx, "cuLaunchKernelEx", "cuLaunchKernelEx")                                  \
+    X(LaunchCooperativeKernel, "cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel")       \
+    X(StreamBeginCapture, "cuStreamBeginCapture_v2", "cuStreamBeginCapture")                   \
+    X(StreamEndCapture, "cuStreamEndCapture", "cuStreamEndCapture")                            \
+    X(GraphInstantiate, "cuGraphInstantiateWithFlags", "cuGraphInstantiateWithFlags")          \
+    X(GraphLaunch, "cuGraphLaunch", "cuGraphLaunch")                                           \
+    X(StreamCreate, "cuStreamCreate", "cuStreamCreate")                                        \
+    X(CtxSynchronize, "cuCtxSynchronize", "cuCtxSynchronize")
 
 static int resolve(const char *via)
 {
@@ -183,6 +208,64 @@ static CUresult release_last(void)
     case K_ARRAY: return cu.ArrayDestroy((CUarray)(uintptr_t)id);
     default: return cu.MipmappedArrayDestroy((CUarray)(uintptr_t)id);
     }
+}
+
+/* ---- simulated kernels: the fake driver runs "sleep_us" for its first parameter's us ------ */
+static const char sleep_ptx[] =
+    ".version 7.0\n.target sm_52\n.address_size 64\n"
+    ".visible .entry sleep_us(.param .u32 us)\n{\n ret;\n}\n";
+static void *sleep_fn;
+static uint32_t kernel_us;
+static void *kernel_params[] = {&kernel_us};
+static void *graph_exec;
+static CUstream graph_stream;
+
+static double now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e6 + (double)t.tv_nsec / 1e3;
+}
+
+typedef struct {
+    unsigned gx, gy, gz, bx, by, bz, shmem;
+    CUstream stream;
+    void *attrs;
+    unsigned nattrs;
+} LaunchConfig;
+
+/* One unit of work of the given kind: a kernel, or a graph of 4 kernels. */
+static CUresult launch_one(const char *kind)
+{
+    if (strcmp(kind, "kernel") == 0)
+        return cu.LaunchKernel(sleep_fn, 1, 1, 1, 32, 1, 1, 0, NULL, kernel_params, NULL);
+    if (strcmp(kind, "ex") == 0) {
+        LaunchConfig c = {1, 1, 1, 32, 1, 1, 0, NULL, NULL, 0};
+        return cu.LaunchKernelEx(&c, sleep_fn, kernel_params, NULL);
+    }
+    if (strcmp(kind, "coop") == 0)
+        return cu.LaunchCooperativeKernel(sleep_fn, 1, 1, 1, 32, 1, 1, 0, NULL, kernel_params);
+    if (strcmp(kind, "graph") == 0) {
+        if (!graph_exec) {
+            void *graph = NULL;
+            CUresult rc = cu.StreamCreate(&graph_stream, 0);
+            if (rc == 0) rc = cu.StreamBeginCapture(graph_stream, 0);
+            for (int i = 0; rc == 0 && i < 4; i++)
+                rc = cu.LaunchKernel(sleep_fn, 1, 1, 1, 32, 1, 1, 0, graph_stream, kernel_params,
+                                     NULL);
+            if (rc == 0) rc = cu.StreamEndCapture(graph_stream, &graph);
+            if (rc == 0) rc = cu.GraphInstantiate(&graph_exec, graph, 0);
+            if (rc != 0) return rc;
+        }
+        return cu.GraphLaunch(graph_exec, graph_stream);
+    }
+    return -1;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
 }
 
 #define NEED(n) if (i + (n) >= argc) { fprintf(stderr, "client: %s needs %d args\n", op, n); return 2; }
@@ -324,6 +407,73 @@ int main(int argc, char **argv)
                    "\"total2\":%llu,\"free2\":%llu,\"used2\":%llu}\n",
                    r, a.total, a.free, a.used, b.total, b.free, b.used);
             i += 1;
+        } else if (strcmp(op, "module") == 0) {
+            void *mod = NULL;
+            rc = cu.ModuleLoadData(&mod, sleep_ptx);
+            if (rc == 0) rc = cu.ModuleGetFunction(&sleep_fn, mod, "sleep_us");
+            REPORT(rc);
+        } else if (strcmp(op, "saturate") == 0) {
+            /* saturate KIND US MS: keep the device busy with US-us work for MS ms of wall time,
+             * then report the work done and the fraction of the wall time it represents */
+            NEED(3);
+            const char *kind = ARG(1);
+            kernel_us = (uint32_t)atoi(ARG(2));
+            double until = now_us() + atof(ARG(3)) * 1000.0, start = now_us();
+            long units = 0;
+            rc = 0;
+            while (rc == 0 && now_us() < until) {
+                rc = launch_one(kind);
+                if (rc == 0) units++;
+            }
+            CUresult sync = cu.CtxSynchronize();
+            double wall = now_us() - start;
+            double busy = (double)units * kernel_us * (strcmp(kind, "graph") == 0 ? 4 : 1);
+            printf("{\"op\":\"saturate\",\"rc\":%d,\"sync\":%d,\"units\":%ld,"
+                   "\"busy_us\":%.0f,\"wall_us\":%.0f,\"fraction\":%.4f}\n",
+                   rc, sync, units, busy, wall, busy / wall);
+            i += 3;
+        } else if (strcmp(op, "phases") == 0) {
+            /* phases KIND US MS N: like saturate, N phases of MS ms, one report per phase
+             * (work is counted when it completes: each phase ends with a synchronize) */
+            NEED(4);
+            const char *kind = ARG(1);
+            kernel_us = (uint32_t)atoi(ARG(2));
+            double ms = atof(ARG(3));
+            int n = atoi(ARG(4));
+            for (int ph = 0; ph < n; ph++) {
+                double start = now_us(), until = start + ms * 1000.0;
+                long units = 0;
+                rc = 0;
+                while (rc == 0 && now_us() < until)
+                    if ((rc = launch_one(kind)) == 0) units++;
+                cu.CtxSynchronize();
+                double wall = now_us() - start;
+                double busy = (double)units * kernel_us * (strcmp(kind, "graph") == 0 ? 4 : 1);
+                printf("{\"op\":\"phase\",\"rc\":%d,\"n\":%d,\"fraction\":%.4f}\n", rc, ph,
+                       busy / wall);
+            }
+            i += 4;
+        } else if (strcmp(op, "latency") == 0) {
+            /* latency US N GAP_US: N times launch one US-us kernel and wait for it; the delay
+             * is the wall time beyond US. Reports p50 and p99 in us. */
+            NEED(3);
+            kernel_us = (uint32_t)atoi(ARG(1));
+            int n = atoi(ARG(2));
+            useconds_t gap = (useconds_t)atoi(ARG(3));
+            double *d = calloc((size_t)n, sizeof *d);
+            rc = 0;
+            for (int k = 0; k < n && rc == 0; k++) {
+                double t0 = now_us();
+                rc = launch_one("kernel");
+                if (rc == 0) rc = cu.CtxSynchronize();
+                d[k] = now_us() - t0 - kernel_us;
+                usleep(gap);
+            }
+            qsort(d, (size_t)n, sizeof *d, cmp_double);
+            printf("{\"op\":\"latency\",\"rc\":%d,\"p50_us\":%.1f,\"p99_us\":%.1f}\n", rc,
+                   d[n / 2], d[(n * 99) / 100]);
+            free(d);
+            i += 3;
         } else if (strcmp(op, "wait") == 0) {
             char line[16];
             printf("{\"op\":\"wait\",\"rc\":0}\n");

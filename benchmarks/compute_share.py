@@ -1,0 +1,258 @@
+"""How close each mechanism gets to the compute share asked for, side by side in one run.
+
+    python benchmarks/compute_share.py [--mechanisms flexai,mps] [--preload NAME=/path/lib.so]
+                                       [--seconds 3] [--quick] [--out results/compute_share.json]
+
+(a) one job alone capped at 10..90% (GEMM, memory-bound, tiny kernels): achieved fraction of the
+    same job alone without limits; (b) two saturating jobs at 30/70, 50/50, 10/90: each one's
+    fraction and the sum; (c) a high-priority small job's step time (p50/p99) while a
+    low-priority job of ~0.5 ms kernels saturates the GPU; (d) flexai's cost at 100%.
+Writes JSON and, where matplotlib is installed, a PNG beside it.
+
+Mechanisms: `flexai` (libflexai.so), `mps` (NVIDIA MPS thread percentage; the script starts and
+stops the daemon), and any other preload library given by path, which gets the share in
+--share-var (default CUDA_DEVICE_SM_LIMIT, HAMi's). On a machine without a GPU the simulated
+device is used (driver backend, flexai only) and the output says so.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import flexai
+
+HERE = Path(__file__).parent
+SHARES = [10, 20, 30, 40, 50, 60, 70, 80, 90]
+PAIRS = [(30, 70), (50, 50), (10, 90)]
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path):
+        self.args = args
+        self.tmp = tmp
+        self.sim = args.sim
+        self.backend = "driver" if self.sim else args.backend
+        self.exe = tmp / "driver_bench"
+        cc = shutil.which("cc") or shutil.which("gcc")
+        subprocess.run([cc, "-O2", str(HERE / "driver_bench.c"), "-o", str(self.exe), "-ldl"],
+                       check=True)
+        self.mps_dir = tmp / "mps"
+        self.counter = 0
+
+    # ---- jobs ---------------------------------------------------------------------------
+    def workloads(self) -> list[str]:
+        return ["spin500", "spin20"] if self.backend == "driver" else ["gemm", "membw", "tiny"]
+
+    def saturator(self) -> str:
+        return "spin500" if self.backend == "driver" else "gemm_halfms"
+
+    def command(self, workload: str) -> list[str]:
+        s = str(self.args.seconds)
+        if self.backend == "driver":
+            if workload == "probe":
+                return [str(self.exe), "probe", "100", "5", s]
+            return [str(self.exe), "saturate", workload.removeprefix("spin"), s]
+        return [sys.executable, str(HERE / "share_worker.py"), workload, s]
+
+    def env(self, mech: str, share: int | None, priority: str | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("FLEXAI_", "CUDA_MPS_")) and k != "LD_PRELOAD"}
+        env["BENCH_BARRIER"] = "1"
+        if self.sim:
+            sim = flexai.sim_dir()
+            env.update(LD_LIBRARY_PATH=f"{sim}:{env.get('LD_LIBRARY_PATH', '')}",
+                       FLEXAI_LIBCUDA=str(sim / "libcuda.so.1"),
+                       FLEXAI_LIBNVML=str(sim / "libnvidia-ml.so.1"),
+                       FLEXAI_SIM_STATE_DIR=str(self.tmp / "sim"))
+        if mech in ("flexai", "flexai-nolimit"):
+            self.counter += 1
+            env.update(LD_PRELOAD=str(flexai.library_path()),
+                       FLEXAI_STATE_DIR=str(self.tmp / "state"),
+                       FLEXAI_SLICE=f"bench-{self.counter}")
+            if share is not None and mech == "flexai":
+                env["FLEXAI_GPU_COMPUTE"] = str(share)
+            if priority:
+                env["FLEXAI_PRIORITY"] = priority
+        elif mech == "mps":
+            env.update(CUDA_MPS_PIPE_DIRECTORY=str(self.mps_dir / "pipe"),
+                       CUDA_MPS_LOG_DIRECTORY=str(self.mps_dir / "log"))
+            if share is not None:
+                env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(share)
+        elif mech.startswith("preload:"):
+            name = mech.split(":", 1)[1]
+            env["LD_PRELOAD"] = self.args.preload[name]
+            if share is not None:
+                env[self.args.share_var] = str(share)
+        return env
+
+    def run_together(self, jobs: list[tuple[str, str, int | None, str | None]]) -> list[dict]:
+        """Start jobs (mechanism, workload, share, priority), release them together, collect."""
+        procs = []
+        for mech, workload, share, prio in jobs:
+            procs.append(subprocess.Popen(self.command(workload), env=self.env(mech, share, prio),
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))
+        for p in procs:
+            line = p.stdout.readline().strip()
+            if line != "ready":
+                p.kill()
+                raise RuntimeError(f"worker failed to start: {line} {p.stderr.read()[-2000:]}")
+        for p in procs:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        out = []
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=self.args.seconds * 10 + 120)
+            if p.returncode != 0:
+                raise RuntimeError(f"worker exited {p.returncode}: {stderr[-2000:]}")
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+        return out
+
+    def rate(self, mech: str, workload: str, share: int | None) -> float:
+        return self.run_together([(mech, workload, share, None)])[0]["rate"]
+
+    # ---- MPS ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def mps(self):
+        env = self.env("mps", None)
+        for d in ("pipe", "log"):
+            (self.mps_dir / d).mkdir(parents=True, exist_ok=True)
+        subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env, check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", env=env, text=True)
+
+
+def error_stats(points: list[tuple[float, float]]) -> dict[str, float]:
+    errs = [abs(achieved - asked) * 100 for asked, achieved in points]
+    return {"mae_points": round(statistics.mean(errs), 2), "max_points": round(max(errs), 2)}
+
+
+def experiments(b: Bench, mechs: list[str]) -> dict:
+    shares = [10, 30, 50, 70, 90] if b.args.quick else SHARES
+    res: dict = {"a": {}, "b": {}, "c": {}, "d": {}, "native": {}}
+    for w in b.workloads():
+        res["native"][w] = statistics.median(b.rate("native", w, None) for _ in range(2))
+    for mech in mechs:
+        res["a"][mech] = {w: {s: b.rate(mech, w, s) / res["native"][w] for s in shares}
+                          for w in b.workloads()}
+        sat = b.workloads()[0]
+        res["b"][mech] = {}
+        for x, y in PAIRS:
+            r = b.run_together([(mech, sat, x, None), (mech, sat, y, None)])
+            fx, fy = (r[0]["rate"] / res["native"][sat], r[1]["rate"] / res["native"][sat])
+            res["b"][mech][f"{x}/{y}"] = {"first": fx, "second": fy, "sum": fx + fy}
+    sat = b.workloads()[0]
+    r = b.run_together([("native", sat, None, None), ("native", sat, None, None)])
+    res["b"]["native (no quota)"] = {"-": {"first": r[0]["rate"] / res["native"][sat],
+                                           "second": r[1]["rate"] / res["native"][sat]}}
+    res["c"]["alone"] = b.run_together([("native", "probe", None, None)])[0]
+    res["c"]["native (no priority)"] = b.run_together(
+        [("native", b.saturator(), None, None), ("native", "probe", None, None)])[1]
+    for mech in mechs:
+        if mech == "flexai":
+            res["c"][mech] = b.run_together([("flexai", b.saturator(), None, "low"),
+                                             ("flexai", "probe", None, "high")])[1]
+        elif mech == "mps":
+            res["c"][mech] = b.run_together([("mps", b.saturator(), None, None),
+                                             ("mps", "probe", None, None)])[1]
+    if "flexai" in mechs:
+        res["d"] = {w: {"share_100": b.rate("flexai", w, 100) / res["native"][w],
+                        "no_limit": b.rate("flexai-nolimit", w, None) / res["native"][w]}
+                    for w in b.workloads()}
+    res["summary"] = {}
+    for mech in mechs:
+        pts = [(s / 100, f) for w in res["a"][mech].values() for s, f in w.items()]
+        for pair, v in res["b"][mech].items():
+            x, y = (int(p) / 100 for p in pair.split("/"))
+            pts += [(x, v["first"]), (y, v["second"])]
+        res["summary"][mech] = {**error_stats(pts),
+                                "min_pair_sum": round(min(v["sum"] for v in res["b"][mech].values()), 3)}
+    return res
+
+
+def plot(res: dict, path: Path, title: str) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    mechs = list(res["a"])
+    workloads = list(res["native"])
+    fig, axes = plt.subplots(1, len(workloads) + 1, figsize=(5 * (len(workloads) + 1), 4.2))
+    for ax, w in zip(axes, workloads):
+        ax.plot([0, 100], [0, 100], color="grey", lw=1, ls="--", label="asked")
+        for mech in mechs:
+            xs = sorted(res["a"][mech][w])
+            ax.plot(xs, [100 * res["a"][mech][w][x] for x in xs], marker="o", label=mech)
+        ax.set(title=f"(a) {w} alone", xlabel="share asked (%)", ylabel="achieved (% of native)",
+               xlim=(0, 100), ylim=(0, 105))
+        ax.legend()
+    ax = axes[-1]
+    labels, width = list(PAIRS), 0.8 / max(1, len(mechs))
+    for i, mech in enumerate(mechs):
+        for j, (x, y) in enumerate(labels):
+            v = res["b"][mech][f"{x}/{y}"]
+            ax.bar(j + i * width, 100 * v["first"], width, color=f"C{i}")
+            ax.bar(j + i * width, 100 * v["second"], width, bottom=100 * v["first"], color=f"C{i}",
+                   alpha=0.5, label=mech if j == 0 else None)
+    ax.set_xticks([j + width * (len(mechs) - 1) / 2 for j in range(len(labels))],
+                  [f"{x}/{y}" for x, y in labels])
+    ax.set(title="(b) two jobs: each share (stacked)", ylabel="% of native", ylim=(0, 110))
+    ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mechanisms", default="flexai,mps")
+    ap.add_argument("--preload", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument("--share-var", default="CUDA_DEVICE_SM_LIMIT")
+    ap.add_argument("--backend", choices=["torch", "driver"], default="torch")
+    ap.add_argument("--sim", action="store_true", help="use the simulated device")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--quick", action="store_true", help="shares 10,30,50,70,90 only")
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "compute_share.json")
+    args = ap.parse_args(argv)
+    args.preload = dict(p.split("=", 1) for p in args.preload)
+    from overhead import gpu_present  # same folder
+
+    if not gpu_present():
+        args.sim = True
+    mechs = [m for m in args.mechanisms.split(",") if m]
+    mechs += [f"preload:{name}" for name in args.preload]
+    if args.sim:
+        mechs = [m for m in mechs if m == "flexai"]
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Bench(args, Path(tmp))
+        with (b.mps() if "mps" in mechs else contextlib.nullcontext()):
+            res = experiments(b, mechs)
+    device = ("simulated (flexai fake driver, no GPU)" if args.sim else "real GPU") + \
+        f", backend {b.backend}, {args.seconds}s per run"
+    res["device"] = device
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    png = args.out.with_suffix(".png")
+    drew = plot(res, png, f"flexai compute shares - {device}")
+    print(json.dumps({"device": device, "summary": res["summary"], "c": res["c"], "d": res["d"]},
+                     indent=2))
+    print(f"wrote {args.out}" + (f" and {png}" if drew else " (no matplotlib: no PNG)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE))
+    raise SystemExit(main())
