@@ -94,9 +94,9 @@ static uint64_t fx_inflight_ns(const struct fx_launch_dev *ld)
 /* Tell the others we hold the lease for a reason: we are here, and our work runs until ~busy. */
 static void fx_touch(uint32_t dev, struct fx_launch_dev *ld)
 {
-    uint64_t now = fx_now();
-    ld->last_busy_ns = now + fx_inflight_ns(ld);
-    fx_ts_touch(fx_rt.shm.r, dev, fx_rt.pid, now, ld->last_busy_ns);
+    uint64_t now = fx_now(), busy = now + fx_inflight_ns(ld);
+    if (ld->holding && fx_ts_touch(fx_rt.shm.r, dev, fx_rt.pid, now, busy))
+        ld->last_busy_ns = busy; /* only while we hold it: it bounds a lost lease's charge */
 }
 
 /* Pop the oldest mark if its work is done; 1 when popped. */

@@ -66,12 +66,13 @@ static int fx_holder_valid(const struct fx_region *r, const struct fx_dev *d, ui
     return now < touch + FX_TS_WAITING_NS || now < busy;
 }
 
-void fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, uint64_t busy)
+int fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, uint64_t busy)
 {
     struct fx_dev *d = &r->devs[dev];
-    if (__atomic_load_n(&d->lease_pid, __ATOMIC_RELAXED) != pid) return;
+    if (__atomic_load_n(&d->lease_pid, __ATOMIC_RELAXED) != pid) return 0;
     __atomic_store_n(&d->lease_touch_ns, now, __ATOMIC_RELAXED);
     __atomic_store_n(&d->lease_busy_ns, busy, __ATOMIC_RELAXED);
+    return 1;
 }
 
 /* Tokens the holder would have left if its lease ended now. */
@@ -104,7 +105,7 @@ static uint32_t fx_best(struct fx_region *r, uint32_t dev, uint64_t now, int32_t
         if (s == except || sl->priority != prio || !fx_is_active(sl, dev, now, FX_TS_WAITING_NS))
             continue;
         fx_refill(sl, dev, now);
-        if (sl->tokens_ns[dev] <= 0) continue;
+        if (fx_rate(sl, dev) < 100 && sl->tokens_ns[dev] <= 0) continue;
         if (best == FX_NONE || sl->vtime_ns[dev] < r->slices[best].vtime_ns[dev]) best = s;
     }
     return best;
@@ -163,11 +164,12 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
 
     int32_t prio = sl->priority, top = fx_top_priority(r, dev, now);
     uint32_t rate = fx_rate(sl, dev);
+    int capped = rate < 100; /* a 100% cap is no cap: its tokens never hold it back */
     int holding = d->lease_pid == pid && d->lease_slice == slice;
 
     if (holding) {
         int64_t left = fx_tokens_left(sl, dev, d, now, 1);
-        if (prio < top || left <= 0) return FX_TS_RELEASE;
+        if (prio < top || (capped && left <= 0)) return FX_TS_RELEASE;
         if (now >= d->lease_until_ns) {
             uint32_t other = fx_best(r, dev, now, prio, slice);
             if (other != FX_NONE) return FX_TS_RELEASE;
@@ -181,7 +183,7 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
         *arg = 50000;
         return FX_TS_WAIT;
     }
-    if (sl->tokens_ns[dev] <= 0) {
+    if (capped && sl->tokens_ns[dev] <= 0) {
         /* sleep until the bucket allows a worthwhile run (fewer, longer leases) */
         *arg = ((uint64_t)(-sl->tokens_ns[dev]) + FX_TS_MIN_RUN_NS) * 100 / rate;
         return FX_TS_WAIT;
@@ -216,6 +218,15 @@ void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t de
         sl->tokens_ns[dev] -= (int64_t)used;
         sl->vtime_ns[dev] += used * 100 / fx_weight(r, slice, dev, end);
         sl->gpu_ns[dev] += used;
+        /* A lease can be charged for someone else's work (an unscheduled process's queue
+         * draining as scheduling starts); bounding the lead keeps such an error transient. */
+        uint64_t min_v = UINT64_MAX;
+        for (uint32_t s = 0; s < FX_MAX_SLICES; s++)
+            if (s != slice && fx_is_active(&r->slices[s], dev, end, FX_TS_ACTIVE_NS) &&
+                r->slices[s].vtime_ns[dev] < min_v)
+                min_v = r->slices[s].vtime_ns[dev];
+        if (min_v != UINT64_MAX && sl->vtime_ns[dev] > min_v + FX_TS_MAX_LAG_NS)
+            sl->vtime_ns[dev] = min_v + FX_TS_MAX_LAG_NS;
     }
     if (d->lease_pid == pid && d->lease_slice == slice) {
         d->lease_pid = 0;

@@ -28,6 +28,7 @@
 #define FX_TS_WAITING_NS (200000ULL)   /* asked within this: waiting for the lease now */
 #define FX_TS_SILENT_NS (2000000ULL)   /* a holder silent this long loses the lease */
 #define FX_TS_MIN_RUN_NS (500000ULL)   /* a capped slice waits for this much time to run */
+#define FX_TS_MAX_LAG_NS (20000000ULL) /* fair-share clocks stay this close to the slowest */
 
 enum fx_ts_verdict {
     FX_TS_GO = 0,      /* submit now (the caller holds the lease) */
@@ -46,8 +47,9 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
 void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev, uint64_t start,
                    uint64_t end);
 
-/* Without the lock, from the holder: it is alive and its submitted work should end by `busy`. */
-void fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, uint64_t busy);
+/* Without the lock, from the holder: it is alive and its submitted work should end by `busy`.
+ * Returns nonzero when `pid` still holds the lease. */
+int fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, uint64_t busy);
 
 /* Without the lock: nonzero when `slice` must go through fx_ts_admit on `dev` (it has a cap
  * or burst, a non-normal priority, or such a slice was active on the device lately). */

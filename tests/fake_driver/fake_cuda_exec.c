@@ -22,9 +22,9 @@
 
 #include "fake_cuda_internal.h"
 
-#define QUEUE_MAX ((size_t)1 << 16)
+#define QUEUE_MAX ((size_t)1024) /* about what a real GPU queues before a launch blocks */
 #define QUEUE_MIN ((size_t)64)
-#define QUEUE_REFILL ((size_t)1024) /* a full queue takes submissions again this much below max */
+#define QUEUE_REFILL ((size_t)64) /* a full queue takes submissions again this much below max */
 #define WORKER_STACK ((size_t)256 << 10)
 
 static struct CUstream_st *stream_registry; /* created streams and default streams */
