@@ -221,8 +221,8 @@ static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
         fx_wait(arg);
     }
     /* bound the work in flight so the next decision takes effect quickly */
-    uint64_t bound = r->devs[dev].sched_until_ns > now && r->slices[fx_rt.slice].priority <
-                     FLEXAI_PRIORITY_HIGH ? FX_INFLIGHT_SHORT_NS : FX_INFLIGHT_NS;
+    uint64_t bound =
+        fx_ts_outranked(r, fx_rt.slice, dev, now) ? FX_INFLIGHT_SHORT_NS : FX_INFLIGHT_NS;
     while (ld->count && fx_inflight_ns(ld) >= bound) {
         if (!fx_pop_if_done(ld)) {
             fx_touch(dev, ld);
@@ -248,7 +248,7 @@ static void fx_gate_leave(struct fx_launch_dev *ld, CUresult rc, CUstream stream
         }
         ld->since_mark++;
         fx_touch(ld->dev, ld);
-        /* marks about a quarter of the in-flight bound apart: cheap yet responsive */
+        /* marks about a quarter of the short in-flight bound apart: cheap yet responsive */
         uint64_t every = FX_INFLIGHT_SHORT_NS / 4 / (ld->avg_ns ? ld->avg_ns : 1);
         if (ld->since_mark >= (every ? every : 1)) fx_mark_all(ld);
     }

@@ -31,7 +31,7 @@ struct fx_dev {
     uint64_t lease_touch_ns;  /* holder's last launch; a silent holder loses the lease */
     uint64_t sched_until_ns;  /* a scheduled slice was active: everyone schedules until then */
     uint64_t lease_busy_ns;   /* when the holder expects the work it submitted to be done */
-    uint64_t reserved[1];
+    uint64_t high_until_ns;   /* a high-priority slice wanted the device until about then */
 };
 
 struct fx_slice {

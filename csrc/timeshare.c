@@ -25,6 +25,12 @@ int fx_ts_needed(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64
     return __atomic_load_n(&r->devs[dev].sched_until_ns, __ATOMIC_RELAXED) > now;
 }
 
+int fx_ts_outranked(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now)
+{
+    return r->slices[slice].priority < FLEXAI_PRIORITY_HIGH &&
+           __atomic_load_n(&r->devs[dev].high_until_ns, __ATOMIC_RELAXED) > now;
+}
+
 void fx_ts_set(struct fx_region *r, uint32_t slice, uint32_t dev, uint32_t share, uint32_t burst)
 {
     struct fx_slice *sl = &r->slices[slice];
@@ -63,7 +69,7 @@ static int fx_holder_valid(const struct fx_region *r, const struct fx_dev *d, ui
     uint64_t touch = __atomic_load_n(&d->lease_touch_ns, __ATOMIC_RELAXED);
     uint64_t busy = __atomic_load_n(&d->lease_busy_ns, __ATOMIC_RELAXED);
     if (now - touch >= FX_TS_SILENT_NS) return 0;
-    return now < touch + FX_TS_WAITING_NS || now < busy;
+    return now < touch + FX_TS_IDLE_NS || now < busy;
 }
 
 int fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, uint64_t busy)
@@ -161,6 +167,7 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
     if (!fx_is_active(sl, dev, now, FX_TS_ACTIVE_NS)) fx_wake(r, slice, dev, now);
     sl->active_ns[dev] = now;
     if (fx_scheduled(sl, dev)) d->sched_until_ns = now + FX_TS_ACTIVE_NS;
+    if (sl->priority == FLEXAI_PRIORITY_HIGH) d->high_until_ns = now + FX_TS_ACTIVE_NS;
 
     int32_t prio = sl->priority, top = fx_top_priority(r, dev, now);
     uint32_t rate = fx_rate(sl, dev);

@@ -11,7 +11,7 @@
  *    smallest virtual time (GPU time / share) gets the lease next (weighted fair queueing).
  *  - Priorities: while a slice of higher priority is active, lower ones yield; a higher one
  *    takes the lease at once without waiting for the holder.
- *  - A holder whose submitted work is done and that asked for nothing for FX_TS_WAITING_NS
+ *  - A holder whose submitted work is done and that asked for nothing for FX_TS_IDLE_NS
  *    loses the lease to anyone waiting; one that dies or hangs, after FX_TS_SILENT_NS at most.
  * All functions expect the region lock held and take `now` in CLOCK_MONOTONIC nanoseconds.
  */
@@ -25,9 +25,10 @@
 #define FX_TS_QUANTUM_NS (4000000ULL)  /* a lease lasts this long when others wait */
 #define FX_TS_WINDOW_NS (20000000ULL)  /* token bucket depth, in ns at 100% */
 #define FX_TS_ACTIVE_NS (3000000ULL)   /* asked within this: active (gets no idle credit) */
-#define FX_TS_WAITING_NS (200000ULL)   /* asked within this: waiting for the lease now */
+#define FX_TS_WAITING_NS (1000000ULL)  /* asked within this: waiting for the lease now */
+#define FX_TS_IDLE_NS (200000ULL)      /* a holder whose work is done keeps the lease this long */
 #define FX_TS_SILENT_NS (2000000ULL)   /* a holder silent this long loses the lease */
-#define FX_TS_MIN_RUN_NS (500000ULL)   /* a capped slice waits for this much time to run */
+#define FX_TS_MIN_RUN_NS (200000ULL)   /* a capped slice waits for this much time to run */
 #define FX_TS_MAX_LAG_NS (20000000ULL) /* fair-share clocks stay this close to the slowest */
 
 enum fx_ts_verdict {
@@ -54,6 +55,10 @@ int fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, ui
 /* Without the lock: nonzero when `slice` must go through fx_ts_admit on `dev` (it has a cap
  * or burst, a non-normal priority, or such a slice was active on the device lately). */
 int fx_ts_needed(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now);
+
+/* Without the lock: nonzero when a slice of higher priority than `slice` wanted `dev` lately,
+ * so that `slice` should keep little work in flight. */
+int fx_ts_outranked(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now);
 
 /* Set a slice's share and burst on a device (resize); takes effect at the next admission. */
 void fx_ts_set(struct fx_region *r, uint32_t slice, uint32_t dev, uint32_t share, uint32_t burst);

@@ -43,6 +43,13 @@ def _real_gpu_present() -> bool:
     return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
+@pytest.fixture(autouse=True)
+def _outside_the_source_tree(tmp_path, monkeypatch):
+    """Run each test (and the `python -m flexai` it starts) from a scratch directory, so that
+    the installed package is imported, never the source tree's `flexai/` (which has no lib/)."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def clients(tmp_path_factory) -> dict[str, Path]:
     """Compile the client programs once per session against the simulated driver."""
