@@ -9,7 +9,7 @@
  * nothing scheduled shares its device, a launch costs one shared-memory load and goes straight
  * to the driver.
  */
-#include <sched.h>
+#include <sys/prctl.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,11 +28,15 @@ struct fx_mark {
     uint32_t launches; /* launches this mark closes */
 };
 
+/* GPU time is measured on the device: a "segment" starts with an event recorded when none of
+ * our work is in flight and grows with each completed mark (event elapsed time from the
+ * segment's start). Under a lease only our work runs, so the sum is the slice's GPU time. */
 struct fx_launch_dev {
     pthread_mutex_t mu;  /* one thread of this process at a time through the gate */
     uint32_t dev;        /* node device id (this entry's index) */
     int holding;
     uint64_t held_since;
+    uint64_t busy_ns;     /* GPU time measured during the current lease */
     struct fx_mark ring[FX_RING];
     CUevent spare[FX_RING];
     unsigned head, count, nspare;
@@ -41,8 +45,8 @@ struct fx_launch_dev {
     uint8_t stream_ptsz[FX_MAX_STREAMS];
     int nstreams;         /* streams used since the last mark; FX_MAX_STREAMS+1: too many */
     uint64_t avg_ns;      /* estimated GPU time per launch */
-    uint64_t last_pop_ns; /* when the previous mark was seen complete */
-    uint64_t last_busy_ns; /* when our work was last expected to end (for a lost lease) */
+    CUevent seg_start;    /* start of the current busy segment, NULL when none is open */
+    uint64_t seg_counted; /* GPU time of the segment already added to busy_ns */
 };
 
 static struct fx_launch_dev fx_ld[FLEXAI_MAX_DEVICES];
@@ -71,17 +75,16 @@ static uint64_t fx_now(void)
     return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
 }
 
-/* Short waits spin politely (timer slack would turn a 20 us sleep into 70 us); long ones
- * sleep. */
+/* Sleep, not spin or sched_yield: beside a CPU-bound thread on the same core, a yield can cost
+ * a whole scheduler slice (milliseconds), which would leave the GPU idle. The thread's timer
+ * slack (50 us by default) is lowered for the sleep so short waits stay short. */
 static void fx_wait(uint64_t ns)
 {
-    if (ns > 200000) {
-        struct timespec t = {0, (long)(ns - 50000)};
-        nanosleep(&t, NULL);
-        return;
-    }
-    uint64_t end = fx_now() + ns;
-    while (fx_now() < end) sched_yield();
+    int old = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+    if (old > 5000) prctl(PR_SET_TIMERSLACK, 5000UL, 0, 0, 0);
+    struct timespec t = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
+    nanosleep(&t, NULL);
+    if (old > 5000) prctl(PR_SET_TIMERSLACK, (unsigned long)old, 0, 0, 0);
 }
 
 static uint64_t fx_inflight_ns(const struct fx_launch_dev *ld)
@@ -94,9 +97,45 @@ static uint64_t fx_inflight_ns(const struct fx_launch_dev *ld)
 /* Tell the others we hold the lease for a reason: we are here, and our work runs until ~busy. */
 static void fx_touch(uint32_t dev, struct fx_launch_dev *ld)
 {
-    uint64_t now = fx_now(), busy = now + fx_inflight_ns(ld);
-    if (ld->holding && fx_ts_touch(fx_rt.shm.r, dev, fx_rt.pid, now, busy))
-        ld->last_busy_ns = busy; /* only while we hold it: it bounds a lost lease's charge */
+    uint64_t now = fx_now();
+    if (ld->holding) fx_ts_touch(fx_rt.shm.r, dev, fx_rt.pid, now, now + fx_inflight_ns(ld));
+}
+
+static CUevent fx_event(struct fx_launch_dev *ld)
+{
+    CUevent ev = NULL;
+    if (ld->nspare) return ld->spare[--ld->nspare];
+    return fx_cu.cuEventCreate(&ev, 0) == CUDA_SUCCESS ? ev : NULL;
+}
+
+static void fx_event_done(struct fx_launch_dev *ld, CUevent ev)
+{
+    if (ld->nspare < FX_RING) ld->spare[ld->nspare++] = ev;
+    else fx_cu.cuEventDestroy_v2(ev);
+}
+
+static CUresult fx_record(CUevent ev, CUstream s, int ptsz)
+{
+    return ptsz ? fx_cu.cuEventRecord_ptsz(ev, s) : fx_cu.cuEventRecord(ev, s);
+}
+
+/* Add the GPU time from the segment's start to completed mark `ev`. */
+static void fx_measure(struct fx_launch_dev *ld, CUevent ev, uint32_t launches)
+{
+    __typeof__(fx_cu.cuEventElapsedTime) elapsed =
+        fx_cu.cuEventElapsedTime_v2 ? fx_cu.cuEventElapsedTime_v2 : fx_cu.cuEventElapsedTime;
+    float ms = 0;
+    if (!ld->seg_start || !elapsed || elapsed(&ms, ld->seg_start, ev) != CUDA_SUCCESS || ms < 0)
+        return;
+    uint64_t upto = (uint64_t)((double)ms * 1e6);
+    if (upto <= ld->seg_counted) return;
+    uint64_t inc = upto - ld->seg_counted;
+    ld->seg_counted = upto;
+    ld->busy_ns += inc;
+    if (launches) {
+        ld->avg_ns = (3 * ld->avg_ns + inc / launches) / 4;
+        if (ld->avg_ns < 1000) ld->avg_ns = 1000;
+    }
 }
 
 /* Pop the oldest mark if its work is done; 1 when popped. */
@@ -104,31 +143,24 @@ static int fx_pop_if_done(struct fx_launch_dev *ld)
 {
     if (ld->count == 0) return 0;
     struct fx_mark *m = &ld->ring[ld->head];
-    CUresult rc = fx_cu.cuEventQuery(m->ev);
-    if (rc == (CUresult)FX_CUDA_ERROR_NOT_READY) return 0;
-    uint64_t now = fx_now();
-    /* GPU time per launch, from consecutive completions while work stayed queued */
-    if (ld->last_pop_ns && m->launches && ld->count > 1) {
-        uint64_t est = (now - ld->last_pop_ns) / m->launches;
-        ld->avg_ns = (3 * ld->avg_ns + est) / 4;
-        if (ld->avg_ns < 1000) ld->avg_ns = 1000;
-    }
-    ld->last_pop_ns = ld->count > 1 ? now : 0;
-    if (ld->nspare < FX_RING) ld->spare[ld->nspare++] = m->ev;
-    else fx_cu.cuEventDestroy_v2(m->ev);
+    if (fx_cu.cuEventQuery(m->ev) == (CUresult)FX_CUDA_ERROR_NOT_READY) return 0;
+    fx_measure(ld, m->ev, m->launches);
+    fx_event_done(ld, m->ev);
     ld->head = (ld->head + 1) % FX_RING;
     ld->count--;
+    if (ld->count == 0 && ld->since_mark == 0 && ld->seg_start) {
+        fx_event_done(ld, ld->seg_start); /* all our work is done: the segment ends */
+        ld->seg_start = NULL;
+    }
     return 1;
 }
 
 static void fx_mark_stream(struct fx_launch_dev *ld, CUstream s, int ptsz, uint32_t launches)
 {
-    CUevent ev = NULL;
     if (ld->count == FX_RING) return;
-    if (ld->nspare) ev = ld->spare[--ld->nspare];
-    else if (fx_cu.cuEventCreate(&ev, FX_CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) return;
-    CUresult rc = ptsz ? fx_cu.cuEventRecord_ptsz(ev, s) : fx_cu.cuEventRecord(ev, s);
-    if (rc != CUDA_SUCCESS) {
+    CUevent ev = fx_event(ld);
+    if (!ev) return;
+    if (fx_record(ev, s, ptsz) != CUDA_SUCCESS) {
         fx_cu.cuEventDestroy_v2(ev);
         return;
     }
@@ -162,20 +194,17 @@ static void fx_drain(uint32_t dev, struct fx_launch_dev *ld)
     }
 }
 
-/* Drain our work and charge the lease. `lost`: another process took it while we were away, so
- * charge only up to when our work was expected to end, not our absence. */
-static void fx_release_lease(uint32_t dev, struct fx_launch_dev *ld, int lost)
+/* Drain our work and charge the GPU time it used to the lease (also a lease we lost). */
+static void fx_release_lease(uint32_t dev, struct fx_launch_dev *ld)
 {
     struct fx_region *r = fx_rt.shm.r;
-    uint64_t expected = ld->last_busy_ns;
     fx_drain(dev, ld);
-    uint64_t end = fx_now();
-    if (lost && expected > ld->held_since && expected < end) end = expected;
     if (fx_shm_lock(r) == 0) {
-        fx_ts_release(r, fx_rt.slice, fx_rt.pid, dev, ld->held_since, end);
+        fx_ts_release(r, fx_rt.slice, fx_rt.pid, dev, ld->busy_ns, fx_now());
         fx_shm_unlock(r);
     }
     ld->holding = 0;
+    ld->busy_ns = 0;
 }
 
 static int fx_capturing(CUstream s, int ptsz)
@@ -204,18 +233,20 @@ static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
     for (;;) {
         uint64_t arg = 0;
         if (fx_shm_lock(r) != 0) break; /* cannot schedule: let the work through */
-        enum fx_ts_verdict v = fx_ts_admit(r, fx_rt.slice, fx_rt.pid, dev, fx_now(), &arg);
+        uint64_t used = ld->holding ? ld->busy_ns + fx_inflight_ns(ld) : 0;
+        enum fx_ts_verdict v = fx_ts_admit(r, fx_rt.slice, fx_rt.pid, dev, fx_now(), used, &arg);
         fx_shm_unlock(r);
         if (v == FX_TS_GO) {
             if (!ld->holding || ld->held_since != arg) {
                 ld->holding = 1;
                 ld->held_since = arg;
+                ld->busy_ns = 0;
             }
             break;
         }
         if (v == FX_TS_RELEASE || ld->holding) {
             /* quantum over, out of tokens, a higher priority came, or we lost the lease */
-            fx_release_lease(dev, ld, v != FX_TS_RELEASE);
+            fx_release_lease(dev, ld);
             if (v == FX_TS_RELEASE) continue;
         }
         fx_wait(arg);
@@ -227,6 +258,15 @@ static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
         if (!fx_pop_if_done(ld)) {
             fx_touch(dev, ld);
             fx_wait(10000);
+        }
+    }
+    /* nothing of ours in flight: the GPU is idle for us, a new busy segment starts here */
+    if (!ld->seg_start && ld->count == 0 && ld->since_mark == 0) {
+        ld->seg_start = fx_event(ld);
+        ld->seg_counted = 0;
+        if (ld->seg_start && fx_record(ld->seg_start, stream, ptsz) != CUDA_SUCCESS) {
+            fx_cu.cuEventDestroy_v2(ld->seg_start);
+            ld->seg_start = NULL;
         }
     }
     return ld;

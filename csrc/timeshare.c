@@ -81,14 +81,6 @@ int fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, ui
     return 1;
 }
 
-/* Tokens the holder would have left if its lease ended now. */
-static int64_t fx_tokens_left(const struct fx_slice *sl, uint32_t dev, const struct fx_dev *d,
-                              uint64_t now, int holding)
-{
-    int64_t t = sl->tokens_ns[dev];
-    if (holding) t -= (int64_t)(now - d->lease_start_ns);
-    return t;
-}
 
 /* Highest priority among active slices, and whether another eligible slice of priority >= p
  * is waiting now. */
@@ -159,7 +151,7 @@ static void fx_take(struct fx_dev *d, uint32_t slice, int32_t pid, uint64_t now)
 }
 
 enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
-                               uint64_t now, uint64_t *arg)
+                               uint64_t now, uint64_t used, uint64_t *arg)
 {
     struct fx_slice *sl = &r->slices[slice];
     struct fx_dev *d = &r->devs[dev];
@@ -175,7 +167,7 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
     int holding = d->lease_pid == pid && d->lease_slice == slice;
 
     if (holding) {
-        int64_t left = fx_tokens_left(sl, dev, d, now, 1);
+        int64_t left = sl->tokens_ns[dev] - (int64_t)used;
         if (prio < top || (capped && left <= 0)) return FX_TS_RELEASE;
         if (now >= d->lease_until_ns) {
             uint32_t other = fx_best(r, dev, now, prio, slice);
@@ -215,13 +207,12 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
     return FX_TS_GO;
 }
 
-void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev, uint64_t start,
+void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev, uint64_t used,
                    uint64_t end)
 {
     struct fx_slice *sl = &r->slices[slice];
     struct fx_dev *d = &r->devs[dev];
-    if (end > start) {
-        uint64_t used = end - start;
+    if (used) {
         sl->tokens_ns[dev] -= (int64_t)used;
         sl->vtime_ns[dev] += used * 100 / fx_weight(r, slice, dev, end);
         sl->gpu_ns[dev] += used;

@@ -37,16 +37,17 @@ enum fx_ts_verdict {
     FX_TS_RELEASE = 2, /* the caller holds the lease but must drain its work and release it */
 };
 
-/* Ask to submit work of `slice` from process `pid` on node device `dev`. On FX_TS_GO *arg is
- * the start of the caller's lease; on FX_TS_WAIT the nanoseconds to wait before asking again. */
+/* Ask to submit work of `slice` from process `pid` on node device `dev`. `used` is the GPU time
+ * the caller's current lease has used so far (0 without one). On FX_TS_GO *arg is the start of
+ * the caller's lease; on FX_TS_WAIT the nanoseconds to wait before asking again. */
 enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
-                               uint64_t now, uint64_t *arg);
+                               uint64_t now, uint64_t used, uint64_t *arg);
 
-/* The holder's work has drained: charge the GPU time it used since `start` (its lease start)
- * up to `end` to its slice, and free the lease if it still holds it (a preempted or silent
- * holder may have lost it meanwhile; it used the GPU all the same). */
-void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev, uint64_t start,
-                   uint64_t end);
+/* The holder's work has drained: charge the GPU time `used` (measured on the device) to its
+ * slice, and free the lease if it still holds it (a preempted or silent holder may have lost it
+ * meanwhile; it used the GPU all the same). */
+void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev, uint64_t used,
+                   uint64_t now);
 
 /* Without the lock, from the holder: it is alive and its submitted work should end by `busy`.
  * Returns nonzero when `pid` still holds the lease. */
