@@ -22,6 +22,7 @@
 #define FX_INFLIGHT_NS 1000000ULL      /* normal bound on queued work */
 #define FX_INFLIGHT_SHORT_NS 400000ULL /* while a higher priority may need the device */
 #define FX_MAX_STREAMS 8
+#define FX_READMIT_NS 50000ULL         /* a holder re-asks the scheduler at most this often */
 
 struct fx_mark {
     CUevent ev;
@@ -37,6 +38,7 @@ struct fx_launch_dev {
     int holding;
     uint64_t held_since;
     uint64_t busy_ns;     /* GPU time measured during the current lease */
+    uint64_t next_admit;  /* holding: skip the scheduler (and its lock) until then */
     struct fx_mark ring[FX_RING];
     CUevent spare[FX_RING];
     unsigned head, count, nspare;
@@ -230,7 +232,9 @@ static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
     pthread_once(&fx_ld_once, fx_ld_init);
     struct fx_launch_dev *ld = &fx_ld[dev];
     pthread_mutex_lock(&ld->mu);
-    for (;;) {
+    /* Tiny kernels come by the hundred per millisecond: a holder asks again only every
+     * FX_READMIT_NS, which keeps decisions prompt and the launch path short. */
+    for (; !(ld->holding && now < ld->next_admit);) {
         uint64_t arg = 0;
         if (fx_shm_lock(r) != 0) break; /* cannot schedule: let the work through */
         uint64_t used = ld->holding ? ld->busy_ns + fx_inflight_ns(ld) : 0;
@@ -242,6 +246,7 @@ static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
                 ld->held_since = arg;
                 ld->busy_ns = 0;
             }
+            ld->next_admit = fx_now() + FX_READMIT_NS;
             break;
         }
         if (v == FX_TS_RELEASE || ld->holding) {
