@@ -260,6 +260,7 @@ static int fx_config_set(flexai_config *c, const char *name, const char *value, 
 {
     static const char *const priorities[] = {"low", "normal", "high"};
     static const char *const levels[] = {"error", "warn", "info", "debug"};
+    static const char *const sharing[] = {"auto", "time", "spatial"};
     if (strcmp(name, "FLEXAI_GPU_MEMORY") == 0) {
         c->memory_set = 1;
         return fx_parse_device_list(name, value, 0, c->memory, NULL, err);
@@ -280,6 +281,9 @@ static int fx_config_set(flexai_config *c, const char *name, const char *value, 
     if (strcmp(name, "FLEXAI_PRIORITY") == 0)
         return fx_parse_choice(name, value, priorities, 3, &c->priority,
                                "FLEXAI_PRIORITY=high, normal or low", err);
+    if (strcmp(name, "FLEXAI_SHARING") == 0)
+        return fx_parse_choice(name, value, sharing, 3, &c->sharing,
+                               "FLEXAI_SHARING=auto (time, spatial)", err);
     if (strcmp(name, "FLEXAI_LOG") == 0)
         return fx_parse_choice(name, value, levels, 4, &c->log_level,
                                "FLEXAI_LOG=warn (error, warn, info, debug)", err);

@@ -23,6 +23,7 @@
 #define FX_INFLIGHT_SHORT_NS 400000ULL /* while a higher priority may need the device */
 #define FX_MAX_STREAMS 8
 #define FX_READMIT_NS 50000ULL         /* a holder re-asks the scheduler at most this often */
+#define FX_SETTLE_NS 2000000ULL        /* measured GPU time is charged in steps of about this */
 
 struct fx_mark {
     CUevent ev;
@@ -237,11 +238,19 @@ static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
     for (; !(ld->holding && now < ld->next_admit);) {
         uint64_t arg = 0;
         if (fx_shm_lock(r) != 0) break; /* cannot schedule: let the work through */
+        if (ld->busy_ns >= FX_SETTLE_NS) {
+            /* long runs are charged as they go, so tokens and `flexai ps` stay current */
+            fx_ts_charge(r, fx_rt.slice, dev, ld->busy_ns, fx_now());
+            ld->busy_ns = 0;
+        }
         uint64_t used = ld->holding ? ld->busy_ns + fx_inflight_ns(ld) : 0;
-        enum fx_ts_verdict v = fx_ts_admit(r, fx_rt.slice, fx_rt.pid, dev, fx_now(), used, &arg);
+        enum fx_ts_verdict v =
+            fx_rt.spatial
+                ? fx_ts_admit_spatial(r, fx_rt.slice, dev, fx_now(), used, ld->holding, &arg)
+                : fx_ts_admit(r, fx_rt.slice, fx_rt.pid, dev, fx_now(), used, &arg);
         fx_shm_unlock(r);
         if (v == FX_TS_GO) {
-            if (!ld->holding || ld->held_since != arg) {
+            if (!ld->holding || (!fx_rt.spatial && ld->held_since != arg)) {
                 ld->holding = 1;
                 ld->held_since = arg;
                 ld->busy_ns = 0;

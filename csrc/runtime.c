@@ -3,6 +3,8 @@
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -47,6 +49,16 @@ static void fx_atfork_child(void)
     pthread_mutex_init(&fx_rt.mu, NULL);
 }
 
+/* FLEXAI_SHARING=auto: spatial sharing where an MPS control daemon answers for this process
+ * (its pipe directory has the control socket), time-slicing otherwise. */
+static int fx_mps_present(void)
+{
+    char path[FLEXAI_PATH_MAX + 16];
+    const char *dir = getenv("CUDA_MPS_PIPE_DIRECTORY");
+    snprintf(path, sizeof path, "%s/control", dir && *dir ? dir : "/tmp/nvidia-mps");
+    return access(path, F_OK) == 0;
+}
+
 static void fx_init_once(void)
 {
     char err[FLEXAI_ERR_MAX] = "";
@@ -59,6 +71,9 @@ static void fx_init_once(void)
         FX_ERROR("%s; CUDA calls fail until it is fixed", err);
     }
     if (!fx_rt.broken) fx_log_level = fx_rt.cfg.log_level;
+    fx_rt.spatial = fx_rt.cfg.sharing == FLEXAI_SHARING_SPATIAL ||
+                    (fx_rt.cfg.sharing == FLEXAI_SHARING_AUTO && fx_mps_present());
+    if (fx_rt.spatial) FX_INFO("spatial sharing (MPS): slices run kernels together");
 
     /* RTLD_LOCAL: the real driver's symbols must not enter the global scope ahead of ours. */
     void *cuda = dlopen(fx_rt.cfg.libcuda, RTLD_NOW | RTLD_LOCAL);

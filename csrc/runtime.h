@@ -48,6 +48,7 @@ extern struct fx_real_nvml fx_nv;
 struct fx_runtime {
     flexai_config cfg;
     int broken;                    /* limits requested but cannot be enforced: fail closed */
+    int spatial;                   /* slices run kernels together (MPS): no exclusive lease */
     CUresult broken_rc;            /* what the hooks return then */
     struct fx_shm shm;             /* shm.r is NULL when no region is attached */
     uint32_t proc;                 /* this process's slot, FX_NONE until attached */

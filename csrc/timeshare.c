@@ -150,8 +150,8 @@ static void fx_take(struct fx_dev *d, uint32_t slice, int32_t pid, uint64_t now)
     d->lease_busy_ns = now;
 }
 
-enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
-                               uint64_t now, uint64_t used, uint64_t *arg)
+/* What every admission does first: refill, mark the slice active, publish hints. */
+static void fx_arrive(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now)
 {
     struct fx_slice *sl = &r->slices[slice];
     struct fx_dev *d = &r->devs[dev];
@@ -160,6 +160,44 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
     sl->active_ns[dev] = now;
     if (fx_scheduled(sl, dev)) d->sched_until_ns = now + FX_TS_ACTIVE_NS;
     if (sl->priority == FLEXAI_PRIORITY_HIGH) d->high_until_ns = now + FX_TS_ACTIVE_NS;
+}
+
+/* Time to sleep until a capped slice's bucket allows a worthwhile run (fewer, longer runs). */
+static uint64_t fx_refill_wait(const struct fx_slice *sl, uint32_t dev, uint32_t rate)
+{
+    return ((uint64_t)(-sl->tokens_ns[dev]) + FX_TS_MIN_RUN_NS) * 100 / rate;
+}
+
+enum fx_ts_verdict fx_ts_admit_spatial(struct fx_region *r, uint32_t slice, uint32_t dev,
+                                       uint64_t now, uint64_t used, int running, uint64_t *arg)
+{
+    struct fx_slice *sl = &r->slices[slice];
+    fx_arrive(r, slice, dev, now);
+    uint32_t rate = fx_rate(sl, dev);
+    int capped = rate < 100, outranked = sl->priority < fx_top_priority(r, dev, now);
+    if (running) {
+        if (outranked || (capped && sl->tokens_ns[dev] - (int64_t)used <= 0)) return FX_TS_RELEASE;
+        *arg = 0;
+        return FX_TS_GO;
+    }
+    if (outranked) {
+        *arg = 50000;
+        return FX_TS_WAIT;
+    }
+    if (capped && sl->tokens_ns[dev] <= 0) {
+        *arg = fx_refill_wait(sl, dev, rate);
+        return FX_TS_WAIT;
+    }
+    *arg = now;
+    return FX_TS_GO;
+}
+
+enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
+                               uint64_t now, uint64_t used, uint64_t *arg)
+{
+    struct fx_slice *sl = &r->slices[slice];
+    struct fx_dev *d = &r->devs[dev];
+    fx_arrive(r, slice, dev, now);
 
     int32_t prio = sl->priority, top = fx_top_priority(r, dev, now);
     uint32_t rate = fx_rate(sl, dev);
@@ -183,8 +221,7 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
         return FX_TS_WAIT;
     }
     if (capped && sl->tokens_ns[dev] <= 0) {
-        /* sleep until the bucket allows a worthwhile run (fewer, longer leases) */
-        *arg = ((uint64_t)(-sl->tokens_ns[dev]) + FX_TS_MIN_RUN_NS) * 100 / rate;
+        *arg = fx_refill_wait(sl, dev, rate);
         return FX_TS_WAIT;
     }
     if (fx_holder_valid(r, d, now)) {
@@ -207,25 +244,29 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
     return FX_TS_GO;
 }
 
-void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev, uint64_t used,
-                   uint64_t end)
+void fx_ts_charge(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t used, uint64_t now)
 {
     struct fx_slice *sl = &r->slices[slice];
+    if (!used) return;
+    sl->tokens_ns[dev] -= (int64_t)used;
+    sl->vtime_ns[dev] += used * 100 / fx_weight(r, slice, dev, now);
+    sl->gpu_ns[dev] += used;
+    /* A lease can be charged for someone else's work (an unscheduled process's queue draining
+     * as scheduling starts); bounding the lead keeps such an error transient. */
+    uint64_t min_v = UINT64_MAX;
+    for (uint32_t s = 0; s < FX_MAX_SLICES; s++)
+        if (s != slice && fx_is_active(&r->slices[s], dev, now, FX_TS_ACTIVE_NS) &&
+            r->slices[s].vtime_ns[dev] < min_v)
+            min_v = r->slices[s].vtime_ns[dev];
+    if (min_v != UINT64_MAX && sl->vtime_ns[dev] > min_v + FX_TS_MAX_LAG_NS)
+        sl->vtime_ns[dev] = min_v + FX_TS_MAX_LAG_NS;
+}
+
+void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev, uint64_t used,
+                   uint64_t now)
+{
     struct fx_dev *d = &r->devs[dev];
-    if (used) {
-        sl->tokens_ns[dev] -= (int64_t)used;
-        sl->vtime_ns[dev] += used * 100 / fx_weight(r, slice, dev, end);
-        sl->gpu_ns[dev] += used;
-        /* A lease can be charged for someone else's work (an unscheduled process's queue
-         * draining as scheduling starts); bounding the lead keeps such an error transient. */
-        uint64_t min_v = UINT64_MAX;
-        for (uint32_t s = 0; s < FX_MAX_SLICES; s++)
-            if (s != slice && fx_is_active(&r->slices[s], dev, end, FX_TS_ACTIVE_NS) &&
-                r->slices[s].vtime_ns[dev] < min_v)
-                min_v = r->slices[s].vtime_ns[dev];
-        if (min_v != UINT64_MAX && sl->vtime_ns[dev] > min_v + FX_TS_MAX_LAG_NS)
-            sl->vtime_ns[dev] = min_v + FX_TS_MAX_LAG_NS;
-    }
+    fx_ts_charge(r, slice, dev, used, now);
     if (d->lease_pid == pid && d->lease_slice == slice) {
         d->lease_pid = 0;
         d->lease_slice = FX_NONE;

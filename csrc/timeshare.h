@@ -13,6 +13,9 @@
  *    takes the lease at once without waiting for the holder.
  *  - A holder whose submitted work is done and that asked for nothing for FX_TS_IDLE_NS
  *    loses the lease to anyone waiting; one that dies or hangs, after FX_TS_SILENT_NS at most.
+ * Spatial mode (MPS): slices run kernels at the same time, so there is no lease; a process
+ * measures its own work's device time, caps and priorities apply as above, and the SMs are
+ * shared by MPS.
  * All functions expect the region lock held and take `now` in CLOCK_MONOTONIC nanoseconds.
  */
 #ifndef FX_TIMESHARE_H
@@ -42,6 +45,13 @@ enum fx_ts_verdict {
  * the caller's lease; on FX_TS_WAIT the nanoseconds to wait before asking again. */
 enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
                                uint64_t now, uint64_t used, uint64_t *arg);
+
+/* The same in spatial mode; `running` says whether the caller is between GO and release. */
+enum fx_ts_verdict fx_ts_admit_spatial(struct fx_region *r, uint32_t slice, uint32_t dev,
+                                       uint64_t now, uint64_t used, int running, uint64_t *arg);
+
+/* Charge GPU time `used` (measured on the device) to a slice: tokens, fair-share clock, total. */
+void fx_ts_charge(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t used, uint64_t now);
 
 /* The holder's work has drained: charge the GPU time `used` (measured on the device) to its
  * slice, and free the lease if it still holds it (a preempted or silent holder may have lost it

@@ -15,6 +15,10 @@
 #define FLEXAI_PRIORITY_NORMAL 1
 #define FLEXAI_PRIORITY_HIGH 2
 
+#define FLEXAI_SHARING_AUTO 0
+#define FLEXAI_SHARING_TIME 1
+#define FLEXAI_SHARING_SPATIAL 2
+
 #define FLEXAI_LOG_ERROR 0
 #define FLEXAI_LOG_WARN 1
 #define FLEXAI_LOG_INFO 2
@@ -30,7 +34,7 @@ typedef struct flexai_config {
     uint32_t memory_set;
     uint32_t compute_set;
     uint32_t burst_set;
-    uint32_t pad;
+    int32_t sharing;
     char slice[FLEXAI_NAME_MAX];
     char state_dir[FLEXAI_PATH_MAX];
     char libcuda[FLEXAI_PATH_MAX];

@@ -89,6 +89,11 @@ def log_level_names() -> dict[int, str]:
     return _names("FLEXAI_LOG_", ("error", "warn", "info", "debug"))
 
 
+def sharing_names() -> dict[int, str]:
+    """Return ``{FLEXAI_SHARING_* value: "auto" | "time" | "spatial"}`` from the C constants."""
+    return _names("FLEXAI_SHARING_", ("auto", "time", "spatial"))
+
+
 def max_devices() -> int:
     """Return ``FLEXAI_MAX_DEVICES``, the number of per-device quota entries."""
     return int(_load()[1].FLEXAI_MAX_DEVICES)

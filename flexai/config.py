@@ -29,6 +29,7 @@ CONTRACT_VARIABLES = (
     "FLEXAI_LIBNVML",
     "FLEXAI_LOG",
     "FLEXAI_CONTEXT_MEMORY",
+    "FLEXAI_SHARING",
 )
 #: Every FLEXAI_ name flexai reads (plus anything starting with FLEXAI_SIM_).
 KNOWN_VARIABLES = CONTRACT_VARIABLES + ("FLEXAI_LIB_DIR",)
@@ -81,6 +82,8 @@ class Config:
         ``"low"``, ``"normal"`` or ``"high"``.
     log_level : str
         ``"error"``, ``"warn"``, ``"info"`` or ``"debug"``.
+    sharing : str
+        ``"auto"`` (spatial where an MPS daemon runs, else time), ``"time"`` or ``"spatial"``.
     state_dir : str
         Directory of the node's shared state.
     libcuda, libnvml : str
@@ -95,6 +98,7 @@ class Config:
     slice: str
     priority: str
     log_level: str
+    sharing: str
     state_dir: str
     libcuda: str
     libnvml: str
@@ -111,6 +115,7 @@ class Config:
             slice=_native.cstring(c.slice),
             priority=_native.priority_names().get(c.priority, str(c.priority)),
             log_level=_native.log_level_names().get(c.log_level, str(c.log_level)),
+            sharing=_native.sharing_names().get(c.sharing, str(c.sharing)),
             state_dir=_native.cstring(c.state_dir),
             libcuda=_native.cstring(c.libcuda),
             libnvml=_native.cstring(c.libnvml),
@@ -256,6 +261,7 @@ def _table(cfg: Config) -> str:
         ("slice", cfg.slice or "(none: a private slice per process)"),
         ("priority", cfg.priority),
         ("log level", cfg.log_level),
+        ("sharing", cfg.sharing),
         ("state dir", cfg.state_dir),
         ("libcuda", cfg.libcuda),
         ("libnvml", cfg.libnvml),

@@ -42,6 +42,11 @@ extern "C" {
 #define FLEXAI_PRIORITY_NORMAL 1
 #define FLEXAI_PRIORITY_HIGH 2
 
+/** How slices share a device (FLEXAI_SHARING): auto picks spatial where an MPS daemon runs. */
+#define FLEXAI_SHARING_AUTO 0
+#define FLEXAI_SHARING_TIME 1
+#define FLEXAI_SHARING_SPATIAL 2
+
 /** Log levels of FLEXAI_LOG. */
 #define FLEXAI_LOG_ERROR 0
 #define FLEXAI_LOG_WARN 1
@@ -65,7 +70,7 @@ typedef struct flexai_config {
     uint32_t memory_set;                  /**< 1 when FLEXAI_GPU_MEMORY was given */
     uint32_t compute_set;                 /**< 1 when FLEXAI_GPU_COMPUTE was given */
     uint32_t burst_set;                   /**< 1 when FLEXAI_GPU_COMPUTE_BURST was given */
-    uint32_t pad;
+    int32_t sharing;                      /**< FLEXAI_SHARING_* */
     char slice[FLEXAI_NAME_MAX];          /**< slice name; empty: a private slice per process */
     char state_dir[FLEXAI_PATH_MAX];      /**< directory of the node's shared state */
     char libcuda[FLEXAI_PATH_MAX];        /**< the real CUDA driver library */

@@ -127,3 +127,25 @@ def test_a_killed_lease_holder_never_blocks_the_others(clients, sim_env):
         victim.wait()
     r = finish(survivor, timeout=30).op("saturate")
     assert r["rc"] == 0 and r["fraction"] > 0.3
+
+
+def test_spatial_sharing_runs_slices_together_and_keeps_caps(clients, sim_env):
+    # with MPS (simulated: kernels of different processes overlap) there is no exclusive lease;
+    # each slice's own device time is measured and capped
+    env = dict(FLEXAI_SHARING="spatial", FLEXAI_SIM_MPS="1")
+    a = saturate(clients, sim_env(FLEXAI_GPU_COMPUTE="30", FLEXAI_SLICE="sa", **env), 2000)
+    b = saturate(clients, sim_env(FLEXAI_GPU_COMPUTE="60", FLEXAI_SLICE="sb", **env), 2000)
+    fa, fb = finish(a).op("saturate")["fraction"], finish(b).op("saturate")["fraction"]
+    assert fa == pytest.approx(0.30, abs=0.06)
+    assert fb == pytest.approx(0.60, abs=0.06)
+
+
+def test_spatial_sharing_low_priority_yields(clients, sim_env):
+    env = dict(FLEXAI_SHARING="spatial", FLEXAI_SIM_MPS="1")
+    low = saturate(clients, sim_env(FLEXAI_PRIORITY="low", FLEXAI_SLICE="sl", **env), 2000)
+    time.sleep(0.2)
+    high = saturate(clients, sim_env(FLEXAI_PRIORITY="high", FLEXAI_SLICE="sh", **env), 1000)
+    fh = finish(high).op("saturate")["fraction"]
+    fl = finish(low).op("saturate")["fraction"]
+    assert fh > 0.9
+    assert fl < 0.75, "the low job stopped while the high one ran"
