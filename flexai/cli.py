@@ -347,6 +347,24 @@ def _cmd_resize(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- flexai mps ---------------------------------------------------------------------------------
+
+def _cmd_mps(args: argparse.Namespace) -> int:
+    from . import mps
+
+    try:
+        st = {"start": mps.start, "stop": mps.stop, "status": mps.status}[args.action](
+            args.pipe_dir)
+    except mps.MpsError as exc:
+        return _error(exc, 1)
+    state = "running" if st.running else "not running"
+    servers = f", servers: {', '.join(st.servers)}" if st.servers else ""
+    print(f"MPS control daemon {state} (pipe directory {st.pipe_dir}{servers})")
+    if args.action == "start" and not st.running:
+        return _error("the daemon did not come up; see its log directory", 1)
+    return 0
+
+
 # ---- the parser ---------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
@@ -382,6 +400,15 @@ def _parser() -> argparse.ArgumentParser:
     rs.add_argument("--device", metavar="UUID", help="only this device (default: all it uses)")
     rs.add_argument("--state-dir", metavar="DIR", help="node state directory")
     rs.set_defaults(func=_cmd_resize)
+
+    mp = sub.add_parser("mps", help="start, stop or query the node's NVIDIA MPS daemon",
+                        description="With MPS, slices run kernels at the same time; flexai keeps "
+                                    "their caps and priorities (FLEXAI_SHARING=auto notices it).")
+    mp.add_argument("action", choices=["start", "stop", "status"])
+    mp.add_argument("--pipe-dir", metavar="DIR",
+                    help="MPS pipe directory (default $CUDA_MPS_PIPE_DIRECTORY or "
+                         "/tmp/nvidia-mps)")
+    mp.set_defaults(func=_cmd_mps)
 
     ps = sub.add_parser("ps", help="list the node's slices, processes and memory")
     ps.add_argument("--json", action="store_true", help="machine-readable output")
