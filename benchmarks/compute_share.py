@@ -9,8 +9,9 @@
     low-priority job of ~0.5 ms kernels saturates the GPU; (d) flexai's cost at 100%.
 Writes JSON and, where matplotlib is installed, a PNG beside it.
 
-Mechanisms: `flexai` (libflexai.so), `mps` (NVIDIA MPS thread percentage; the script starts and
-stops the daemon), and any other preload library given by path, which gets the share in
+Mechanisms: `flexai` (libflexai.so, time-slicing), `flexai-mps` (libflexai.so with the MPS
+daemon running: spatial sharing), `mps` (NVIDIA MPS thread percentage alone; the script starts
+and stops the daemon), and any other preload library given by path, which gets the share in
 --share-var (default CUDA_DEVICE_SM_LIMIT, HAMi's). On a machine without a GPU the simulated
 device is used (driver backend, flexai only) and the output says so.
 """
@@ -72,12 +73,18 @@ class Bench:
                        FLEXAI_LIBCUDA=str(sim / "libcuda.so.1"),
                        FLEXAI_LIBNVML=str(sim / "libnvidia-ml.so.1"),
                        FLEXAI_SIM_STATE_DIR=str(self.tmp / "sim"))
-        if mech in ("flexai", "flexai-nolimit"):
+        if mech in ("flexai", "flexai-nolimit", "flexai-mps"):
             self.counter += 1
             env.update(LD_PRELOAD=str(flexai.library_path()),
                        FLEXAI_STATE_DIR=str(self.tmp / "state"),
-                       FLEXAI_SLICE=f"bench-{self.counter}")
-            if share is not None and mech == "flexai":
+                       FLEXAI_SLICE=f"bench-{self.counter}",
+                       FLEXAI_SHARING="spatial" if mech == "flexai-mps" else "time")
+            if mech == "flexai-mps":
+                env.update(CUDA_MPS_PIPE_DIRECTORY=str(self.mps_dir / "pipe"),
+                           CUDA_MPS_LOG_DIRECTORY=str(self.mps_dir / "log"))
+                if self.sim:
+                    env["FLEXAI_SIM_MPS"] = "1"
+            if share is not None and mech != "flexai-nolimit":
                 env["FLEXAI_GPU_COMPUTE"] = str(share)
             if priority:
                 env["FLEXAI_PRIORITY"] = priority
@@ -137,11 +144,24 @@ def error_stats(points: list[tuple[float, float]]) -> dict[str, float]:
     return {"mae_points": round(statistics.mean(errs), 2), "max_points": round(max(errs), 2)}
 
 
-def experiments(b: Bench, mechs: list[str]) -> dict:
-    shares = [10, 30, 50, 70, 90] if b.args.quick else SHARES
+def baseline(b: Bench) -> dict:
+    """Native figures every mechanism is compared with (no MPS daemon running)."""
     res: dict = {"a": {}, "b": {}, "c": {}, "d": {}, "native": {}}
     for w in b.workloads():
         res["native"][w] = statistics.median(b.rate("native", w, None) for _ in range(2))
+    sat = b.workloads()[0]
+    r = b.run_together([("native", sat, None, None), ("native", sat, None, None)])
+    res["b"]["native (no quota)"] = {"-": {"first": r[0]["rate"] / res["native"][sat],
+                                           "second": r[1]["rate"] / res["native"][sat]}}
+    res["c"]["alone"] = b.run_together([("native", "probe", None, None)])[0]
+    res["c"]["native (no priority)"] = b.run_together(
+        [("native", b.saturator(), None, None), ("native", "probe", None, None)])[1]
+    return res
+
+
+def experiments(b: Bench, mechs: list[str], res: dict) -> None:
+    """Run (a)-(d) for `mechs`, adding to `res`."""
+    shares = [10, 30, 50, 70, 90] if b.args.quick else SHARES
     for mech in mechs:
         res["a"][mech] = {w: {s: b.rate(mech, w, s) / res["native"][w] for s in shares}
                           for w in b.workloads()}
@@ -151,17 +171,10 @@ def experiments(b: Bench, mechs: list[str]) -> dict:
             r = b.run_together([(mech, sat, x, None), (mech, sat, y, None)])
             fx, fy = (r[0]["rate"] / res["native"][sat], r[1]["rate"] / res["native"][sat])
             res["b"][mech][f"{x}/{y}"] = {"first": fx, "second": fy, "sum": fx + fy}
-    sat = b.workloads()[0]
-    r = b.run_together([("native", sat, None, None), ("native", sat, None, None)])
-    res["b"]["native (no quota)"] = {"-": {"first": r[0]["rate"] / res["native"][sat],
-                                           "second": r[1]["rate"] / res["native"][sat]}}
-    res["c"]["alone"] = b.run_together([("native", "probe", None, None)])[0]
-    res["c"]["native (no priority)"] = b.run_together(
-        [("native", b.saturator(), None, None), ("native", "probe", None, None)])[1]
     for mech in mechs:
-        if mech == "flexai":
-            res["c"][mech] = b.run_together([("flexai", b.saturator(), None, "low"),
-                                             ("flexai", "probe", None, "high")])[1]
+        if mech in ("flexai", "flexai-mps"):
+            res["c"][mech] = b.run_together([(mech, b.saturator(), None, "low"),
+                                             (mech, "probe", None, "high")])[1]
         elif mech == "mps":
             res["c"][mech] = b.run_together([("mps", b.saturator(), None, None),
                                              ("mps", "probe", None, None)])[1]
@@ -169,7 +182,7 @@ def experiments(b: Bench, mechs: list[str]) -> dict:
         res["d"] = {w: {"share_100": b.rate("flexai", w, 100) / res["native"][w],
                         "no_limit": b.rate("flexai-nolimit", w, None) / res["native"][w]}
                     for w in b.workloads()}
-    res["summary"] = {}
+    res.setdefault("summary", {})
     for mech in mechs:
         pts = [(s / 100, f) for w in res["a"][mech].values() for s, f in w.items()]
         for pair, v in res["b"][mech].items():
@@ -177,7 +190,6 @@ def experiments(b: Bench, mechs: list[str]) -> dict:
             pts += [(x, v["first"]), (y, v["second"])]
         res["summary"][mech] = {**error_stats(pts),
                                 "min_pair_sum": round(min(v["sum"] for v in res["b"][mech].values()), 3)}
-    return res
 
 
 def plot(res: dict, path: Path, title: str) -> bool:
@@ -218,7 +230,7 @@ def plot(res: dict, path: Path, title: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mechanisms", default="flexai,mps")
+    ap.add_argument("--mechanisms", default="flexai,flexai-mps,mps")
     ap.add_argument("--preload", action="append", default=[], metavar="NAME=PATH")
     ap.add_argument("--share-var", default="CUDA_DEVICE_SM_LIMIT")
     ap.add_argument("--backend", choices=["torch", "driver"], default="torch")
@@ -234,12 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         args.sim = True
     mechs = [m for m in args.mechanisms.split(",") if m]
     mechs += [f"preload:{name}" for name in args.preload]
-    if args.sim:
-        mechs = [m for m in mechs if m == "flexai"]
+    if args.sim:  # the simulated device has no MPS daemon; it can overlap kernels for flexai-mps
+        mechs = [m for m in mechs if m in ("flexai", "flexai-mps")]
     with tempfile.TemporaryDirectory() as tmp:
         b = Bench(args, Path(tmp))
-        with (b.mps() if "mps" in mechs else contextlib.nullcontext()):
-            res = experiments(b, mechs)
+        res = baseline(b)
+        experiments(b, [m for m in mechs if m not in ("mps", "flexai-mps")], res)
+        with_mps = [m for m in mechs if m in ("mps", "flexai-mps")]
+        if with_mps:
+            with (b.mps() if not args.sim else contextlib.nullcontext()):
+                experiments(b, with_mps, res)
     device = ("simulated (flexai fake driver, no GPU)" if args.sim else "real GPU") + \
         f", backend {b.backend}, {args.seconds}s per run"
     res["device"] = device
