@@ -17,7 +17,11 @@
 
 void *(*fx_real_dlsym)(void *, const char *);
 
-void fx_dlsym_bootstrap(void)
+/* Sanitizer runtimes call dlsym while they start, before instrumented code may run: the
+ * functions on that path are not instrumented. */
+#define FX_UNINSTRUMENTED __attribute__((no_sanitize("address", "undefined")))
+
+FX_UNINSTRUMENTED void fx_dlsym_bootstrap(void)
 {
     if (__atomic_load_n(&fx_real_dlsym, __ATOMIC_ACQUIRE)) return;
     /* dlvsym is not interposed, so this finds glibc's dlsym. Racing threads store the same
@@ -30,11 +34,13 @@ void fx_dlsym_bootstrap(void)
 /* Called by the assembly entry. Returns our wrapper for a hooked driver function, or NULL to
  * let the real dlsym answer. Must not be inlined away: the entry calls it by name. */
 void *fx_dlsym_lookup(void *handle, const char *name);
-__attribute__((used, visibility("hidden"))) void *fx_dlsym_lookup(void *handle, const char *name)
+FX_UNINSTRUMENTED __attribute__((used, visibility("hidden"))) void *
+fx_dlsym_lookup(void *handle, const char *name)
 {
-    fx_dlsym_bootstrap();
-    if (!name || fx_in_init) return NULL;
-    if (!((name[0] == 'c' && name[1] == 'u') || (name[0] == 'n' && name[1] == 'v'))) return NULL;
+    fx_dlsym_bootstrap(); /* the entry jumps to fx_real_dlsym whatever we answer */
+    if (!name || !((name[0] == 'c' && name[1] == 'u') || (name[0] == 'n' && name[1] == 'v')))
+        return NULL;
+    if (fx_in_init) return NULL;
     const struct fx_hook *h = fx_hook_find(name);
     if (!h || !fx_real_dlsym) return NULL;
     /* Hand out a wrapper only where the real symbol exists, so feature probes stay truthful.

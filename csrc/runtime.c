@@ -21,7 +21,7 @@ struct fx_runtime fx_rt = {
     .shm = {NULL, -1},
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
-__thread int fx_in_init;
+__thread int fx_in_init __attribute__((tls_model("initial-exec")));
 
 static pthread_once_t fx_once = PTHREAD_ONCE_INIT;
 static int fx_init_done; /* written once inside pthread_once, read with acquire */

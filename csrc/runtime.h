@@ -94,8 +94,10 @@ int fx_limit(uint32_t dev, uint64_t *limit, uint64_t *used);
         if (!fx_cu.fn) return fx_cu.cuInit ? CUDA_ERROR_NOT_FOUND : CUDA_ERROR_NO_DEVICE;      \
     } while (0)
 
-/* Per-thread re-entrancy guard: nonzero while flexai itself is loading libraries. */
-extern __thread int fx_in_init;
+/* Per-thread re-entrancy guard: nonzero while flexai itself is loading libraries. Initial-exec
+ * TLS: reading it must not call __tls_get_addr, which sanitizer runtimes intercept and which is
+ * not usable yet when they call dlsym during their own start-up. */
+extern __thread int fx_in_init __attribute__((tls_model("initial-exec")));
 
 /* ---- hook lookup (hook_table.c) ---------------------------------------------------------- */
 struct fx_hook {

@@ -22,6 +22,13 @@ LIBFLEXAI = LIB_DIR / "libflexai.so"
 SIM_DIR = LIB_DIR / "sim"
 
 
+#: Tests that load libflexai.so into the pytest process itself: a sanitizer build can only run
+#: with its runtime preloaded first, so they are left out of sanitizer runs.
+loads_library_in_process = pytest.mark.skipif(
+    bool(os.environ.get("FLEXAI_TEST_PRELOAD_FIRST")),
+    reason="loads the (sanitizer-built) library into the test process")
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests cleanly where no NVIDIA driver answers."""
     if _real_gpu_present():
@@ -86,10 +93,13 @@ def state_dir(tmp_path) -> Path:
 def base_env(state_dir: Path, **extra: str) -> dict[str, str]:
     """An environment that runs a program in a slice on the simulated device."""
     env = {k: v for k, v in os.environ.items()
-           if (not k.startswith("FLEXAI_") or k == "FLEXAI_LIB_DIR")
+           if (not k.startswith("FLEXAI_") or k in ("FLEXAI_LIB_DIR", "FLEXAI_TEST_PRELOAD_FIRST"))
            and k not in ("LD_PRELOAD", "CUDA_VISIBLE_DEVICES")}
+    # A sanitizer build runs with its runtime preloaded first, e.g.
+    # FLEXAI_TEST_PRELOAD_FIRST=$(gcc -print-file-name=libasan.so) (see docs/architecture.md)
+    first = os.environ.get("FLEXAI_TEST_PRELOAD_FIRST")
     env.update(
-        LD_PRELOAD=str(LIBFLEXAI),
+        LD_PRELOAD=f"{first}:{LIBFLEXAI}" if first else str(LIBFLEXAI),
         LD_LIBRARY_PATH=str(SIM_DIR),
         FLEXAI_LIBCUDA=str(SIM_DIR / "libcuda.so.1"),
         FLEXAI_LIBNVML=str(SIM_DIR / "libnvidia-ml.so.1"),

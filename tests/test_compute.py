@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import Run, base_env
+from conftest import Run, base_env, loads_library_in_process
 
 pytestmark = pytest.mark.slow
 KERNEL_US = "500"
@@ -57,6 +57,7 @@ def test_every_launch_path_is_capped(clients, sim_env, kind):
     assert r.op("saturate")["fraction"] == pytest.approx(0.30, abs=0.06)
 
 
+@loads_library_in_process
 def test_uncapped_alone_runs_at_full_speed_without_scheduling(clients, sim_env, state_dir):
     r = finish(saturate(clients, sim_env(FLEXAI_SLICE="free"), 800))
     assert r.op("saturate")["fraction"] > 0.9

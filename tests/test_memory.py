@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import base_env, Run
+from conftest import Run, base_env, loads_library_in_process
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -49,6 +49,8 @@ def test_each_allocation_path_is_charged_refused_and_released(run_client, path):
 @pytest.mark.parametrize("via", ["link", "dlsym", "deepbind", "default", "next", "gpa11", "gpa12",
                                  "ptsz"])
 def test_every_resolution_path_is_limited(run_client, via):
+    if via == "deepbind" and os.environ.get("FLEXAI_TEST_PRELOAD_FIRST"):
+        pytest.skip("sanitizer runtimes refuse RTLD_DEEPBIND")
     r = run_client("init", "ctx", "0", "info", "alloc", "1536MiB", "alloc", "512MiB", "info",
                    "async", "1GiB", via=via, env={"FLEXAI_GPU_MEMORY": "1GiB"})
     assert r.op("info", 0)["total"] == GiB
@@ -223,11 +225,14 @@ def test_unusable_state_fails_closed_when_a_quota_is_set(run_client, tmp_path):
 
 @pytest.mark.parametrize("order", ["flexai-first", "wrapper-first"])
 def test_rtld_next_of_another_preload_library_still_works(clients, state_dir, order):
-    libs = [str(base_env(state_dir)["LD_PRELOAD"]), str(clients["wrap_getpid"])]
+    from conftest import LIBFLEXAI
+
+    libs = [str(LIBFLEXAI), str(clients["wrap_getpid"])]
     if order == "wrapper-first":
         libs.reverse()
+    sanitizer = os.environ.get("FLEXAI_TEST_PRELOAD_FIRST")  # a sanitizer runtime stays first
     env = base_env(state_dir, FLEXAI_GPU_MEMORY="1GiB")
-    env["LD_PRELOAD"] = " ".join(libs)
+    env["LD_PRELOAD"] = " ".join(([sanitizer] if sanitizer else []) + libs)
     proc = subprocess.run([str(clients["client"]), "getpid", "init", "ctx", "0", "alloc",
                            "2GiB"], env=env, capture_output=True, text=True, timeout=30)
     r = Run(proc)
@@ -260,6 +265,7 @@ time.sleep(600)
 """
 
 
+@loads_library_in_process
 def test_holder_of_the_state_lock_killed_does_not_block_others(run_client, state_dir, tmp_path):
     import ctypes
 
