@@ -118,3 +118,60 @@ def test_two_processes_of_one_slice_share_the_quota(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+WRAPPED = """
+import json, os, sys
+import flexai.torch
+flexai.torch.use_slice(memory="4GiB", compute=50, slice="wrapped-gpu")
+import torch
+import torch.multiprocessing as mp
+
+def child(q):
+    q.put(torch.cuda.mem_get_info()[1])
+
+if __name__ == "__main__":
+    flexai.torch.install_oom_hint()
+    total = torch.cuda.mem_get_info()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(q,))
+    p.start()
+    child_total = q.get(timeout=120)
+    p.join()
+    loader = torch.utils.data.DataLoader(list(range(8)), num_workers=2)
+    assert sum(int(x) for x in loader) == 28
+    f = torch.compile(lambda x: torch.sin(x) * 2)
+    y = f(torch.randn(1024, device="cuda"))
+    g = torch.cuda.CUDAGraph()
+    static = torch.randn(1024, device="cuda")
+    with torch.cuda.graph(g):
+        out = static * 3
+    for _ in range(10):
+        g.replay()
+    torch.cuda.synchronize()
+    try:
+        torch.empty(8 << 30, dtype=torch.uint8, device="cuda")
+        oom = False
+    except torch.OutOfMemoryError:
+        oom = True
+    print(json.dumps({"total": total, "child_total": child_total, "oom": oom,
+                      "stats": flexai.torch.memory_stats()}))
+"""
+
+
+def test_flexai_torch_wrapper_on_a_real_gpu(tmp_path):
+    pytest.importorskip("torch")
+    script = tmp_path / "wrapped.py"
+    script.write_text(WRAPPED)
+    e = {k: v for k, v in os.environ.items() if not k.startswith("FLEXAI_")}
+    e["FLEXAI_STATE_DIR"] = str(tmp_path / "state")
+    proc = subprocess.run([sys.executable, str(script)], env=e, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["total"] == QUOTA and r["child_total"] == QUOTA, "spawned children join the slice"
+    assert r["oom"]
+    assert "is at its memory quota" in proc.stderr, "the OOM says which quota was hit"
+    (stats,) = r["stats"].values()
+    assert stats["slice"] == "wrapped-gpu" and stats["compute"] == 50
