@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ from pathlib import Path
 import flexai
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from _jobs import clean_env, mps_daemon, mps_env, run_together  # noqa: E402
 SHARES = [10, 20, 30, 40, 50, 60, 70, 80, 90]
 PAIRS = [(30, 70), (50, 50), (10, 90)]
 
@@ -64,9 +65,7 @@ class Bench:
         return [sys.executable, str(HERE / "share_worker.py"), workload, s]
 
     def env(self, mech: str, share: int | None, priority: str | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("FLEXAI_", "CUDA_MPS_")) and k != "LD_PRELOAD"}
-        env["BENCH_BARRIER"] = "1"
+        env = clean_env()
         if self.sim:
             sim = flexai.sim_dir()
             env.update(LD_LIBRARY_PATH=f"{sim}:{env.get('LD_LIBRARY_PATH', '')}",
@@ -80,8 +79,7 @@ class Bench:
                        FLEXAI_SLICE=f"bench-{self.counter}",
                        FLEXAI_SHARING="spatial" if mech == "flexai-mps" else "time")
             if mech == "flexai-mps":
-                env.update(CUDA_MPS_PIPE_DIRECTORY=str(self.mps_dir / "pipe"),
-                           CUDA_MPS_LOG_DIRECTORY=str(self.mps_dir / "log"))
+                env.update(mps_env(self.mps_dir))
                 if self.sim:
                     env["FLEXAI_SIM_MPS"] = "1"
             if share is not None and mech != "flexai-nolimit":
@@ -89,8 +87,7 @@ class Bench:
             if priority:
                 env["FLEXAI_PRIORITY"] = priority
         elif mech == "mps":
-            env.update(CUDA_MPS_PIPE_DIRECTORY=str(self.mps_dir / "pipe"),
-                       CUDA_MPS_LOG_DIRECTORY=str(self.mps_dir / "log"))
+            env.update(mps_env(self.mps_dir))
             if share is not None:
                 env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] = str(share)
         elif mech.startswith("preload:"):
@@ -102,42 +99,11 @@ class Bench:
 
     def run_together(self, jobs: list[tuple[str, str, int | None, str | None]]) -> list[dict]:
         """Start jobs (mechanism, workload, share, priority), release them together, collect."""
-        procs = []
-        for mech, workload, share, prio in jobs:
-            procs.append(subprocess.Popen(self.command(workload), env=self.env(mech, share, prio),
-                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
-        for p in procs:
-            line = p.stdout.readline().strip()
-            if line != "ready":
-                p.kill()
-                raise RuntimeError(f"worker failed to start: {line} {p.stderr.read()[-2000:]}")
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
-        out = []
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=self.args.seconds * 10 + 120)
-            if p.returncode != 0:
-                raise RuntimeError(f"worker exited {p.returncode}: {stderr[-2000:]}")
-            out.append(json.loads(stdout.strip().splitlines()[-1]))
-        return out
+        return run_together([(self.command(w), self.env(m, s, p)) for m, w, s, p in jobs],
+                            timeout=self.args.seconds * 10 + 120)
 
     def rate(self, mech: str, workload: str, share: int | None) -> float:
         return self.run_together([(mech, workload, share, None)])[0]["rate"]
-
-    # ---- MPS ------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def mps(self):
-        env = self.env("mps", None)
-        for d in ("pipe", "log"):
-            (self.mps_dir / d).mkdir(parents=True, exist_ok=True)
-        subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env, check=True)
-        try:
-            yield
-        finally:
-            subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", env=env, text=True)
-
 
 def error_stats(points: list[tuple[float, float]]) -> dict[str, float]:
     errs = [abs(achieved - asked) * 100 for asked, achieved in points]
@@ -254,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
         experiments(b, [m for m in mechs if m not in ("mps", "flexai-mps")], res)
         with_mps = [m for m in mechs if m in ("mps", "flexai-mps")]
         if with_mps:
-            with (b.mps() if not args.sim else contextlib.nullcontext()):
+            with (mps_daemon(b.mps_dir) if not args.sim else contextlib.nullcontext()):
                 experiments(b, with_mps, res)
     device = ("simulated (flexai fake driver, no GPU)" if args.sim else "real GPU") + \
         f", backend {b.backend}, {args.seconds}s per run"
@@ -270,5 +236,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE))
     raise SystemExit(main())
