@@ -24,6 +24,7 @@
 #define FX_MAX_STREAMS 8
 #define FX_READMIT_NS 50000ULL         /* a holder re-asks the scheduler at most this often */
 #define FX_SETTLE_NS 2000000ULL        /* measured GPU time is charged in steps of about this */
+#define FX_MAX_WAIT_NS 20000000ULL     /* longest sleep before asking the scheduler again */
 
 struct fx_mark {
     CUevent ev;
@@ -263,7 +264,8 @@ static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
             fx_release_lease(dev, ld);
             if (v == FX_TS_RELEASE) continue;
         }
-        fx_wait(arg);
+        /* wake at least every 20 ms: a resize or a freed lease is noticed within that */
+        fx_wait(arg < FX_MAX_WAIT_NS ? arg : FX_MAX_WAIT_NS);
     }
     /* bound the work in flight so the next decision takes effect quickly */
     uint64_t bound =

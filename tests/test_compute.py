@@ -51,10 +51,12 @@ def test_hard_cap_alone(clients, sim_env, share):
     assert r.op("saturate")["fraction"] == pytest.approx(share / 100, abs=0.06)
 
 
-@pytest.mark.parametrize("kind", ["ex", "coop", "graph"])
-def test_every_launch_path_is_capped(clients, sim_env, kind):
-    r = finish(saturate(clients, sim_env(FLEXAI_GPU_COMPUTE="30"), 1500, kind=kind, us="250"))
-    assert r.op("saturate")["fraction"] == pytest.approx(0.30, abs=0.06)
+@pytest.mark.parametrize("kind,via", [("ex", "dlsym"), ("coop", "dlsym"), ("graph", "dlsym"),
+                                      ("kernel", "ptsz"), ("graph", "ptsz"), ("kernel", "gpa11")])
+def test_every_launch_path_is_capped(clients, sim_env, kind, via):
+    proc = start(clients, sim_env(FLEXAI_GPU_COMPUTE="30"), "init", "ctx", "0", "module",
+                 "saturate", kind, "250", "1500", via=via)
+    assert finish(proc).op("saturate")["fraction"] == pytest.approx(0.30, abs=0.06)
 
 
 @loads_library_in_process
