@@ -289,3 +289,13 @@ def test_holder_of_the_state_lock_killed_does_not_block_others(run_client, state
     assert time.monotonic() - start < 1.0
     assert r.op("fill")["bytes"] == GiB
     assert "recovered the state lock" in r.proc.stderr
+
+
+@pytest.mark.parametrize("via", ["gpa12", "ptsz"])
+def test_driver_handing_out_other_pointers_is_still_matched_by_name(run_client, via):
+    # FLEXAI_SIM_PROC_THUNKS makes the simulated driver's cuGetProcAddress return addresses that
+    # differ from its exported symbols (for cuGetProcAddress itself, cuMemAlloc, cuMemGetInfo)
+    r = run_client("init", "ctx", "0", "info", "alloc", "2GiB", via=via,
+                   env={"FLEXAI_GPU_MEMORY": "1GiB", "FLEXAI_SIM_PROC_THUNKS": "1"})
+    assert r.op("info")["total"] == GiB
+    assert r.op("alloc")["rc"] == OOM

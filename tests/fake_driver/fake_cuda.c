@@ -401,6 +401,37 @@ static void *per_thread_lookup(const char *name) {
     return NULL;
 }
 
+/* FLEXAI_SIM_PROC_THUNKS=1: hand out, for a few functions, thunks whose addresses differ from the
+ * exported symbols', as a driver may; the shim must then still recognize what it was given. */
+static CUresult thunk_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
+    return fake_local_cuMemAlloc_v2(dptr, bytesize);
+}
+static CUresult thunk_cuMemGetInfo_v2(size_t *free_bytes, size_t *total) {
+    return fake_local_cuMemGetInfo_v2(free_bytes, total);
+}
+static CUresult thunk_cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
+                                          cuuint64_t flags,
+                                          CUdriverProcAddressQueryResult *symbolStatus) {
+    return fake_local_cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, symbolStatus);
+}
+
+static void *thunk_for(void *fn) {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *v = getenv("FLEXAI_SIM_PROC_THUNKS");
+        mode = v != NULL && strcmp(v, "1") == 0;
+    }
+    if (!mode)
+        return fn;
+    if (fn == (void *)&fake_local_cuMemAlloc_v2)
+        return (void *)&thunk_cuMemAlloc_v2;
+    if (fn == (void *)&fake_local_cuMemGetInfo_v2)
+        return (void *)&thunk_cuMemGetInfo_v2;
+    if (fn == (void *)&fake_local_cuGetProcAddress_v2)
+        return (void *)&thunk_cuGetProcAddress_v2;
+    return fn;
+}
+
 static CUresult proc_address(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags,
                              CUdriverProcAddressQueryResult *status) {
     const cuuint64_t known = CU_GET_PROC_ADDRESS_LEGACY_STREAM |
@@ -434,7 +465,7 @@ static CUresult proc_address(const char *symbol, void **pfn, int cudaVersion, cu
         *status = fn ? CU_GET_PROC_ADDRESS_SUCCESS : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
     if (fn == NULL)
         return CUDA_ERROR_NOT_FOUND;
-    *pfn = fn;
+    *pfn = thunk_for(fn);
     return CUDA_SUCCESS;
 }
 
