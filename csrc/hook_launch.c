@@ -21,7 +21,7 @@
 #define FX_RING 64
 #define FX_INFLIGHT_NS 1000000ULL      /* normal bound on queued work */
 #define FX_INFLIGHT_SHORT_NS 400000ULL /* while a higher priority may need the device */
-#define FX_MAX_STREAMS 8
+#define FX_MAX_STREAMS 16
 #define FX_READMIT_NS 50000ULL         /* a holder re-asks the scheduler at most this often */
 #define FX_SETTLE_NS 2000000ULL        /* measured GPU time is charged in steps of about this */
 #define FX_MAX_WAIT_NS 20000000ULL     /* longest sleep before asking the scheduler again */
@@ -47,7 +47,7 @@ struct fx_launch_dev {
     unsigned since_mark;  /* launches since the last mark */
     CUstream streams[FX_MAX_STREAMS];
     uint8_t stream_ptsz[FX_MAX_STREAMS];
-    int nstreams;         /* streams used since the last mark; FX_MAX_STREAMS+1: too many */
+    int nstreams;         /* streams used since the last mark (more than FX_MAX_STREAMS: unmarked) */
     uint64_t avg_ns;      /* estimated GPU time per launch */
     CUevent seg_start;    /* start of the current busy segment, NULL when none is open */
     uint64_t seg_counted; /* GPU time of the segment already added to busy_ns */
@@ -172,15 +172,21 @@ static void fx_mark_stream(struct fx_launch_dev *ld, CUstream s, int ptsz, uint3
     ld->count++;
 }
 
-/* Close the launches since the last mark with one event per stream they used. */
+static int fx_capturing(CUstream s, int ptsz);
+
+/* Close the launches since the last mark with one event per stream they used (the first
+ * FX_MAX_STREAMS of them). A stream that began capturing a graph meanwhile is left alone: an
+ * event recorded there would become part of the user's graph. No device-wide synchronize
+ * either: it is illegal while any stream captures. */
 static void fx_mark_all(struct fx_launch_dev *ld)
 {
     if (ld->since_mark == 0) return;
-    if (ld->nstreams > FX_MAX_STREAMS) {
-        fx_cu.cuCtxSynchronize(); /* too many streams to mark: settle everything */
-    } else {
-        for (int i = 0; i < ld->nstreams; i++)
-            fx_mark_stream(ld, ld->streams[i], ld->stream_ptsz[i], i == 0 ? ld->since_mark : 0);
+    int n = ld->nstreams < FX_MAX_STREAMS ? ld->nstreams : FX_MAX_STREAMS;
+    uint32_t launches = ld->since_mark;
+    for (int i = 0; i < n; i++) {
+        if (fx_capturing(ld->streams[i], ld->stream_ptsz[i])) continue;
+        fx_mark_stream(ld, ld->streams[i], ld->stream_ptsz[i], launches);
+        launches = 0;
     }
     ld->since_mark = 0;
     ld->nstreams = 0;
