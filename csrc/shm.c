@@ -38,18 +38,35 @@ static int fx_init_region(struct fx_region *r, char *err)
     if (rc != 0) return fx_fail(err, "state: cannot create robust lock: %s", strerror(rc));
     r->version = FX_LAYOUT_VERSION;
     r->size = sizeof *r;
-    /* magic last: a creator that dies before this line leaves a region the next opener
-     * (serialized by flock) initializes again. */
+    /* magic last: a creator that dies before this line leaves an invalid region, which the
+     * next opener (serialized by the lock file, and alone on the file) initializes again. */
     __atomic_store_n(&r->magic, FX_MAGIC, __ATOMIC_RELEASE);
     return 0;
 }
 
+/* Whether the mapped file holds a region of this layout; fills err otherwise. */
+static int fx_region_valid(const struct fx_region *r, const char *path, char *err)
+{
+    uint64_t magic = __atomic_load_n(&r->magic, __ATOMIC_ACQUIRE);
+    if (magic != FX_MAGIC)
+        return fx_fail(err, "state file %s is not a flexai state file (bad magic)", path);
+    if (r->version != FX_LAYOUT_VERSION || r->size != sizeof *r)
+        return fx_fail(err, "state file %s has layout version %u; this libflexai expects %u: "
+                       "stop the processes using it or set another FLEXAI_STATE_DIR", path,
+                       r->version, FX_LAYOUT_VERSION);
+    return 0;
+}
+
+/* Every attached process holds a shared flock on the state file for as long as it is attached,
+ * so a newcomer that can take it exclusively knows nobody uses the file: it may then replace a
+ * file it cannot use (another layout version, a crashed creator, junk). Newcomers serialize on
+ * a separate lock file, which is only held for the few system calls of attaching. */
 int fx_shm_open(struct fx_shm *s, const char *dir, char *err)
 {
-    char path[FLEXAI_PATH_MAX + 16];
+    char path[FLEXAI_PATH_MAX + 16], lock_path[FLEXAI_PATH_MAX + 16];
     struct stat st;
     void *map = MAP_FAILED;
-    int fd = -1;
+    int fd = -1, lockfd = -1;
 
     s->r = NULL;
     s->fd = -1;
@@ -59,9 +76,22 @@ int fx_shm_open(struct fx_shm *s, const char *dir, char *err)
         return fx_fail(err, "FLEXAI_STATE_DIR %s: cannot create: %s", dir, strerror(errno));
     }
     snprintf(path, sizeof path, "%s/state", dir);
+    snprintf(lock_path, sizeof lock_path, "%s/state.lock", dir);
+    lockfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (lockfd < 0) return fx_fail(err, "state lock %s: %s", lock_path, strerror(errno));
+    (void)fchmod(lockfd, 0666); /* best effort: only the creator may change the mode */
+    if (fx_flock(lockfd, LOCK_EX) != 0) {
+        fx_fail(err, "state lock %s: flock: %s", lock_path, strerror(errno));
+        goto fail;
+    }
     fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (fd < 0) return fx_fail(err, "state file %s: %s", path, strerror(errno));
-    if (fx_flock(fd, LOCK_EX) != 0) {
+    if (fd < 0) {
+        fx_fail(err, "state file %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    (void)fchmod(fd, 0666);
+    int alone = flock(fd, LOCK_EX | LOCK_NB) == 0;
+    if (!alone && fx_flock(fd, LOCK_SH) != 0) {
         fx_fail(err, "state file %s: flock: %s", path, strerror(errno));
         goto fail;
     }
@@ -69,46 +99,52 @@ int fx_shm_open(struct fx_shm *s, const char *dir, char *err)
         fx_fail(err, "state file %s: %s", path, strerror(errno));
         goto fail;
     }
-    if (st.st_size == 0) {
-        (void)fchmod(fd, 0666); /* best effort: only the creator may change the mode */
-        if (ftruncate(fd, (off_t)sizeof(struct fx_region)) != 0) {
+    int fresh = st.st_size == 0;
+    if ((size_t)st.st_size == sizeof(struct fx_region)) {
+        map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+            fx_fail(err, "state file %s: mmap: %s", path, strerror(errno));
+            goto fail;
+        }
+        if (fx_region_valid(map, path, err) != 0) {
+            if (!alone) goto fail; /* someone uses it: never pull it from under them */
+            munmap(map, sizeof(struct fx_region));
+            map = MAP_FAILED;
+            fresh = 1;
+        }
+    } else if (!fresh && !alone) {
+        fx_fail(err, "state file %s has %lld bytes; this libflexai expects %zu (layout version "
+                "%u): stop the processes using it or set another FLEXAI_STATE_DIR", path,
+                (long long)st.st_size, sizeof(struct fx_region), FX_LAYOUT_VERSION);
+        goto fail;
+    } else {
+        fresh = 1;
+    }
+    if (fresh) {
+        if (st.st_size != 0) FX_WARN("state file %s was unusable and unused: replacing it", path);
+        if (ftruncate(fd, 0) != 0 || ftruncate(fd, (off_t)sizeof(struct fx_region)) != 0) {
             fx_fail(err, "state file %s: cannot size it: %s", path, strerror(errno));
             goto fail;
         }
-    } else if ((size_t)st.st_size != sizeof(struct fx_region)) {
-        uint32_t version = 0;
-        if (pread(fd, &version, sizeof version, 8) != (ssize_t)sizeof version) version = 0;
-        fx_fail(err, "state file %s has %lld bytes and layout version %u; this libflexai expects "
-                "%zu bytes, version %u: stop the processes using it or set another "
-                "FLEXAI_STATE_DIR", path, (long long)st.st_size, version,
-                sizeof(struct fx_region), FX_LAYOUT_VERSION);
+        map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (map == MAP_FAILED) {
+            fx_fail(err, "state file %s: mmap: %s", path, strerror(errno));
+            goto fail;
+        }
+        if (fx_init_region(map, err) != 0) goto fail;
+    }
+    if (alone && fx_flock(fd, LOCK_SH) != 0) { /* from exclusive to shared: we stay a user */
+        fx_fail(err, "state file %s: flock: %s", path, strerror(errno));
         goto fail;
     }
-    map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (map == MAP_FAILED) {
-        fx_fail(err, "state file %s: mmap: %s", path, strerror(errno));
-        goto fail;
-    }
-    struct fx_region *r = map;
-    uint64_t magic = __atomic_load_n(&r->magic, __ATOMIC_ACQUIRE);
-    if (magic == 0) {
-        if (fx_init_region(r, err) != 0) goto fail;
-    } else if (magic != FX_MAGIC) {
-        fx_fail(err, "state file %s is not a flexai state file (bad magic)", path);
-        goto fail;
-    } else if (r->version != FX_LAYOUT_VERSION || r->size != sizeof *r) {
-        fx_fail(err, "state file %s has layout version %u; this libflexai expects %u: stop the "
-                "processes using it or set another FLEXAI_STATE_DIR", path, r->version,
-                FX_LAYOUT_VERSION);
-        goto fail;
-    }
-    fx_flock(fd, LOCK_UN);
-    s->r = r;
+    close(lockfd);
+    s->r = map;
     s->fd = fd;
     return 0;
 fail:
     if (map != MAP_FAILED) munmap(map, sizeof(struct fx_region));
-    if (fd >= 0) close(fd); /* also drops the flock */
+    if (fd >= 0) close(fd); /* also drops its flock */
+    if (lockfd >= 0) close(lockfd);
     return -1;
 }
 

@@ -210,17 +210,42 @@ def test_missing_driver_is_an_error_code_not_a_crash(run_client):
     assert r.op("alloc")["rc"] == 100
 
 
-def test_unusable_state_fails_closed_when_a_quota_is_set(run_client, tmp_path):
+def test_unusable_state_in_use_fails_closed_when_a_quota_is_set(run_client, tmp_path):
+    import fcntl
+
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "state").write_bytes(b"not a flexai state file")
-    r = run_client("init", "ctx", "0", "alloc", "1MiB",
+    state = bad / "state"
+    state.write_bytes(b"written by another version")
+    with open(state, "rb") as user:  # a process of that other version is still attached
+        fcntl.flock(user, fcntl.LOCK_SH)
+        r = run_client("init", "ctx", "0", "alloc", "1MiB",
+                       env={"FLEXAI_GPU_MEMORY": "1GiB", "FLEXAI_STATE_DIR": str(bad)})
+        assert r.op("init")["rc"] == 304  # CUDA_ERROR_OPERATING_SYSTEM: never "no limit"
+        assert r.op("alloc")["rc"] == 304
+        assert "state file" in r.proc.stderr
+        free_run = run_client("init", "ctx", "0", "alloc", "1MiB",
+                              env={"FLEXAI_STATE_DIR": str(bad)})
+        assert free_run.op("alloc")["rc"] == 0, "without a quota there is nothing to enforce"
+    assert state.read_bytes() == b"written by another version", "a used file is never replaced"
+
+
+def test_unusable_state_nobody_uses_is_replaced(run_client, tmp_path):
+    bad = tmp_path / "stale"
+    bad.mkdir()
+    (bad / "state").write_bytes(b"left by an older version")
+    r = run_client("init", "ctx", "0", "alloc", "768MiB", "alloc", "512MiB",
                    env={"FLEXAI_GPU_MEMORY": "1GiB", "FLEXAI_STATE_DIR": str(bad)})
-    assert r.op("init")["rc"] == 304  # CUDA_ERROR_OPERATING_SYSTEM
-    assert r.op("alloc")["rc"] == 304
-    assert "state file" in r.proc.stderr
-    free_run = run_client("init", "ctx", "0", "alloc", "1MiB", env={"FLEXAI_STATE_DIR": str(bad)})
-    assert free_run.op("alloc")["rc"] == 0, "without a quota there is nothing to enforce"
+    assert r.rcs("alloc") == [0, OOM]
+    assert "replacing it" in r.proc.stderr
+
+
+def test_state_dir_that_cannot_be_created_fails_closed(run_client, tmp_path):
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    r = run_client("init", "alloc", "1MiB",
+                   env={"FLEXAI_GPU_MEMORY": "1GiB", "FLEXAI_STATE_DIR": str(not_a_dir / "x")})
+    assert r.op("init")["rc"] == 304 and "FLEXAI_STATE_DIR" in r.proc.stderr
 
 
 @pytest.mark.parametrize("order", ["flexai-first", "wrapper-first"])
