@@ -121,6 +121,22 @@ def test_resize_takes_effect_while_running(clients, sim_env, state_dir):
     assert phases[-1] == pytest.approx(0.70, abs=0.08)
 
 
+@loads_library_in_process
+def test_resize_is_effective_within_100_ms(clients, sim_env, state_dir):
+    import flexai
+
+    proc = start(clients, sim_env(FLEXAI_GPU_COMPUTE="10", FLEXAI_SLICE="fast"),
+                 "init", "ctx", "0", "module", "phases", "kernel", "200", "100", "12")
+    time.sleep(0.6)
+    flexai.resize("fast", compute=90, state_dir=str(state_dir))
+    resized_at = time.monotonic()  # CLOCK_MONOTONIC, as the client's phase start times
+    phases = [p for p in finish(proc).lines if p["op"] == "phase"]
+    before = [p["fraction"] for p in phases if p["start_s"] + 0.1 < resized_at]
+    after = [p for p in phases if p["start_s"] >= resized_at + 0.1]
+    assert before and max(before) < 0.2
+    assert after and after[0]["fraction"] > 0.75, (resized_at, phases)
+
+
 def test_a_killed_lease_holder_never_blocks_the_others(clients, sim_env):
     survivor = saturate(clients, sim_env(FLEXAI_GPU_COMPUTE="50", FLEXAI_SLICE="survivor"), 2500)
     for delay in (0.13, 0.21, 0.17, 0.3):

@@ -449,8 +449,8 @@ int main(int argc, char **argv)
                 cu.CtxSynchronize();
                 double wall = now_us() - start;
                 double busy = (double)units * kernel_us * (strcmp(kind, "graph") == 0 ? 4 : 1);
-                printf("{\"op\":\"phase\",\"rc\":%d,\"n\":%d,\"fraction\":%.4f}\n", rc, ph,
-                       busy / wall);
+                printf("{\"op\":\"phase\",\"rc\":%d,\"n\":%d,\"start_s\":%.6f,"
+                       "\"fraction\":%.4f}\n", rc, ph, start / 1e6, busy / wall);
             }
             i += 4;
         } else if (strcmp(op, "latency") == 0) {
