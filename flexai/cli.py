@@ -199,8 +199,10 @@ def _start_clients(env: dict[str, str], clients: list[_Client]) -> None:
                "--cap", str(2 * quota_bytes)]
         for _ in range(nprocs):
             err = tempfile.TemporaryFile(mode="w+")
+            # cwd: `python -m` imports from the current directory first; run from a source
+            # checkout, that would be the checkout's flexai/ (without its built library)
             proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=err, text=True)
+                                    stderr=err, text=True, cwd=env["FLEXAI_STATE_DIR"])
             clients.append(_Client(name, quota_bytes, proc, err))
 
 

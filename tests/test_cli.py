@@ -154,3 +154,16 @@ def test_demo_json_shows_quotas_held(env: dict[str, str]) -> None:
     assert all(c["oom"] for c in data["clients"])
     seen = {s["name"]: s["nprocs"] for s in data["ps"]["slices"]}
     assert seen == {"demo-a": 2, "demo-b": 1}
+
+
+def test_demo_from_the_source_checkout_uses_the_installed_package(env: dict[str, str]) -> None:
+    # The README's first command runs `flexai demo` from the repository root, where a
+    # `python -m flexai` child would import the checkout's flexai/ (it has no built library).
+    script = Path(sys.executable).with_name("flexai")
+    if not script.exists():
+        pytest.skip("no installed `flexai` console script next to this interpreter")
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([str(script), "demo", "--simulated"], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "enforced" in res.stdout
