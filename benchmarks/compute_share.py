@@ -206,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results" / "compute_share.json")
     args = ap.parse_args(argv)
     args.preload = dict(p.split("=", 1) for p in args.preload)
-    from overhead import gpu_present  # same folder
-
-    if not gpu_present():
+    if not flexai.real_gpu_present():
         args.sim = True
     mechs = [m for m in args.mechanisms.split(",") if m]
     mechs += [f"preload:{name}" for name in args.preload]

@@ -34,17 +34,6 @@ def build(out_dir: Path) -> Path:
     return exe
 
 
-def gpu_present() -> bool:
-    import ctypes
-
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    n = ctypes.c_int(0)
-    return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(n)) == 0 and n.value > 0
-
-
 def variants(state_dir: str, sim: bool) -> dict[str, dict[str, str]]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("FLEXAI_") and k != "LD_PRELOAD"}
     base["FLEXAI_STATE_DIR"] = state_dir
@@ -70,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launches", type=int, default=50000)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
-    sim = args.sim or not gpu_present()
+    sim = args.sim or not flexai.real_gpu_present()
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(Path(tmp))
         runs: dict[str, list[dict]] = {}

@@ -32,6 +32,7 @@ __all__ = [
     "library_path",
     "parse_config",
     "parse_size",
+    "real_gpu_present",
     "resize",
     "sim_dir",
 ]
@@ -54,6 +55,22 @@ def lib_dir() -> Path:
 def library_path() -> Path:
     """Return the path of ``libflexai.so`` (the file to put in ``LD_PRELOAD``)."""
     return lib_dir() / "libflexai.so"
+
+
+def real_gpu_present() -> bool:
+    """True when the real NVIDIA driver loads, initializes and shows at least one device.
+
+    Initializes CUDA in the calling process: call it from a parent that does not use CUDA itself
+    (or before it would, in a process that will anyway)."""
+    import ctypes
+
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        count = ctypes.c_int(0)
+        return (cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0
+                and count.value > 0)
+    except (OSError, AttributeError):
+        return False
 
 
 def sim_dir() -> Path:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import select
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__, _native, sim_dir
+from . import __version__, _native, real_gpu_present, sim_dir
 from .config import (
     add_slice_options,
     format_bytes,
@@ -164,17 +163,6 @@ class _Client:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def _has_real_gpu() -> bool:
-    """True when libcuda.so.1 loads, initializes and shows at least one device."""
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-        count = ctypes.c_int(0)
-        return (cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0
-                and count.value > 0)
-    except (OSError, AttributeError):
-        return False
-
-
 def _demo_env(state_dir: str, simulated: bool) -> dict[str, str]:
     """The clients' environment: the caller's, without its flexai settings, plus the demo's."""
     keep = ("FLEXAI_LIB_DIR", "FLEXAI_LOG")
@@ -297,7 +285,7 @@ def _render_demo(device: str, clients: list[_Client], snap: dict[str, Any],
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    simulated = args.simulated or not _has_real_gpu()
+    simulated = args.simulated or not real_gpu_present()
     if simulated:
         why = "--simulated" if args.simulated else "no GPU found"
         if not (sim_dir() / "libcuda.so.1").is_file():

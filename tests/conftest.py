@@ -31,23 +31,12 @@ loads_library_in_process = pytest.mark.skipif(
 
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests cleanly where no NVIDIA driver answers."""
-    if _real_gpu_present():
+    if flexai.real_gpu_present():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU and driver")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def _real_gpu_present() -> bool:
-    import ctypes
-
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    count = ctypes.c_int(0)
-    return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
 @pytest.fixture(autouse=True)

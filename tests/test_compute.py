@@ -4,7 +4,6 @@ time-slicing between processes). Timing-based, with tolerances wide enough for a
 machine; the precise figures come from benchmarks/compute_share.py on a real GPU."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
