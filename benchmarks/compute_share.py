@@ -32,6 +32,7 @@ import flexai
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 from _jobs import clean_env, mps_daemon, mps_env, run_together  # noqa: E402
+
 SHARES = [10, 20, 30, 40, 50, 60, 70, 80, 90]
 PAIRS = [(30, 70), (50, 50), (10, 90)]
 
@@ -154,8 +155,8 @@ def experiments(b: Bench, mechs: list[str], res: dict) -> None:
         for pair, v in res["b"][mech].items():
             x, y = (int(p) / 100 for p in pair.split("/"))
             pts += [(x, v["first"]), (y, v["second"])]
-        res["summary"][mech] = {**error_stats(pts),
-                                "min_pair_sum": round(min(v["sum"] for v in res["b"][mech].values()), 3)}
+        sums = [v["sum"] for v in res["b"][mech].values()]
+        res["summary"][mech] = {**error_stats(pts), "min_pair_sum": round(min(sums), 3)}
 
 
 def plot(res: dict, path: Path, title: str) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
 import statistics
@@ -23,6 +22,8 @@ from pathlib import Path
 import flexai
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+from _jobs import clean_env  # noqa: E402
 
 
 def build(out_dir: Path) -> Path:
@@ -35,7 +36,7 @@ def build(out_dir: Path) -> Path:
 
 
 def variants(state_dir: str, sim: bool) -> dict[str, dict[str, str]]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("FLEXAI_") and k != "LD_PRELOAD"}
+    base = clean_env()
     base["FLEXAI_STATE_DIR"] = state_dir
     if sim:
         sim_dir = flexai.lib_dir() / "sim"
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         # interleave variants so drift (clocks, other load) hits all of them alike
         for _ in range(args.repeat):
             for name, env in envs.items():
-                out = subprocess.run([str(exe), "overhead", str(args.pairs), str(args.launches)], env=env,
+                cmd = [str(exe), "overhead", str(args.pairs), str(args.launches)]
+                out = subprocess.run(cmd, env=env,
                                      capture_output=True, text=True, check=True).stdout
                 runs.setdefault(name, []).append(json.loads(out))
     result = {

@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         for spec in args.jobs.split(","):
             kind, batch = spec.split(":")
             entry = res["jobs"][spec] = {"modes": {m: {} for m in modes}}
-            entry["alone"] = measure(kind, int(batch), 1, "colocated", args, tmp, total)["aggregate"]
-            for group in ([m for m in modes if m not in MPS_MODES], [m for m in modes if m in MPS_MODES]):
+            alone = measure(kind, int(batch), 1, "colocated", args, tmp, total)
+            entry["alone"] = alone["aggregate"]
+            plain = [m for m in modes if m not in MPS_MODES]
+            for group in (plain, [m for m in modes if m in MPS_MODES]):
                 if not group:
                     continue
                 with (mps_daemon(tmp / "mps") if group[0] in MPS_MODES else _nothing()):

@@ -1,7 +1,7 @@
 """Overhead of flexai on real training steps: ResNet-50 and a small GPT, native against flexai
 with no limits, with a memory limit only, and with compute at 100%.
 
-    python benchmarks/train_overhead.py [--repeat 3] [--seconds 15] [--out results/train_overhead.json]
+    python benchmarks/train_overhead.py [--repeat 3] [--seconds 15] [--out results/x.json]
 
 Variants run one at a time, interleaved over the repeats; the figure is the median step time's
 change against native (target: at most 1% for every variant). Needs a GPU.

@@ -77,8 +77,9 @@ def test_burst_makes_the_share_a_guarantee() -> None:
     cfg = flexai.parse_config({"FLEXAI_GPU_COMPUTE": "30", "FLEXAI_GPU_COMPUTE_BURST": "100"})
     assert set(cfg.burst) == {100}
     assert cfg.compute_text() == "all devices: 30% guaranteed; may burst to 100%"
-    for bad, needle in ((("FLEXAI_GPU_COMPUTE_BURST", "100"),), "needs FLEXAI_GPU_COMPUTE"), \
-                       ((("FLEXAI_GPU_COMPUTE", "30"), ("FLEXAI_GPU_COMPUTE_BURST", "20")), "below"):
+    cases = [((("FLEXAI_GPU_COMPUTE_BURST", "100"),), "needs FLEXAI_GPU_COMPUTE"),
+             ((("FLEXAI_GPU_COMPUTE", "30"), ("FLEXAI_GPU_COMPUTE_BURST", "20")), "below")]
+    for bad, needle in cases:
         with pytest.raises(flexai.ConfigError, match=needle):
             flexai.parse_config(dict(bad))
 
