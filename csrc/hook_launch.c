@@ -47,7 +47,7 @@ struct fx_launch_dev {
     unsigned since_mark;  /* launches since the last mark */
     CUstream streams[FX_MAX_STREAMS];
     uint8_t stream_ptsz[FX_MAX_STREAMS];
-    int nstreams;         /* streams used since the last mark (more than FX_MAX_STREAMS: unmarked) */
+    int nstreams;         /* streams used since the last mark (past FX_MAX_STREAMS: unmarked) */
     uint64_t avg_ns;      /* estimated GPU time per launch */
     CUevent seg_start;    /* start of the current busy segment, NULL when none is open */
     uint64_t seg_counted; /* GPU time of the segment already added to busy_ns */
@@ -318,7 +318,12 @@ static void fx_gate_leave(struct fx_launch_dev *ld, CUresult rc, CUstream stream
 }
 
 /* One wrapper per entry point; `stream` and `ptsz` say where the work goes. */
-#define FX_LAUNCH(fn, stream, ptsz, call_args)                                                     FX_ENTER(fn);                                                                                  struct fx_launch_dev *ld = fx_gate_enter((stream), (ptsz));                                    CUresult rc = fx_cu.fn call_args;                                                              fx_gate_leave(ld, rc, (stream), (ptsz));                                                       return rc
+#define FX_LAUNCH(fn, stream, ptsz, call_args)                                                 \
+    FX_ENTER(fn);                                                                              \
+    struct fx_launch_dev *ld = fx_gate_enter((stream), (ptsz));                                \
+    CUresult rc = fx_cu.fn call_args;                                                          \
+    fx_gate_leave(ld, rc, (stream), (ptsz));                                                   \
+    return rc
 
 FX_EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
                                   unsigned int bx, unsigned int by, unsigned int bz,

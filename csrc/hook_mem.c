@@ -173,7 +173,8 @@ FX_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t 
     uint32_t dev = fx_current_dev();
     /* The pitch is only known afterwards: reserve with the widest alignment the driver uses,
      * then settle on pitch * height. */
-    uint64_t rounded = WidthInBytes > UINT64_MAX - 511 ? UINT64_MAX : (WidthInBytes + 511) & ~511ULL;
+    uint64_t rounded =
+        WidthInBytes > UINT64_MAX - 511 ? UINT64_MAX : (WidthInBytes + 511) & ~511ULL;
     uint64_t guess = fx_mul_sat(rounded, Height);
     FX_RESERVE(dev, guess);
     CUresult rc = fx_cu.cuMemAllocPitch_v2(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);

@@ -64,7 +64,7 @@ typedef struct flexai_config {
     uint32_t compute[FLEXAI_MAX_DEVICES]; /**< compute share in percent (1..100) per device */
     uint32_t burst[FLEXAI_MAX_DEVICES];   /**< 0: the share is a hard cap; else the cap (>= share)
                                                and the share is guaranteed under contention */
-    uint64_t context_memory;              /**< bytes charged per process and device for the context */
+    uint64_t context_memory;              /**< charged per process and device for its context */
     int32_t priority;                     /**< FLEXAI_PRIORITY_* */
     int32_t log_level;                    /**< FLEXAI_LOG_* */
     uint32_t memory_set;                  /**< 1 when FLEXAI_GPU_MEMORY was given */
@@ -88,8 +88,8 @@ typedef struct flexai_config {
  * @return 0 on success, -1 on the first invalid value.
  * Thread-safe; allocates nothing.
  */
-FLEXAI_API int flexai_config_parse(const char *const *names, const char *const *values, size_t count,
-                        flexai_config *out, char *err);
+FLEXAI_API int flexai_config_parse(const char *const *names, const char *const *values,
+                                   size_t count, flexai_config *out, char *err);
 
 /**
  * @brief Parse one size such as "8GiB", "4096MiB", "1.5G" (decimal) or "1073741824" (bytes).
@@ -156,7 +156,8 @@ typedef struct flexai_usage_row {
 } flexai_usage_row;
 
 /** @brief Copy up to `cap` devices into out. @return the number of devices, or -1. */
-FLEXAI_API int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap, char *err);
+FLEXAI_API int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap,
+                                   char *err);
 
 /** @brief Copy up to `cap` slices into out. @return the number of slices, or -1. */
 FLEXAI_API int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, char *err);
