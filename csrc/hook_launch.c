@@ -230,11 +230,16 @@ static int fx_capturing(CUstream s, int ptsz)
 static struct fx_launch_dev *fx_gate_enter(CUstream stream, int ptsz)
 {
     struct fx_region *r = fx_rt.shm.r;
-    if (!r) return NULL;
-    uint32_t dev = fx_current_dev();
-    if (dev == FX_NONE || fx_rt.slice == FX_NONE) return NULL;
+    if (!r || fx_rt.slice == FX_NONE) return NULL;
     uint64_t now = fx_now();
-    if (!fx_ts_needed(r, fx_rt.slice, dev, now)) return NULL;
+    /* The common case, nothing scheduled on any device this process sees, is decided without
+     * asking the driver which device is current. */
+    int quiet = 1;
+    for (int i = 0; i < fx_rt.ndev && quiet; i++)
+        quiet = fx_rt.dev[i] == FX_NONE || !fx_ts_needed(r, fx_rt.slice, fx_rt.dev[i], now);
+    if (quiet) return NULL;
+    uint32_t dev = fx_current_dev();
+    if (dev == FX_NONE || !fx_ts_needed(r, fx_rt.slice, dev, now)) return NULL;
     if (!fx_cu.cuEventQuery || !fx_cu.cuEventRecord || !fx_cu.cuEventCreate) return NULL;
     if (fx_capturing(stream, ptsz)) return NULL; /* recorded into a graph, not run now */
     pthread_once(&fx_ld_once, fx_ld_init);
