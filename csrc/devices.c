@@ -63,6 +63,7 @@ static int fx_map_from_nvml(void)
 {
     unsigned n = 0;
     char uuids[FLEXAI_MAX_DEVICES][96];
+    fx_nvml_load();
     if (!fx_nv.nvmlDeviceGetCount_v2 || !fx_nv.nvmlDeviceGetHandleByIndex_v2 ||
         !fx_nv.nvmlDeviceGetUUID)
         return -1;

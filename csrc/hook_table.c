@@ -41,19 +41,10 @@ static void *fx_sym(void *lib, const char *name)
     return lib ? fx_real_dlsym(lib, name) : NULL;
 }
 
-void fx_hooks_resolve(void *libcuda, void *libnvml)
+/* A real function resolving to one of our wrappers would loop forever: that happens when
+ * FLEXAI_LIBCUDA or FLEXAI_LIBNVML names libflexai itself. Refuse such pointers. */
+static void fx_refuse_self(void)
 {
-#define FX_CUDA_HOOK(n) fx_cu.n = (__typeof__(fx_cu.n))fx_sym(libcuda, #n);
-#define FX_CUDA_REAL(n) fx_cu.n = (__typeof__(fx_cu.n))fx_sym(libcuda, #n);
-#define FX_NVML_HOOK(n) fx_nv.n = (__typeof__(fx_nv.n))fx_sym(libnvml, #n);
-#define FX_NVML_REAL(n) fx_nv.n = (__typeof__(fx_nv.n))fx_sym(libnvml, #n);
-#include "hooks.def"
-#undef FX_CUDA_HOOK
-#undef FX_CUDA_REAL
-#undef FX_NVML_HOOK
-#undef FX_NVML_REAL
-    /* A real function resolving to one of our wrappers would loop forever: that happens when
-     * FLEXAI_LIBCUDA names libflexai itself. Refuse such pointers. */
     for (size_t i = 0; i < FX_NHOOKS; i++) {
         if (*fx_hooks[i].real == fx_hooks[i].wrapper) {
             FX_ERROR("%s resolves to flexai itself; check FLEXAI_LIBCUDA/FLEXAI_LIBNVML",
@@ -61,4 +52,32 @@ void fx_hooks_resolve(void *libcuda, void *libnvml)
             *fx_hooks[i].real = NULL;
         }
     }
+}
+
+void fx_hooks_resolve_cuda(void *lib)
+{
+#define FX_CUDA_HOOK(n) fx_cu.n = (__typeof__(fx_cu.n))fx_sym(lib, #n);
+#define FX_CUDA_REAL(n) fx_cu.n = (__typeof__(fx_cu.n))fx_sym(lib, #n);
+#define FX_NVML_HOOK(n)
+#define FX_NVML_REAL(n)
+#include "hooks.def"
+#undef FX_CUDA_HOOK
+#undef FX_CUDA_REAL
+#undef FX_NVML_HOOK
+#undef FX_NVML_REAL
+    fx_refuse_self();
+}
+
+void fx_hooks_resolve_nvml(void *lib)
+{
+#define FX_CUDA_HOOK(n)
+#define FX_CUDA_REAL(n)
+#define FX_NVML_HOOK(n) fx_nv.n = (__typeof__(fx_nv.n))fx_sym(lib, #n);
+#define FX_NVML_REAL(n) fx_nv.n = (__typeof__(fx_nv.n))fx_sym(lib, #n);
+#include "hooks.def"
+#undef FX_CUDA_HOOK
+#undef FX_CUDA_REAL
+#undef FX_NVML_HOOK
+#undef FX_NVML_REAL
+    fx_refuse_self();
 }

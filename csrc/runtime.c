@@ -78,9 +78,7 @@ static void fx_init_once(void)
     /* RTLD_LOCAL: the real driver's symbols must not enter the global scope ahead of ours. */
     void *cuda = dlopen(fx_rt.cfg.libcuda, RTLD_NOW | RTLD_LOCAL);
     if (!cuda) FX_WARN("cannot load the CUDA driver %s: %s", fx_rt.cfg.libcuda, dlerror());
-    void *nvml = dlopen(fx_rt.cfg.libnvml, RTLD_NOW | RTLD_LOCAL);
-    if (!nvml) FX_DEBUG("cannot load NVML %s: %s", fx_rt.cfg.libnvml, dlerror());
-    fx_hooks_resolve(cuda, nvml);
+    fx_hooks_resolve_cuda(cuda);
 
     if (!fx_rt.broken && fx_shm_open(&fx_rt.shm, fx_rt.cfg.state_dir, err) != 0) {
         if (fx_rt.cfg.memory_set || fx_rt.cfg.compute_set) {
@@ -94,6 +92,20 @@ static void fx_init_once(void)
     pthread_atfork(fx_atfork_prepare, fx_atfork_parent, fx_atfork_child);
     fx_in_init = 0;
     __atomic_store_n(&fx_init_done, 1, __ATOMIC_RELEASE);
+}
+
+static pthread_once_t fx_nvml_once = PTHREAD_ONCE_INIT;
+
+static void fx_nvml_load_once(void)
+{
+    void *nvml = dlopen(fx_rt.cfg.libnvml, RTLD_NOW | RTLD_LOCAL);
+    if (!nvml) FX_DEBUG("cannot load NVML %s: %s", fx_rt.cfg.libnvml, dlerror());
+    if (nvml) fx_hooks_resolve_nvml(nvml);
+}
+
+void fx_nvml_load(void)
+{
+    pthread_once(&fx_nvml_once, fx_nvml_load_once);
 }
 
 int fx_init(void)

@@ -110,8 +110,13 @@ struct fx_hook {
 const struct fx_hook *fx_hook_find(const char *name);
 /* Our wrapper for a real function pointer, or NULL when it is not hooked. */
 void *fx_hook_by_real(void *real);
-/* Resolve every real function from the opened libraries. */
-void fx_hooks_resolve(void *libcuda, void *libnvml);
+/* Resolve the real functions of hooks.def from the opened driver (or NVML) library. */
+void fx_hooks_resolve_cuda(void *lib);
+void fx_hooks_resolve_nvml(void *lib);
+
+/* Load NVML and resolve its functions, once, the first time flexai needs them (an NVML hook,
+ * or mapping devices through NVML): a CUDA program that never touches NVML never loads it. */
+void fx_nvml_load(void);
 
 /* The real dlsym (resolved with dlvsym, never through our own). */
 extern void *(*fx_real_dlsym)(void *, const char *);

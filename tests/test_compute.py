@@ -83,7 +83,8 @@ def test_burst_uses_idle_time_and_keeps_its_guarantee(clients, sim_env):
     assert alone.op("saturate")["fraction"] > 0.85, "idle time is used up to the burst"
     # an unlimited job already runs (its queue full), then the guaranteed one arrives: after the
     # queue that was submitted before scheduling started has drained, the guarantee holds
-    b = saturate(clients, sim_env(FLEXAI_SLICE="greedy"), 3000)  # no share: takes what is left
+    # no share: takes what is left; runs well past the other's last phase
+    b = saturate(clients, sim_env(FLEXAI_SLICE="greedy"), 4000)
     time.sleep(0.3)
     a = start(clients, sim_env(FLEXAI_GPU_COMPUTE="30", FLEXAI_GPU_COMPUTE_BURST="100",
                                FLEXAI_SLICE="g"),
