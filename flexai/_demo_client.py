@@ -7,6 +7,10 @@ for a line on stdin. Then it allocates fixed-size chunks until the driver answer
 CUDA_ERROR_OUT_OF_MEMORY or the safety cap is reached, prints its report (a JSON line with
 "phase": "ready"), waits for another line on stdin, frees everything and exits 0. A failure
 before the allocation loop is reported in the "ready" line's "error" and exits 1.
+
+With --compute US it instead keeps the GPU busy for --seconds with kernels that each last US
+microseconds (a spin on the GPU's clock; the simulated device runs "sleep_us" for that long) and
+reports the fraction of the wall time its kernels occupied ("fraction").
 """
 from __future__ import annotations
 
@@ -69,6 +73,54 @@ def _free(cuda: Any, ptrs: list[int]) -> None:
     cuda.cuDevicePrimaryCtxRelease_v2(0)
 
 
+# One block per SM spinning on %globaltimer for the parameter's microseconds.
+SPIN_PTX = b"""
+.version 7.0
+.target sm_70
+.address_size 64
+.visible .entry sleep_us(.param .u32 us)
+{
+ .reg .u64 %t0, %t1, %lim;
+ .reg .u32 %u;
+ .reg .pred %p;
+ ld.param.u32 %u, [us];
+ cvt.u64.u32 %lim, %u;
+ mul.lo.u64 %lim, %lim, 1000;
+ mov.u64 %t0, %globaltimer;
+LOOP:
+ mov.u64 %t1, %globaltimer;
+ sub.u64 %t1, %t1, %t0;
+ setp.lt.u64 %p, %t1, %lim;
+ @%p bra LOOP;
+ ret;
+}
+"""
+
+
+def _spin_kernel(cuda: Any) -> tuple[Any, int]:
+    """Load the spin kernel; return it and the number of blocks that fill the device."""
+    module, fn, sms = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_int(1)
+    _check("cuModuleLoadData", cuda.cuModuleLoadData(ctypes.byref(module), SPIN_PTX))
+    _check("cuModuleGetFunction",
+           cuda.cuModuleGetFunction(ctypes.byref(fn), module, b"sleep_us"))
+    cuda.cuDeviceGetAttribute(ctypes.byref(sms), 16, 0)  # MULTIPROCESSOR_COUNT of device 0
+    return fn, max(1, sms.value)
+
+
+def _saturate(cuda: Any, fn: Any, blocks: int, us: int, seconds: float) -> dict[str, Any]:
+    """Launch US-us kernels back to back for `seconds`; report the busy fraction."""
+    arg = ctypes.c_uint32(us)
+    params = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.pointer(arg), ctypes.c_void_p))
+    launches, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        _check("cuLaunchKernel", cuda.cuLaunchKernel(fn, blocks, 1, 1, 32, 1, 1, 0, None,
+                                                     params, None))
+        launches += 1
+    _check("cuCtxSynchronize", cuda.cuCtxSynchronize())
+    wall = time.monotonic() - start
+    return {"kernels": launches, "kernel_us": us, "fraction": launches * us / 1e6 / wall}
+
+
 def _say(report: dict[str, Any], phase: str) -> None:
     print(json.dumps({**report, "phase": phase}), flush=True)
 
@@ -77,7 +129,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--chunk", type=int, default=256 << 20, help="bytes per allocation")
     parser.add_argument("--cap", type=int, default=16 << 30, help="stop after this many bytes")
+    parser.add_argument("--compute", type=int, metavar="US",
+                        help="instead of memory: keep the GPU busy with US-microsecond kernels")
+    parser.add_argument("--seconds", type=float, default=2.0, help="how long, with --compute")
     args = parser.parse_args(argv)
+    if args.compute:
+        return _compute_main(args)
     report: dict[str, Any] = {"pid": os.getpid(), "chunk": args.chunk}
     ptrs: list[int] = []
     cuda = None
@@ -96,6 +153,22 @@ def main(argv: list[str]) -> int:
     sys.stdin.readline()  # hold the memory until the demo has looked at the node
     if cuda is not None and ptrs:
         _free(cuda, ptrs)
+    return 1 if "error" in report else 0
+
+
+def _compute_main(args: argparse.Namespace) -> int:
+    report: dict[str, Any] = {"pid": os.getpid()}
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        _open_context(cuda)
+        fn, blocks = _spin_kernel(cuda)
+        _say(report, "context")
+        sys.stdin.readline()  # start together with the other slices
+        report.update(_saturate(cuda, fn, blocks, args.compute, args.seconds))
+    except (OSError, DriverError) as exc:
+        report["error"] = str(exc)
+    _say(report, "ready")
+    sys.stdin.readline()
     return 1 if "error" in report else 0
 
 

@@ -4,17 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from . import __version__, _native, real_gpu_present, sim_dir
+from . import __version__, _native
 from .config import (
     add_slice_options,
     format_bytes,
@@ -149,170 +143,10 @@ def _cmd_ps(args: argparse.Namespace) -> int:
 
 # ---- flexai demo --------------------------------------------------------------------------------
 
-DEMO_SLICES = (("demo-a", "4GiB", 2), ("demo-b", "2GiB", 1))  # name, quota, processes
-DEMO_CHUNK = 256 << 20
-DEMO_TIMEOUT_S = 60.0
-
-
-@dataclass
-class _Client:
-    slice: str
-    quota: int
-    proc: subprocess.Popen[str]
-    stderr: Any
-    report: dict[str, Any] = field(default_factory=dict)
-
-
-def _demo_env(state_dir: str, simulated: bool) -> dict[str, str]:
-    """The clients' environment: the caller's, without its flexai settings, plus the demo's."""
-    keep = ("FLEXAI_LIB_DIR", "FLEXAI_LOG")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXAI_") or k in keep}
-    env["FLEXAI_STATE_DIR"] = state_dir
-    if simulated:
-        sim = str(sim_dir())
-        env.pop("CUDA_VISIBLE_DEVICES", None)  # the simulated device has one GPU, index 0
-        env.update(FLEXAI_LIBCUDA=f"{sim}/libcuda.so.1", FLEXAI_LIBNVML=f"{sim}/libnvidia-ml.so.1",
-                   FLEXAI_SIM_MEMORY="16GiB", FLEXAI_CONTEXT_MEMORY="256MiB",
-                   LD_LIBRARY_PATH=":".join(p for p in (sim, env.get("LD_LIBRARY_PATH")) if p))
-    return env
-
-
-def _start_clients(env: dict[str, str], clients: list[_Client]) -> None:
-    """Start every demo process through `flexai run`, appending each to `clients` at once."""
-    client = str(Path(__file__).with_name("_demo_client.py"))
-    for name, quota, nprocs in DEMO_SLICES:
-        quota_bytes = _native.parse_size(quota)
-        cmd = [sys.executable, "-m", "flexai", "run", "--gpu-memory", quota, "--slice", name,
-               "--", sys.executable, client, "--chunk", str(DEMO_CHUNK),
-               "--cap", str(2 * quota_bytes)]
-        for _ in range(nprocs):
-            err = tempfile.TemporaryFile(mode="w+")
-            # cwd: `python -m` imports from the current directory first; run from a source
-            # checkout, that would be the checkout's flexai/ (without its built library)
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=err, text=True, cwd=env["FLEXAI_STATE_DIR"])
-            clients.append(_Client(name, quota_bytes, proc, err))
-
-
-def _read_report(c: _Client, deadline: float) -> None:
-    """Read the client's next JSON line; a client that dies or stays silent gets an error."""
-    out = c.proc.stdout
-    if "error" in c.report or out is None:
-        return
-    ready, _, _ = select.select([out], [], [], max(0.0, deadline - time.monotonic()))
-    line = out.readline() if ready else ""
-    try:
-        c.report = json.loads(line)
-    except ValueError:
-        c.report = {**c.report, "error": "no report from the client"}
-
-
-def _send(c: _Client, line: str) -> None:
-    try:
-        assert c.proc.stdin is not None  # started with stdin=PIPE
-        c.proc.stdin.write(line + "\n")
-        c.proc.stdin.flush()
-    except OSError:
-        pass  # the client has exited; its report says why
-
-
-def _run_clients(clients: list[_Client]) -> None:
-    """Barrier 1: every client holds a context. Barrier 2: every client has hit its quota."""
-    deadline = time.monotonic() + DEMO_TIMEOUT_S
-    for c in clients:
-        _read_report(c, deadline)
-    for c in clients:
-        if "error" not in c.report:
-            _send(c, "allocate")
-    for c in clients:
-        _read_report(c, deadline)
-
-
-def _release(clients: list[_Client]) -> None:
-    """Let the clients free their memory and exit; collect what they wrote to stderr."""
-    for c in clients:
-        try:
-            c.proc.communicate("free\n", timeout=DEMO_TIMEOUT_S)
-        except (subprocess.TimeoutExpired, OSError, ValueError):
-            c.proc.kill()
-            c.proc.wait()
-        if "error" in c.report:
-            c.stderr.seek(0)
-            tail = " | ".join(c.stderr.read().strip().splitlines()[-3:])
-            c.report["error"] += f" (exit status {c.proc.returncode}{': ' + tail if tail else ''})"
-        c.stderr.close()
-
-
-def _verdicts(clients: list[_Client], snap: dict[str, Any]) -> list[dict[str, Any]]:
-    charged = {s["name"]: sum(d["used_bytes"] for d in s["devices"]) for s in snap["slices"]}
-    out = []
-    for name, _, _ in DEMO_SLICES:
-        mine = [c for c in clients if c.slice == name]
-        total = sum(c.report.get("allocated", 0) for c in mine)
-        quota = mine[0].quota
-        if any("error" in c.report for c in mine):
-            verdict = "failed: " + next(c.report["error"] for c in mine if "error" in c.report)
-        elif total > quota or charged.get(name, 0) > quota:
-            verdict = "NOT enforced: the slice got more than its quota"
-        elif not all(c.report.get("oom") for c in mine):
-            verdict = "NOT enforced: no out-of-memory error"
-        else:
-            verdict = "enforced"
-        out.append({"slice": name, "quota_bytes": quota, "allocated_bytes": total,
-                    "charged_bytes": charged.get(name, 0), "verdict": verdict,
-                    "enforced": verdict == "enforced"})
-    return out
-
-
-def _render_demo(device: str, clients: list[_Client], snap: dict[str, Any],
-                 verdicts: list[dict[str, Any]]) -> str:
-    rows = [["SLICE", "QUOTA", "PID", "cuMemGetInfo TOTAL / FREE", "GOT BEFORE OOM"]]
-    for c in clients:
-        r = c.report
-        info = f"{format_bytes(r['total'])} / {format_bytes(r['free'])}" if "total" in r else "-"
-        got = format_bytes(r["allocated"]) if "allocated" in r else "-"
-        rows.append([c.slice, format_bytes(c.quota), str(r.get("pid", c.proc.pid)), info,
-                     got if r.get("oom") or "allocated" not in r else got + " (no OOM)"])
-    summary = [["SLICE", "QUOTA", "SLICE TOTAL", "CHARGED BY FLEXAI", "VERDICT"]]
-    summary += [[v["slice"], format_bytes(v["quota_bytes"]), format_bytes(v["allocated_bytes"]),
-                 format_bytes(v["charged_bytes"]), v["verdict"]] for v in verdicts]
-    return "\n\n".join([
-        f"flexai demo: two slices share one GPU, each under a memory quota\n{device}",
-        "each process allocates 256 MiB chunks until the driver says out of memory:\n"
-        + _columns(rows),
-        "what `flexai ps` sees while the processes hold their memory:\n" + render_ps(snap),
-        "CHARGED BY FLEXAI includes each process's CUDA context.\n" + _columns(summary)])
-
-
 def _cmd_demo(args: argparse.Namespace) -> int:
-    simulated = args.simulated or not real_gpu_present()
-    if simulated:
-        why = "--simulated" if args.simulated else "no GPU found"
-        if not (sim_dir() / "libcuda.so.1").is_file():
-            return _error(f"{why}, and there is no simulated device in {sim_dir()}", 1)
-        device = (f"simulated device ({why}): flexai's fake CUDA driver from {sim_dir()}, "
-                  "16 GiB, 256 MiB charged per CUDA context")
-    else:
-        device = "real GPU: device 0 of libcuda.so.1"
-    clients: list[_Client] = []
-    with tempfile.TemporaryDirectory(prefix="flexai-demo-") as state_dir:
-        try:
-            _start_clients(_demo_env(state_dir, simulated), clients)
-            _run_clients(clients)
-            snap = ps_snapshot(state_dir)
-        except _native.FlexaiError as exc:
-            return _error(exc, 1)
-        finally:
-            _release(clients)
-    verdicts = _verdicts(clients, snap)
-    ok = all(v["enforced"] for v in verdicts)
-    if args.json:
-        print(json.dumps({"simulated": simulated, "device": device,
-                          "clients": [{"slice": c.slice, **c.report} for c in clients],
-                          "ps": snap, "slices": verdicts, "ok": ok}, indent=2))
-    else:
-        print(_render_demo(device, clients, snap, verdicts))
-    return 0 if ok else 1
+    from .demo import run_demo
+
+    return run_demo(simulated=args.simulated, as_json=args.json)
 
 
 # ---- flexai resize ------------------------------------------------------------------------------
