@@ -25,12 +25,16 @@ from .config import format_bytes
 DEMO_SLICES = (("demo-a", "4GiB", 2), ("demo-b", "2GiB", 1))  # name, quota, processes
 DEMO_CHUNK = 256 << 20
 DEMO_TIMEOUT_S = 60.0
+COMPUTE_SLICES = (("demo-c30", 30), ("demo-c70", 70))  # name, share in percent
+COMPUTE_KERNEL_US = 500
+COMPUTE_SECONDS = 2.0
+COMPUTE_TOLERANCE = 0.10  # "held" within 10 points; benchmarks/compute_share.py measures closely
 
 
 @dataclass
 class _Client:
     slice: str
-    quota: int
+    quota: int  # bytes for memory clients, percent for compute clients
     proc: subprocess.Popen[str]
     stderr: Any
     report: dict[str, Any] = field(default_factory=dict)
@@ -46,25 +50,55 @@ def _demo_env(state_dir: str, simulated: bool) -> dict[str, str]:
         env.pop("CUDA_VISIBLE_DEVICES", None)  # the simulated device has one GPU, index 0
         env.update(FLEXAI_LIBCUDA=f"{sim}/libcuda.so.1", FLEXAI_LIBNVML=f"{sim}/libnvidia-ml.so.1",
                    FLEXAI_SIM_MEMORY="16GiB", FLEXAI_CONTEXT_MEMORY="256MiB",
+                   FLEXAI_SIM_STATE_DIR=os.path.join(state_dir, "sim"),
                    LD_LIBRARY_PATH=":".join(p for p in (sim, env.get("LD_LIBRARY_PATH")) if p))
     return env
 
 
-def _start_clients(env: dict[str, str], clients: list[_Client]) -> None:
-    """Start every demo process through `flexai run`, appending each to `clients` at once."""
+def _spawn(env: dict[str, str], name: str, quota: int, run_args: list[str],
+           client_args: list[str]) -> _Client:
+    """Start one demo client through `flexai run --slice NAME RUN_ARGS -- client ARGS`."""
     client = str(Path(__file__).with_name("_demo_client.py"))
+    cmd = [sys.executable, "-m", "flexai", "run", *run_args, "--slice", name, "--",
+           sys.executable, client, *client_args]
+    err = tempfile.TemporaryFile(mode="w+")
+    # cwd: `python -m` imports from the current directory first; run from a source checkout,
+    # that would be the checkout's flexai/ (without its built library)
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=err, text=True, cwd=env["FLEXAI_STATE_DIR"])
+    return _Client(name, quota, proc, err)
+
+
+def _start_clients(env: dict[str, str], clients: list[_Client]) -> None:
+    """Start every memory client, appending each to `clients` at once."""
     for name, quota, nprocs in DEMO_SLICES:
         quota_bytes = _native.parse_size(quota)
-        cmd = [sys.executable, "-m", "flexai", "run", "--gpu-memory", quota, "--slice", name,
-               "--", sys.executable, client, "--chunk", str(DEMO_CHUNK),
-               "--cap", str(2 * quota_bytes)]
         for _ in range(nprocs):
-            err = tempfile.TemporaryFile(mode="w+")
-            # cwd: `python -m` imports from the current directory first; run from a source
-            # checkout, that would be the checkout's flexai/ (without its built library)
-            proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=err, text=True, cwd=env["FLEXAI_STATE_DIR"])
-            clients.append(_Client(name, quota_bytes, proc, err))
+            clients.append(_spawn(env, name, quota_bytes, ["--gpu-memory", quota],
+                                  ["--chunk", str(DEMO_CHUNK), "--cap", str(2 * quota_bytes)]))
+
+
+def _start_compute_clients(env: dict[str, str], clients: list[_Client]) -> None:
+    """Start one kernel-launching client per compute slice."""
+    for name, share in COMPUTE_SLICES:
+        clients.append(_spawn(env, name, share, ["--gpu-compute", str(share)],
+                              ["--compute", str(COMPUTE_KERNEL_US),
+                               "--seconds", str(COMPUTE_SECONDS)]))
+
+
+def _compute_verdicts(clients: list[_Client]) -> list[dict[str, Any]]:
+    out = []
+    for c in clients:
+        got = c.report.get("fraction")
+        if "error" in c.report or got is None:
+            verdict = "failed: " + c.report.get("error", "no report from the client")
+        elif abs(got - c.quota / 100) <= COMPUTE_TOLERANCE:
+            verdict = "held"
+        else:
+            verdict = f"NOT held: asked {c.quota}%, got {100 * got:.1f}%"
+        out.append({"slice": c.slice, "share_percent": c.quota, "achieved": got,
+                    "verdict": verdict, "held": verdict == "held"})
+    return out
 
 
 def _read_report(c: _Client, deadline: float) -> None:
@@ -137,6 +171,16 @@ def _verdicts(clients: list[_Client], snap: dict[str, Any]) -> list[dict[str, An
     return out
 
 
+def _render_compute(compute: list[dict[str, Any]]) -> str:
+    rows = [["SLICE", "SHARE", "ACHIEVED", "VERDICT"]]
+    rows += [[v["slice"], f"{v['share_percent']}%",
+              f"{100 * v['achieved']:.1f}%" if v["achieved"] is not None else "-", v["verdict"]]
+             for v in compute]
+    return (f"compute: two slices capped at 30% and 70% each launch {COMPUTE_KERNEL_US} us "
+            f"kernels back to back for {COMPUTE_SECONDS:g} s, together;\nACHIEVED is the share "
+            "of the GPU's time their kernels took:\n" + _columns(rows))
+
+
 def _render_demo(device: str, clients: list[_Client], snap: dict[str, Any],
                  verdicts: list[dict[str, Any]]) -> str:
     rows = [["SLICE", "QUOTA", "PID", "cuMemGetInfo TOTAL / FREE", "GOT BEFORE OOM"]]
@@ -150,7 +194,7 @@ def _render_demo(device: str, clients: list[_Client], snap: dict[str, Any],
     summary += [[v["slice"], format_bytes(v["quota_bytes"]), format_bytes(v["allocated_bytes"]),
                  format_bytes(v["charged_bytes"]), v["verdict"]] for v in verdicts]
     return "\n\n".join([
-        f"flexai demo: two slices share one GPU, each under a memory quota\n{device}",
+        f"flexai demo: slices share one GPU, each under its quotas\n{device}",
         "each process allocates 256 MiB chunks until the driver says out of memory:\n"
         + _columns(rows),
         "what `flexai ps` sees while the processes hold their memory:\n" + render_ps(snap),
@@ -170,23 +214,32 @@ def run_demo(simulated: bool = False, as_json: bool = False) -> int:
     else:
         device = "real GPU: device 0 of libcuda.so.1"
     clients: list[_Client] = []
+    workers: list[_Client] = []
     with tempfile.TemporaryDirectory(prefix="flexai-demo-") as state_dir:
+        env = _demo_env(state_dir, simulated)
         try:
-            _start_clients(_demo_env(state_dir, simulated), clients)
+            _start_clients(env, clients)
             _run_clients(clients)
             snap = ps_snapshot(state_dir)
         except _native.FlexaiError as exc:
             return _error(exc, 1)
         finally:
             _release(clients)
+        try:
+            _start_compute_clients(env, workers)
+            _run_clients(workers)
+        finally:
+            _release(workers)
     verdicts = _verdicts(clients, snap)
-    ok = all(v["enforced"] for v in verdicts)
+    compute = _compute_verdicts(workers)
+    ok = all(v["enforced"] for v in verdicts) and all(v["held"] for v in compute)
     if as_json:
         print(json.dumps({"simulated": simulated, "device": device,
                           "clients": [{"slice": c.slice, **c.report} for c in clients],
-                          "ps": snap, "slices": verdicts, "ok": ok}, indent=2))
+                          "ps": snap, "slices": verdicts, "compute": compute, "ok": ok},
+                         indent=2))
     else:
-        print(_render_demo(device, clients, snap, verdicts))
+        print(_render_demo(device, clients, snap, verdicts) + "\n\n" + _render_compute(compute))
     return 0 if ok else 1
 
 

@@ -154,6 +154,10 @@ def test_demo_json_shows_quotas_held(env: dict[str, str]) -> None:
     assert all(c["oom"] for c in data["clients"])
     seen = {s["name"]: s["nprocs"] for s in data["ps"]["slices"]}
     assert seen == {"demo-a": 2, "demo-b": 1}
+    shares = {c["slice"]: (c["share_percent"], c["achieved"]) for c in data["compute"]}
+    assert set(shares) == {"demo-c30", "demo-c70"}
+    for share, achieved in shares.values():
+        assert abs(achieved - share / 100) <= 0.10
 
 
 def test_demo_from_the_source_checkout_uses_the_installed_package(env: dict[str, str]) -> None:
