@@ -130,7 +130,7 @@ FX_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes)
     CUresult rc = fx_cu.cuMemGetInfo_v2(free_bytes, total_bytes);
     if (rc == CUDA_SUCCESS && fx_limit(fx_current_dev(), &limit, &used) == 0) {
         *total_bytes = limit;
-        *free_bytes = used >= limit ? 0 : limit - used;
+        *free_bytes = fx_room(limit, used);
     }
     return rc;
 }

@@ -34,7 +34,7 @@ FX_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t
     if (rc == NVML_SUCCESS && fx_nvml_quota(device, &limit, &used) == 0) {
         memory->total = limit;
         memory->used = used;
-        memory->free = used >= limit ? 0 : limit - used;
+        memory->free = fx_room(limit, used);
     }
     return rc;
 }
@@ -48,7 +48,7 @@ FX_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemor
         memory->total = limit;
         memory->reserved = 0;
         memory->used = used;
-        memory->free = used >= limit ? 0 : limit - used;
+        memory->free = fx_room(limit, used);
     }
     return rc;
 }

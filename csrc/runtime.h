@@ -87,6 +87,12 @@ void fx_release(uint32_t dev, uint64_t bytes);
 /* The slice's limit and usage on node device dev; returns 0 when there is a limit. */
 int fx_limit(uint32_t dev, uint64_t *limit, uint64_t *used);
 
+/* What a quota still leaves, never negative: the `free` every memory query reports. */
+static inline uint64_t fx_room(uint64_t limit, uint64_t used)
+{
+    return used >= limit ? 0 : limit - used;
+}
+
 /* Common entry of every CUDA hook: lazy init, fail closed, missing functions as error codes. */
 #define FX_ENTER(fn)                                                                           \
     do {                                                                                       \
