@@ -158,7 +158,7 @@ static void fx_arrive(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_
     fx_refill(sl, dev, now);
     if (!fx_is_active(sl, dev, now, FX_TS_ACTIVE_NS)) fx_wake(r, slice, dev, now);
     sl->active_ns[dev] = now;
-    if (fx_scheduled(sl, dev)) d->sched_until_ns = now + FX_TS_ACTIVE_NS;
+    if (fx_scheduled(sl, dev)) d->sched_until_ns = now + FX_TS_ENGAGED_NS;
     if (sl->priority == FLEXAI_PRIORITY_HIGH) d->high_until_ns = now + FX_TS_HIGH_HOLD_NS;
 }
 

@@ -33,6 +33,11 @@
 #define FX_TS_SILENT_NS (2000000ULL)   /* a holder silent this long loses the lease */
 #define FX_TS_MIN_RUN_NS (200000ULL)   /* a capped slice waits for this much time to run */
 #define FX_TS_MAX_LAG_NS (20000000ULL) /* fair-share clocks stay this close to the slowest */
+#define FX_TS_ENGAGED_NS (100000000ULL) /* after a scheduled slice asked, every slice on the
+                                          * device schedules this long: longer than any of its
+                                          * pauses (token sleeps <= 20 ms, drains ~1 ms), so an
+                                          * unscheduled neighbour never slips back to queueing
+                                          * deep in between */
 #define FX_TS_HIGH_HOLD_NS (100000000ULL) /* after a high-priority request, lower ones keep
                                            * little in flight this long (it may come back) */
 
