@@ -1,4 +1,4 @@
-"""csrc/cuda_api.h re-declares the driver ABI (flexai builds without a CUDA toolkit). Where a
+"""csrc/cuda/cuda_api.h re-declares the driver ABI (flexai builds without a CUDA toolkit). Where a
 toolkit is installed, compare sizes, offsets and constants with NVIDIA's own headers."""
 from __future__ import annotations
 
@@ -48,5 +48,5 @@ def test_declared_abi_matches_nvidia_headers(tmp_path):
     nvml = (inc / "nvml.h").exists()
     theirs = _probe(tmp_path, "<cuda.h>\n#include <nvml.h>" if nvml else "<cuda.h>", [str(inc)],
                     "theirs", nvml)
-    ours = _probe(tmp_path, '"cuda_api.h"', [str(ROOT / "csrc")], "ours", nvml)
+    ours = _probe(tmp_path, '"cuda_api.h"', [str(ROOT / "csrc" / "cuda")], "ours", nvml)
     assert ours == theirs

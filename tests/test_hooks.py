@@ -1,5 +1,5 @@
-"""The one list of hooked functions (csrc/hooks.def) agrees with what libflexai.so exports and
-with what the simulated driver offers."""
+"""The one list of hooked functions (csrc/cuda/hooks.def) agrees with what libflexai.so exports
+and with what the simulated driver offers."""
 from __future__ import annotations
 
 import ctypes
@@ -9,12 +9,12 @@ from pathlib import Path
 
 from conftest import LIBFLEXAI, SIM_DIR
 
-HOOKS_DEF = Path(__file__).parent.parent / "csrc" / "hooks.def"
+HOOKS_DEF = Path(__file__).parent.parent / "csrc" / "cuda" / "hooks.def"
 
 
 def _entries(kind: str) -> set[str]:
     text = HOOKS_DEF.read_text()
-    return set(re.findall(rf"^FX_{kind}\((\w+)\)", text, flags=re.M))
+    return set(re.findall(rf"^FX_{kind}\((\w+)[,)]", text, flags=re.M))
 
 
 def _exports(lib: Path) -> set[str]:

@@ -1,5 +1,5 @@
 """The shared region is a versioned fixed-width layout: these numbers change only together with
-FX_LAYOUT_VERSION (csrc/shm.h), because processes of different builds map the same file."""
+FX_LAYOUT_VERSION (csrc/core/shm.h), because processes of different builds map the same file."""
 from __future__ import annotations
 
 import ctypes

@@ -2,19 +2,15 @@
  * is asked (so racing processes cannot overshoot together) and given back exactly on free;
  * the memory queries report the quota. */
 #include "log.h"
-#include "runtime.h"
+#include "shim.h"
+#include "track.h"
+#include "util.h"
 
 #define FX_RESERVE(dev, bytes)                                                                 \
     do {                                                                                       \
-        CUresult rc_ = fx_reserve((dev), (bytes));                                             \
-        if (rc_ != CUDA_SUCCESS) return rc_;                                                   \
+        int32_t st_ = fx_reserve((dev), (bytes));                                              \
+        if (st_ != FLEXAI_OK) return fx_cuda_error(st_);                                       \
     } while (0)
-
-static uint64_t fx_mul_sat(uint64_t a, uint64_t b)
-{
-    uint64_t r;
-    return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
-}
 
 /* After the driver answered an allocation: remember it, or give the reservation back. */
 static CUresult fx_alloc_done(CUresult rc, int kind, uint64_t key, uint64_t size, uint32_t dev)
@@ -53,7 +49,7 @@ FX_EXPORT CUresult cuInit(unsigned int flags)
 {
     FX_ENTER(cuInit);
     CUresult rc = fx_cu.cuInit(flags);
-    if (rc == CUDA_SUCCESS) fx_attach(1);
+    if (rc == CUDA_SUCCESS) fx_attach(1); /* map devices from the driver, join the slice */
     return rc;
 }
 
@@ -63,12 +59,12 @@ static CUresult fx_ctx_begin(CUdevice ordinal, uint32_t *charged)
 {
     uint32_t dev = fx_dev_of_ordinal(ordinal);
     *charged = FX_NONE;
-    if (dev == FX_NONE || fx_rt.cfg.context_memory == 0) return CUDA_SUCCESS;
-    if (__atomic_exchange_n(&fx_rt.ctx_charged[dev], 1, __ATOMIC_ACQ_REL)) return CUDA_SUCCESS;
-    CUresult rc = fx_reserve(dev, fx_rt.cfg.context_memory);
-    if (rc != CUDA_SUCCESS) {
-        __atomic_store_n(&fx_rt.ctx_charged[dev], 0, __ATOMIC_RELEASE);
-        return rc;
+    if (dev == FX_NONE || fx_self.cfg.context_memory == 0) return CUDA_SUCCESS;
+    if (__atomic_exchange_n(&fx_self.ctx_charged[dev], 1, __ATOMIC_ACQ_REL)) return CUDA_SUCCESS;
+    int32_t st = fx_reserve(dev, fx_self.cfg.context_memory);
+    if (st != FLEXAI_OK) {
+        __atomic_store_n(&fx_self.ctx_charged[dev], 0, __ATOMIC_RELEASE);
+        return fx_cuda_error(st);
     }
     *charged = dev;
     return CUDA_SUCCESS;
@@ -77,8 +73,8 @@ static CUresult fx_ctx_begin(CUdevice ordinal, uint32_t *charged)
 static CUresult fx_ctx_end(CUresult rc, uint32_t charged)
 {
     if (rc != CUDA_SUCCESS && charged != FX_NONE) {
-        fx_release(charged, fx_rt.cfg.context_memory);
-        __atomic_store_n(&fx_rt.ctx_charged[charged], 0, __ATOMIC_RELEASE);
+        fx_release(charged, fx_self.cfg.context_memory);
+        __atomic_store_n(&fx_self.ctx_charged[charged], 0, __ATOMIC_RELEASE);
     }
     return rc;
 }
@@ -128,7 +124,7 @@ FX_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes)
     uint64_t limit, used;
     FX_ENTER(cuMemGetInfo_v2);
     CUresult rc = fx_cu.cuMemGetInfo_v2(free_bytes, total_bytes);
-    if (rc == CUDA_SUCCESS && fx_limit(fx_current_dev(), &limit, &used) == 0) {
+    if (rc == CUDA_SUCCESS && fx_quota(fx_current_dev(), &limit, &used)) {
         *total_bytes = limit;
         *free_bytes = fx_room(limit, used);
     }
@@ -140,7 +136,7 @@ FX_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
     uint64_t limit, used;
     FX_ENTER(cuDeviceTotalMem_v2);
     CUresult rc = fx_cu.cuDeviceTotalMem_v2(bytes, dev);
-    if (rc == CUDA_SUCCESS && fx_limit(fx_dev_of_ordinal(dev), &limit, &used) == 0)
+    if (rc == CUDA_SUCCESS && fx_quota(fx_dev_of_ordinal(dev), &limit, &used))
         *bytes = limit;
     return rc;
 }
@@ -180,7 +176,7 @@ FX_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t 
     CUresult rc = fx_cu.cuMemAllocPitch_v2(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
     if (rc != CUDA_SUCCESS) return fx_alloc_done(rc, FX_T_PTR, 0, guess, dev);
     uint64_t actual = fx_mul_sat(*pPitch, Height);
-    if (actual > guess && fx_reserve(dev, actual - guess) != CUDA_SUCCESS) {
+    if (actual > guess && fx_reserve(dev, actual - guess) != FLEXAI_OK) {
         if (fx_cu.cuMemFree_v2) fx_cu.cuMemFree_v2(*dptr);
         fx_release(dev, guess);
         return CUDA_ERROR_OUT_OF_MEMORY;

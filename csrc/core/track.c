@@ -5,8 +5,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "track.h"
+
 #include "log.h"
-#include "runtime.h"
+#include "shm.h"
 
 struct fx_entry {
     uint64_t key;
@@ -43,9 +45,35 @@ static int fx_grow(void)
     return 0;
 }
 
+static void fx_track_prefork(void)
+{
+    pthread_mutex_lock(&fx_tab_mu);
+}
+
+static void fx_track_postfork_parent(void)
+{
+    pthread_mutex_unlock(&fx_tab_mu);
+}
+
+/* The parent's allocations are charged to the parent; the child starts with none. */
+static void fx_track_postfork_child(void)
+{
+    if (fx_tab) memset(fx_tab, 0, fx_cap * sizeof *fx_tab);
+    fx_len = 0;
+    pthread_mutex_init(&fx_tab_mu, NULL);
+}
+
+static pthread_once_t fx_track_once = PTHREAD_ONCE_INIT;
+
+static void fx_track_init(void)
+{
+    pthread_atfork(fx_track_prefork, fx_track_postfork_parent, fx_track_postfork_child);
+}
+
 void fx_track_add(int kind, uint64_t key, uint64_t size, uint32_t dev)
 {
     if (dev == FX_NONE) return;
+    pthread_once(&fx_track_once, fx_track_init); /* before the first entry exists */
     pthread_mutex_lock(&fx_tab_mu);
     if ((fx_len + 1) * 2 > fx_cap && fx_grow() != 0) {
         pthread_mutex_unlock(&fx_tab_mu);
@@ -90,22 +118,4 @@ int fx_track_take(int kind, uint64_t key, uint64_t *size, uint32_t *dev)
 out:
     pthread_mutex_unlock(&fx_tab_mu);
     return rc;
-}
-
-void fx_track_prefork(void)
-{
-    pthread_mutex_lock(&fx_tab_mu);
-}
-
-void fx_track_postfork_parent(void)
-{
-    pthread_mutex_unlock(&fx_tab_mu);
-}
-
-/* The parent's allocations are charged to the parent; the child starts with none. */
-void fx_track_reset_after_fork(void)
-{
-    if (fx_tab) memset(fx_tab, 0, fx_cap * sizeof *fx_tab);
-    fx_len = 0;
-    pthread_mutex_init(&fx_tab_mu, NULL);
 }

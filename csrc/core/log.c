@@ -1,4 +1,4 @@
-/* log.c - stderr logging and error values. */
+/* log.c - stderr logging and error values (see log.h). */
 #include "log.h"
 
 #include <errno.h>
@@ -29,13 +29,25 @@ void fx_log(int level, const char *fmt, ...)
     errno = saved_errno;
 }
 
-int fx_fail(char *err, const char *fmt, ...)
+int fx_fail(flexai_error *err, int32_t code, const char *fmt, ...)
 {
     if (err) {
         va_list ap;
         va_start(ap, fmt);
-        vsnprintf(err, FLEXAI_ERR_MAX, fmt, ap);
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
         va_end(ap);
+        for (char *c = err->message; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+        err->code = code;
     }
     return -1;
+}
+
+const char *flexai_error_name(int32_t code)
+{
+    static const char *const names[] = {"ok",           "bad value", "unusable state",
+                                        "node full",    "not found", "system error",
+                                        "over quota",   "driver error"};
+    if (code < 0 || (size_t)code >= sizeof names / sizeof names[0]) return "unknown error";
+    return names[code];
 }

@@ -81,7 +81,7 @@ struct fx_shm {
 };
 
 /* Map (creating or initializing when needed) "<dir>/state". */
-int fx_shm_open(struct fx_shm *s, const char *dir, char *err);
+int fx_shm_open(struct fx_shm *s, const char *dir, flexai_error *err);
 void fx_shm_close(struct fx_shm *s);
 
 /* Take / release the region lock. fx_shm_lock repairs the region if the last holder died. */
@@ -115,9 +115,5 @@ int fx_sweep(struct fx_region *r);
 
 /* Start time of pid from /proc, 0 when the process does not exist. */
 uint64_t fx_pid_start_time(int32_t pid);
-
-/* Parse "GPU-xxxxxxxx-xxxx-..." (or bare hex) into 16 bytes; format them back. */
-int fx_uuid_parse(const char *text, uint8_t out[16]);
-void fx_uuid_format(const uint8_t uuid[16], char out[FLEXAI_UUID_STR]);
 
 #endif

@@ -26,16 +26,16 @@ static int fx_flock(int fd, int op)
     return rc;
 }
 
-static int fx_init_region(struct fx_region *r, char *err)
+static int fx_init_region(struct fx_region *r, flexai_error *err)
 {
     pthread_mutexattr_t a;
     pthread_mutex_t *m = (pthread_mutex_t *)(void *)r->lock;
-    if (pthread_mutexattr_init(&a) != 0) return fx_fail(err, "state: cannot create lock");
+    if (pthread_mutexattr_init(&a) != 0) return fx_fail(err, FLEXAI_E_SYSTEM, "state: cannot create lock");
     int rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
     if (rc == 0) rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     if (rc == 0) rc = pthread_mutex_init(m, &a);
     pthread_mutexattr_destroy(&a);
-    if (rc != 0) return fx_fail(err, "state: cannot create robust lock: %s", strerror(rc));
+    if (rc != 0) return fx_fail(err, FLEXAI_E_SYSTEM, "state: cannot create robust lock: %s", strerror(rc));
     r->version = FX_LAYOUT_VERSION;
     r->size = sizeof *r;
     /* magic last: a creator that dies before this line leaves an invalid region, which the
@@ -45,13 +45,13 @@ static int fx_init_region(struct fx_region *r, char *err)
 }
 
 /* Whether the mapped file holds a region of this layout; fills err otherwise. */
-static int fx_region_valid(const struct fx_region *r, const char *path, char *err)
+static int fx_region_valid(const struct fx_region *r, const char *path, flexai_error *err)
 {
     uint64_t magic = __atomic_load_n(&r->magic, __ATOMIC_ACQUIRE);
     if (magic != FX_MAGIC)
-        return fx_fail(err, "state file %s is not a flexai state file (bad magic)", path);
+        return fx_fail(err, FLEXAI_E_STATE, "state file %s is not a flexai state file (bad magic)", path);
     if (r->version != FX_LAYOUT_VERSION || r->size != sizeof *r)
-        return fx_fail(err, "state file %s has layout version %u; this libflexai expects %u: "
+        return fx_fail(err, FLEXAI_E_STATE, "state file %s has layout version %u; this libflexai expects %u: "
                        "stop the processes using it or set another FLEXAI_STATE_DIR", path,
                        r->version, FX_LAYOUT_VERSION);
     return 0;
@@ -61,7 +61,7 @@ static int fx_region_valid(const struct fx_region *r, const char *path, char *er
  * so a newcomer that can take it exclusively knows nobody uses the file: it may then replace a
  * file it cannot use (another layout version, a crashed creator, junk). Newcomers serialize on
  * a separate lock file, which is only held for the few system calls of attaching. */
-int fx_shm_open(struct fx_shm *s, const char *dir, char *err)
+int fx_shm_open(struct fx_shm *s, const char *dir, flexai_error *err)
 {
     char path[FLEXAI_PATH_MAX + 16], lock_path[FLEXAI_PATH_MAX + 16];
     struct stat st;
@@ -73,37 +73,37 @@ int fx_shm_open(struct fx_shm *s, const char *dir, char *err)
     if (mkdir(dir, 01777) == 0) {
         chmod(dir, 01777); /* every user's processes share one node state; umask must not win */
     } else if (errno != EEXIST) {
-        return fx_fail(err, "FLEXAI_STATE_DIR %s: cannot create: %s", dir, strerror(errno));
+        return fx_fail(err, FLEXAI_E_STATE, "FLEXAI_STATE_DIR %s: cannot create: %s", dir, strerror(errno));
     }
     snprintf(path, sizeof path, "%s/state", dir);
     snprintf(lock_path, sizeof lock_path, "%s/state.lock", dir);
     lockfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (lockfd < 0) return fx_fail(err, "state lock %s: %s", lock_path, strerror(errno));
+    if (lockfd < 0) return fx_fail(err, FLEXAI_E_STATE, "state lock %s: %s", lock_path, strerror(errno));
     (void)fchmod(lockfd, 0666); /* best effort: only the creator may change the mode */
     if (fx_flock(lockfd, LOCK_EX) != 0) {
-        fx_fail(err, "state lock %s: flock: %s", lock_path, strerror(errno));
+        fx_fail(err, FLEXAI_E_STATE, "state lock %s: flock: %s", lock_path, strerror(errno));
         goto fail;
     }
     fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
     if (fd < 0) {
-        fx_fail(err, "state file %s: %s", path, strerror(errno));
+        fx_fail(err, FLEXAI_E_STATE, "state file %s: %s", path, strerror(errno));
         goto fail;
     }
     (void)fchmod(fd, 0666);
     int alone = flock(fd, LOCK_EX | LOCK_NB) == 0;
     if (!alone && fx_flock(fd, LOCK_SH) != 0) {
-        fx_fail(err, "state file %s: flock: %s", path, strerror(errno));
+        fx_fail(err, FLEXAI_E_STATE, "state file %s: flock: %s", path, strerror(errno));
         goto fail;
     }
     if (fstat(fd, &st) != 0) {
-        fx_fail(err, "state file %s: %s", path, strerror(errno));
+        fx_fail(err, FLEXAI_E_STATE, "state file %s: %s", path, strerror(errno));
         goto fail;
     }
     int fresh = st.st_size == 0;
     if ((size_t)st.st_size == sizeof(struct fx_region)) {
         map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (map == MAP_FAILED) {
-            fx_fail(err, "state file %s: mmap: %s", path, strerror(errno));
+            fx_fail(err, FLEXAI_E_STATE, "state file %s: mmap: %s", path, strerror(errno));
             goto fail;
         }
         if (fx_region_valid(map, path, err) != 0) {
@@ -113,7 +113,7 @@ int fx_shm_open(struct fx_shm *s, const char *dir, char *err)
             fresh = 1;
         }
     } else if (!fresh && !alone) {
-        fx_fail(err, "state file %s has %lld bytes; this libflexai expects %zu (layout version "
+        fx_fail(err, FLEXAI_E_STATE, "state file %s has %lld bytes; this libflexai expects %zu (layout version "
                 "%u): stop the processes using it or set another FLEXAI_STATE_DIR", path,
                 (long long)st.st_size, sizeof(struct fx_region), FX_LAYOUT_VERSION);
         goto fail;
@@ -123,18 +123,18 @@ int fx_shm_open(struct fx_shm *s, const char *dir, char *err)
     if (fresh) {
         if (st.st_size != 0) FX_WARN("state file %s was unusable and unused: replacing it", path);
         if (ftruncate(fd, 0) != 0 || ftruncate(fd, (off_t)sizeof(struct fx_region)) != 0) {
-            fx_fail(err, "state file %s: cannot size it: %s", path, strerror(errno));
+            fx_fail(err, FLEXAI_E_STATE, "state file %s: cannot size it: %s", path, strerror(errno));
             goto fail;
         }
         map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (map == MAP_FAILED) {
-            fx_fail(err, "state file %s: mmap: %s", path, strerror(errno));
+            fx_fail(err, FLEXAI_E_STATE, "state file %s: mmap: %s", path, strerror(errno));
             goto fail;
         }
         if (fx_init_region(map, err) != 0) goto fail;
     }
     if (alone && fx_flock(fd, LOCK_SH) != 0) { /* from exclusive to shared: we stay a user */
-        fx_fail(err, "state file %s: flock: %s", path, strerror(errno));
+        fx_fail(err, FLEXAI_E_STATE, "state file %s: flock: %s", path, strerror(errno));
         goto fail;
     }
     close(lockfd);
@@ -192,36 +192,4 @@ int fx_shm_lock(struct fx_region *r)
 void fx_shm_unlock(struct fx_region *r)
 {
     pthread_mutex_unlock((pthread_mutex_t *)(void *)r->lock);
-}
-
-static int fx_hexval(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-int fx_uuid_parse(const char *text, uint8_t out[16])
-{
-    const char *p = text;
-    if (strncmp(p, "GPU-", 4) == 0) p += 4;
-    int n = 0;
-    for (; *p && n < 32; p++) {
-        if (*p == '-') continue;
-        int v = fx_hexval(*p);
-        if (v < 0) return -1;
-        if (n % 2 == 0) out[n / 2] = (uint8_t)(v << 4);
-        else out[n / 2] = (uint8_t)(out[n / 2] | v);
-        n++;
-    }
-    return (n == 32 && *p == '\0') ? 0 : -1;
-}
-
-void fx_uuid_format(const uint8_t u[16], char out[FLEXAI_UUID_STR])
-{
-    snprintf(out, FLEXAI_UUID_STR,
-             "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
-             u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
-             u[14], u[15]);
 }

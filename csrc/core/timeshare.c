@@ -11,7 +11,7 @@ static uint32_t fx_rate(const struct fx_slice *sl, uint32_t dev)
 }
 
 
-/* Slices that take part in scheduling on their own account. */
+/* Scheduled: takes part in scheduling on its own account (see timeshare.h). */
 static int fx_scheduled(const struct fx_slice *sl, uint32_t dev)
 {
     return (sl->compute[dev] && sl->compute[dev] < 100) || sl->burst[dev] ||
@@ -168,32 +168,36 @@ static uint64_t fx_refill_wait(const struct fx_slice *sl, uint32_t dev, uint32_t
     return ((uint64_t)(-sl->tokens_ns[dev]) + FX_TS_MIN_RUN_NS) * 100 / rate;
 }
 
-enum fx_ts_verdict fx_ts_admit_spatial(struct fx_region *r, uint32_t slice, uint32_t dev,
-                                       uint64_t now, uint64_t used, int running, uint64_t *arg)
+static struct fx_ts_decision fx_go(uint64_t lease_start)
+{
+    return (struct fx_ts_decision){FX_TS_GO, lease_start, 0};
+}
+
+static struct fx_ts_decision fx_wait_for(uint64_t ns)
+{
+    return (struct fx_ts_decision){FX_TS_WAIT, 0, ns};
+}
+
+static const struct fx_ts_decision fx_release = {FX_TS_RELEASE, 0, 0};
+
+struct fx_ts_decision fx_ts_admit_spatial(struct fx_region *r, uint32_t slice, uint32_t dev,
+                                          uint64_t now, uint64_t used, int running)
 {
     struct fx_slice *sl = &r->slices[slice];
     fx_arrive(r, slice, dev, now);
     uint32_t rate = fx_rate(sl, dev);
     int capped = rate < 100, outranked = sl->priority < fx_top_priority(r, dev, now);
     if (running) {
-        if (outranked || (capped && sl->tokens_ns[dev] - (int64_t)used <= 0)) return FX_TS_RELEASE;
-        *arg = 0;
-        return FX_TS_GO;
+        if (outranked || (capped && sl->tokens_ns[dev] - (int64_t)used <= 0)) return fx_release;
+        return fx_go(0);
     }
-    if (outranked) {
-        *arg = 50000;
-        return FX_TS_WAIT;
-    }
-    if (capped && sl->tokens_ns[dev] <= 0) {
-        *arg = fx_refill_wait(sl, dev, rate);
-        return FX_TS_WAIT;
-    }
-    *arg = now;
-    return FX_TS_GO;
+    if (outranked) return fx_wait_for(FX_TS_OUTRANKED_RETRY_NS);
+    if (capped && sl->tokens_ns[dev] <= 0) return fx_wait_for(fx_refill_wait(sl, dev, rate));
+    return fx_go(now);
 }
 
-enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
-                               uint64_t now, uint64_t used, uint64_t *arg)
+struct fx_ts_decision fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
+                                  uint64_t now, uint64_t used)
 {
     struct fx_slice *sl = &r->slices[slice];
     struct fx_dev *d = &r->devs[dev];
@@ -206,42 +210,31 @@ enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid,
 
     if (holding) {
         int64_t left = sl->tokens_ns[dev] - (int64_t)used;
-        if (prio < top || (capped && left <= 0)) return FX_TS_RELEASE;
+        if (prio < top || (capped && left <= 0)) return fx_release;
         if (now >= d->lease_until_ns) {
             uint32_t other = fx_best(r, dev, now, prio, slice);
-            if (other != FX_NONE) return FX_TS_RELEASE;
+            if (other != FX_NONE) return fx_release;
             d->lease_until_ns = now + FX_TS_QUANTUM_NS; /* nobody waits: keep going */
         }
         d->lease_touch_ns = now;
-        *arg = d->lease_start_ns;
-        return FX_TS_GO;
+        return fx_go(d->lease_start_ns);
     }
-    if (prio < top) {
-        *arg = 50000;
-        return FX_TS_WAIT;
-    }
-    if (capped && sl->tokens_ns[dev] <= 0) {
-        *arg = fx_refill_wait(sl, dev, rate);
-        return FX_TS_WAIT;
-    }
+    if (prio < top) return fx_wait_for(FX_TS_OUTRANKED_RETRY_NS);
+    if (capped && sl->tokens_ns[dev] <= 0) return fx_wait_for(fx_refill_wait(sl, dev, rate));
     if (fx_holder_valid(r, d, now)) {
         if (r->slices[d->lease_slice].priority >= prio || d->lease_slice == slice) {
             uint64_t left = d->lease_until_ns > now ? d->lease_until_ns - now : 0;
-            *arg = left < 20000 ? 20000 : (left > 100000 ? 100000 : left);
-            return FX_TS_WAIT;
+            if (left < FX_TS_RETRY_MIN_NS) left = FX_TS_RETRY_MIN_NS;
+            return fx_wait_for(left > FX_TS_RETRY_MAX_NS ? FX_TS_RETRY_MAX_NS : left);
         }
         /* preempt a lower priority: it notices at its next admission and drains */
         FX_DEBUG("slice %u preempts slice %u on device %u", slice, d->lease_slice, dev);
     } else {
         uint32_t best = fx_best(r, dev, now, prio, FX_NONE);
-        if (best != FX_NONE && best != slice) {
-            *arg = 20000;
-            return FX_TS_WAIT;
-        }
+        if (best != FX_NONE && best != slice) return fx_wait_for(FX_TS_RETRY_MIN_NS);
     }
     fx_take(d, slice, pid, now);
-    *arg = now;
-    return FX_TS_GO;
+    return fx_go(now);
 }
 
 void fx_ts_charge(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t used, uint64_t now)

@@ -6,24 +6,25 @@
 #include "log.h"
 #include "shm.h"
 #include "timeshare.h"
+#include "util.h"
 
 struct flexai_node {
     struct fx_shm shm;
 };
 
-int flexai_node_open(const char *state_dir, flexai_node **out, char *err)
+int flexai_node_open(const char *state_dir, flexai_node **out, flexai_error *err)
 {
-    if (!out) return fx_fail(err, "flexai_node_open: missing output");
+    if (!out) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_open: missing output");
     *out = NULL;
     if (!state_dir || !*state_dir) state_dir = getenv("FLEXAI_STATE_DIR");
     if (!state_dir || !*state_dir) state_dir = "/dev/shm/flexai";
     if (state_dir[0] != '/')
-        return fx_fail(err, "FLEXAI_STATE_DIR: '%s' is not an absolute path (expected e.g. "
+        return fx_fail(err, FLEXAI_E_BAD_VALUE, "FLEXAI_STATE_DIR: '%s' is not an absolute path (expected e.g. "
                        "FLEXAI_STATE_DIR=/dev/shm/flexai)", state_dir);
     if (strlen(state_dir) >= FLEXAI_PATH_MAX)
-        return fx_fail(err, "FLEXAI_STATE_DIR: path longer than %d bytes", FLEXAI_PATH_MAX - 1);
+        return fx_fail(err, FLEXAI_E_BAD_VALUE, "FLEXAI_STATE_DIR: path longer than %d bytes", FLEXAI_PATH_MAX - 1);
     flexai_node *n = calloc(1, sizeof *n);
-    if (!n) return fx_fail(err, "flexai_node_open: out of memory");
+    if (!n) return fx_fail(err, FLEXAI_E_SYSTEM, "flexai_node_open: out of memory");
     if (fx_shm_open(&n->shm, state_dir, err) != 0) {
         free(n);
         return -1;
@@ -39,19 +40,19 @@ void flexai_node_close(flexai_node *node)
     free(node);
 }
 
-int flexai_node_sweep(flexai_node *node, char *err)
+int flexai_node_sweep(flexai_node *node, flexai_error *err)
 {
-    if (!node) return fx_fail(err, "flexai_node_sweep: no node");
+    if (!node) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_sweep: no node");
     int n = fx_sweep(node->shm.r);
-    return n < 0 ? fx_fail(err, "sweep: cannot lock the node's state") : n;
+    return n < 0 ? fx_fail(err, FLEXAI_E_STATE, "sweep: cannot lock the node's state") : n;
 }
 
-int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap, char *err)
+int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap, flexai_error *err)
 {
-    if (!node) return fx_fail(err, "flexai_node_devices: no node");
+    if (!node) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_devices: no node");
     struct fx_region *r = node->shm.r;
     int n = 0;
-    if (fx_shm_lock(r) != 0) return fx_fail(err, "cannot lock the node's state");
+    if (fx_shm_lock(r) != 0) return fx_fail(err, FLEXAI_E_STATE, "cannot lock the node's state");
     for (uint32_t d = 0; d < FLEXAI_MAX_DEVICES; d++) {
         if (!r->devs[d].in_use) continue;
         if (out && (size_t)n < cap) {
@@ -73,12 +74,12 @@ static uint32_t fx_count_procs(const struct fx_region *r, uint32_t slice)
     return n;
 }
 
-int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, char *err)
+int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, flexai_error *err)
 {
-    if (!node) return fx_fail(err, "flexai_node_slices: no node");
+    if (!node) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_slices: no node");
     struct fx_region *r = node->shm.r;
     int n = 0;
-    if (fx_shm_lock(r) != 0) return fx_fail(err, "cannot lock the node's state");
+    if (fx_shm_lock(r) != 0) return fx_fail(err, FLEXAI_E_STATE, "cannot lock the node's state");
     for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
         const struct fx_slice *sl = &r->slices[s];
         if (!sl->in_use) continue;
@@ -114,12 +115,12 @@ static void fx_put_row(flexai_usage_row *out, size_t cap, int *n, const struct f
     (*n)++;
 }
 
-int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, char *err)
+int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, flexai_error *err)
 {
-    if (!node) return fx_fail(err, "flexai_node_usage: no node");
+    if (!node) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_usage: no node");
     struct fx_region *r = node->shm.r;
     int n = 0;
-    if (fx_shm_lock(r) != 0) return fx_fail(err, "cannot lock the node's state");
+    if (fx_shm_lock(r) != 0) return fx_fail(err, FLEXAI_E_STATE, "cannot lock the node's state");
     for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
         const struct fx_slice *sl = &r->slices[s];
         if (!sl->in_use) continue;
@@ -140,27 +141,27 @@ int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, char
 
 /* Lock the region and find (or create) the slice and device a setter names. */
 static int fx_setter_begin(flexai_node *node, const char *slice, const char *uuid, uint32_t *s,
-                           uint32_t *d, char *err)
+                           uint32_t *d, flexai_error *err)
 {
     uint8_t u[16];
-    if (!node) return fx_fail(err, "flexai_node_set_*: no node");
+    if (!node) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_set_*: no node");
     if (!slice || fx_slice_name_valid(slice, err) != 0) return -1;
     if (!uuid || fx_uuid_parse(uuid, u) != 0)
-        return fx_fail(err, "device: '%s' is not a GPU UUID (expected e.g. "
+        return fx_fail(err, FLEXAI_E_BAD_VALUE, "device: '%s' is not a GPU UUID (expected e.g. "
                        "GPU-5ca1ab1e-0000-4000-8000-000000000000)", uuid ? uuid : "");
     struct fx_region *r = node->shm.r;
-    if (fx_shm_lock(r) != 0) return fx_fail(err, "cannot lock the node's state");
+    if (fx_shm_lock(r) != 0) return fx_fail(err, FLEXAI_E_STATE, "cannot lock the node's state");
     *d = fx_dev_id(r, u);
     *s = *d == FX_NONE ? FX_NONE : fx_slice_get(r, slice, 0);
     if (*s == FX_NONE) {
         fx_shm_unlock(r);
-        return fx_fail(err, "the node's state is full (devices or slices)");
+        return fx_fail(err, FLEXAI_E_FULL, "the node's state is full (devices or slices)");
     }
     return 0;
 }
 
 int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const char *uuid,
-                                 uint64_t bytes, char *err)
+                                 uint64_t bytes, flexai_error *err)
 {
     uint32_t s = FX_NONE, d = FX_NONE;
     if (fx_setter_begin(node, slice, uuid, &s, &d, err) != 0) return -1;
@@ -171,13 +172,13 @@ int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const cha
 }
 
 int flexai_node_set_compute(flexai_node *node, const char *slice, const char *uuid,
-                            uint32_t percent, uint32_t burst, char *err)
+                            uint32_t percent, uint32_t burst, flexai_error *err)
 {
     uint32_t s = FX_NONE, d = FX_NONE;
     if (percent > 100)
-        return fx_fail(err, "compute: %u is outside 0..100 (expected e.g. 50)", percent);
+        return fx_fail(err, FLEXAI_E_BAD_VALUE, "compute: %u is outside 0..100 (expected e.g. 50)", percent);
     if (burst && (burst < percent || burst > 100))
-        return fx_fail(err, "burst: %u must lie between the share %u and 100 (expected e.g. "
+        return fx_fail(err, FLEXAI_E_BAD_VALUE, "burst: %u must lie between the share %u and 100 (expected e.g. "
                        "100)", burst, percent);
     if (fx_setter_begin(node, slice, uuid, &s, &d, err) != 0) return -1;
     fx_ts_set(node->shm.r, s, d, percent, burst);

@@ -1,4 +1,5 @@
-/* log.h - leveled logging to stderr for code that runs inside someone else's process. */
+/* log.h - leveled logging to stderr for code that runs inside someone else's process, and error
+ * values (flexai_error: a category and a one-line message). */
 #ifndef FX_LOG_H
 #define FX_LOG_H
 
@@ -19,7 +20,10 @@ void fx_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
         if (fx_log_level >= FLEXAI_LOG_DEBUG) fx_log(FLEXAI_LOG_DEBUG, __VA_ARGS__);          \
     } while (0)
 
-/* Fill `err` (FLEXAI_ERR_MAX bytes, may be NULL) and return -1: `return fx_fail(err, ...)`. */
-int fx_fail(char *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Fill `err` (may be NULL) with a category (FLEXAI_E_*) and a message, and return -1:
+ * `return fx_fail(err, FLEXAI_E_BAD_VALUE, "FLEXAI_X: ... (expected e.g. ...)", ...)`.
+ * Bytes of a value that would break the one-line message (newlines, escapes) are shown as '?'. */
+int fx_fail(flexai_error *err, int32_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -16,7 +16,19 @@
  * Spatial mode (MPS): slices run kernels at the same time, so there is no lease; a process
  * measures its own work's device time, caps and priorities apply as above, and the SMs are
  * shared by MPS.
- * All functions expect the region lock held and take `now` in CLOCK_MONOTONIC nanoseconds.
+ * All functions expect the region lock held (unless said otherwise) and take `now` in
+ * CLOCK_MONOTONIC nanoseconds: they never read a clock themselves, so a schedule replays
+ * exactly with a fake clock (tests/core/).
+ *
+ * Words used below and in gate.c, each with one meaning:
+ *  - scheduled: a slice that takes part in scheduling on its own account (a share below 100%,
+ *    a burst, or a priority other than normal).
+ *  - active: a slice that asked for a device within FX_TS_ACTIVE_NS; only active slices count
+ *    in fair shares, and a slice that becomes active again gets no credit for its idle time.
+ *  - waiting: a slice that asked within FX_TS_WAITING_NS; it competes for the next lease.
+ *  - engaged: a device on which a scheduled slice asked within FX_TS_ENGAGED_NS; every process
+ *    on an engaged device goes through admission, scheduled or not.
+ *  - outranked: a slice below the top priority among the waiting ones; it may not submit.
  */
 #ifndef FX_TIMESHARE_H
 #define FX_TIMESHARE_H
@@ -41,21 +53,32 @@
 #define FX_TS_HIGH_HOLD_NS (100000000ULL) /* after a high-priority request, lower ones keep
                                            * little in flight this long (it may come back) */
 
+#define FX_TS_OUTRANKED_RETRY_NS (50000ULL) /* an outranked slice asks again this often */
+#define FX_TS_RETRY_MIN_NS (20000ULL)       /* bounds of a wait for another's lease to end */
+#define FX_TS_RETRY_MAX_NS (100000ULL)
+
 enum fx_ts_verdict {
-    FX_TS_GO = 0,      /* submit now (the caller holds the lease) */
-    FX_TS_WAIT = 1,    /* retry after *wait_ns */
+    FX_TS_GO = 0,      /* submit now (the caller holds the lease, or needs none: spatial) */
+    FX_TS_WAIT = 1,    /* ask again after retry_after_ns */
     FX_TS_RELEASE = 2, /* the caller holds the lease but must drain its work and release it */
 };
 
-/* Ask to submit work of `slice` from process `pid` on node device `dev`. `used` is the GPU time
- * the caller's current lease has used so far (0 without one). On FX_TS_GO *arg is the start of
- * the caller's lease; on FX_TS_WAIT the nanoseconds to wait before asking again. */
-enum fx_ts_verdict fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
-                               uint64_t now, uint64_t used, uint64_t *arg);
+/* An admission's answer. */
+struct fx_ts_decision {
+    enum fx_ts_verdict verdict;
+    uint64_t lease_start_ns; /* GO: when the caller's lease began (a new value: a new lease) */
+    uint64_t retry_after_ns; /* WAIT: how long to wait before asking again */
+};
 
-/* The same in spatial mode; `running` says whether the caller is between GO and release. */
-enum fx_ts_verdict fx_ts_admit_spatial(struct fx_region *r, uint32_t slice, uint32_t dev,
-                                       uint64_t now, uint64_t used, int running, uint64_t *arg);
+/* Ask to submit work of `slice` from process `pid` on node device `dev`. `used` is the GPU time
+ * the caller's current lease has used so far (0 without one). */
+struct fx_ts_decision fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t dev,
+                                  uint64_t now, uint64_t used);
+
+/* The same in spatial mode (no lease); `running` says whether the caller is between GO and
+ * release. */
+struct fx_ts_decision fx_ts_admit_spatial(struct fx_region *r, uint32_t slice, uint32_t dev,
+                                          uint64_t now, uint64_t used, int running);
 
 /* Charge GPU time `used` (measured on the device) to a slice: tokens, fair-share clock, total. */
 void fx_ts_charge(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t used, uint64_t now);

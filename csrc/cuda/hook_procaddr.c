@@ -7,57 +7,8 @@
  * driver choose and swap its answer for our wrapper when the returned pointer is the real
  * function of a hooked name: the ABI of the variant the caller gets is the one it asked for.
  */
-#include <stdio.h>
-#include <string.h>
-
 #include "log.h"
-#include "runtime.h"
-
-#define FX_PER_THREAD_DEFAULT_STREAM 0x2 /* CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM */
-
-/* Versioned names among the hooked functions: the highest `since` <= cudaVersion applies. Names
- * not listed have one variant (plus _ptsz where hooks.def has it). */
-static const struct {
-    const char *base;
-    int since;
-    const char *name;
-} fx_versions[] = {
-    {"cuMemAlloc", 3020, "cuMemAlloc_v2"},
-    {"cuMemAllocPitch", 3020, "cuMemAllocPitch_v2"},
-    {"cuMemFree", 3020, "cuMemFree_v2"},
-    {"cuMemGetInfo", 3020, "cuMemGetInfo_v2"},
-    {"cuDeviceTotalMem", 3020, "cuDeviceTotalMem_v2"},
-    {"cuArrayCreate", 3020, "cuArrayCreate_v2"},
-    {"cuArray3DCreate", 3020, "cuArray3DCreate_v2"},
-    {"cuCtxCreate", 3020, "cuCtxCreate_v2"},
-    {"cuCtxCreate", 11040, "cuCtxCreate_v3"},
-    {"cuCtxCreate", 12050, "cuCtxCreate_v4"},
-    {"cuGetProcAddress", 11030, "cuGetProcAddress"},
-    {"cuGetProcAddress", 12000, "cuGetProcAddress_v2"},
-};
-
-static const struct fx_hook *fx_hook_for_request(const char *symbol, int version,
-                                                 cuuint64_t flags)
-{
-    const char *name = symbol;
-    int best = -1, versioned = 0;
-    char buf[128];
-    for (size_t i = 0; i < sizeof fx_versions / sizeof fx_versions[0]; i++) {
-        if (strcmp(fx_versions[i].base, symbol) != 0) continue;
-        versioned = 1;
-        if (fx_versions[i].since <= version && fx_versions[i].since > best) {
-            best = fx_versions[i].since;
-            name = fx_versions[i].name;
-        }
-    }
-    if (versioned && best < 0) return NULL; /* a legacy ABI flexai does not wrap */
-    if (flags & FX_PER_THREAD_DEFAULT_STREAM) {
-        snprintf(buf, sizeof buf, "%s_ptsz", name);
-        const struct fx_hook *h = fx_hook_find(buf);
-        if (h) return h;
-    }
-    return fx_hook_find(name);
-}
+#include "shim.h"
 
 static void fx_swap(const char *symbol, void **pfn, int version, cuuint64_t flags)
 {

@@ -1,4 +1,4 @@
-/* hook_dlsym.c - interposing dlsym, so that programs which look driver functions up by handle
+/* dlsym.c - interposing dlsym, so that programs which look driver functions up by handle
  * (libtorch, CuPy, ctypes, NVRTC users) get flexai's wrappers.
  *
  * The exported `dlsym` is a few instructions of assembly (dlsym_entry.S): it asks
@@ -12,8 +12,8 @@
 #include <dlfcn.h>
 #include <string.h>
 
+#include "interpose.h"
 #include "log.h"
-#include "runtime.h"
 
 void *(*fx_real_dlsym)(void *, const char *);
 
@@ -27,7 +27,8 @@ FX_UNINSTRUMENTED void fx_dlsym_bootstrap(void)
     /* dlvsym is not interposed, so this finds glibc's dlsym. Racing threads store the same
      * value. */
     void *p = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
-    if (!p) p = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
+    if (!p) p = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5"); /* x86-64, glibc < 2.34 */
+    if (!p) p = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.17");  /* aarch64, glibc < 2.34 */
     __atomic_store_n(&fx_real_dlsym, (void *(*)(void *, const char *))p, __ATOMIC_RELEASE);
 }
 

@@ -1,0 +1,65 @@
+/* backend.h - all that the vendor-free core sees of an accelerator vendor (CUDA today; Ascend ACL
+ * and the remote client later). A backend is a table of operations; the core calls them and
+ * nothing else of the vendor. Required operations are never NULL; optional ones may be, and the
+ * core then goes without (no events: no compute gate, only memory quotas).
+ *
+ * Handles are opaque: a "queue" is the vendor's stream (CUstream, aclrtStream), `flags` carries
+ * what the vendor needs to know about it (CUDA: per-thread default stream). Operations are
+ * called from any thread of the host program, never while the core holds the region lock, and
+ * must not call back into the core.
+ */
+#ifndef FX_BACKEND_H
+#define FX_BACKEND_H
+
+#include <stdint.h>
+
+#include "flexai.h"
+
+typedef void *fx_event_t;
+typedef void *fx_queue_t;
+
+/* What the core asks of a vendor's event operations. */
+enum fx_event_state { FX_EV_DONE = 0, FX_EV_PENDING = 1, FX_EV_ERROR = -1 };
+
+struct fx_backend {
+    /// @brief Short name for logs ("cuda").
+    const char *name;
+
+    /// @brief UUIDs of the devices this process sees, in the vendor's ordinal order, from the
+    ///        compute driver (it is not initialized by this call).
+    /// @param uuid  filled for ordinals 0..return-1.
+    /// @param max   capacity of uuid.
+    /// @return the count, or -1 when the driver is not initialized yet. Required.
+    int (*devices)(uint8_t (*uuid)[16], int max);
+
+    /// @brief The same answer without the compute driver (a management library such as NVML,
+    ///        and the vendor's visible-devices variable), for processes that only query memory.
+    ///        Optional.
+    int (*devices_quiet)(uint8_t (*uuid)[16], int max);
+
+    /// @brief Ordinal of the calling thread's current device, -1 without one. Required; called
+    ///        on allocation and launch paths, so it must be cheap.
+    int (*current_device)(void);
+
+    /// @brief Create an event that can time work. 0 on success. Optional (with all event ops).
+    int (*event_create)(fx_event_t *ev);
+    /// @brief Destroy an event made by event_create.
+    void (*event_destroy)(fx_event_t ev);
+    /// @brief Record `ev` on queue `q` behind the work submitted there. 0 on success.
+    int (*event_record)(fx_event_t ev, fx_queue_t q, unsigned flags);
+    /// @brief Whether the work before `ev` is done, without blocking.
+    enum fx_event_state (*event_query)(fx_event_t ev);
+    /// @brief Device time between two completed events, in ns. 0 on success.
+    int (*event_elapsed_ns)(fx_event_t start, fx_event_t end, uint64_t *ns);
+    /// @brief 1 when work on `q` is being captured into a graph (not run now), else 0.
+    int (*queue_capturing)(fx_queue_t q, unsigned flags);
+
+    /// @brief The vendor's error code for a core status (FLEXAI_E_*): what a hook returns when
+    ///        the core refuses (over quota, unusable state, bad configuration). Required.
+    int (*error_code)(int32_t status);
+};
+
+/* The backend of this process, set once during initialization (process.c). */
+extern const struct fx_backend *fx_backend;
+
+#endif

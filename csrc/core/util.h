@@ -1,0 +1,37 @@
+/* util.h - small vendor-free helpers shared by the shim and the simulated driver: sizes, UUIDs,
+ * the visible-device list, the clock. One implementation of each, so that "16G" or
+ * "CUDA_VISIBLE_DEVICES=0,0" mean the same thing to every part of the project.
+ * Nothing here allocates, locks or logs.
+ */
+#ifndef FX_UTIL_H
+#define FX_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "flexai.h"
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t fx_now_ns(void);
+
+/* a * b, saturating at UINT64_MAX. */
+uint64_t fx_mul_sat(uint64_t a, uint64_t b);
+
+/* Parse "<digits>[.<digits>]<unit>" (the first `len` bytes of s) into bytes. Units: none or B,
+ * binary KiB/MiB/GiB/TiB (also Ki, Mi, ...), decimal K/KB/M/MB/G/GB/T/TB (the Kubernetes
+ * convention: "16G" is 16 * 10^9 bytes); case does not matter. On error fills err with
+ * FLEXAI_E_BAD_VALUE naming `var` and showing `example`. */
+int fx_parse_size_n(const char *s, size_t len, uint64_t *bytes, int allow_zero, const char *var,
+                    const char *example, flexai_error *err);
+
+/* "GPU-xxxxxxxx-xxxx-..." (or 32 bare hex digits) to 16 bytes; 0 or -1. */
+int fx_uuid_parse(const char *text, uint8_t out[16]);
+void fx_uuid_format(const uint8_t uuid[16], char out[FLEXAI_UUID_STR]);
+
+/* Which of `n` devices (named uuid_text[i], "GPU-...") a list such as CUDA_VISIBLE_DEVICES makes
+ * visible, in order: order[k] = index of the k-th visible device. Entries are indices, whole
+ * UUIDs or unique UUID prefixes; as in NVIDIA's driver, the list ends at the first entry that is
+ * invalid, unknown, ambiguous or repeated. `list` NULL: all devices. Returns the count. */
+int fx_visible_parse(const char *list, const char *const *uuid_text, int n, int *order, int max);
+
+#endif

@@ -1,0 +1,200 @@
+/* backend_cuda.c - the CUDA backend: lazy initialization of the shim (configuration, the real
+ * driver, the node's state) and the table of operations the vendor-free core uses (devices by
+ * UUID, events, capture checks, error codes). See core/backend.h for each operation's contract.
+ */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "shim.h"
+#include "util.h"
+
+struct fx_real_cuda fx_cu;
+struct fx_real_nvml fx_nv;
+
+/* ---- devices ------------------------------------------------------------------------------ */
+
+static int fx_cuda_devices(uint8_t (*uuid)[16], int max)
+{
+    int count = 0;
+    if (!fx_cu.cuDeviceGetCount || !fx_cu.cuDeviceGet || !fx_cu.cuDeviceGetUuid) return -1;
+    if (fx_cu.cuDeviceGetCount(&count) != CUDA_SUCCESS) return -1; /* not initialized yet */
+    if (count > max) {
+        FX_WARN("%d devices visible; flexai accounts the first %d", count, max);
+        count = max;
+    }
+    for (int i = 0; i < count; i++) {
+        CUdevice dev;
+        CUuuid u;
+        if (fx_cu.cuDeviceGet(&dev, i) != CUDA_SUCCESS || fx_cu.cuDeviceGetUuid(&u, dev) != 0)
+            return -1;
+        memcpy(uuid[i], u.bytes, 16);
+    }
+    return count;
+}
+
+/* For a process that only uses NVML (and must not initialize CUDA, e.g. before forking
+ * workers): NVML's enumeration filtered by CUDA_VISIBLE_DEVICES with the same parser as the
+ * simulated driver's. It matches CUDA's order whenever the GPUs are of one model or
+ * CUDA_DEVICE_ORDER=PCI_BUS_ID (documented limitation otherwise). */
+static int fx_cuda_devices_quiet(uint8_t (*uuid)[16], int max)
+{
+    unsigned n = 0;
+    char text[FLEXAI_MAX_DEVICES][96];
+    const char *names[FLEXAI_MAX_DEVICES];
+    int order[FLEXAI_MAX_DEVICES];
+    fx_nvml_load();
+    if (!fx_nv.nvmlDeviceGetCount_v2 || !fx_nv.nvmlDeviceGetHandleByIndex_v2 ||
+        !fx_nv.nvmlDeviceGetUUID)
+        return -1;
+    if (fx_nv.nvmlDeviceGetCount_v2(&n) != NVML_SUCCESS) return -1; /* NVML not initialized */
+    if (n > FLEXAI_MAX_DEVICES) n = FLEXAI_MAX_DEVICES;
+    for (unsigned i = 0; i < n; i++) {
+        nvmlDevice_t h;
+        if (fx_nv.nvmlDeviceGetHandleByIndex_v2(i, &h) != NVML_SUCCESS ||
+            fx_nv.nvmlDeviceGetUUID(h, text[i], sizeof text[i]) != NVML_SUCCESS)
+            return -1;
+        names[i] = text[i];
+    }
+    int count = fx_visible_parse(getenv("CUDA_VISIBLE_DEVICES"), names, (int)n, order,
+                                 max < FLEXAI_MAX_DEVICES ? max : FLEXAI_MAX_DEVICES);
+    for (int i = 0; i < count; i++)
+        if (fx_uuid_parse(text[order[i]], uuid[i]) != 0) return -1;
+    return count;
+}
+
+static int fx_cuda_current_device(void)
+{
+    CUdevice d;
+    if (!fx_cu.cuCtxGetDevice || fx_cu.cuCtxGetDevice(&d) != CUDA_SUCCESS) return -1;
+    return d;
+}
+
+/* ---- events and capture ------------------------------------------------------------------- */
+
+#define FX_PTSZ 1u /* queue flag: the per-thread default stream's variant of the entry point */
+
+static int fx_cuda_event_create(fx_event_t *ev)
+{
+    CUevent e = NULL;
+    if (fx_cu.cuEventCreate(&e, 0) != CUDA_SUCCESS) return -1;
+    *ev = e;
+    return 0;
+}
+
+static void fx_cuda_event_destroy(fx_event_t ev)
+{
+    if (fx_cu.cuEventDestroy_v2) fx_cu.cuEventDestroy_v2(ev);
+}
+
+static int fx_cuda_event_record(fx_event_t ev, fx_queue_t q, unsigned flags)
+{
+    CUresult rc = (flags & FX_PTSZ) && fx_cu.cuEventRecord_ptsz ? fx_cu.cuEventRecord_ptsz(ev, q)
+                                                                : fx_cu.cuEventRecord(ev, q);
+    return rc == CUDA_SUCCESS ? 0 : -1;
+}
+
+static enum fx_event_state fx_cuda_event_query(fx_event_t ev)
+{
+    CUresult rc = fx_cu.cuEventQuery(ev);
+    if (rc == CUDA_SUCCESS) return FX_EV_DONE;
+    return rc == (CUresult)FX_CUDA_ERROR_NOT_READY ? FX_EV_PENDING : FX_EV_ERROR;
+}
+
+static int fx_cuda_event_elapsed_ns(fx_event_t start, fx_event_t end, uint64_t *ns)
+{
+    __typeof__(fx_cu.cuEventElapsedTime) elapsed =
+        fx_cu.cuEventElapsedTime_v2 ? fx_cu.cuEventElapsedTime_v2 : fx_cu.cuEventElapsedTime;
+    float ms = 0;
+    if (!elapsed || elapsed(&ms, start, end) != CUDA_SUCCESS || ms < 0) return -1;
+    *ns = (uint64_t)((double)ms * 1e6);
+    return 0;
+}
+
+static int fx_cuda_queue_capturing(fx_queue_t q, unsigned flags)
+{
+    CUstreamCaptureStatus st = 0;
+    __typeof__(fx_cu.cuStreamIsCapturing) is_capturing =
+        (flags & FX_PTSZ) ? fx_cu.cuStreamIsCapturing_ptsz : fx_cu.cuStreamIsCapturing;
+    return is_capturing && is_capturing(q, &st) == CUDA_SUCCESS && st != 0;
+}
+
+/* ---- errors ------------------------------------------------------------------------------- */
+
+CUresult fx_cuda_error(int32_t status)
+{
+    switch (status) {
+    case FLEXAI_OK: return CUDA_SUCCESS;
+    case FLEXAI_E_QUOTA: return CUDA_ERROR_OUT_OF_MEMORY;
+    case FLEXAI_E_BAD_VALUE: return CUDA_ERROR_INVALID_VALUE;
+    case FLEXAI_E_DRIVER: return CUDA_ERROR_NO_DEVICE;
+    default: return CUDA_ERROR_OPERATING_SYSTEM; /* unusable state, node full, system */
+    }
+}
+
+static int fx_cuda_error_code(int32_t status)
+{
+    return (int)fx_cuda_error(status);
+}
+
+static const struct fx_backend fx_cuda_backend = {
+    .name = "cuda",
+    .devices = fx_cuda_devices,
+    .devices_quiet = fx_cuda_devices_quiet,
+    .current_device = fx_cuda_current_device,
+    .event_create = fx_cuda_event_create,
+    .event_destroy = fx_cuda_event_destroy,
+    .event_record = fx_cuda_event_record,
+    .event_query = fx_cuda_event_query,
+    .event_elapsed_ns = fx_cuda_event_elapsed_ns,
+    .queue_capturing = fx_cuda_queue_capturing,
+    .error_code = fx_cuda_error_code,
+};
+
+/* ---- initialization ----------------------------------------------------------------------- */
+
+/* FLEXAI_SHARING=auto: spatial sharing where an MPS control daemon answers for this process
+ * (its pipe directory has the control socket), time-slicing otherwise. */
+static int fx_mps_present(void)
+{
+    char path[FLEXAI_PATH_MAX + 16];
+    const char *dir = getenv("CUDA_MPS_PIPE_DIRECTORY");
+    snprintf(path, sizeof path, "%s/control", dir && *dir ? dir : "/tmp/nvidia-mps");
+    return access(path, F_OK) == 0;
+}
+
+static void fx_cuda_init_once(void)
+{
+    fx_dlsym_bootstrap();
+    fx_process_configure();
+    /* RTLD_LOCAL: the real driver's symbols must not enter the global scope ahead of ours. */
+    void *cuda = dlopen(fx_self.cfg.libcuda, RTLD_NOW | RTLD_LOCAL);
+    if (!cuda) FX_WARN("cannot load the CUDA driver %s: %s", fx_self.cfg.libcuda, dlerror());
+    fx_hooks_resolve_cuda(cuda);
+    fx_process_start(&fx_cuda_backend, fx_mps_present());
+}
+
+static struct fx_once fx_cuda_once = FX_ONCE_INIT(fx_cuda_init_once);
+
+int fx_cuda_init(void)
+{
+    if (fx_once_run(&fx_cuda_once) != 0) return -1; /* the driver called back while loading */
+    return fx_self.broken ? -1 : 0;
+}
+
+static void fx_nvml_load_once(void)
+{
+    void *nvml = dlopen(fx_self.cfg.libnvml, RTLD_NOW | RTLD_LOCAL);
+    if (!nvml) FX_DEBUG("cannot load NVML %s: %s", fx_self.cfg.libnvml, dlerror());
+    if (nvml) fx_hooks_resolve_nvml(nvml);
+}
+
+static pthread_once_t fx_nvml_once = PTHREAD_ONCE_INIT;
+
+void fx_nvml_load(void)
+{
+    pthread_once(&fx_nvml_once, fx_nvml_load_once);
+}
