@@ -82,6 +82,17 @@ def test_nvml_only_process_sees_quota_without_initializing_cuda(run_client):
     assert nv["rc"] == 0 and nv["total"] == 3 * GiB and nv["free"] == 3 * GiB
 
 
+def test_repeated_visible_device_ends_the_list_for_nvml_and_cuda_alike(run_client):
+    # CUDA_VISIBLE_DEVICES=0,0: the driver sees one device (a repeated entry ends the list). The
+    # NVML-only path once parsed it differently, mapped both indices to device 0 and wrote the
+    # 2 GiB quota of index 1 over the 1 GiB of index 0.
+    env = {"FLEXAI_SIM_DEVICES": "2", "CUDA_VISIBLE_DEVICES": "0,0",
+           "FLEXAI_GPU_MEMORY": "0:1GiB,1:2GiB", "FLEXAI_SLICE": "dup"}
+    nv = run_client("nvml", "0", env=env).op("nvml")
+    assert nv["rc"] == 0 and nv["total"] == GiB
+    assert run_client("init", "ctx", "0", "info", env=env).op("info")["total"] == GiB
+
+
 def test_without_quota_calls_pass_through(run_client):
     r = run_client("init", "ctx", "0", "info", "alloc", "1GiB", "info")
     assert r.op("info", 0)["total"] == 16 * GiB

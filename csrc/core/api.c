@@ -19,10 +19,12 @@ int flexai_node_open(const char *state_dir, flexai_node **out, flexai_error *err
     if (!state_dir || !*state_dir) state_dir = getenv("FLEXAI_STATE_DIR");
     if (!state_dir || !*state_dir) state_dir = "/dev/shm/flexai";
     if (state_dir[0] != '/')
-        return fx_fail(err, FLEXAI_E_BAD_VALUE, "FLEXAI_STATE_DIR: '%s' is not an absolute path (expected e.g. "
+        return fx_fail(err, FLEXAI_E_BAD_VALUE,
+                       "FLEXAI_STATE_DIR: '%s' is not an absolute path (expected e.g. "
                        "FLEXAI_STATE_DIR=/dev/shm/flexai)", state_dir);
     if (strlen(state_dir) >= FLEXAI_PATH_MAX)
-        return fx_fail(err, FLEXAI_E_BAD_VALUE, "FLEXAI_STATE_DIR: path longer than %d bytes", FLEXAI_PATH_MAX - 1);
+        return fx_fail(err, FLEXAI_E_BAD_VALUE,
+                       "FLEXAI_STATE_DIR: path longer than %d bytes", FLEXAI_PATH_MAX - 1);
     flexai_node *n = calloc(1, sizeof *n);
     if (!n) return fx_fail(err, FLEXAI_E_SYSTEM, "flexai_node_open: out of memory");
     if (fx_shm_open(&n->shm, state_dir, err) != 0) {
@@ -176,9 +178,11 @@ int flexai_node_set_compute(flexai_node *node, const char *slice, const char *uu
 {
     uint32_t s = FX_NONE, d = FX_NONE;
     if (percent > 100)
-        return fx_fail(err, FLEXAI_E_BAD_VALUE, "compute: %u is outside 0..100 (expected e.g. 50)", percent);
+        return fx_fail(err, FLEXAI_E_BAD_VALUE,
+                       "compute: %u is outside 0..100 (expected e.g. 50)", percent);
     if (burst && (burst < percent || burst > 100))
-        return fx_fail(err, FLEXAI_E_BAD_VALUE, "burst: %u must lie between the share %u and 100 (expected e.g. "
+        return fx_fail(err, FLEXAI_E_BAD_VALUE,
+                       "burst: %u must lie between the share %u and 100 (expected e.g. "
                        "100)", burst, percent);
     if (fx_setter_begin(node, slice, uuid, &s, &d, err) != 0) return -1;
     fx_ts_set(node->shm.r, s, d, percent, burst);

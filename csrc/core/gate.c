@@ -30,6 +30,8 @@
 #define FX_POLL_NS 10000ULL            /* sleep between polls of a mark while draining */
 #define FX_AVG_START_NS 50000ULL       /* first guess of the GPU time of one launch */
 #define FX_AVG_MIN_NS 1000ULL          /* the estimate never goes below this */
+#define FX_SLACK_NS 5000UL             /* timer slack while the gate sleeps */
+#define FX_MARKS_PER_BOUND 4           /* marks per short in-flight bound: cheap yet responsive */
 
 struct fx_mark {
     fx_event_t ev;
@@ -91,10 +93,10 @@ static void fx_ld_init(void)
 static void fx_wait(uint64_t ns)
 {
     int old = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
-    if (old > 5000) prctl(PR_SET_TIMERSLACK, 5000UL, 0, 0, 0);
+    if (old > (int)FX_SLACK_NS) prctl(PR_SET_TIMERSLACK, FX_SLACK_NS, 0, 0, 0);
     struct timespec t = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
     nanosleep(&t, NULL);
-    if (old > 5000) prctl(PR_SET_TIMERSLACK, (unsigned long)old, 0, 0, 0);
+    if (old > (int)FX_SLACK_NS) prctl(PR_SET_TIMERSLACK, (unsigned long)old, 0, 0, 0);
 }
 
 static uint64_t fx_inflight_ns(const struct fx_gate *ld)
@@ -308,8 +310,7 @@ void fx_gate_leave(struct fx_gate *ld, int submitted, fx_queue_t stream, unsigne
         }
         ld->since_mark++;
         fx_touch(ld->dev, ld);
-        /* marks about a quarter of the short in-flight bound apart: cheap yet responsive */
-        uint64_t every = FX_INFLIGHT_SHORT_NS / 4 / (ld->avg_ns ? ld->avg_ns : 1);
+        uint64_t every = FX_INFLIGHT_SHORT_NS / FX_MARKS_PER_BOUND / (ld->avg_ns ? ld->avg_ns : 1);
         if (ld->since_mark >= (every ? every : 1)) fx_mark_all(ld);
     }
     pthread_mutex_unlock(&ld->mu);

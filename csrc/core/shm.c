@@ -30,12 +30,14 @@ static int fx_init_region(struct fx_region *r, flexai_error *err)
 {
     pthread_mutexattr_t a;
     pthread_mutex_t *m = (pthread_mutex_t *)(void *)r->lock;
-    if (pthread_mutexattr_init(&a) != 0) return fx_fail(err, FLEXAI_E_SYSTEM, "state: cannot create lock");
+    if (pthread_mutexattr_init(&a) != 0) return fx_fail(err, FLEXAI_E_SYSTEM,
+                                                        "state: cannot create lock");
     int rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
     if (rc == 0) rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
     if (rc == 0) rc = pthread_mutex_init(m, &a);
     pthread_mutexattr_destroy(&a);
-    if (rc != 0) return fx_fail(err, FLEXAI_E_SYSTEM, "state: cannot create robust lock: %s", strerror(rc));
+    if (rc != 0) return fx_fail(err, FLEXAI_E_SYSTEM,
+                                "state: cannot create robust lock: %s", strerror(rc));
     r->version = FX_LAYOUT_VERSION;
     r->size = sizeof *r;
     /* magic last: a creator that dies before this line leaves an invalid region, which the
@@ -49,9 +51,11 @@ static int fx_region_valid(const struct fx_region *r, const char *path, flexai_e
 {
     uint64_t magic = __atomic_load_n(&r->magic, __ATOMIC_ACQUIRE);
     if (magic != FX_MAGIC)
-        return fx_fail(err, FLEXAI_E_STATE, "state file %s is not a flexai state file (bad magic)", path);
+        return fx_fail(err, FLEXAI_E_STATE,
+                       "state file %s is not a flexai state file (bad magic)", path);
     if (r->version != FX_LAYOUT_VERSION || r->size != sizeof *r)
-        return fx_fail(err, FLEXAI_E_STATE, "state file %s has layout version %u; this libflexai expects %u: "
+        return fx_fail(err, FLEXAI_E_STATE,
+                       "state file %s has layout version %u; this libflexai expects %u: "
                        "stop the processes using it or set another FLEXAI_STATE_DIR", path,
                        r->version, FX_LAYOUT_VERSION);
     return 0;
@@ -73,12 +77,14 @@ int fx_shm_open(struct fx_shm *s, const char *dir, flexai_error *err)
     if (mkdir(dir, 01777) == 0) {
         chmod(dir, 01777); /* every user's processes share one node state; umask must not win */
     } else if (errno != EEXIST) {
-        return fx_fail(err, FLEXAI_E_STATE, "FLEXAI_STATE_DIR %s: cannot create: %s", dir, strerror(errno));
+        return fx_fail(err, FLEXAI_E_STATE,
+                       "FLEXAI_STATE_DIR %s: cannot create: %s", dir, strerror(errno));
     }
     snprintf(path, sizeof path, "%s/state", dir);
     snprintf(lock_path, sizeof lock_path, "%s/state.lock", dir);
     lockfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (lockfd < 0) return fx_fail(err, FLEXAI_E_STATE, "state lock %s: %s", lock_path, strerror(errno));
+    if (lockfd < 0) return fx_fail(err, FLEXAI_E_STATE,
+                                   "state lock %s: %s", lock_path, strerror(errno));
     (void)fchmod(lockfd, 0666); /* best effort: only the creator may change the mode */
     if (fx_flock(lockfd, LOCK_EX) != 0) {
         fx_fail(err, FLEXAI_E_STATE, "state lock %s: flock: %s", lock_path, strerror(errno));
@@ -113,7 +119,8 @@ int fx_shm_open(struct fx_shm *s, const char *dir, flexai_error *err)
             fresh = 1;
         }
     } else if (!fresh && !alone) {
-        fx_fail(err, FLEXAI_E_STATE, "state file %s has %lld bytes; this libflexai expects %zu (layout version "
+        fx_fail(err, FLEXAI_E_STATE,
+                "state file %s has %lld bytes; this libflexai expects %zu (layout version "
                 "%u): stop the processes using it or set another FLEXAI_STATE_DIR", path,
                 (long long)st.st_size, sizeof(struct fx_region), FX_LAYOUT_VERSION);
         goto fail;
@@ -123,7 +130,8 @@ int fx_shm_open(struct fx_shm *s, const char *dir, flexai_error *err)
     if (fresh) {
         if (st.st_size != 0) FX_WARN("state file %s was unusable and unused: replacing it", path);
         if (ftruncate(fd, 0) != 0 || ftruncate(fd, (off_t)sizeof(struct fx_region)) != 0) {
-            fx_fail(err, FLEXAI_E_STATE, "state file %s: cannot size it: %s", path, strerror(errno));
+            fx_fail(err, FLEXAI_E_STATE,
+                    "state file %s: cannot size it: %s", path, strerror(errno));
             goto fail;
         }
         map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);

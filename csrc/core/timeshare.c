@@ -3,9 +3,13 @@
 
 #include "log.h"
 
+#define FX_TS_FULL 100u         /* percent: a whole device */
+#define FX_TS_HEAD_START_DIV 4  /* a new bucket starts 1/4 full: a modest head start */
+#define FX_TS_MIN_WEIGHT 5u     /* a slice without a share weighs at least this much */
+
 static uint32_t fx_rate(const struct fx_slice *sl, uint32_t dev)
 {
-    uint32_t share = sl->compute[dev] ? sl->compute[dev] : 100;
+    uint32_t share = sl->compute[dev] ? sl->compute[dev] : FX_TS_FULL;
     uint32_t cap = sl->burst[dev] ? sl->burst[dev] : share;
     return cap < share ? share : cap;
 }
@@ -14,7 +18,7 @@ static uint32_t fx_rate(const struct fx_slice *sl, uint32_t dev)
 /* Scheduled: takes part in scheduling on its own account (see timeshare.h). */
 static int fx_scheduled(const struct fx_slice *sl, uint32_t dev)
 {
-    return (sl->compute[dev] && sl->compute[dev] < 100) || sl->burst[dev] ||
+    return (sl->compute[dev] && sl->compute[dev] < FX_TS_FULL) || sl->burst[dev] ||
            sl->priority != FLEXAI_PRIORITY_NORMAL;
 }
 
@@ -42,13 +46,13 @@ void fx_ts_set(struct fx_region *r, uint32_t slice, uint32_t dev, uint32_t share
 static void fx_refill(struct fx_slice *sl, uint32_t dev, uint64_t now)
 {
     uint32_t rate = fx_rate(sl, dev);
-    int64_t depth = (int64_t)(FX_TS_WINDOW_NS * rate / 100);
+    int64_t depth = (int64_t)(FX_TS_WINDOW_NS * rate / FX_TS_FULL);
     if (sl->refill_ns[dev] == 0 || now < sl->refill_ns[dev]) {
         sl->refill_ns[dev] = now;
-        if (sl->tokens_ns[dev] == 0) sl->tokens_ns[dev] = depth / 4; /* a modest head start */
+        if (sl->tokens_ns[dev] == 0) sl->tokens_ns[dev] = depth / FX_TS_HEAD_START_DIV;
         return;
     }
-    uint64_t gained = (now - sl->refill_ns[dev]) * rate / 100;
+    uint64_t gained = (now - sl->refill_ns[dev]) * rate / FX_TS_FULL;
     sl->refill_ns[dev] = now;
     int64_t t = sl->tokens_ns[dev];
     t = gained > (uint64_t)(depth - (t < depth ? t : depth)) ? depth : t + (int64_t)gained;
@@ -103,7 +107,7 @@ static uint32_t fx_best(struct fx_region *r, uint32_t dev, uint64_t now, int32_t
         if (s == except || sl->priority != prio || !fx_is_active(sl, dev, now, FX_TS_WAITING_NS))
             continue;
         fx_refill(sl, dev, now);
-        if (fx_rate(sl, dev) < 100 && sl->tokens_ns[dev] <= 0) continue;
+        if (fx_rate(sl, dev) < FX_TS_FULL && sl->tokens_ns[dev] <= 0) continue;
         if (best == FX_NONE || sl->vtime_ns[dev] < r->slices[best].vtime_ns[dev]) best = s;
     }
     return best;
@@ -135,9 +139,9 @@ static uint32_t fx_weight(const struct fx_region *r, uint32_t slice, uint32_t de
         if (o->compute[dev]) reserved += o->compute[dev];
         else unshared++;
     }
-    uint32_t left = reserved < 100 ? 100 - reserved : 0;
+    uint32_t left = reserved < FX_TS_FULL ? FX_TS_FULL - reserved : 0;
     uint32_t w = left / unshared;
-    return w < 5 ? 5 : w;
+    return w < FX_TS_MIN_WEIGHT ? FX_TS_MIN_WEIGHT : w;
 }
 
 static void fx_take(struct fx_dev *d, uint32_t slice, int32_t pid, uint64_t now)
@@ -165,7 +169,7 @@ static void fx_arrive(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_
 /* Time to sleep until a capped slice's bucket allows a worthwhile run (fewer, longer runs). */
 static uint64_t fx_refill_wait(const struct fx_slice *sl, uint32_t dev, uint32_t rate)
 {
-    return ((uint64_t)(-sl->tokens_ns[dev]) + FX_TS_MIN_RUN_NS) * 100 / rate;
+    return ((uint64_t)(-sl->tokens_ns[dev]) + FX_TS_MIN_RUN_NS) * FX_TS_FULL / rate;
 }
 
 static struct fx_ts_decision fx_go(uint64_t lease_start)
@@ -186,7 +190,7 @@ struct fx_ts_decision fx_ts_admit_spatial(struct fx_region *r, uint32_t slice, u
     struct fx_slice *sl = &r->slices[slice];
     fx_arrive(r, slice, dev, now);
     uint32_t rate = fx_rate(sl, dev);
-    int capped = rate < 100, outranked = sl->priority < fx_top_priority(r, dev, now);
+    int capped = rate < FX_TS_FULL, outranked = sl->priority < fx_top_priority(r, dev, now);
     if (running) {
         if (outranked || (capped && sl->tokens_ns[dev] - (int64_t)used <= 0)) return fx_release;
         return fx_go(0);
@@ -205,7 +209,7 @@ struct fx_ts_decision fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t p
 
     int32_t prio = sl->priority, top = fx_top_priority(r, dev, now);
     uint32_t rate = fx_rate(sl, dev);
-    int capped = rate < 100; /* a 100% cap is no cap: its tokens never hold it back */
+    int capped = rate < FX_TS_FULL; /* a 100% cap is no cap: its tokens never hold it back */
     int holding = d->lease_pid == pid && d->lease_slice == slice;
 
     if (holding) {
@@ -242,7 +246,7 @@ void fx_ts_charge(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t us
     struct fx_slice *sl = &r->slices[slice];
     if (!used) return;
     sl->tokens_ns[dev] -= (int64_t)used;
-    sl->vtime_ns[dev] += used * 100 / fx_weight(r, slice, dev, now);
+    sl->vtime_ns[dev] += used * FX_TS_FULL / fx_weight(r, slice, dev, now);
     sl->gpu_ns[dev] += used;
     /* A lease can be charged for someone else's work (an unscheduled process's queue draining
      * as scheduling starts); bounding the lead keeps such an error transient. */

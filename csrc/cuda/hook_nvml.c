@@ -8,7 +8,7 @@
 
 #define FX_NVML_ENTER(fn)                                                                      \
     do {                                                                                       \
-        if (fx_cuda_init() != 0) return NVML_ERROR_UNKNOWN;                                         \
+        if (fx_cuda_init() != 0) return NVML_ERROR_UNKNOWN;                                    \
         fx_nvml_load();                                                                        \
         if (!fx_nv.fn) return NVML_ERROR_FUNCTION_NOT_FOUND;                                   \
     } while (0)
