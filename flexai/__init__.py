@@ -1,16 +1,20 @@
 """flexai: GPU slicing through an LD_PRELOAD shim.
 
 ``libflexai.so`` interposes the CUDA driver and NVML and enforces per-slice quotas. This package
-finds the library, validates slice configurations through the library's own parser, reads the
-node's shared state, and provides the ``flexai`` command line.
+finds the library, validates slice configurations through the library's own parser, reads and
+changes the node's shared state, and provides the ``flexai`` command line.
 
-Importing the package loads nothing native: the library is opened on first use.
+Module map: ``_ffi`` (bindings, errors), ``spec`` (the contract, SliceSpec, Config), ``sim``
+(the simulated device), ``node`` (Node, NodeSnapshot, launch, control, mps), ``cli`` (the
+command), ``config`` (``python -m flexai.config``), ``torch``, ``demo``.
+
+Importing the package loads nothing native and imports no submodule: the names below are
+resolved on first use (PEP 562).
 """
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
-import os
-from pathlib import Path
 from typing import Any
 
 try:
@@ -18,89 +22,44 @@ try:
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "DeviceInfo",
-    "FlexaiError",
-    "Node",
-    "SliceInfo",
-    "SliceSpec",
-    "UsageRow",
-    "__version__",
-    "lib_dir",
-    "library_path",
-    "parse_config",
-    "parse_size",
-    "real_gpu_present",
-    "resize",
-    "sim_dir",
-]
-
-
-def lib_dir() -> Path:
-    """Return the directory holding ``libflexai.so``.
-
-    Returns
-    -------
-    pathlib.Path
-        ``$FLEXAI_LIB_DIR`` when set, else the ``lib`` directory inside the installed package.
-    """
-    override = os.environ.get("FLEXAI_LIB_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).parent / "lib"
-
-
-def library_path() -> Path:
-    """Return the path of ``libflexai.so`` (the file to put in ``LD_PRELOAD``)."""
-    return lib_dir() / "libflexai.so"
-
-
-def real_gpu_present() -> bool:
-    """True when the real NVIDIA driver loads, initializes and shows at least one device.
-
-    Initializes CUDA in the calling process: call it from a parent that does not use CUDA itself
-    (or before it would, in a process that will anyway)."""
-    import ctypes
-
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-        count = ctypes.c_int(0)
-        return (cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0
-                and count.value > 0)
-    except (OSError, AttributeError):
-        return False
-
-
-def sim_dir() -> Path:
-    """Return the directory of the simulated device (stand-ins for libcuda.so.1 and NVML)."""
-    return lib_dir() / "sim"
-
-
-# Resolved on first access (PEP 562) so that ``python -m flexai.config`` does not import
-# flexai.config twice, and so that importing flexai never opens the native library.
+# name -> the module that defines it. Resolved on first access, so that importing flexai never
+# opens the native library and `python -m flexai.config` does not import flexai.config twice.
 _LAZY = {
-    "Config": "config",
-    "SliceSpec": "config",
-    "ConfigError": "_native",
-    "FlexaiError": "_native",
-    "Node": "_native",
-    "DeviceInfo": "_native",
-    "SliceInfo": "_native",
-    "UsageRow": "_native",
-    "parse_config": "_native",
-    "parse_size": "_native",
-    "resize": "control",
+    "lib_dir": "_ffi",
+    "library_path": "_ffi",
+    "FlexaiError": "_ffi",
+    "BadValueError": "_ffi",
+    "ConfigError": "_ffi",
+    "StateError": "_ffi",
+    "NodeFullError": "_ffi",
+    "NotFoundError": "_ffi",
+    "SystemRefusedError": "_ffi",
+    "QuotaError": "_ffi",
+    "DriverError": "_ffi",
+    "parse_size": "_ffi",
+    "Config": "spec",
+    "SliceSpec": "spec",
+    "Variable": "spec",
+    "parse_config": "spec",
+    "variables": "spec",
+    "sim_dir": "sim",
+    "real_gpu_present": "sim",
+    "Node": "node",
+    "NodeSnapshot": "node",
+    "DeviceInfo": "node",
+    "SliceInfo": "node",
+    "UsageRow": "node",
+    "resize": "node.control",
+    "Resized": "node.control",
 }
+
+__all__ = sorted([*_LAZY, "__version__"])
 
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'flexai' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
     globals()[name] = value
     return value

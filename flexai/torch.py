@@ -10,7 +10,8 @@
 loaded yet (the same interpreter, arguments and environment, plus the slice's variables); when it
 is loaded, setting the variables is enough, because the shim reads them when CUDA starts. Child
 processes (``torch.multiprocessing`` spawn, DataLoader workers) inherit both, so they join the
-same slice. This module never imports torch itself.
+same slice. This module never imports torch itself (only ``install_oom_hint`` does, when
+called) and never starts CUDA.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import os
 import sys
 from typing import Any
 
-from . import _native, library_path
-from .config import SliceSpec, format_bytes, preload_value
+from ._ffi import library_path
+from .node.launch import slice_env
+from .node.snapshot import NodeSnapshot
+from .spec import SliceSpec, env_of, format_bytes, parse_config, variable
 
 REEXEC_MARK = "FLEXAI_TORCH_REEXEC"
 
@@ -86,18 +89,17 @@ def use_slice(memory: str | int | None = None, compute: int | str | None = None,
 
     Raises
     ------
-    ConfigError
-        A value is invalid (the message names it and shows an example).
+    BadValueError
+        (``flexai.ConfigError``) A value is invalid (the message names it and shows an
+        example).
     SliceError
         CUDA is already initialized, or the program cannot be re-executed.
     """
-    spec = SliceSpec(memory=memory, compute=compute, burst=burst,
-                     slice=slice or os.environ.get("FLEXAI_SLICE") or f"torch-{os.getpid()}",
-                     priority=priority)
-    env = spec.env()
+    name = slice or os.environ.get(variable("slice").name) or f"torch-{os.getpid()}"
+    spec = SliceSpec(memory=memory, compute=compute, burst=burst, slice=name, priority=priority)
+    env = {**spec.env(), **env_of(state_dir=state_dir or None)}
     if state_dir:
-        env["FLEXAI_STATE_DIR"] = str(state_dir)
-        _native.parse_config(env)
+        parse_config(env)
     if cuda_initialized():
         raise SliceError("flexai.torch.use_slice() must run before CUDA is initialized (before "
                          "the first torch.cuda call or GPU tensor); CUDA already runs in this "
@@ -115,8 +117,7 @@ def use_slice(memory: str | int | None = None, compute: int | str | None = None,
         raise SliceError("an interactive session cannot be re-executed under the shim; start it "
                          "with the variables of `python -m flexai.config --gpu-memory ... "
                          "--export` set (LD_PRELOAD included)")
-    new_env = {**os.environ, **env, REEXEC_MARK: "1",
-               "LD_PRELOAD": preload_value(os.environ.get("LD_PRELOAD"))}
+    new_env = {**slice_env(os.environ, env), REEXEC_MARK: "1"}
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, _original_argv(), new_env)
@@ -135,21 +136,14 @@ def memory_stats(state_dir: str | None = None) -> dict[str, dict[str, Any]]:
         its first CUDA call.
     """
     pid = os.getpid()
-    with _native.Node(state_dir) as node:
-        uuids = {d.id: d.uuid for d in node.devices()}
-        names = {s.id: s.name for s in node.slices()}
-        rows = node.usage()
-    mine = {r.slice_id for r in rows if r.pid == pid}
     out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r.slice_id not in mine or r.pid != 0:
-            continue
-        own = sum(x.used_bytes for x in rows if x.pid == pid and x.slice_id == r.slice_id
-                  and x.device_id == r.device_id)
-        out[uuids.get(r.device_id, f"#{r.device_id}")] = {
-            "slice": names.get(r.slice_id, ""), "limit_bytes": r.limit_bytes,
-            "used_bytes": r.used_bytes, "process_used_bytes": own, "compute": r.compute,
-            "burst": r.burst, "gpu_seconds": r.gpu_ns / 1e9}
+    for s in NodeSnapshot.read(state_dir, sweep=False).slices_of(pid):
+        for d in s.devices:
+            own = sum(p.used_bytes for p in d.processes if p.pid == pid)
+            out[d.device] = {
+                "slice": s.name, "limit_bytes": d.limit_bytes, "used_bytes": d.used_bytes,
+                "process_used_bytes": own, "compute": d.compute, "burst": d.burst,
+                "gpu_seconds": d.gpu_seconds}
     return out
 
 

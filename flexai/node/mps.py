@@ -5,6 +5,9 @@ instead of taking turns; flexai then measures each slice's own device time and k
 priorities without an exclusive lease (``FLEXAI_SHARING=auto`` notices the daemon by its pipe
 directory). MPS runs one daemon per node and user; clients find it through
 ``CUDA_MPS_PIPE_DIRECTORY`` (default ``/tmp/nvidia-mps``).
+
+This module only drives NVIDIA's control program; it must never touch flexai's shared state or
+print (the ``flexai mps`` command in flexai/cli/mps.py does the talking).
 """
 from __future__ import annotations
 
@@ -15,13 +18,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._ffi import DriverError
+
 CONTROL = "nvidia-cuda-mps-control"
 DEFAULT_PIPE_DIR = "/tmp/nvidia-mps"
 DEFAULT_LOG_DIR = "/var/log/nvidia-mps"
 
 
-class MpsError(RuntimeError):
-    """The MPS control daemon could not be started, stopped or asked."""
+class MpsError(DriverError, RuntimeError):
+    """The MPS control daemon could not be started, stopped or asked (a driver error)."""
 
 
 @dataclass(frozen=True)
