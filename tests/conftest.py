@@ -15,11 +15,13 @@ from pathlib import Path
 import pytest
 
 import flexai
+from flexai import sim
+from flexai.node.launch import without_flexai
 
 HERE = Path(__file__).parent
 LIB_DIR = flexai.lib_dir()
 LIBFLEXAI = LIB_DIR / "libflexai.so"
-SIM_DIR = LIB_DIR / "sim"
+SIM_DIR = sim.sim_dir()
 
 
 #: Tests that load libflexai.so into the pytest process itself: a sanitizer build can only run
@@ -31,7 +33,7 @@ loads_library_in_process = pytest.mark.skipif(
 
 def pytest_collection_modifyitems(config, items):
     """Skip `gpu` tests cleanly where no NVIDIA driver answers."""
-    if flexai.real_gpu_present():
+    if sim.real_gpu_present():
         return
     skip = pytest.mark.skip(reason="needs an NVIDIA GPU and driver")
     for item in items:
@@ -80,21 +82,20 @@ def state_dir(tmp_path) -> Path:
 
 
 def base_env(state_dir: Path, **extra: str) -> dict[str, str]:
-    """An environment that runs a program in a slice on the simulated device."""
-    env = {k: v for k, v in os.environ.items()
-           if (not k.startswith("FLEXAI_") or k in ("FLEXAI_LIB_DIR", "FLEXAI_TEST_PRELOAD_FIRST"))
-           and k not in ("LD_PRELOAD", "CUDA_VISIBLE_DEVICES")}
+    """An environment that runs a program in a slice on the simulated device (flexai.sim).
+
+    Builds it without loading libflexai.so into the test process (see
+    ``loads_library_in_process``)."""
+    env = without_flexai(os.environ, keep=("FLEXAI_LIB_DIR", "FLEXAI_TEST_PRELOAD_FIRST"))
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env = sim.sim_env(env, memory="16GiB")
     # A sanitizer build runs with its runtime preloaded first, e.g.
     # FLEXAI_TEST_PRELOAD_FIRST=$(gcc -print-file-name=libasan.so) (see docs/architecture.md)
     first = os.environ.get("FLEXAI_TEST_PRELOAD_FIRST")
     env.update(
         LD_PRELOAD=f"{first}:{LIBFLEXAI}" if first else str(LIBFLEXAI),
-        LD_LIBRARY_PATH=str(SIM_DIR),
-        FLEXAI_LIBCUDA=str(SIM_DIR / "libcuda.so.1"),
-        FLEXAI_LIBNVML=str(SIM_DIR / "libnvidia-ml.so.1"),
         FLEXAI_STATE_DIR=str(state_dir),
         FLEXAI_CONTEXT_MEMORY="0",
-        FLEXAI_SIM_MEMORY="16GiB",
     )
     env.update(extra)
     return env

@@ -117,11 +117,48 @@ def test_ps_populated_node(env: dict[str, str]) -> None:
 def test_ps_unusable_state_dir(env: dict[str, str], tmp_path: Path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    for state_dir in (str(not_a_dir), "relative/dir"):
+    # an unusable directory is a failure (1); a relative path is a bad value (2), as everywhere
+    for state_dir, status in ((str(not_a_dir), 1), ("relative/dir", 2)):
         res = flexai_cmd(["ps", "--state-dir", state_dir], env)
-        assert res.returncode == 1
+        assert res.returncode == status, res.stderr
         assert len(res.stderr.splitlines()) == 1 and res.stderr.startswith("flexai: ")
         assert res.stdout == ""
+
+
+# ---- flexai resize ------------------------------------------------------------------------------
+
+def test_resize_changes_a_slice(env: dict[str, str]) -> None:
+    with flexai.Node(env["FLEXAI_STATE_DIR"]) as node:
+        node.set_memory_limit("job-1", UUID_A, 8 * GiB)
+    res = flexai_cmd(["resize", "job-1", "--gpu-memory", "6GiB", "--gpu-compute", "30",
+                      "--gpu-compute-burst", "100"], env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"job-1: memory 6 GiB, compute 30% (burst 100%) on {UUID_A}"
+    (job,) = flexai.NodeSnapshot.read(env["FLEXAI_STATE_DIR"]).slices
+    assert [(d.limit_bytes, d.compute, d.burst) for d in job.devices] == [(6 * GiB, 30, 100)]
+
+
+@pytest.mark.parametrize("args", [
+    ["--gpu-compute", "50", "--gpu-compute-burst", "20"],  # exited 1 before errors had a category
+    ["--gpu-compute", "101"],
+    ["--gpu-memory", "8XB"],
+    ["--gpu-compute-burst", "100"],
+    [],
+])
+@pytest.mark.parametrize("existing", [True, False])
+def test_resize_bad_values_exit_2(env: dict[str, str], args: list[str], existing: bool) -> None:
+    if existing:
+        with flexai.Node(env["FLEXAI_STATE_DIR"]) as node:
+            node.set_memory_limit("x", UUID_A, GiB)
+    res = flexai_cmd(["resize", "x", *args], env)
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.splitlines()) == 1 and "e.g." in res.stderr and res.stdout == ""
+
+
+def test_resize_unknown_slice_exits_1(env: dict[str, str]) -> None:
+    res = flexai_cmd(["resize", "nobody", "--gpu-compute", "50"], env)
+    assert res.returncode == 1
+    assert res.stderr.startswith("flexai: resize: no slice named 'nobody'")
 
 
 # ---- flexai demo --------------------------------------------------------------------------------

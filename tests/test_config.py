@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 import flexai
-from flexai.config import SliceSpec, preload_value
+from flexai import spec
+from flexai.node.launch import preload_value
+from flexai.spec import SliceSpec
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -98,6 +100,44 @@ def test_default_with_override() -> None:
     assert cfg.memory_text() == "1: 2 GiB, other devices: 4 GiB"
 
 
+def test_given_devices_are_remembered() -> None:
+    cfg = flexai.parse_config({"FLEXAI_GPU_MEMORY": "4GiB,1:4GiB", "FLEXAI_GPU_COMPUTE": "30"})
+    assert cfg.memory_given == (1,) and cfg.compute_given == ()
+    assert cfg.memory_text() == "1: 4 GiB, other devices: 4 GiB"  # given, though equal
+
+
+def test_bad_values_carry_their_category() -> None:
+    bad_value = flexai._ffi.constants()["FLEXAI_E_BAD_VALUE"]
+    with pytest.raises(flexai.BadValueError) as info:
+        flexai.parse_config({"FLEXAI_GPU_COMPUTE": "101"})
+    assert info.value.code == bad_value and info.value.category
+    assert isinstance(info.value, flexai.ConfigError) and isinstance(info.value, ValueError)
+    with pytest.raises(flexai.BadValueError) as info:
+        flexai.parse_size("8XB")
+    assert info.value.code == bad_value
+
+
+def test_every_error_category_has_its_exception() -> None:
+    from flexai import _ffi
+
+    codes = {v for k, v in _ffi.constants().items() if k.startswith("FLEXAI_E_")}
+    classes = {_ffi.error_class(code) for code in codes}
+    assert len(classes) == len(codes) and flexai.FlexaiError not in classes
+    for code in codes:
+        assert _ffi.error_class(code)("x").code == code
+    assert _ffi.error_class(999) is flexai.FlexaiError
+
+
+def test_unusable_state_is_not_a_bad_value(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(flexai.FlexaiError) as info:
+        flexai.Node(str(not_a_dir))
+    assert not isinstance(info.value, flexai.BadValueError)
+    with pytest.raises(flexai.BadValueError, match="FLEXAI_STATE_DIR"):
+        flexai.Node("relative/dir")
+
+
 def test_defaults_and_foreign_variables() -> None:
     cfg = flexai.parse_config({"FLEXAI_SIM_MEMORY": "16GiB", "HOME": "/root"})
     assert not any(cfg.memory) and cfg.memory_text() == "none"
@@ -116,6 +156,52 @@ def test_slice_spec_validates_at_construction() -> None:
         SliceSpec(compute=101)
     with pytest.raises(ValueError, match=r"FLEXAI_SLICE.*e\.g\. FLEXAI_SLICE=job-42"):
         SliceSpec(slice="bad name")
+
+
+def test_slice_spec_fields_are_contract_variables() -> None:
+    by_key = {v.key: v for v in spec.variables()}
+    for f in dataclasses.fields(SliceSpec):
+        v = by_key[f.metadata["variable"]]
+        assert v.per_slice and v.option, f.name
+
+
+# ---- the contract table ------------------------------------------------------------------------
+
+def test_contract_table_has_the_design_variables() -> None:
+    names = [v.name for v in spec.variables()]
+    for name in ("FLEXAI_GPU_MEMORY", "FLEXAI_GPU_COMPUTE", "FLEXAI_SLICE", "FLEXAI_PRIORITY",
+                 "FLEXAI_STATE_DIR", "FLEXAI_LIBCUDA", "FLEXAI_LIBNVML", "FLEXAI_LOG"):
+        assert name in names
+    assert len(set(names)) == len(names)
+    for v in spec.variables():
+        assert v.help and v.example and v.kind in ("sizes", "percents", "choice", "name", "size",
+                                                   "path"), v
+        assert v.option is None or v.option == "--" + v.key.replace("_", "-"), v
+    # the examples are valid (together: the burst's needs the share's): table and parser agree
+    spec.parse_config(spec.env_of(**{v.key: v.example for v in spec.variables()}))
+    priority = spec.variable("FLEXAI_PRIORITY")
+    assert priority.choices == ("low", "normal", "high") and priority.default == "normal"
+    with pytest.raises(flexai.NotFoundError):
+        spec.variable("gpu_memroy")
+
+
+def test_env_and_options_come_from_the_table() -> None:
+    assert spec.env_of(gpu_memory="8GiB", slice=None) == {"FLEXAI_GPU_MEMORY": "8GiB"}
+    assert spec.option_args(gpu_compute=30, slice="a") == ["--gpu-compute", "30", "--slice", "a"]
+    with pytest.raises(flexai.NotFoundError):
+        spec.option_args(log="debug")  # no option
+
+
+def test_sim_env_points_at_the_simulated_device(tmp_path: Path) -> None:
+    from flexai import sim
+
+    env = sim.sim_env({"LD_LIBRARY_PATH": "/x"}, memory="8GiB", kernel_us=0)
+    assert env["LD_LIBRARY_PATH"] == f"{sim.sim_dir()}:/x"
+    assert env["FLEXAI_LIBCUDA"] == str(sim.sim_dir() / "libcuda.so.1")
+    assert env["FLEXAI_SIM_MEMORY"] == "8GiB" and env["FLEXAI_SIM_KERNEL_US"] == "0"
+    assert flexai.parse_config(env).libnvml == str(sim.sim_dir() / "libnvidia-ml.so.1")
+    with pytest.raises(TypeError, match="no knob"):
+        sim.sim_env({}, memroy="1GiB")
 
 
 def test_preload_value_prepends_once() -> None:
@@ -155,6 +241,25 @@ def test_config_table(tmp_path: Path) -> None:
     assert re.search(r"gpu compute\s+none", res.stdout)
     assert str(flexai.library_path()) in res.stdout
     assert res.stderr == ""
+
+
+def test_config_shows_only_the_devices_given(tmp_path: Path) -> None:
+    # drift bug: devices 1..14 were shown as "0 B" (the last entry was taken for a default)
+    res = run_config(["--gpu-memory", "0:8GiB,15:4GiB"], clean_env(tmp_path))
+    assert res.returncode == 0, res.stderr
+    line = next(x for x in res.stdout.splitlines() if x.startswith("gpu memory"))
+    assert re.fullmatch(r"gpu memory\s+0: 8 GiB, 15: 4 GiB", line), line
+    data = json.loads(run_config(["--json", "--gpu-memory", "0:8GiB,15:4GiB"],
+                                 clean_env(tmp_path)).stdout)
+    assert data["memory"] == {"0": 8 * GiB, "15": 4 * GiB} and data["memory_given"] == [0, 15]
+
+
+def test_config_options_come_from_the_contract_table(tmp_path: Path) -> None:
+    res = run_config(["--help"], clean_env(tmp_path))
+    assert res.returncode == 0, res.stderr
+    for v in spec.variables():
+        if v.option:
+            assert v.option in res.stdout
 
 
 def test_config_lib(tmp_path: Path) -> None:
