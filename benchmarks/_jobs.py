@@ -41,8 +41,9 @@ def run_together(jobs: list[tuple[list[str], dict[str, str]]], timeout: float) -
 
 def clean_env() -> dict[str, str]:
     """This environment without flexai's or MPS's variables and without LD_PRELOAD."""
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("FLEXAI_", "CUDA_MPS_")) and k != "LD_PRELOAD"}
+    from flexai.node.launch import without_flexai
+
+    return {k: v for k, v in without_flexai(os.environ).items() if not k.startswith("CUDA_MPS_")}
 
 
 def mps_env(mps_dir: Path) -> dict[str, str]:
@@ -65,22 +66,15 @@ def mps_daemon(mps_dir: Path):
         subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", env=env, text=True)
 
 
-def flexai_env(base: dict[str, str], state_dir: Path, slice_name: str, **variables: str) -> \
-        dict[str, str]:
-    """`base` plus libflexai.so preloaded in slice `slice_name`; keyword arguments become
-    FLEXAI_<NAME> variables (memory="4GiB" -> FLEXAI_GPU_MEMORY=4GiB; see VARIABLES)."""
-    import flexai
+def flexai_env(base: dict[str, str], state_dir: Path, slice_name: str | None,
+               **variables: object) -> dict[str, str]:
+    """`base` plus libflexai.so preloaded in slice `slice_name` (None: a private slice per
+    process). Keyword arguments are contract variables by key, e.g. gpu_memory="4GiB" ->
+    FLEXAI_GPU_MEMORY=4GiB; the keys come from libflexai's table (flexai.spec.variables())."""
+    from flexai.node.launch import slice_env
+    from flexai.spec import env_of
 
-    env = {**base, "LD_PRELOAD": str(flexai.library_path()),
-           "FLEXAI_STATE_DIR": str(state_dir), "FLEXAI_SLICE": slice_name}
-    for key, value in variables.items():
-        env[VARIABLES[key]] = str(value)
-    return env
-
-
-VARIABLES = {"memory": "FLEXAI_GPU_MEMORY", "compute": "FLEXAI_GPU_COMPUTE",
-             "burst": "FLEXAI_GPU_COMPUTE_BURST", "sharing": "FLEXAI_SHARING",
-             "priority": "FLEXAI_PRIORITY"}
+    return slice_env(base, env_of(state_dir=state_dir, slice=slice_name, **variables))
 
 
 def gpu_memory_bytes() -> int:

@@ -28,10 +28,11 @@ import tempfile
 from pathlib import Path
 
 import flexai
+from flexai import sim
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from _jobs import clean_env, mps_daemon, mps_env, run_together  # noqa: E402
+from _jobs import clean_env, flexai_env, mps_daemon, mps_env, run_together  # noqa: E402
 
 SHARES = [10, 20, 30, 40, 50, 60, 70, 80, 90]
 PAIRS = [(30, 70), (50, 50), (10, 90)]
@@ -68,25 +69,16 @@ class Bench:
     def env(self, mech: str, share: int | None, priority: str | None = None) -> dict[str, str]:
         env = clean_env()
         if self.sim:
-            sim = flexai.sim_dir()
-            env.update(LD_LIBRARY_PATH=f"{sim}:{env.get('LD_LIBRARY_PATH', '')}",
-                       FLEXAI_LIBCUDA=str(sim / "libcuda.so.1"),
-                       FLEXAI_LIBNVML=str(sim / "libnvidia-ml.so.1"),
-                       FLEXAI_SIM_STATE_DIR=str(self.tmp / "sim"))
+            env = sim.sim_env(env, state_dir=self.tmp / "sim",
+                              mps=1 if mech == "flexai-mps" else None)
         if mech in ("flexai", "flexai-nolimit", "flexai-mps"):
             self.counter += 1
-            env.update(LD_PRELOAD=str(flexai.library_path()),
-                       FLEXAI_STATE_DIR=str(self.tmp / "state"),
-                       FLEXAI_SLICE=f"bench-{self.counter}",
-                       FLEXAI_SHARING="spatial" if mech == "flexai-mps" else "time")
             if mech == "flexai-mps":
                 env.update(mps_env(self.mps_dir))
-                if self.sim:
-                    env["FLEXAI_SIM_MPS"] = "1"
-            if share is not None and mech != "flexai-nolimit":
-                env["FLEXAI_GPU_COMPUTE"] = str(share)
-            if priority:
-                env["FLEXAI_PRIORITY"] = priority
+            limited = share is not None and mech != "flexai-nolimit"
+            env = flexai_env(env, self.tmp / "state", f"bench-{self.counter}",
+                             sharing="spatial" if mech == "flexai-mps" else "time",
+                             gpu_compute=share if limited else None, priority=priority or None)
         elif mech == "mps":
             env.update(mps_env(self.mps_dir))
             if share is not None:

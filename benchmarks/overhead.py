@@ -19,11 +19,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import flexai
+from flexai import sim
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from _jobs import clean_env  # noqa: E402
+from _jobs import clean_env, flexai_env  # noqa: E402
 
 
 def build(out_dir: Path) -> Path:
@@ -35,20 +35,15 @@ def build(out_dir: Path) -> Path:
     return exe
 
 
-def variants(state_dir: str, sim: bool) -> dict[str, dict[str, str]]:
+def variants(state_dir: str, simulated: bool) -> dict[str, dict[str, str]]:
     base = clean_env()
-    base["FLEXAI_STATE_DIR"] = state_dir
-    if sim:
-        sim_dir = flexai.lib_dir() / "sim"
-        base["LD_LIBRARY_PATH"] = f"{sim_dir}:{base.get('LD_LIBRARY_PATH', '')}"
-        base["FLEXAI_LIBCUDA"] = str(sim_dir / "libcuda.so.1")
-        base["FLEXAI_LIBNVML"] = str(sim_dir / "libnvidia-ml.so.1")
-        base["FLEXAI_SIM_KERNEL_US"] = "0"
-    shim = {**base, "LD_PRELOAD": str(flexai.library_path())}
+    if simulated:
+        base = sim.sim_env(base, kernel_us=0)
+    shim = flexai_env(base, Path(state_dir), None)  # a private slice per process
     return {
         "native": base,
         "flexai": shim,
-        "flexai_memory_quota": {**shim, "FLEXAI_GPU_MEMORY": "8GiB", "FLEXAI_SLICE": "bench"},
+        "flexai_memory_quota": flexai_env(base, Path(state_dir), "bench", gpu_memory="8GiB"),
     }
 
 
@@ -60,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launches", type=int, default=50000)
     ap.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = ap.parse_args(argv)
-    sim = args.sim or not flexai.real_gpu_present()
+    simulated = args.sim or not sim.real_gpu_present()
     with tempfile.TemporaryDirectory() as tmp:
         exe = build(Path(tmp))
         runs: dict[str, list[dict]] = {}
-        envs = variants(str(Path(tmp) / "state"), sim)
+        envs = variants(str(Path(tmp) / "state"), simulated)
         # interleave variants so drift (clocks, other load) hits all of them alike
         for _ in range(args.repeat):
             for name, env in envs.items():
@@ -73,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                      capture_output=True, text=True, check=True).stdout
                 runs.setdefault(name, []).append(json.loads(out))
     result = {
-        "device": "simulated (flexai fake driver, no GPU)" if sim else "real GPU",
+        "device": "simulated (flexai fake driver, no GPU)" if simulated else "real GPU",
         "host": platform.node(),
         "repeat": args.repeat,
         "median": {name: {k: statistics.median(r[k] for r in rs)

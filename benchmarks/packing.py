@@ -33,10 +33,10 @@ def job_env(mode: str, i: int, n: int, tmp: Path, total_mem: int) -> dict[str, s
     if not mode.startswith("flexai"):
         return base
     share = max(1, 100 // n)
-    extra = {"memory": total_mem // n, "compute": share,
+    extra = {"gpu_memory": total_mem // n, "gpu_compute": share,
              "sharing": "spatial" if mode == "flexai-mps" else "time"}
     if mode in ("flexai-burst", "flexai-mps"):
-        extra["burst"] = 100
+        extra["gpu_compute_burst"] = 100
     return flexai_env(base, tmp / "state", f"pack-{n}-{i}", **extra)
 
 

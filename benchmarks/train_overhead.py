@@ -27,8 +27,8 @@ def variants(tmp: Path, total: int) -> dict[str, dict[str, str]]:
     return {
         "native": base,
         "flexai": flexai_env(base, tmp, "ovh-plain"),
-        "flexai-memory": flexai_env(base, tmp, "ovh-mem", memory=total * 9 // 10),
-        "flexai-compute100": flexai_env(base, tmp, "ovh-c100", compute=100),
+        "flexai-memory": flexai_env(base, tmp, "ovh-mem", gpu_memory=total * 9 // 10),
+        "flexai-compute100": flexai_env(base, tmp, "ovh-c100", gpu_compute=100),
     }
 
 
