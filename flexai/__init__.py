@@ -36,6 +36,7 @@ _LAZY = {
     "SystemRefusedError": "_ffi",
     "QuotaError": "_ffi",
     "DriverError": "_ffi",
+    "PermissionDeniedError": "_ffi",
     "parse_size": "_ffi",
     "Config": "spec",
     "SliceSpec": "spec",

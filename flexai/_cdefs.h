@@ -28,6 +28,7 @@
 #define FLEXAI_E_SYSTEM 5
 #define FLEXAI_E_QUOTA 6
 #define FLEXAI_E_DRIVER 7
+#define FLEXAI_E_PERMISSION 8
 
 typedef struct flexai_error {
     int32_t code;

@@ -154,10 +154,16 @@ class DriverError(FlexaiError):
     constant = "FLEXAI_E_DRIVER"
 
 
+class PermissionDeniedError(FlexaiError):
+    """The slice belongs to another user (only its owner or root may change it)."""
+
+    constant = "FLEXAI_E_PERMISSION"
+
+
 #: The one mapping from error categories to exception classes.
 ERROR_CLASSES: tuple[type[FlexaiError], ...] = (
     BadValueError, StateError, NodeFullError, NotFoundError, SystemRefusedError, QuotaError,
-    DriverError)
+    DriverError, PermissionDeniedError)
 
 
 def error_class(code: int) -> type[FlexaiError]:
