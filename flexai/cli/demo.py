@@ -1,4 +1,5 @@
-"""``flexai demo``: the command line of flexai/demo.py, which does the work."""
+"""``flexai demo``: the command line of flexai/demo.py, which does the work; this module must
+never grow demo logic of its own."""
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,7 @@
 """``flexai mps start|stop|status``: the node's NVIDIA MPS control daemon.
 
-The work is flexai.node.mps's; this module only prints its status.
+The work is flexai.node.mps's; this module only prints its status and must never drive the
+daemon itself.
 """
 from __future__ import annotations
 
