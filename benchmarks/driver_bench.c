@@ -25,10 +25,10 @@
 #include <string.h>
 #include <time.h>
 
-typedef int CUresult;
-typedef unsigned long long CUdeviceptr;
-typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream;
-typedef CUresult (*gpa_t)(const char *, void **, int, uint64_t, int *);
+/* The project's one CUDA header, found relative to this file (no include flag needed). */
+#include "../csrc/cuda/cuda_api.h"
+
+typedef __typeof__(&cuGetProcAddress_v2) gpa_t;
 
 static const char ptx[] =
     ".version 7.0\n.target sm_70\n.address_size 64\n"
@@ -60,11 +60,10 @@ static double now_ns(void)
         }                                                                                      \
     } while (0)
 
-static CUresult (*Alloc)(CUdeviceptr *, size_t);
-static CUresult (*Free)(CUdeviceptr);
-static CUresult (*Launch)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
-                          unsigned, CUstream, void **, void **);
-static CUresult (*Sync)(void);
+static __typeof__(&cuMemAlloc_v2) Alloc;
+static __typeof__(&cuMemFree_v2) Free;
+static __typeof__(&cuLaunchKernel) Launch;
+static __typeof__(&cuCtxSynchronize) Sync;
 static CUfunction fn;
 static unsigned blocks = 1;
 
@@ -75,15 +74,17 @@ static int setup(void)
         fprintf(stderr, "bench: %s\n", dlerror());
         return 1;
     }
-    gpa_t boot = (gpa_t)dlsym(h, "cuGetProcAddress_v2"), gpa = NULL;
+    gpa_t boot, gpa = NULL;
+    void *sym = dlsym(h, "cuGetProcAddress_v2");
+    memcpy(&boot, &sym, sizeof sym);
     if (!boot || boot("cuGetProcAddress", (void **)&gpa, 12000, 0, NULL) != 0) return 1;
-    CUresult (*Init)(unsigned);
-    CUresult (*DeviceGet)(int *, int);
-    CUresult (*Attr)(int *, int, int);
-    CUresult (*Retain)(CUcontext *, int);
-    CUresult (*SetCurrent)(CUcontext);
-    CUresult (*Load)(CUmodule *, const void *);
-    CUresult (*GetFunction)(CUfunction *, CUmodule, const char *);
+    __typeof__(&cuInit) Init;
+    __typeof__(&cuDeviceGet) DeviceGet;
+    __typeof__(&cuDeviceGetAttribute) Attr;
+    __typeof__(&cuDevicePrimaryCtxRetain) Retain;
+    __typeof__(&cuCtxSetCurrent) SetCurrent;
+    __typeof__(&cuModuleLoadData) Load;
+    __typeof__(&cuModuleGetFunction) GetFunction;
     GET("cuInit", Init);
     GET("cuDeviceGet", DeviceGet);
     GET("cuDeviceGetAttribute", Attr);
@@ -95,12 +96,13 @@ static int setup(void)
     GET("cuModuleGetFunction", GetFunction);
     GET("cuLaunchKernel", Launch);
     GET("cuCtxSynchronize", Sync);
-    int dev, sms = 1;
+    CUdevice dev;
+    int sms = 1;
     CUcontext ctx;
     CUmodule mod;
     CHECK(Init(0));
     CHECK(DeviceGet(&dev, 0));
-    if (Attr(&sms, 16 /* CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT */, dev) == 0 && sms > 0)
+    if (Attr(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev) == 0 && sms > 0)
         blocks = (unsigned)sms;
     CHECK(Retain(&ctx, dev));
     CHECK(SetCurrent(ctx));

@@ -20,104 +20,52 @@
 #include <time.h>
 #include <unistd.h>
 
-typedef int CUresult;
-typedef unsigned long long CUdeviceptr;
-typedef void *CUcontext;
-typedef void *CUstream;
-typedef void *CUarray;
-typedef void *CUmemoryPool;
-typedef unsigned long long CUmemHandle;
-typedef struct { size_t Width, Height; int Format; unsigned NumChannels; } ArrayDesc;
-typedef struct { size_t Width, Height, Depth; int Format; unsigned NumChannels, Flags; } Array3DDesc;
-typedef struct {
-    int type, requestedHandleTypes;
-    struct { int type, id; } location;
-    void *win32HandleMetaData;
-    unsigned char allocFlags[8];
-} MemProp;
-typedef struct { unsigned long long total, free, used; } NvmlMem;
-typedef struct { unsigned version; unsigned long long total, reserved, free, used; } NvmlMem2;
+/* The one CUDA/NVML header of the project (the shim's); found relative to this file, so that no
+ * include flag is needed. */
+#include "../../csrc/cuda/cuda_api.h"
 
-CUresult cuInit(unsigned);
-CUresult cuGetProcAddress(const char *, void **, int, uint64_t);
-CUresult cuGetProcAddress_v2(const char *, void **, int, uint64_t, int *);
-CUresult cuMemAlloc_v2(CUdeviceptr *, size_t);
-CUresult cuMemFree_v2(CUdeviceptr);
-CUresult cuMemGetInfo_v2(size_t *, size_t *);
-
-static struct {
-    CUresult (*Init)(unsigned);
-    CUresult (*DeviceGet)(int *, int);
-    CUresult (*PrimaryCtxRetain)(CUcontext *, int);
-    CUresult (*CtxCreate)(CUcontext *, unsigned, int);
-    CUresult (*CtxSetCurrent)(CUcontext);
-    CUresult (*MemGetInfo)(size_t *, size_t *);
-    CUresult (*DeviceTotalMem)(size_t *, int);
-    CUresult (*MemAlloc)(CUdeviceptr *, size_t);
-    CUresult (*MemAllocPitch)(CUdeviceptr *, size_t *, size_t, size_t, unsigned);
-    CUresult (*MemAllocManaged)(CUdeviceptr *, size_t, unsigned);
-    CUresult (*MemFree)(CUdeviceptr);
-    CUresult (*MemAllocAsync)(CUdeviceptr *, size_t, CUstream);
-    CUresult (*MemFreeAsync)(CUdeviceptr, CUstream);
-    CUresult (*DeviceGetDefaultMemPool)(CUmemoryPool *, int);
-    CUresult (*MemAllocFromPoolAsync)(CUdeviceptr *, size_t, CUmemoryPool, CUstream);
-    CUresult (*MemCreate)(CUmemHandle *, size_t, const MemProp *, unsigned long long);
-    CUresult (*MemRelease)(CUmemHandle);
-    CUresult (*ArrayCreate)(CUarray *, const ArrayDesc *);
-    CUresult (*Array3DCreate)(CUarray *, const Array3DDesc *);
-    CUresult (*ArrayDestroy)(CUarray);
-    CUresult (*MipmappedArrayCreate)(CUarray *, const Array3DDesc *, unsigned);
-    CUresult (*MipmappedArrayDestroy)(CUarray);
-    CUresult (*ModuleLoadData)(void **, const void *);
-    CUresult (*ModuleGetFunction)(void **, void *, const char *);
-    CUresult (*LaunchKernel)(void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
-                             unsigned, CUstream, void **, void **);
-    CUresult (*LaunchKernelEx)(const void *, void *, void **, void **);
-    CUresult (*LaunchCooperativeKernel)(void *, unsigned, unsigned, unsigned, unsigned, unsigned,
-                                        unsigned, unsigned, CUstream, void **);
-    CUresult (*StreamBeginCapture)(CUstream, int);
-    CUresult (*StreamEndCapture)(CUstream, void **);
-    CUresult (*GraphInstantiate)(void **, void *, unsigned long long);
-    CUresult (*GraphLaunch)(void *, CUstream);
-    CUresult (*StreamCreate)(CUstream *, unsigned);
-    CUresult (*CtxSynchronize)(void);
-} cu;
-
-/* {field, exported name, base name for cuGetProcAddress} */
+/* {field, exported name, base name for cuGetProcAddress}: the table below is typed from the
+ * exported name's prototype, so every call is checked by the compiler. */
 #define FUNCS(X)                                                                               \
-    X(Init, "cuInit", "cuInit")                                                                \
-    X(DeviceGet, "cuDeviceGet", "cuDeviceGet")                                                 \
-    X(PrimaryCtxRetain, "cuDevicePrimaryCtxRetain", "cuDevicePrimaryCtxRetain")                \
-    X(CtxCreate, "cuCtxCreate_v2", "cuCtxCreate")                                              \
-    X(CtxSetCurrent, "cuCtxSetCurrent", "cuCtxSetCurrent")                                     \
-    X(MemGetInfo, "cuMemGetInfo_v2", "cuMemGetInfo")                                           \
-    X(DeviceTotalMem, "cuDeviceTotalMem_v2", "cuDeviceTotalMem")                               \
-    X(MemAlloc, "cuMemAlloc_v2", "cuMemAlloc")                                                 \
-    X(MemAllocPitch, "cuMemAllocPitch_v2", "cuMemAllocPitch")                                  \
-    X(MemAllocManaged, "cuMemAllocManaged", "cuMemAllocManaged")                               \
-    X(MemFree, "cuMemFree_v2", "cuMemFree")                                                    \
-    X(MemAllocAsync, "cuMemAllocAsync", "cuMemAllocAsync")                                     \
-    X(MemFreeAsync, "cuMemFreeAsync", "cuMemFreeAsync")                                        \
-    X(DeviceGetDefaultMemPool, "cuDeviceGetDefaultMemPool", "cuDeviceGetDefaultMemPool")       \
-    X(MemAllocFromPoolAsync, "cuMemAllocFromPoolAsync", "cuMemAllocFromPoolAsync")             \
-    X(MemCreate, "cuMemCreate", "cuMemCreate")                                                 \
-    X(MemRelease, "cuMemRelease", "cuMemRelease")                                              \
-    X(ArrayCreate, "cuArrayCreate_v2", "cuArrayCreate")                                        \
-    X(Array3DCreate, "cuArray3DCreate_v2", "cuArray3DCreate")                                  \
-    X(ArrayDestroy, "cuArrayDestroy", "cuArrayDestroy")                                        \
-    X(MipmappedArrayCreate, "cuMipmappedArrayCreate", "cuMipmappedArrayCreate")                \
-    X(MipmappedArrayDestroy, "cuMipmappedArrayDestroy", "cuMipmappedArrayDestroy")             \
-    X(ModuleLoadData, "cuModuleLoadData", "cuModuleLoadData")                                  \
-    X(ModuleGetFunction, "cuModuleGetFunction", "cuModuleGetFunction")                         \
-    X(LaunchKernel, "cuLaunchKernel", "cuLaunchKernel")                                        \
-    X(LaunchKernelEx, "cuLaunchKernelEx", "cuLaunchKernelEx")                                  \
-    X(LaunchCooperativeKernel, "cuLaunchCooperativeKernel", "cuLaunchCooperativeKernel")       \
-    X(StreamBeginCapture, "cuStreamBeginCapture_v2", "cuStreamBeginCapture")                   \
-    X(StreamEndCapture, "cuStreamEndCapture", "cuStreamEndCapture")                            \
-    X(GraphInstantiate, "cuGraphInstantiateWithFlags", "cuGraphInstantiateWithFlags")          \
-    X(GraphLaunch, "cuGraphLaunch", "cuGraphLaunch")                                           \
-    X(StreamCreate, "cuStreamCreate", "cuStreamCreate")                                        \
-    X(CtxSynchronize, "cuCtxSynchronize", "cuCtxSynchronize")
+    X(Init, cuInit, "cuInit")                                                                  \
+    X(DeviceGet, cuDeviceGet, "cuDeviceGet")                                                   \
+    X(PrimaryCtxRetain, cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain")                  \
+    X(CtxCreate, cuCtxCreate_v2, "cuCtxCreate")                                                \
+    X(CtxSetCurrent, cuCtxSetCurrent, "cuCtxSetCurrent")                                       \
+    X(MemGetInfo, cuMemGetInfo_v2, "cuMemGetInfo")                                             \
+    X(DeviceTotalMem, cuDeviceTotalMem_v2, "cuDeviceTotalMem")                                 \
+    X(DeviceGetUuid, cuDeviceGetUuid, "cuDeviceGetUuid")                                       \
+    X(MemAlloc, cuMemAlloc_v2, "cuMemAlloc")                                                   \
+    X(MemAllocPitch, cuMemAllocPitch_v2, "cuMemAllocPitch")                                    \
+    X(MemAllocManaged, cuMemAllocManaged, "cuMemAllocManaged")                                 \
+    X(MemFree, cuMemFree_v2, "cuMemFree")                                                      \
+    X(MemAllocAsync, cuMemAllocAsync, "cuMemAllocAsync")                                       \
+    X(MemFreeAsync, cuMemFreeAsync, "cuMemFreeAsync")                                          \
+    X(DeviceGetDefaultMemPool, cuDeviceGetDefaultMemPool, "cuDeviceGetDefaultMemPool")         \
+    X(MemAllocFromPoolAsync, cuMemAllocFromPoolAsync, "cuMemAllocFromPoolAsync")               \
+    X(MemCreate, cuMemCreate, "cuMemCreate")                                                   \
+    X(MemRelease, cuMemRelease, "cuMemRelease")                                                \
+    X(ArrayCreate, cuArrayCreate_v2, "cuArrayCreate")                                          \
+    X(Array3DCreate, cuArray3DCreate_v2, "cuArray3DCreate")                                    \
+    X(ArrayDestroy, cuArrayDestroy, "cuArrayDestroy")                                          \
+    X(MipmappedArrayCreate, cuMipmappedArrayCreate, "cuMipmappedArrayCreate")                  \
+    X(MipmappedArrayDestroy, cuMipmappedArrayDestroy, "cuMipmappedArrayDestroy")               \
+    X(ModuleLoadData, cuModuleLoadData, "cuModuleLoadData")                                    \
+    X(ModuleGetFunction, cuModuleGetFunction, "cuModuleGetFunction")                           \
+    X(LaunchKernel, cuLaunchKernel, "cuLaunchKernel")                                          \
+    X(LaunchKernelEx, cuLaunchKernelEx, "cuLaunchKernelEx")                                    \
+    X(LaunchCooperativeKernel, cuLaunchCooperativeKernel, "cuLaunchCooperativeKernel")         \
+    X(StreamBeginCapture, cuStreamBeginCapture_v2, "cuStreamBeginCapture")                     \
+    X(StreamEndCapture, cuStreamEndCapture, "cuStreamEndCapture")                              \
+    X(GraphInstantiate, cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags")            \
+    X(GraphLaunch, cuGraphLaunch, "cuGraphLaunch")                                             \
+    X(StreamCreate, cuStreamCreate, "cuStreamCreate")                                          \
+    X(CtxSynchronize, cuCtxSynchronize, "cuCtxSynchronize")
+
+#define FIELD(field, name, base) __typeof__(&name) field;
+static struct {
+    FUNCS(FIELD)
+} cu;
 
 static int resolve(const char *via)
 {
@@ -131,7 +79,7 @@ static int resolve(const char *via)
         h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
         gpa = strcmp(via, "dlsym") != 0;
         if (strcmp(via, "gpa11") == 0) ver = 11030;
-        if (strcmp(via, "ptsz") == 0) flags = 2;
+        if (strcmp(via, "ptsz") == 0) flags = CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM;
     } else if (strcmp(via, "deepbind") == 0) {
         h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
     } else if (strcmp(via, "default") == 0) {
@@ -153,16 +101,18 @@ static int resolve(const char *via)
         cu.MemGetInfo = cuMemGetInfo_v2;
         cu.Init = cuInit;
     }
-    CUresult (*gpa12)(const char *, void **, int, uint64_t, int *) = NULL;
-    CUresult (*gpa11)(const char *, void **, int, uint64_t) = NULL;
+    __typeof__(&cuGetProcAddress_v2) gpa12 = NULL;
+    __typeof__(&cuGetProcAddress) gpa11 = NULL;
     if (gpa && ver >= 12000) {
         /* cudart's bootstrap: find cuGetProcAddress_v2, then ask it for itself. */
-        CUresult (*boot)(const char *, void **, int, uint64_t, int *) =
-            (CUresult(*)(const char *, void **, int, uint64_t, int *))dlsym(h, "cuGetProcAddress_v2");
+        __typeof__(&cuGetProcAddress_v2) boot;
+        void *sym = dlsym(h, "cuGetProcAddress_v2");
+        memcpy(&boot, &sym, sizeof sym);
         if (!boot || boot("cuGetProcAddress", (void **)&gpa12, ver, 0, NULL) != 0) return -1;
     } else if (gpa) {
-        CUresult (*boot)(const char *, void **, int, uint64_t) =
-            (CUresult(*)(const char *, void **, int, uint64_t))dlsym(h, "cuGetProcAddress");
+        __typeof__(&cuGetProcAddress) boot;
+        void *sym = dlsym(h, "cuGetProcAddress");
+        memcpy(&boot, &sym, sizeof sym);
         if (!boot || boot("cuGetProcAddress", (void **)&gpa11, ver, 0) != 0) return -1;
     }
 #define RESOLVE(field, name, base)                                                             \
@@ -170,7 +120,7 @@ static int resolve(const char *via)
         void *p = NULL;                                                                        \
         if (gpa12) gpa12(base, &p, ver, flags, NULL);                                          \
         else if (gpa11) gpa11(base, &p, ver, flags);                                           \
-        else p = dlsym(h, name);                                                               \
+        else p = dlsym(h, #name);                                                              \
         memcpy(&cu.field, &p, sizeof p);                                                       \
     }
     FUNCS(RESOLVE)
@@ -206,7 +156,7 @@ static CUresult release_last(void)
     case K_ASYNC: return cu.MemFreeAsync(id, NULL);
     case K_VMM: return cu.MemRelease(id);
     case K_ARRAY: return cu.ArrayDestroy((CUarray)(uintptr_t)id);
-    default: return cu.MipmappedArrayDestroy((CUarray)(uintptr_t)id);
+    default: return cu.MipmappedArrayDestroy((CUmipmappedArray)(uintptr_t)id);
     }
 }
 
@@ -214,10 +164,10 @@ static CUresult release_last(void)
 static const char sleep_ptx[] =
     ".version 7.0\n.target sm_52\n.address_size 64\n"
     ".visible .entry sleep_us(.param .u32 us)\n{\n ret;\n}\n";
-static void *sleep_fn;
+static CUfunction sleep_fn;
 static uint32_t kernel_us;
 static void *kernel_params[] = {&kernel_us};
-static void *graph_exec;
+static CUgraphExec graph_exec;
 static CUstream graph_stream;
 
 static double now_us(void)
@@ -227,29 +177,22 @@ static double now_us(void)
     return (double)t.tv_sec * 1e6 + (double)t.tv_nsec / 1e3;
 }
 
-typedef struct {
-    unsigned gx, gy, gz, bx, by, bz, shmem;
-    CUstream stream;
-    void *attrs;
-    unsigned nattrs;
-} LaunchConfig;
-
 /* One unit of work of the given kind: a kernel, or a graph of 4 kernels. */
 static CUresult launch_one(const char *kind)
 {
     if (strcmp(kind, "kernel") == 0)
         return cu.LaunchKernel(sleep_fn, 1, 1, 1, 32, 1, 1, 0, NULL, kernel_params, NULL);
     if (strcmp(kind, "ex") == 0) {
-        LaunchConfig c = {1, 1, 1, 32, 1, 1, 0, NULL, NULL, 0};
+        CUlaunchConfig c = {1, 1, 1, 32, 1, 1, 0, NULL, NULL, 0};
         return cu.LaunchKernelEx(&c, sleep_fn, kernel_params, NULL);
     }
     if (strcmp(kind, "coop") == 0)
         return cu.LaunchCooperativeKernel(sleep_fn, 1, 1, 1, 32, 1, 1, 0, NULL, kernel_params);
     if (strcmp(kind, "graph") == 0) {
         if (!graph_exec) {
-            void *graph = NULL;
-            CUresult rc = cu.StreamCreate(&graph_stream, 0);
-            if (rc == 0) rc = cu.StreamBeginCapture(graph_stream, 0);
+            CUgraph graph = NULL;
+            CUresult rc = cu.StreamCreate(&graph_stream, CU_STREAM_DEFAULT);
+            if (rc == 0) rc = cu.StreamBeginCapture(graph_stream, CU_STREAM_CAPTURE_MODE_GLOBAL);
             for (int i = 0; rc == 0 && i < 4; i++)
                 rc = cu.LaunchKernel(sleep_fn, 1, 1, 1, 32, 1, 1, 0, graph_stream, kernel_params,
                                      NULL);
@@ -268,8 +211,18 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-#define NEED(n) if (i + (n) >= argc) { fprintf(stderr, "client: %s needs %d args\n", op, n); return 2; }
+#define NEED(n)                                                                                \
+    if (i + (n) >= argc) {                                                                     \
+        fprintf(stderr, "client: %s needs %d args\n", op, n);                                  \
+        return 2;                                                                              \
+    }
 #define ARG(k) argv[i + (k)]
+/* dlsym into a typed function pointer (ISO C has no cast between data and function pointers). */
+#define NVML_SYM(var, name)                                                                    \
+    do {                                                                                       \
+        void *sym_ = dlsym(nv, #name);                                                         \
+        memcpy(&var, &sym_, sizeof sym_);                                                      \
+    } while (0)
 #define REPORT(rc) printf("{\"op\":\"%s\",\"rc\":%d}\n", op, (int)(rc))
 
 int main(int argc, char **argv)
@@ -283,7 +236,7 @@ int main(int argc, char **argv)
         const char *op = argv[i];
         CUresult rc;
         if (strcmp(op, "init") == 0) {
-            rc = cu.Init ? cu.Init(0) : -1;
+            rc = cu.Init ? cu.Init(0) : (CUresult)-1;
             REPORT(rc);
         } else if (strcmp(op, "ctx") == 0 || strcmp(op, "ctxcreate") == 0) {
             NEED(1);
@@ -306,6 +259,19 @@ int main(int argc, char **argv)
             size_t t = 0;
             rc = cu.DeviceTotalMem(&t, atoi(ARG(1)));
             printf("{\"op\":\"total\",\"rc\":%d,\"total\":%zu}\n", rc, t);
+            i += 1;
+        } else if (strcmp(op, "uuid") == 0) {
+            /* uuid N: the UUID of visible device N, as 32 hex digits */
+            NEED(1);
+            CUdevice dev = -1;
+            CUuuid u;
+            char hex[2 * sizeof u.bytes + 1] = "";
+            memset(&u, 0, sizeof u);
+            rc = cu.DeviceGet(&dev, atoi(ARG(1)));
+            if (rc == 0) rc = cu.DeviceGetUuid(&u, dev);
+            for (size_t k = 0; rc == 0 && k < sizeof u.bytes; k++)
+                snprintf(hex + 2 * k, 3, "%02x", (unsigned char)u.bytes[k]);
+            printf("{\"op\":\"uuid\",\"rc\":%d,\"uuid\":\"%s\"}\n", (int)rc, hex);
             i += 1;
         } else if (strcmp(op, "alloc") == 0 || strcmp(op, "managed") == 0 ||
                    strcmp(op, "async") == 0 || strcmp(op, "pool") == 0) {
@@ -335,12 +301,12 @@ int main(int argc, char **argv)
             i += 2;
         } else if (strcmp(op, "vmm") == 0) {
             NEED(1);
-            MemProp prop;
+            CUmemAllocationProp prop;
             memset(&prop, 0, sizeof prop);
-            prop.type = 1; /* pinned */
-            prop.location.type = 1; /* device */
+            prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+            prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
             prop.location.id = 0;
-            CUmemHandle h = 0;
+            CUmemGenericAllocationHandle h = 0;
             rc = cu.MemCreate(&h, parse_size(ARG(1)), &prop, 0);
             if (rc == 0) hold(K_VMM, h);
             REPORT(rc);
@@ -350,20 +316,24 @@ int main(int argc, char **argv)
             /* float32 arrays: array W H | array3d W H D | mipmap W H LEVELS */
             NEED(op[5] == '3' || op[0] == 'm' ? 3 : 2);
             CUarray a = NULL;
+            CUmipmappedArray m = NULL;
             if (strcmp(op, "array") == 0) {
-                ArrayDesc d = {parse_size(ARG(1)), parse_size(ARG(2)), 0x20, 1};
+                CUDA_ARRAY_DESCRIPTOR d = {parse_size(ARG(1)), parse_size(ARG(2)),
+                                           CU_AD_FORMAT_FLOAT, 1};
                 rc = cu.ArrayCreate(&a, &d);
                 if (rc == 0) hold(K_ARRAY, (uint64_t)(uintptr_t)a);
                 i += 2;
             } else if (op[0] == 'a') {
-                Array3DDesc d = {parse_size(ARG(1)), parse_size(ARG(2)), parse_size(ARG(3)), 0x20, 1, 0};
+                CUDA_ARRAY3D_DESCRIPTOR d = {parse_size(ARG(1)), parse_size(ARG(2)),
+                                             parse_size(ARG(3)), CU_AD_FORMAT_FLOAT, 1, 0};
                 rc = cu.Array3DCreate(&a, &d);
                 if (rc == 0) hold(K_ARRAY, (uint64_t)(uintptr_t)a);
                 i += 3;
             } else {
-                Array3DDesc d = {parse_size(ARG(1)), parse_size(ARG(2)), 0, 0x20, 1, 0};
-                rc = cu.MipmappedArrayCreate(&a, &d, (unsigned)atoi(ARG(3)));
-                if (rc == 0) hold(K_MIPMAP, (uint64_t)(uintptr_t)a);
+                CUDA_ARRAY3D_DESCRIPTOR d = {parse_size(ARG(1)), parse_size(ARG(2)), 0,
+                                             CU_AD_FORMAT_FLOAT, 1, 0};
+                rc = cu.MipmappedArrayCreate(&m, &d, (unsigned)atoi(ARG(3)));
+                if (rc == 0) hold(K_MIPMAP, (uint64_t)(uintptr_t)m);
                 i += 3;
             }
             REPORT(rc);
@@ -391,24 +361,30 @@ int main(int argc, char **argv)
                 if (cu.MemAlloc(&p, n) == 0) cu.MemFree(p);
         } else if (strcmp(op, "nvml") == 0) {
             void *nv = dlopen("libnvidia-ml.so.1", RTLD_NOW | RTLD_LOCAL);
-            int (*init)(void) = nv ? (int (*)(void))dlsym(nv, "nvmlInit_v2") : NULL;
-            int (*byidx)(unsigned, void **) = nv ? (int (*)(unsigned, void **))dlsym(nv, "nvmlDeviceGetHandleByIndex_v2") : NULL;
-            int (*m1)(void *, NvmlMem *) = nv ? (int (*)(void *, NvmlMem *))dlsym(nv, "nvmlDeviceGetMemoryInfo") : NULL;
-            int (*m2)(void *, NvmlMem2 *) = nv ? (int (*)(void *, NvmlMem2 *))dlsym(nv, "nvmlDeviceGetMemoryInfo_v2") : NULL;
-            void *dev = NULL;
-            NvmlMem a = {0, 0, 0};
-            NvmlMem2 b = {(unsigned)sizeof(NvmlMem2) | (2u << 24), 0, 0, 0, 0};
+            __typeof__(&nvmlInit_v2) init = NULL;
+            __typeof__(&nvmlDeviceGetHandleByIndex_v2) byidx = NULL;
+            __typeof__(&nvmlDeviceGetMemoryInfo) m1 = NULL;
+            __typeof__(&nvmlDeviceGetMemoryInfo_v2) m2 = NULL;
+            if (nv) {
+                NVML_SYM(init, nvmlInit_v2);
+                NVML_SYM(byidx, nvmlDeviceGetHandleByIndex_v2);
+                NVML_SYM(m1, nvmlDeviceGetMemoryInfo);
+                NVML_SYM(m2, nvmlDeviceGetMemoryInfo_v2);
+            }
+            nvmlDevice_t dev = NULL;
+            nvmlMemory_t a = {0, 0, 0};
+            nvmlMemory_v2_t b = {nvmlMemory_v2, 0, 0, 0, 0};
             NEED(1);
-            int r = (!init || !byidx || !m1 || !m2) ? -1 : init();
-            if (r == 0) r = byidx((unsigned)atoi(ARG(1)), &dev);
-            if (r == 0) r = m1(dev, &a);
-            if (r == 0) r = m2(dev, &b);
+            int r = (!init || !byidx || !m1 || !m2) ? -1 : (int)init();
+            if (r == 0) r = (int)byidx((unsigned)atoi(ARG(1)), &dev);
+            if (r == 0) r = (int)m1(dev, &a);
+            if (r == 0) r = (int)m2(dev, &b);
             printf("{\"op\":\"nvml\",\"rc\":%d,\"total\":%llu,\"free\":%llu,\"used\":%llu,"
                    "\"total2\":%llu,\"free2\":%llu,\"used2\":%llu}\n",
                    r, a.total, a.free, a.used, b.total, b.free, b.used);
             i += 1;
         } else if (strcmp(op, "module") == 0) {
-            void *mod = NULL;
+            CUmodule mod = NULL;
             rc = cu.ModuleLoadData(&mod, sleep_ptx);
             if (rc == 0) rc = cu.ModuleGetFunction(&sleep_fn, mod, "sleep_us");
             REPORT(rc);
