@@ -5,21 +5,23 @@
  * depends only on the environment, so both agree on device count, memory size and UUIDs.
  *
  * Variables: FLEXAI_SIM_DEVICES (1..16, default 1), FLEXAI_SIM_MEMORY (per device, default
- * 16GiB), FLEXAI_SIM_UUIDS (one GPU-... per device), FLEXAI_SIM_KERNEL_US (duration of kernels
- * not named sleep_us*, default 10), FLEXAI_SIM_MPS (1: kernels of different processes overlap).
+ * 16GiB; the shim's units: "16G" is 16 * 10^9 bytes, "16GiB" 16 * 2^30), FLEXAI_SIM_UUIDS (one
+ * GPU-... per device), FLEXAI_SIM_KERNEL_US (duration of kernels not named sleep_us*, default
+ * 10), FLEXAI_SIM_MPS (1: kernels of different processes overlap).
  * FLEXAI_SIM_STATE_DIR (where the shared device timeline lives) is read by fake_cuda_sim.c.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "fake.h"
+#include "util.h"
 
 #define DEFAULT_MEMORY ((size_t)16 << 30)
+
+_Static_assert(SIZE_MAX >= UINT64_MAX, "a size parsed as uint64_t fits a size_t");
 
 static struct fake_config config;
 static int config_ok;
@@ -32,36 +34,6 @@ static int hex_value(char c) {
         return c - 'a' + 10;
     if (c >= 'A' && c <= 'F')
         return c - 'A' + 10;
-    return -1;
-}
-
-int fake_parse_size(const char *s, size_t *out) {
-    static const struct {
-        const char *suffix;
-        unsigned shift;
-    } units[] = {
-        {"", 0},       {"B", 0},       {"K", 10},  {"KiB", 10}, {"M", 20},
-        {"MiB", 20},   {"G", 30},      {"GiB", 30}, {"T", 40},   {"TiB", 40},
-    };
-    size_t value = 0;
-    const char *p = s;
-
-    if (s == NULL || !isdigit((unsigned char)*p))
-        return -1;
-    for (; isdigit((unsigned char)*p); p++) {
-        size_t digit = (size_t)(*p - '0');
-        if (value > (SIZE_MAX - digit) / 10)
-            return -1;
-        value = value * 10 + digit;
-    }
-    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-        if (strcasecmp(p, units[i].suffix) != 0)
-            continue;
-        if (value == 0 || value > (SIZE_MAX >> units[i].shift))
-            return -1;
-        *out = value << units[i].shift;
-        return 0;
-    }
     return -1;
 }
 
@@ -95,13 +67,6 @@ int fake_uuid_parse(const char *s, unsigned char out[16]) {
     return 0;
 }
 
-void fake_uuid_format(const unsigned char u[16], char out[FAKE_UUID_STRLEN + 1]) {
-    snprintf(out, FAKE_UUID_STRLEN + 1,
-             "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
-             u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14],
-             u[15]);
-}
-
 /* GPU-f1e5a100-0000-4000-8000-00000000000N: recognisable in logs, valid version-4 layout, and
  * the same for a given physical index in every process. */
 static void default_uuid(int index, unsigned char u[16]) {
@@ -132,12 +97,20 @@ static int parse_devices(void) {
     return 0;
 }
 
+/* The shim's size parser, so that "16G" means 16 * 10^9 bytes here as it does there. */
 static int parse_memory(void) {
     const char *s = getenv("FLEXAI_SIM_MEMORY");
+    flexai_error err;
+    uint64_t bytes;
 
     config.memory = DEFAULT_MEMORY;
-    if (s != NULL && fake_parse_size(s, &config.memory) != 0)
-        return config_fail("FLEXAI_SIM_MEMORY", s, "is not a size (e.g. 16GiB, 512MiB, 4096)");
+    if (s == NULL)
+        return 0;
+    if (fx_parse_size_n(s, strlen(s), &bytes, 0, "FLEXAI_SIM_MEMORY", "16GiB", &err) != 0) {
+        fprintf(stderr, "flexai fake driver: %s\n", err.message);
+        return -1;
+    }
+    config.memory = (size_t)bytes;
     return 0;
 }
 
@@ -152,7 +125,8 @@ static int parse_kernel_us(void) {
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno != 0 || end == s || *end != '\0' || v < 0 || v > 3600L * 1000 * 1000)
-        return config_fail("FLEXAI_SIM_KERNEL_US", s, "is not a duration in microseconds (e.g. 10)");
+        return config_fail("FLEXAI_SIM_KERNEL_US", s,
+                           "is not a duration in microseconds (e.g. 10)");
     config.kernel_us = (unsigned)v;
     return 0;
 }
@@ -201,7 +175,7 @@ static int parse_uuids(void) {
         for (int j = 0; j < i; j++)
             if (memcmp(config.dev[i].uuid, config.dev[j].uuid, 16) == 0)
                 return config_fail("FLEXAI_SIM_UUIDS", s ? s : "", "lists a UUID twice");
-        fake_uuid_format(config.dev[i].uuid, config.dev[i].uuid_str);
+        fx_uuid_format(config.dev[i].uuid, config.dev[i].uuid_str);
     }
     return 0;
 }

@@ -6,14 +6,16 @@
  * virtual memory management API in fake_cuda_vmm.c; streams in fake_cuda_exec.c, events in
  * fake_cuda_event.c, the shared simulated device time in fake_cuda_sim.c, modules and launches
  * in fake_cuda_launch.c, stream capture and graphs in fake_cuda_graph.c.
+ *
+ * Every entry point is listed once, in fake_cuda.def; the _ptsz twins and cuGetProcAddress's
+ * tables below are generated from that list.
  */
-#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #include "fake_cuda_internal.h"
+#include "util.h"
 
 pthread_mutex_t fake_cuda_lock = PTHREAD_MUTEX_INITIALIZER;
 atomic_int fake_cuda_initialized;
@@ -25,67 +27,16 @@ static CUresult init_result; /* sticky, like the real driver's */
 
 /* ---- CUDA_VISIBLE_DEVICES ---------------------------------------------------------------- */
 
-/* One entry: a physical index, or "GPU-..." (whole UUID or a prefix matching one device only).
- * Returns the physical index or -1. */
-static int visible_entry(const struct fake_config *cfg, const char *entry, size_t len) {
-    while (len > 0 && isspace((unsigned char)*entry)) {
-        entry++;
-        len--;
-    }
-    while (len > 0 && isspace((unsigned char)entry[len - 1]))
-        len--;
-    if (len == 0)
-        return -1;
-    if (len > 4 && strncmp(entry, "GPU-", 4) == 0) {
-        int found = -1;
-        if (len > FAKE_UUID_STRLEN)
-            return -1;
-        for (int i = 0; i < cfg->ndevices; i++) {
-            if (strncasecmp(cfg->dev[i].uuid_str, entry, len) != 0)
-                continue;
-            if (found >= 0)
-                return -1; /* ambiguous prefix */
-            found = i;
-        }
-        return found;
-    }
-    int index = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (!isdigit((unsigned char)entry[i]))
-            return -1;
-        index = index * 10 + (entry[i] - '0');
-        if (index >= cfg->ndevices)
-            return -1;
-    }
-    return index;
-}
-
-/* Fills map[visible] = physical. Like the real driver, parsing stops at the first entry that is
- * invalid, unknown or repeated; the devices before it stay visible. */
+/* Fills map[visible] = physical with the shim's parser (fx_visible_parse), so both read the list
+ * the same way: like the real driver, it ends at the first entry that is invalid, unknown,
+ * ambiguous or repeated; the devices before it stay visible. */
 static int visible_devices(const struct fake_config *cfg, int map[FAKE_MAX_DEVICES]) {
-    const char *s = getenv("CUDA_VISIBLE_DEVICES");
-    int n = 0;
+    const char *uuids[FAKE_MAX_DEVICES];
 
-    if (s == NULL) {
-        for (n = 0; n < cfg->ndevices; n++)
-            map[n] = n;
-        return n;
-    }
-    for (const char *p = s; n < cfg->ndevices;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        int phys = visible_entry(cfg, p, len);
-        if (phys < 0)
-            break;
-        for (int i = 0; i < n; i++)
-            if (map[i] == phys)
-                return n;
-        map[n++] = phys;
-        if (comma == NULL)
-            break;
-        p = comma + 1;
-    }
-    return n;
+    for (int i = 0; i < cfg->ndevices; i++)
+        uuids[i] = cfg->dev[i].uuid_str;
+    return fx_visible_parse(getenv("CUDA_VISIBLE_DEVICES"), uuids, cfg->ndevices, map,
+                            cfg->ndevices);
 }
 
 /* ---- initialisation and devices ---------------------------------------------------------- */
@@ -321,18 +272,37 @@ CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTable
     return rc != CUDA_SUCCESS ? rc : CUDA_ERROR_INVALID_VALUE;
 }
 
+/* ---- per-thread default stream twins ------------------------------------------------------ */
+
+/* Each _ptsz twin in fake_cuda.def calls its base through the base's hidden alias, and gets a
+ * hidden alias of its own for the table below. */
+#define FAKE_FN(file, name)
+#define FAKE_VER(file, name, base, since)
+#define FAKE_PTSZ(file, name, params, args)                                                        \
+    CUresult name##_ptsz params {                                                                  \
+        return fake_local_##name args;                                                             \
+    }                                                                                              \
+    FAKE_DEFINE_LOCAL(name##_ptsz)
+#include "fake_cuda.def"
+#undef FAKE_FN
+#undef FAKE_VER
+#undef FAKE_PTSZ
+
 /* ---- cuGetProcAddress -------------------------------------------------------------------- */
 
 /* Every exported entry point with its hidden local alias (see fake_cuda_internal.h). */
-#define FAKE_EXPORT_ENTRY(name) {#name, (void *)&fake_local_##name},
 static const struct {
     const char *name;
     void *fn;
 } exports[] = {
-    FAKE_CUDA_CORE_ENTRIES(FAKE_EXPORT_ENTRY) FAKE_CUDA_CTX_ENTRIES(FAKE_EXPORT_ENTRY)
-        FAKE_CUDA_MEM_ENTRIES(FAKE_EXPORT_ENTRY) FAKE_CUDA_VMM_ENTRIES(FAKE_EXPORT_ENTRY)
-            FAKE_CUDA_EXEC_ENTRIES(FAKE_EXPORT_ENTRY) FAKE_CUDA_EVENT_ENTRIES(FAKE_EXPORT_ENTRY)
-                FAKE_CUDA_LAUNCH_ENTRIES(FAKE_EXPORT_ENTRY) FAKE_CUDA_GRAPH_ENTRIES(FAKE_EXPORT_ENTRY)};
+#define FAKE_FN(file, name) {#name, (void *)&fake_local_##name},
+#define FAKE_VER(file, name, base, since) FAKE_FN(file, name)
+#define FAKE_PTSZ(file, name, params, args) {#name "_ptsz", (void *)&fake_local_##name##_ptsz},
+#include "fake_cuda.def"
+#undef FAKE_FN
+#undef FAKE_VER
+#undef FAKE_PTSZ
+};
 
 /* Base name -> exported name by the caller's CUDA version: the highest min_version not above
  * the requested version wins. Names not listed resolve to themselves. */
@@ -341,41 +311,13 @@ static const struct {
     int min_version;
     const char *name;
 } versioned[] = {
-    {"cuMemAlloc", 3020, "cuMemAlloc_v2"},
-    {"cuMemAllocPitch", 3020, "cuMemAllocPitch_v2"},
-    {"cuMemFree", 3020, "cuMemFree_v2"},
-    {"cuMemGetInfo", 3020, "cuMemGetInfo_v2"},
-    {"cuDeviceTotalMem", 3020, "cuDeviceTotalMem_v2"},
-    {"cuCtxCreate", 3020, "cuCtxCreate_v2"},
-    {"cuCtxCreate", 11040, "cuCtxCreate_v3"},
-    {"cuCtxCreate", 12050, "cuCtxCreate_v4"},
-    {"cuCtxDestroy", 4000, "cuCtxDestroy_v2"},
-    {"cuCtxPushCurrent", 4000, "cuCtxPushCurrent_v2"},
-    {"cuCtxPopCurrent", 4000, "cuCtxPopCurrent_v2"},
-    {"cuDevicePrimaryCtxRelease", 11000, "cuDevicePrimaryCtxRelease_v2"},
-    {"cuDevicePrimaryCtxReset", 11000, "cuDevicePrimaryCtxReset_v2"},
-    {"cuArrayCreate", 3020, "cuArrayCreate_v2"},
-    {"cuArray3DCreate", 3020, "cuArray3DCreate_v2"},
-    {"cuMemcpyHtoD", 3020, "cuMemcpyHtoD_v2"},
-    {"cuMemcpyDtoH", 3020, "cuMemcpyDtoH_v2"},
-    {"cuMemsetD8", 3020, "cuMemsetD8_v2"},
-    {"cuStreamDestroy", 4000, "cuStreamDestroy_v2"},
-    {"cuEventDestroy", 4000, "cuEventDestroy_v2"},
-    {"cuEventElapsedTime", 2000, "cuEventElapsedTime"},
-    {"cuEventElapsedTime", 12080, "cuEventElapsedTime_v2"},
-    {"cuCtxSynchronize", 2000, "cuCtxSynchronize"},
-    {"cuCtxSynchronize", 13000, "cuCtxSynchronize_v2"}, /* takes a CUcontext since 13.0 */
-    {"cuStreamGetCtx", 9020, "cuStreamGetCtx"},
-    {"cuStreamGetCtx", 12050, "cuStreamGetCtx_v2"},
-    {"cuStreamBeginCapture", 10000, "cuStreamBeginCapture"},
-    {"cuStreamBeginCapture", 10010, "cuStreamBeginCapture_v2"},
-    {"cuGraphInstantiate", 10000, "cuGraphInstantiate"},
-    {"cuGraphInstantiate", 11000, "cuGraphInstantiate_v2"},
-    {"cuGraphInstantiate", 12000, "cuGraphInstantiateWithFlags"},
-    {"cuDeviceGetUuid", 0, "cuDeviceGetUuid"},
-    {"cuDeviceGetUuid", 11040, "cuDeviceGetUuid_v2"},
-    {"cuGetProcAddress", 11030, "cuGetProcAddress"},
-    {"cuGetProcAddress", 12000, "cuGetProcAddress_v2"},
+#define FAKE_FN(file, name)
+#define FAKE_VER(file, name, base, since) {#base, since, #name},
+#define FAKE_PTSZ(file, name, params, args)
+#include "fake_cuda.def"
+#undef FAKE_FN
+#undef FAKE_VER
+#undef FAKE_PTSZ
 };
 
 static void *export_lookup(const char *name) {
@@ -478,4 +420,6 @@ CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cu
     return proc_address(symbol, pfn, cudaVersion, flags, symbolStatus);
 }
 
-FAKE_CUDA_CORE_ENTRIES(FAKE_DEFINE_LOCAL)
+/* The hidden aliases of this file's entry points (fake_cuda.def). */
+#define FAKE_IN_core(x) x
+#include "fake_cuda_locals.h"

@@ -252,4 +252,6 @@ CUresult cuCtxGetDevice(CUdevice *device) {
     return rc;
 }
 
-FAKE_CUDA_CTX_ENTRIES(FAKE_DEFINE_LOCAL)
+/* The hidden aliases of this file's entry points (fake_cuda.def). */
+#define FAKE_IN_ctx(x) x
+#include "fake_cuda_locals.h"

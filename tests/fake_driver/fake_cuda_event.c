@@ -154,15 +154,7 @@ CUresult cuEventRecord(CUevent hEvent, CUstream hStream) {
     return event_record(hEvent, hStream, 0);
 }
 
-CUresult cuEventRecord_ptsz(CUevent hEvent, CUstream hStream) {
-    return event_record(hEvent, hStream, 0);
-}
-
 CUresult cuEventRecordWithFlags(CUevent hEvent, CUstream hStream, unsigned int flags) {
-    return event_record(hEvent, hStream, flags);
-}
-
-CUresult cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream, unsigned int flags) {
     return event_record(hEvent, hStream, flags);
 }
 
@@ -278,8 +270,6 @@ CUresult cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags)
     return stream_wait_event(hStream, hEvent, Flags);
 }
 
-CUresult cuStreamWaitEvent_ptsz(CUstream hStream, CUevent hEvent, unsigned int Flags) {
-    return stream_wait_event(hStream, hEvent, Flags);
-}
-
-FAKE_CUDA_EVENT_ENTRIES(FAKE_DEFINE_LOCAL)
+/* The hidden aliases of this file's entry points (fake_cuda.def). */
+#define FAKE_IN_event(x) x
+#include "fake_cuda_locals.h"

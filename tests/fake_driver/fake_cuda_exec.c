@@ -407,10 +407,6 @@ CUresult cuStreamSynchronize(CUstream hStream) {
     return stream_synchronize(hStream);
 }
 
-CUresult cuStreamSynchronize_ptsz(CUstream hStream) {
-    return stream_synchronize(hStream);
-}
-
 static CUresult stream_query(CUstream hStream) {
     struct CUstream_st *s;
     CUresult rc = stream_for_sync(hStream, &s);
@@ -424,10 +420,6 @@ static CUresult stream_query(CUstream hStream) {
 }
 
 CUresult cuStreamQuery(CUstream hStream) {
-    return stream_query(hStream);
-}
-
-CUresult cuStreamQuery_ptsz(CUstream hStream) {
     return stream_query(hStream);
 }
 
@@ -454,15 +446,7 @@ CUresult cuStreamGetCtx(CUstream hStream, CUcontext *pctx) {
     return stream_get_ctx(hStream, pctx, NULL);
 }
 
-CUresult cuStreamGetCtx_ptsz(CUstream hStream, CUcontext *pctx) {
-    return stream_get_ctx(hStream, pctx, NULL);
-}
-
 CUresult cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx) {
-    return stream_get_ctx(hStream, pCtx, pGreenCtx);
-}
-
-CUresult cuStreamGetCtx_v2_ptsz(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx) {
     return stream_get_ctx(hStream, pCtx, pGreenCtx);
 }
 
@@ -512,4 +496,6 @@ CUresult cuCtxSynchronize_v2(CUcontext ctx) {
     return ctx_synchronize(ctx);
 }
 
-FAKE_CUDA_EXEC_ENTRIES(FAKE_DEFINE_LOCAL)
+/* The hidden aliases of this file's entry points (fake_cuda.def). */
+#define FAKE_IN_exec(x) x
+#include "fake_cuda_locals.h"

@@ -115,15 +115,7 @@ CUresult cuStreamBeginCapture(CUstream hStream) {
     return begin_capture(hStream, CU_STREAM_CAPTURE_MODE_GLOBAL);
 }
 
-CUresult cuStreamBeginCapture_ptsz(CUstream hStream) {
-    return begin_capture(hStream, CU_STREAM_CAPTURE_MODE_GLOBAL);
-}
-
 CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode) {
-    return begin_capture(hStream, mode);
-}
-
-CUresult cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode) {
     return begin_capture(hStream, mode);
 }
 
@@ -173,10 +165,6 @@ CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph) {
     return end_capture(hStream, phGraph);
 }
 
-CUresult cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph) {
-    return end_capture(hStream, phGraph);
-}
-
 static CUresult is_capturing(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
     struct CUstream_st *s;
     CUresult rc = fake_cuda_check_init();
@@ -197,10 +185,6 @@ static CUresult is_capturing(CUstream hStream, CUstreamCaptureStatus *captureSta
 }
 
 CUresult cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
-    return is_capturing(hStream, captureStatus);
-}
-
-CUresult cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
     return is_capturing(hStream, captureStatus);
 }
 
@@ -302,10 +286,6 @@ CUresult cuGraphLaunch(CUgraphExec hGraphExec, CUstream hStream) {
     return graph_launch(hGraphExec, hStream);
 }
 
-CUresult cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream hStream) {
-    return graph_launch(hGraphExec, hStream);
-}
-
 /* Queued launches hold their own copies of the kernels, so destroying is immediate. */
 CUresult cuGraphExecDestroy(CUgraphExec hGraphExec) {
     CUresult rc = fake_cuda_check_init();
@@ -345,4 +325,6 @@ CUresult cuGraphDestroy(CUgraph hGraph) {
     return CUDA_SUCCESS;
 }
 
-FAKE_CUDA_GRAPH_ENTRIES(FAKE_DEFINE_LOCAL)
+/* The hidden aliases of this file's entry points (fake_cuda.def). */
+#define FAKE_IN_graph(x) x
+#include "fake_cuda_locals.h"

@@ -28,18 +28,25 @@
 
 #include "fake.h"
 
-/* Hidden alias of an exported entry point; FAKE_DEFINE_LOCAL goes in the defining file. */
+/* Hidden alias of an exported entry point, for every name in fake_cuda.def. The alias must be
+ * defined in the file that defines the function: fake_cuda_locals.h, included at its end. */
 #define FAKE_DECLARE_LOCAL(name) extern __typeof__(name) fake_local_##name FAKE_HIDDEN;
 #define FAKE_DEFINE_LOCAL(name)                                                                    \
     extern __typeof__(name) fake_local_##name __attribute__((alias(#name))) FAKE_HIDDEN;
-FAKE_CUDA_CORE_ENTRIES(FAKE_DECLARE_LOCAL)
-FAKE_CUDA_CTX_ENTRIES(FAKE_DECLARE_LOCAL)
-FAKE_CUDA_MEM_ENTRIES(FAKE_DECLARE_LOCAL)
-FAKE_CUDA_VMM_ENTRIES(FAKE_DECLARE_LOCAL)
-FAKE_CUDA_EXEC_ENTRIES(FAKE_DECLARE_LOCAL)
-FAKE_CUDA_EVENT_ENTRIES(FAKE_DECLARE_LOCAL)
-FAKE_CUDA_LAUNCH_ENTRIES(FAKE_DECLARE_LOCAL)
-FAKE_CUDA_GRAPH_ENTRIES(FAKE_DECLARE_LOCAL)
+
+/* A twin has exactly its base's type (as in cuda.h), so the generated call forwards everything. */
+#define FAKE_CHECK_TWIN(name, twin)                                                                \
+    _Static_assert(__builtin_types_compatible_p(__typeof__(name), __typeof__(twin)),             \
+                   #twin " must have the type of " #name);
+
+#define FAKE_FN(file, name) FAKE_DECLARE_LOCAL(name)
+#define FAKE_VER(file, name, base, since) FAKE_DECLARE_LOCAL(name)
+#define FAKE_PTSZ(file, name, params, args)                                                        \
+    FAKE_DECLARE_LOCAL(name##_ptsz) FAKE_CHECK_TWIN(name, name##_ptsz)
+#include "fake_cuda.def"
+#undef FAKE_FN
+#undef FAKE_VER
+#undef FAKE_PTSZ
 
 /* A CUDA context. Primary contexts live in the device table; others are malloc'd and linked in
  * a registry so a stale or foreign handle is recognised before it is dereferenced. */
@@ -157,7 +164,8 @@ FAKE_HIDDEN CUresult fake_stream_get_locked(CUstream hStream, struct CUstream_st
 FAKE_HIDDEN void fake_stream_put(struct CUstream_st *s);
 /* Appends ops to the queue in order, blocking while it is full. Takes over the ops' event
  * references (also on failure, when they are dropped). */
-FAKE_HIDDEN CUresult fake_stream_enqueue(struct CUstream_st *s, const struct fake_op *ops, size_t n);
+FAKE_HIDDEN CUresult fake_stream_enqueue(struct CUstream_st *s, const struct fake_op *ops,
+                                         size_t n);
 /* Detaches a dying context's streams; their queued work still drains. */
 FAKE_HIDDEN void fake_exec_release_ctx_locked(struct CUctx_st *ctx);
 /* Ends capture g on every stream that records into it. */

@@ -315,15 +315,6 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDi
                          hStream, kernelParams, extra);
 }
 
-CUresult cuLaunchKernel_ptsz(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
-                             unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY,
-                             unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream,
-                             void **kernelParams, void **extra) {
-    (void)sharedMemBytes;
-    return launch_kernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ,
-                         hStream, kernelParams, extra);
-}
-
 /* Launch attributes (cluster shape, cooperative, priority, ...) are accepted and ignored. */
 static CUresult launch_ex(const CUlaunchConfig *config, CUfunction f, void **kernelParams,
                           void **extra) {
@@ -340,11 +331,6 @@ CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **ker
     return launch_ex(config, f, kernelParams, extra);
 }
 
-CUresult cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f, void **kernelParams,
-                               void **extra) {
-    return launch_ex(config, f, kernelParams, extra);
-}
-
 CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
                                    unsigned int gridDimZ, unsigned int blockDimX,
                                    unsigned int blockDimY, unsigned int blockDimZ,
@@ -355,14 +341,6 @@ CUresult cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, unsigned
                          hStream, kernelParams, NULL);
 }
 
-CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
-                                        unsigned int gridDimZ, unsigned int blockDimX,
-                                        unsigned int blockDimY, unsigned int blockDimZ,
-                                        unsigned int sharedMemBytes, CUstream hStream,
-                                        void **kernelParams) {
-    (void)sharedMemBytes;
-    return launch_kernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ,
-                         hStream, kernelParams, NULL);
-}
-
-FAKE_CUDA_LAUNCH_ENTRIES(FAKE_DEFINE_LOCAL)
+/* The hidden aliases of this file's entry points (fake_cuda.def). */
+#define FAKE_IN_launch(x) x
+#include "fake_cuda_locals.h"

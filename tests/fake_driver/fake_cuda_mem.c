@@ -285,25 +285,12 @@ CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
     return alloc_async(dptr, bytesize, NULL, 0, hStream);
 }
 
-CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
-    return alloc_async(dptr, bytesize, NULL, 0, hStream);
-}
-
 CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
                                  CUstream hStream) {
     return alloc_async(dptr, bytesize, pool, 1, hStream);
 }
 
-CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
-                                      CUstream hStream) {
-    return alloc_async(dptr, bytesize, pool, 1, hStream);
-}
-
 CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
-    return free_async(dptr, hStream);
-}
-
-CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) {
     return free_async(dptr, hStream);
 }
 
@@ -387,7 +374,8 @@ static size_t array_bytes(size_t w, size_t h, size_t d, int format, unsigned cha
     if (elem == 0 || w == 0 || (h == 0 && d != 0) ||
         (channels != 1 && channels != 2 && channels != 4))
         return 0;
-    if (__builtin_mul_overflow(w, h ? h : 1, &size) || __builtin_mul_overflow(size, d ? d : 1, &size) ||
+    if (__builtin_mul_overflow(w, h ? h : 1, &size) ||
+        __builtin_mul_overflow(size, d ? d : 1, &size) ||
         __builtin_mul_overflow(size, elem * channels, &size))
         return 0;
     return size;
@@ -518,4 +506,6 @@ CUresult cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
     return rc;
 }
 
-FAKE_CUDA_MEM_ENTRIES(FAKE_DEFINE_LOCAL)
+/* The hidden aliases of this file's entry points (fake_cuda.def). */
+#define FAKE_IN_mem(x) x
+#include "fake_cuda_locals.h"

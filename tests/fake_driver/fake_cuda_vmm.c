@@ -296,7 +296,8 @@ CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAlloc
     pthread_mutex_lock(&fake_cuda_lock);
     struct fake_phys *phys = phys_find_locked(handle);
     const struct fake_reservation *r = reservations;
-    while (r != NULL && !(va >= r->base && va - r->base <= r->size && size <= r->size - (va - r->base)))
+    while (r != NULL &&
+           !(va >= r->base && va - r->base <= r->size && size <= r->size - (va - r->base)))
         r = r->next;
     int overlaps = 0;
     for (const struct fake_mapping *o = mappings; o != NULL && !overlaps; o = o->next)
@@ -305,7 +306,8 @@ CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAlloc
     if (phys != NULL && r != NULL && !overlaps && offset <= phys->size &&
         size <= phys->size - offset) {
         /* MAP_FIXED replaces exactly this part of the reservation, nothing else. */
-        void *p = mmap((void *)va, size, PROT_NONE, MAP_SHARED | MAP_FIXED, phys->fd, (off_t)offset);
+        void *p =
+            mmap((void *)va, size, PROT_NONE, MAP_SHARED | MAP_FIXED, phys->fd, (off_t)offset);
         if (p == MAP_FAILED) {
             rc = CUDA_ERROR_OUT_OF_MEMORY;
         } else {
@@ -374,10 +376,11 @@ CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *des
             return CUDA_ERROR_INVALID_VALUE;
         if (!fake_cuda_device_valid(desc[i].location.id))
             return CUDA_ERROR_INVALID_DEVICE;
-        access |= desc[i].flags;
+        access |= (int)desc[i].flags; /* an enum in cuda.h, int here */
     }
     pthread_mutex_lock(&fake_cuda_lock);
-    if (!whole_mappings_locked(va, size) || mprotect((void *)va, size, access_to_prot(access)) != 0) {
+    if (!whole_mappings_locked(va, size) ||
+        mprotect((void *)va, size, access_to_prot(access)) != 0) {
         rc = CUDA_ERROR_INVALID_VALUE;
     } else {
         for (struct fake_mapping *m = mappings; m != NULL; m = m->next)
@@ -388,4 +391,6 @@ CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *des
     return rc;
 }
 
-FAKE_CUDA_VMM_ENTRIES(FAKE_DEFINE_LOCAL)
+/* The hidden aliases of this file's entry points (fake_cuda.def). */
+#define FAKE_IN_vmm(x) x
+#include "fake_cuda_locals.h"
