@@ -72,6 +72,7 @@ static int fx_holder_valid(const struct fx_region *r, const struct fx_dev *d, ui
         return 0;
     uint64_t touch = __atomic_load_n(&d->lease_touch_ns, __ATOMIC_RELAXED);
     uint64_t busy = __atomic_load_n(&d->lease_busy_ns, __ATOMIC_RELAXED);
+    if (touch > now) return 1; /* touched (unlocked) after our clock reading: alive */
     if (now - touch >= FX_TS_SILENT_NS) return 0;
     return now < touch + FX_TS_IDLE_NS || now < busy;
 }
@@ -91,9 +92,13 @@ int fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, ui
 static int32_t fx_top_priority(const struct fx_region *r, uint32_t dev, uint64_t now)
 {
     int32_t top = FLEXAI_PRIORITY_LOW;
-    for (uint32_t s = 0; s < FX_MAX_SLICES; s++)
-        if (fx_is_active(&r->slices[s], dev, now, FX_TS_WAITING_NS) && r->slices[s].priority > top)
-            top = r->slices[s].priority;
+    for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
+        const struct fx_slice *sl = &r->slices[s];
+        if (!fx_is_active(sl, dev, now, FX_TS_WAITING_NS) || sl->priority <= top) continue;
+        /* told to wait for tokens at its last asking: it may not run, so it outranks nobody */
+        if (fx_rate(sl, dev) < FX_TS_FULL && sl->tokens_ns[dev] <= 0) continue;
+        top = sl->priority;
+    }
     return top;
 }
 
@@ -234,7 +239,12 @@ struct fx_ts_decision fx_ts_admit(struct fx_region *r, uint32_t slice, int32_t p
         /* preempt a lower priority: it notices at its next admission and drains */
         FX_DEBUG("slice %u preempts slice %u on device %u", slice, d->lease_slice, dev);
     } else {
-        uint32_t best = fx_best(r, dev, now, prio, FX_NONE);
+        /* a silent holder's slice does not wait for the lease unless it asked since */
+        uint32_t gone = FX_NONE;
+        if (d->lease_pid && d->lease_slice < FX_MAX_SLICES && d->lease_slice != slice &&
+            r->slices[d->lease_slice].active_ns[dev] <= d->lease_touch_ns)
+            gone = d->lease_slice;
+        uint32_t best = fx_best(r, dev, now, prio, gone);
         if (best != FX_NONE && best != slice) return fx_wait_for(FX_TS_RETRY_MIN_NS);
     }
     fx_take(d, slice, pid, now);

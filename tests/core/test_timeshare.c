@@ -589,19 +589,13 @@ static const struct {
     {"quantum", fx_case_quantum, NULL},
     {"priority_takeover", fx_case_priority_takeover, NULL},
     {"dead_holder", fx_case_dead_holder, NULL},
-    {"dead_holder_behind", fx_case_dead_holder_behind,
-     "fx_best still counts the silent holder's slice as waiting for FX_TS_WAITING_NS after its "
-     "last asking and hands it the free lease, so the waiter waits 1 ms, not 0.2 ms"},
+    {"dead_holder_behind", fx_case_dead_holder_behind, NULL},
     {"hung_holder", fx_case_hung_holder, NULL},
     {"resize", fx_case_resize, NULL},
     {"spatial_caps", fx_case_spatial_caps, NULL},
     {"spatial_priority", fx_case_spatial_priority, NULL},
-    {"capped_high", fx_case_capped_high,
-     "fx_top_priority counts a high slice waiting for tokens as active, so lower ones yield to "
-     "a slice that may not run and the device idles"},
-    {"touch_after_now", fx_case_touch_after_now,
-     "fx_holder_valid computes now - touch unsigned: a touch later than `now` wraps around and "
-     "reads as silence"},
+    {"capped_high", fx_case_capped_high, NULL},
+    {"touch_after_now", fx_case_touch_after_now, NULL},
 };
 #define FX_NCASES (sizeof fx_cases / sizeof fx_cases[0])
 
