@@ -58,6 +58,7 @@ extern "C" {
 #define FLEXAI_E_SYSTEM 5     /**< the operating system refused (memory, files, locks) */
 #define FLEXAI_E_QUOTA 6      /**< the request does not fit the slice's quota */
 #define FLEXAI_E_DRIVER 7     /**< the real driver is missing or failed */
+#define FLEXAI_E_PERMISSION 8 /**< the slice belongs to another user */
 
 /** @brief A failure: its category and its one-line message. */
 typedef struct flexai_error {
@@ -222,20 +223,23 @@ typedef struct flexai_usage_row {
 FLEXAI_API int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap,
                                    flexai_error *err);
 
-/** @brief Copy up to `cap` slices into out. @return the number of slices, or -1. */
+/** @brief Copy up to `cap` slices into out: the caller's own slices (all of them for root).
+ *  @return the number of slices, or -1. */
 FLEXAI_API int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap,
                                   flexai_error *err);
 
 /**
- * @brief Copy up to `cap` usage rows: for every slice and device with a limit or usage, one
- *        slice row (pid 0) followed by one row per process charged on that device.
+ * @brief Copy up to `cap` usage rows: for every slice (the caller's own; all for root) and
+ *        device with a limit or usage, one slice row (pid 0) followed by one row per process
+ *        charged on that device.
  * @return the number of rows (may exceed cap: call again with a bigger buffer), or -1.
  */
 FLEXAI_API int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap,
                                  flexai_error *err);
 
 /**
- * @brief Set a slice's memory quota on one device (creating the slice if needed).
+ * @brief Set a slice's memory quota on one device (creating the slice if needed, owned by the
+ *        caller). Only the slice's owner or root may change it (FLEXAI_E_PERMISSION).
  * @param bytes new quota, 0 to remove the limit. Lowering it below current usage refuses new
  *              allocations until usage drops; nothing already allocated is freed.
  * @param uuid  "GPU-..." of the device.
@@ -244,8 +248,9 @@ FLEXAI_API int flexai_node_set_memory_limit(flexai_node *node, const char *slice
                                             const char *uuid, uint64_t bytes, flexai_error *err);
 
 /**
- * @brief Set a slice's compute share and burst on one device (creating the slice if needed);
- *        running processes apply it at their next kernel launch.
+ * @brief Set a slice's compute share and burst on one device (creating the slice if needed,
+ *        owned by the caller); running processes apply it at their next kernel launch. Only the
+ *        slice's owner or root may change it (FLEXAI_E_PERMISSION).
  * @param percent share 1..100, or 0 to remove it; burst 0 (hard cap) or percent..100.
  */
 FLEXAI_API int flexai_node_set_compute(flexai_node *node, const char *slice, const char *uuid,

@@ -8,9 +8,9 @@ import pytest
 
 from conftest import LIBFLEXAI
 
-# name -> value for layout version 2 (version 1 had no compute fields)
+# name -> value for layout version 3 (1 had no compute fields, 2 no slice owner)
 LAYOUT = {
-    "version": 2,
+    "version": 3,
     "fx_dev": 80,
     "fx_slice": 1168,
     "fx_proc": 152,

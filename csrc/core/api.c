@@ -1,6 +1,7 @@
 /* api.c - the public control and statistics API (include/flexai.h) over the shared region. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "log.h"
@@ -45,7 +46,7 @@ void flexai_node_close(flexai_node *node)
 int flexai_node_sweep(flexai_node *node, flexai_error *err)
 {
     if (!node) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_sweep: no node");
-    int n = fx_sweep(node->shm.r);
+    int n = fx_sweep(&node->shm);
     return n < 0 ? fx_fail(err, FLEXAI_E_STATE, "sweep: cannot lock the node's state") : n;
 }
 
@@ -54,7 +55,7 @@ int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap, 
     if (!node) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_devices: no node");
     struct fx_region *r = node->shm.r;
     int n = 0;
-    if (fx_shm_lock(r) != 0) return fx_fail(err, FLEXAI_E_STATE, "cannot lock the node's state");
+    if (fx_shm_lock(&node->shm, err) != 0) return -1;
     for (uint32_t d = 0; d < FLEXAI_MAX_DEVICES; d++) {
         if (!r->devs[d].in_use) continue;
         if (out && (size_t)n < cap) {
@@ -64,7 +65,7 @@ int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap, 
         }
         n++;
     }
-    fx_shm_unlock(r);
+    fx_shm_unlock(&node->shm);
     return n;
 }
 
@@ -81,10 +82,10 @@ int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, fl
     if (!node) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_slices: no node");
     struct fx_region *r = node->shm.r;
     int n = 0;
-    if (fx_shm_lock(r) != 0) return fx_fail(err, FLEXAI_E_STATE, "cannot lock the node's state");
+    if (fx_shm_lock(&node->shm, err) != 0) return -1;
     for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
         const struct fx_slice *sl = &r->slices[s];
-        if (!sl->in_use) continue;
+        if (!sl->in_use || !fx_slice_allows(r, s, (uint32_t)geteuid())) continue;
         if (out && (size_t)n < cap) {
             memset(&out[n], 0, sizeof out[n]);
             out[n].id = s;
@@ -95,7 +96,7 @@ int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, fl
         }
         n++;
     }
-    fx_shm_unlock(r);
+    fx_shm_unlock(&node->shm);
     return n;
 }
 
@@ -122,10 +123,10 @@ int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, flex
     if (!node) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_usage: no node");
     struct fx_region *r = node->shm.r;
     int n = 0;
-    if (fx_shm_lock(r) != 0) return fx_fail(err, FLEXAI_E_STATE, "cannot lock the node's state");
+    if (fx_shm_lock(&node->shm, err) != 0) return -1;
     for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
         const struct fx_slice *sl = &r->slices[s];
-        if (!sl->in_use) continue;
+        if (!sl->in_use || !fx_slice_allows(r, s, (uint32_t)geteuid())) continue;
         for (uint32_t d = 0; d < FLEXAI_MAX_DEVICES; d++) {
             if (!sl->mem_limit[d] && !sl->mem_used[d] && !sl->compute[d] && !sl->gpu_ns[d])
                 continue;
@@ -137,7 +138,7 @@ int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, flex
             }
         }
     }
-    fx_shm_unlock(r);
+    fx_shm_unlock(&node->shm);
     return n;
 }
 
@@ -152,12 +153,19 @@ static int fx_setter_begin(flexai_node *node, const char *slice, const char *uui
         return fx_fail(err, FLEXAI_E_BAD_VALUE, "device: '%s' is not a GPU UUID (expected e.g. "
                        "GPU-5ca1ab1e-0000-4000-8000-000000000000)", uuid ? uuid : "");
     struct fx_region *r = node->shm.r;
-    if (fx_shm_lock(r) != 0) return fx_fail(err, FLEXAI_E_STATE, "cannot lock the node's state");
+    if (fx_shm_lock(&node->shm, err) != 0) return -1;
+    uint32_t uid = (uint32_t)geteuid();
     *d = fx_dev_id(r, u);
-    *s = *d == FX_NONE ? FX_NONE : fx_slice_get(r, slice, 0);
+    *s = *d == FX_NONE ? FX_NONE : fx_slice_get(r, slice, 0, uid);
     if (*s == FX_NONE) {
-        fx_shm_unlock(r);
+        fx_shm_unlock(&node->shm);
         return fx_fail(err, FLEXAI_E_FULL, "the node's state is full (devices or slices)");
+    }
+    if (!fx_slice_allows(r, *s, uid)) {
+        uint32_t owner = r->slices[*s].owner_uid;
+        fx_shm_unlock(&node->shm);
+        return fx_fail(err, FLEXAI_E_PERMISSION, "slice '%s' belongs to uid %u: only that user "
+                       "or root may change it", slice, owner);
     }
     return 0;
 }
@@ -169,7 +177,7 @@ int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const cha
     if (fx_setter_begin(node, slice, uuid, &s, &d, err) != 0) return -1;
     node->shm.r->slices[s].mem_limit[d] = bytes;
     node->shm.r->generation++;
-    fx_shm_unlock(node->shm.r);
+    fx_shm_unlock(&node->shm);
     return 0;
 }
 
@@ -186,7 +194,7 @@ int flexai_node_set_compute(flexai_node *node, const char *slice, const char *uu
                        "100)", burst, percent);
     if (fx_setter_begin(node, slice, uuid, &s, &d, err) != 0) return -1;
     fx_ts_set(node->shm.r, s, d, percent, burst);
-    fx_shm_unlock(node->shm.r);
+    fx_shm_unlock(&node->shm);
     return 0;
 }
 

@@ -206,9 +206,9 @@ static void fx_release_lease(uint32_t dev, struct fx_gate *ld)
 {
     struct fx_region *r = fx_self.shm.r;
     fx_drain(dev, ld);
-    if (fx_shm_lock(r) == 0) {
+    if (fx_shm_lock(&fx_self.shm, NULL) == 0) {
         fx_ts_release(r, fx_self.slice, fx_self.pid, dev, ld->busy_ns, fx_now_ns());
-        fx_shm_unlock(r);
+        fx_shm_unlock(&fx_self.shm);
     }
     ld->holding = 0;
     ld->busy_ns = 0;
@@ -223,9 +223,10 @@ static int fx_gate_usable(void)
            b->queue_capturing;
 }
 
-struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags)
+struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status)
 {
     struct fx_region *r = fx_self.shm.r;
+    *status = FLEXAI_OK;
     if (!fx_gate_usable()) return NULL;
     uint64_t now = fx_now_ns();
     /* The common case, nothing scheduled on any device this process sees, is decided without
@@ -244,7 +245,14 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags)
     /* Tiny kernels come by the hundred per millisecond: a holder asks again only every
      * FX_READMIT_NS, which keeps decisions prompt and the launch path short. */
     for (; !(ld->holding && now < ld->next_admit);) {
-        if (fx_shm_lock(r) != 0) break; /* cannot schedule: let the work through */
+        flexai_error err = {0, ""};
+        if (fx_shm_lock(&fx_self.shm, &err) != 0) {
+            /* cannot schedule: the work must not run unlimited, the launch fails (closed) */
+            FX_ERROR("%s", err.message);
+            pthread_mutex_unlock(&ld->mu);
+            *status = err.code;
+            return NULL;
+        }
         if (ld->busy_ns >= FX_SETTLE_NS) {
             /* long runs are charged as they go, so tokens and `flexai ps` stay current */
             fx_ts_charge(r, fx_self.slice, dev, ld->busy_ns, fx_now_ns());
@@ -255,7 +263,7 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags)
             fx_self.spatial
                 ? fx_ts_admit_spatial(r, fx_self.slice, dev, fx_now_ns(), used, ld->holding)
                 : fx_ts_admit(r, fx_self.slice, fx_self.pid, dev, fx_now_ns(), used);
-        fx_shm_unlock(r);
+        fx_shm_unlock(&fx_self.shm);
         if (v.verdict == FX_TS_GO) {
             if (!ld->holding || (!fx_self.spatial && ld->held_since != v.lease_start_ns)) {
                 ld->holding = 1; /* a new lease: its GPU time starts from zero */

@@ -45,9 +45,9 @@ int fx_fail(flexai_error *err, int32_t code, const char *fmt, ...)
 
 const char *flexai_error_name(int32_t code)
 {
-    static const char *const names[] = {"ok",           "bad value", "unusable state",
-                                        "node full",    "not found", "system error",
-                                        "over quota",   "driver error"};
+    static const char *const names[] = {"ok",         "bad value",    "unusable state",
+                                        "node full",  "not found",    "system error",
+                                        "over quota", "driver error", "permission denied"};
     if (code < 0 || (size_t)code >= sizeof names / sizeof names[0]) return "unknown error";
     return names[code];
 }

@@ -70,39 +70,83 @@ void fx_process_start(const struct fx_backend *backend, int spatial_available)
     pthread_atfork(fx_process_prefork, fx_process_postfork_parent, fx_process_postfork_child);
 }
 
-/* Join the slice and publish its limits for the devices this process sees. Lock held. */
-static int fx_join_locked(struct fx_region *r)
+/* The slice's settings belong to the slice: the process that brings it to life (creates it,
+ * or is its first process) writes them from its configuration; a later joiner only fills in
+ * devices the slice has no setting for (a limit can be added, never loosened), gets the rest as
+ * they are (a resize sticks) and is told once when its own configuration differs. */
+static void fx_settle_limits(struct fx_region *r, int first)
 {
     const flexai_config *cfg = &fx_self.cfg;
-    for (int i = 0; i < fx_self.ndev; i++) fx_self.dev[i] = fx_dev_id(r, fx_self.uuid[i]);
+    struct fx_slice *sl = &r->slices[fx_self.slice];
+    int differs = 0;
+    for (int i = 0; i < fx_self.ndev; i++) {
+        uint32_t d = fx_self.dev[i];
+        if (cfg->memory[i] && sl->mem_limit[d] != cfg->memory[i]) {
+            if (first || !sl->mem_limit[d]) {
+                sl->mem_limit[d] = cfg->memory[i];
+                r->generation++;
+            } else {
+                differs = 1;
+            }
+        }
+        int same = sl->compute[d] == cfg->compute[i] && sl->burst[d] == cfg->burst[i];
+        if (cfg->compute[i] && !same) {
+            if (first || !sl->compute[d])
+                fx_ts_set(r, fx_self.slice, d, cfg->compute[i], cfg->burst[i]);
+            else
+                differs = 1;
+        }
+    }
+    if (first) sl->priority = cfg->priority;
+    else differs |= sl->priority != cfg->priority;
+    if (differs)
+        FX_WARN("slice '%s' already has settings that differ from this process's FLEXAI_* "
+                "values; the slice's settings apply (see flexai ps; change them with flexai "
+                "resize)", fx_self.slice_name);
+}
+
+/* Join the slice and publish its limits for the devices this process sees. Lock held.
+ * FLEXAI_OK, or why not (FLEXAI_E_FULL, FLEXAI_E_PERMISSION). */
+static int32_t fx_join_locked(struct fx_region *r)
+{
+    const flexai_config *cfg = &fx_self.cfg;
+    for (int i = 0; i < fx_self.ndev; i++) {
+        fx_self.dev[i] = fx_dev_id(r, fx_self.uuid[i]);
+        if (fx_self.dev[i] == FX_NONE) return FLEXAI_E_FULL;
+    }
+    int first = 0;
     if (fx_self.proc == FX_NONE) {
         /* A forked child keeps its parent's slice (even a private one) while it is alive. */
-        uint32_t s = fx_self.slice;
+        uint32_t s = fx_self.slice, uid = (uint32_t)geteuid();
         int32_t pid = (int32_t)getpid();
         if (s == FX_NONE || !r->slices[s].in_use ||
             strncmp(r->slices[s].name, fx_self.slice_name, FLEXAI_NAME_MAX) != 0)
-            s = fx_slice_get(r, cfg->slice, pid);
-        if (s == FX_NONE) return -1;
+            s = fx_slice_get(r, cfg->slice, pid, uid);
+        if (s == FX_NONE) return FLEXAI_E_FULL;
+        if (!fx_slice_allows(r, s, uid)) return FLEXAI_E_PERMISSION;
+        first = !fx_slice_has_process(r, s);
         uint32_t p = fx_proc_add(r, s, pid, fx_pid_start_time(pid));
-        if (p == FX_NONE) return -1;
+        if (p == FX_NONE) return FLEXAI_E_FULL;
         fx_self.slice = s;
         fx_self.proc = p;
         fx_self.pid = pid;
         memcpy(fx_self.slice_name, r->slices[s].name, FLEXAI_NAME_MAX);
-        r->slices[s].priority = cfg->priority;
+        fx_self.slice_name[FLEXAI_NAME_MAX - 1] = '\0';
     }
-    struct fx_slice *sl = &r->slices[fx_self.slice];
-    for (int i = 0; i < fx_self.ndev; i++) {
-        uint32_t d = fx_self.dev[i];
-        if (d == FX_NONE) continue;
-        if (cfg->memory[i] && sl->mem_limit[d] != cfg->memory[i]) {
-            sl->mem_limit[d] = cfg->memory[i];
-            r->generation++;
-        }
-        if (cfg->compute[i] && (sl->compute[d] != cfg->compute[i] || sl->burst[d] != cfg->burst[i]))
-            fx_ts_set(r, fx_self.slice, d, cfg->compute[i], cfg->burst[i]);
-    }
-    return 0;
+    fx_settle_limits(r, first);
+    return FLEXAI_OK;
+}
+
+/* A quota on a device index this process does not see protects nothing: say so, once. */
+static void fx_warn_unseen_devices(void)
+{
+    const flexai_config *cfg = &fx_self.cfg;
+    uint32_t given = cfg->memory_given | cfg->compute_given | cfg->burst_given;
+    for (int i = fx_self.ndev; i < FLEXAI_MAX_DEVICES; i++)
+        if (given & (1u << i))
+            FX_WARN("FLEXAI_GPU_MEMORY/FLEXAI_GPU_COMPUTE name device %d, but this process "
+                    "sees %d device(s) (0..%d): that entry limits nothing (indices count the "
+                    "devices after CUDA_VISIBLE_DEVICES)", i, fx_self.ndev, fx_self.ndev - 1);
 }
 
 /* Fill the device map from the backend. Mutex held. */
@@ -121,23 +165,56 @@ static int fx_map_devices(int from_driver)
     return 0;
 }
 
+/* Limits were asked for and cannot be enforced: every call into the driver fails from now on,
+ * with the reason in the log (fail closed). Without limits, the process runs unaccounted. */
+static void fx_fail_closed(int32_t status, const char *why)
+{
+    if (fx_self.cfg.memory_set || fx_self.cfg.compute_set) {
+        fx_self.broken = 1;
+        fx_self.broken_status = status;
+        FX_ERROR("%s; quotas cannot be enforced, so calls to the driver fail", why);
+    } else {
+        FX_WARN("%s; running without accounting (no quota is set)", why);
+    }
+}
+
+/* Our own process entry still says what we wrote: our pid, our slice, in use. Lock held. */
+static int fx_own_slot_intact(const struct fx_region *r)
+{
+    const struct fx_proc *pr = &r->procs[fx_self.proc];
+    return pr->in_use && pr->pid == fx_self.pid && pr->slice == fx_self.slice &&
+           r->slices[fx_self.slice].in_use;
+}
+
 int fx_attach(int from_driver)
 {
     struct fx_region *r = fx_self.shm.r;
+    flexai_error err = {0, ""};
     if (fx_self.broken || !r || !fx_backend) return -1;
     int rc = 0;
     pthread_mutex_lock(&fx_self.mu);
     /* the driver's own answer replaces a quiet (NVML) one as soon as the driver is up */
     int need_map = fx_self.ndev < 0 || (from_driver && !fx_self.devices_from_driver);
     if (need_map && fx_map_devices(from_driver) != 0 && fx_self.ndev < 0) rc = -1;
+    if (rc == 0 && need_map) fx_warn_unseen_devices();
     if (rc == 0 && (need_map || fx_self.proc == FX_NONE)) {
-        if (fx_self.proc == FX_NONE) fx_sweep(r);
-        if (fx_shm_lock(r) != 0) {
+        if (fx_self.proc == FX_NONE) fx_sweep(&fx_self.shm);
+        if (fx_shm_lock(&fx_self.shm, &err) != 0) {
+            fx_fail_closed(err.code, err.message);
             rc = -1;
         } else {
-            rc = fx_join_locked(r);
-            fx_shm_unlock(r);
-            if (rc != 0) FX_ERROR("the node's state is full (slices or processes); not attached");
+            int32_t st = fx_join_locked(r);
+            fx_shm_unlock(&fx_self.shm);
+            if (st == FLEXAI_E_FULL)
+                fx_fail_closed(st, "the node's state is full (devices, slices or processes, "
+                               "all in use); not attached");
+            if (st == FLEXAI_E_PERMISSION) {
+                char why[FLEXAI_ERR_MAX];
+                snprintf(why, sizeof why, "slice '%s' belongs to another user; choose another "
+                         "FLEXAI_SLICE", fx_self.cfg.slice);
+                fx_fail_closed(st, why);
+            }
+            rc = st == FLEXAI_OK ? 0 : -1;
         }
     }
     pthread_mutex_unlock(&fx_self.mu);
@@ -162,12 +239,22 @@ int32_t fx_reserve(uint32_t dev, uint64_t bytes)
     struct fx_region *r = fx_self.shm.r;
     if (dev == FX_NONE || !r || fx_self.proc == FX_NONE) return FLEXAI_OK;
     for (int attempt = 0; attempt < 2; attempt++) {
-        if (fx_shm_lock(r) != 0) return FLEXAI_E_STATE;
-        int rc = fx_charge(r, fx_self.proc, dev, bytes);
-        fx_shm_unlock(r);
-        if (rc == 0) return FLEXAI_OK;
+        flexai_error err = {0, ""};
+        if (fx_shm_lock(&fx_self.shm, &err) != 0) {
+            FX_ERROR("%s", err.message);
+            return err.code;
+        }
+        int32_t st = fx_own_slot_intact(r) ? FLEXAI_OK : FLEXAI_E_STATE;
+        if (st == FLEXAI_OK && fx_charge(r, fx_self.proc, dev, bytes) != 0) st = FLEXAI_E_QUOTA;
+        fx_shm_unlock(&fx_self.shm);
+        if (st == FLEXAI_E_STATE) {
+            FX_ERROR("this process's entry in the node's state was changed by someone else; "
+                     "failing closed");
+            return st;
+        }
+        if (st == FLEXAI_OK) return FLEXAI_OK;
         /* Over the quota: memory of exited processes may still be counted. Reclaim once. */
-        if (attempt == 0 && fx_sweep(r) <= 0) break;
+        if (attempt == 0 && fx_sweep(&fx_self.shm) <= 0) break;
     }
     FX_INFO("allocation of %llu bytes refused: over the slice's memory quota",
             (unsigned long long)bytes);
@@ -178,18 +265,18 @@ void fx_release(uint32_t dev, uint64_t bytes)
 {
     struct fx_region *r = fx_self.shm.r;
     if (dev == FX_NONE || !r || fx_self.proc == FX_NONE || bytes == 0) return;
-    if (fx_shm_lock(r) != 0) return;
-    fx_uncharge(r, fx_self.proc, dev, bytes);
-    fx_shm_unlock(r);
+    if (fx_shm_lock(&fx_self.shm, NULL) != 0) return;
+    if (fx_own_slot_intact(r)) fx_uncharge(r, fx_self.proc, dev, bytes);
+    fx_shm_unlock(&fx_self.shm);
 }
 
 int fx_quota(uint32_t dev, uint64_t *limit, uint64_t *used)
 {
     struct fx_region *r = fx_self.shm.r;
     if (dev == FX_NONE || !r || fx_self.slice == FX_NONE) return 0;
-    if (fx_shm_lock(r) != 0) return 0;
+    if (fx_shm_lock(&fx_self.shm, NULL) != 0) return 0;
     *limit = r->slices[fx_self.slice].mem_limit[dev];
     *used = r->slices[fx_self.slice].mem_used[dev];
-    fx_shm_unlock(r);
+    fx_shm_unlock(&fx_self.shm);
     return *limit != 0;
 }

@@ -1,7 +1,11 @@
-/* shm.c - create, map, check and lock the node's shared region (layout in shm.h). */
+/* shm.c - create, map, check and lock the node's shared region (layout in shm.h).
+ *
+ * The directory and files are shared by every user's processes on the node, so nothing here
+ * follows a link, writes into a file it did not create, or waits without a bound. */
 #include "shm.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -9,7 +13,10 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
+#include <linux/futex.h>
 
 #include "log.h"
 
@@ -17,27 +24,42 @@ _Static_assert(sizeof(pthread_mutex_t) <= sizeof(((struct fx_region *)0)->lock),
                "pthread_mutex_t does not fit the region's lock field");
 _Static_assert(offsetof(struct fx_region, lock) % 16 == 0, "lock must be aligned");
 
-static int fx_flock(int fd, int op)
+/* flock, bounded: a process that keeps a lock file locked (stopped, or hostile) must not hang
+ * every newcomer; after FX_LOCK_WAIT_NS the caller fails closed with a clear error. */
+static int fx_flock_bounded(int fd, int op)
 {
-    int rc;
-    do {
-        rc = flock(fd, op);
-    } while (rc != 0 && errno == EINTR);
+    uint64_t waited = 0;
+    for (;;) {
+        if (flock(fd, op | LOCK_NB) == 0) return 0;
+        if (errno != EWOULDBLOCK && errno != EINTR) return -1;
+        if (waited >= FX_LOCK_WAIT_NS) {
+            errno = ETIMEDOUT;
+            return -1;
+        }
+        struct timespec t = {0, (long)FX_LOCK_POLL_NS};
+        nanosleep(&t, NULL);
+        waited += FX_LOCK_POLL_NS;
+    }
+}
+
+static int fx_mutex_init(struct fx_region *r)
+{
+    pthread_mutexattr_t a;
+    pthread_mutex_t *m = (pthread_mutex_t *)(void *)r->lock;
+    if (pthread_mutexattr_init(&a) != 0) return ENOMEM;
+    int rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (rc == 0) rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (rc == 0) rc = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
     return rc;
 }
 
 static int fx_init_region(struct fx_region *r, flexai_error *err)
 {
-    pthread_mutexattr_t a;
-    pthread_mutex_t *m = (pthread_mutex_t *)(void *)r->lock;
-    if (pthread_mutexattr_init(&a) != 0) return fx_fail(err, FLEXAI_E_SYSTEM,
-                                                        "state: cannot create lock");
-    int rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    if (rc == 0) rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    if (rc == 0) rc = pthread_mutex_init(m, &a);
-    pthread_mutexattr_destroy(&a);
-    if (rc != 0) return fx_fail(err, FLEXAI_E_SYSTEM,
-                                "state: cannot create robust lock: %s", strerror(rc));
+    int rc = fx_mutex_init(r);
+    if (rc != 0)
+        return fx_fail(err, FLEXAI_E_SYSTEM, "state: cannot create robust lock: %s",
+                       strerror(rc));
     r->version = FX_LAYOUT_VERSION;
     r->size = sizeof *r;
     /* magic last: a creator that dies before this line leaves an invalid region, which the
@@ -51,108 +73,163 @@ static int fx_region_valid(const struct fx_region *r, const char *path, flexai_e
 {
     uint64_t magic = __atomic_load_n(&r->magic, __ATOMIC_ACQUIRE);
     if (magic != FX_MAGIC)
-        return fx_fail(err, FLEXAI_E_STATE,
-                       "state file %s is not a flexai state file (bad magic)", path);
+        return fx_fail(err, FLEXAI_E_STATE, "state file %s is not a flexai state file (bad "
+                       "magic)", path);
     if (r->version != FX_LAYOUT_VERSION || r->size != sizeof *r)
-        return fx_fail(err, FLEXAI_E_STATE,
-                       "state file %s has layout version %u; this libflexai expects %u: "
-                       "stop the processes using it or set another FLEXAI_STATE_DIR", path,
-                       r->version, FX_LAYOUT_VERSION);
+        return fx_fail(err, FLEXAI_E_STATE, "state file %s has layout version %u; this "
+                       "libflexai expects %u: stop the processes using it or set another "
+                       "FLEXAI_STATE_DIR", path, r->version, FX_LAYOUT_VERSION);
     return 0;
+}
+
+/* The state directory: opened without following a link, and only when nobody but root or the
+ * caller can have planted files in it (owned by root or the caller; writable by others only
+ * with the sticky bit). Created 01777 when missing: every user's processes share one state. */
+static int fx_dir_open(const char *dir, flexai_error *err)
+{
+    struct stat st;
+    int created = mkdir(dir, 01777) == 0;
+    if (!created && errno != EEXIST)
+        return fx_fail(err, FLEXAI_E_STATE, "FLEXAI_STATE_DIR %s: cannot create: %s", dir,
+                       strerror(errno));
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return fx_fail(err, FLEXAI_E_STATE, "FLEXAI_STATE_DIR %s: %s", dir,
+                       errno == ELOOP || errno == ENOTDIR ? "not a directory (a symbolic link?)"
+                                                          : strerror(errno));
+    if (created) (void)fchmod(fd, 01777); /* umask must not win; only what we just made */
+    if (fstat(fd, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        close(fd);
+        return fx_fail(err, FLEXAI_E_STATE, "FLEXAI_STATE_DIR %s: not a directory", dir);
+    }
+    if (st.st_uid != 0 && st.st_uid != geteuid()) {
+        close(fd);
+        return fx_fail(err, FLEXAI_E_STATE, "FLEXAI_STATE_DIR %s belongs to uid %u, another "
+                       "user: refusing it (have root create it with mode 1777, e.g. "
+                       "install -d -m 1777 %s)", dir, (unsigned)st.st_uid, dir);
+    }
+    if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX)) {
+        close(fd);
+        return fx_fail(err, FLEXAI_E_STATE, "FLEXAI_STATE_DIR %s is writable by others without "
+                       "the sticky bit: refusing it (expected mode 1777, e.g. chmod 1777 %s)",
+                       dir, dir);
+    }
+    return fd;
+}
+
+/* Open (creating when missing) a file in the state directory, never through a link, never a
+ * file that is not a plain file of its own (hard links to another file are refused). Only a
+ * file this call created has its mode changed. */
+static int fx_file_open(int dirfd, const char *dir, const char *name, flexai_error *err)
+{
+    struct stat st;
+    int fd = openat(dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+    if (fd >= 0) {
+        (void)fchmod(fd, 0666); /* shared by every user's processes; umask must not win */
+        return fd;
+    }
+    if (errno == EEXIST)
+        fd = openat(dirfd, name, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return fx_fail(err, FLEXAI_E_STATE, "state file %s/%s: %s", dir, name,
+                       errno == ELOOP ? "is a symbolic link: refusing it" : strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+        close(fd);
+        return fx_fail(err, FLEXAI_E_STATE, "state file %s/%s is not a plain file of its own "
+                       "(a device, a pipe or a hard link): refusing it", dir, name);
+    }
+    return fd;
+}
+
+static void *fx_map(int fd)
+{
+    void *map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return map == MAP_FAILED ? NULL : map;
 }
 
 /* Every attached process holds a shared flock on the state file for as long as it is attached,
  * so a newcomer that can take it exclusively knows nobody uses the file: it may then replace a
- * file it cannot use (another layout version, a crashed creator, junk). Newcomers serialize on
- * a separate lock file, which is only held for the few system calls of attaching. */
+ * file it cannot use (another layout version, a crashed creator, junk) by a new one (unlink and
+ * create: it never writes into a file it did not make). Newcomers serialize on a separate lock
+ * file, which is only held for the few system calls of attaching. */
 int fx_shm_open(struct fx_shm *s, const char *dir, flexai_error *err)
 {
-    char path[FLEXAI_PATH_MAX + 16], lock_path[FLEXAI_PATH_MAX + 16];
     struct stat st;
-    void *map = MAP_FAILED;
-    int fd = -1, lockfd = -1;
+    struct fx_region *map = NULL;
+    int fd = -1, lockfd = -1, dirfd;
 
     s->r = NULL;
     s->fd = -1;
-    if (mkdir(dir, 01777) == 0) {
-        chmod(dir, 01777); /* every user's processes share one node state; umask must not win */
-    } else if (errno != EEXIST) {
-        return fx_fail(err, FLEXAI_E_STATE,
-                       "FLEXAI_STATE_DIR %s: cannot create: %s", dir, strerror(errno));
-    }
-    snprintf(path, sizeof path, "%s/state", dir);
-    snprintf(lock_path, sizeof lock_path, "%s/state.lock", dir);
-    lockfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (lockfd < 0) return fx_fail(err, FLEXAI_E_STATE,
-                                   "state lock %s: %s", lock_path, strerror(errno));
-    (void)fchmod(lockfd, 0666); /* best effort: only the creator may change the mode */
-    if (fx_flock(lockfd, LOCK_EX) != 0) {
-        fx_fail(err, FLEXAI_E_STATE, "state lock %s: flock: %s", lock_path, strerror(errno));
+    s->dirfd = -1;
+    if ((dirfd = fx_dir_open(dir, err)) < 0) return -1;
+    if ((lockfd = fx_file_open(dirfd, dir, "state.lock", err)) < 0) goto fail;
+    if (fx_flock_bounded(lockfd, LOCK_EX) != 0) {
+        fx_fail(err, FLEXAI_E_STATE, "state lock %s/state.lock: %s", dir,
+                errno == ETIMEDOUT ? "held by another process for over 2 s" : strerror(errno));
         goto fail;
     }
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        fx_fail(err, FLEXAI_E_STATE, "state file %s: %s", path, strerror(errno));
-        goto fail;
-    }
-    (void)fchmod(fd, 0666);
+    if ((fd = fx_file_open(dirfd, dir, "state", err)) < 0) goto fail;
     int alone = flock(fd, LOCK_EX | LOCK_NB) == 0;
-    if (!alone && fx_flock(fd, LOCK_SH) != 0) {
-        fx_fail(err, FLEXAI_E_STATE, "state file %s: flock: %s", path, strerror(errno));
+    if (!alone && fx_flock_bounded(fd, LOCK_SH) != 0) {
+        fx_fail(err, FLEXAI_E_STATE, "state file %s/state: flock: %s", dir, strerror(errno));
         goto fail;
     }
     if (fstat(fd, &st) != 0) {
-        fx_fail(err, FLEXAI_E_STATE, "state file %s: %s", path, strerror(errno));
+        fx_fail(err, FLEXAI_E_STATE, "state file %s/state: %s", dir, strerror(errno));
         goto fail;
     }
-    int fresh = st.st_size == 0;
     if ((size_t)st.st_size == sizeof(struct fx_region)) {
-        map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (map == MAP_FAILED) {
-            fx_fail(err, FLEXAI_E_STATE, "state file %s: mmap: %s", path, strerror(errno));
+        if (!(map = fx_map(fd))) {
+            fx_fail(err, FLEXAI_E_STATE, "state file %s/state: mmap: %s", dir, strerror(errno));
             goto fail;
         }
-        if (fx_region_valid(map, path, err) != 0) {
+        if (fx_region_valid(map, dir, err) != 0) {
             if (!alone) goto fail; /* someone uses it: never pull it from under them */
-            munmap(map, sizeof(struct fx_region));
-            map = MAP_FAILED;
-            fresh = 1;
+            munmap(map, sizeof *map);
+            map = NULL;
         }
-    } else if (!fresh && !alone) {
-        fx_fail(err, FLEXAI_E_STATE,
-                "state file %s has %lld bytes; this libflexai expects %zu (layout version "
-                "%u): stop the processes using it or set another FLEXAI_STATE_DIR", path,
-                (long long)st.st_size, sizeof(struct fx_region), FX_LAYOUT_VERSION);
+    } else if (!alone) {
+        fx_fail(err, FLEXAI_E_STATE, "state file %s/state has %lld bytes; this libflexai "
+                "expects %zu (layout version %u): stop the processes using it or set another "
+                "FLEXAI_STATE_DIR", dir, (long long)st.st_size, sizeof(struct fx_region),
+                FX_LAYOUT_VERSION);
         goto fail;
-    } else {
-        fresh = 1;
     }
-    if (fresh) {
-        if (st.st_size != 0) FX_WARN("state file %s was unusable and unused: replacing it", path);
-        if (ftruncate(fd, 0) != 0 || ftruncate(fd, (off_t)sizeof(struct fx_region)) != 0) {
-            fx_fail(err, FLEXAI_E_STATE,
-                    "state file %s: cannot size it: %s", path, strerror(errno));
+    if (!map) {
+        /* unusable or new, and nobody uses it: a fresh file of our own replaces it */
+        if (st.st_size != 0)
+            FX_WARN("state file %s/state was unusable and unused: replacing it", dir);
+        close(fd);
+        fd = -1;
+        if (unlinkat(dirfd, "state", 0) != 0 && errno != ENOENT) {
+            fx_fail(err, FLEXAI_E_STATE, "state file %s/state: cannot replace it: %s", dir,
+                    strerror(errno));
             goto fail;
         }
-        map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        if (map == MAP_FAILED) {
-            fx_fail(err, FLEXAI_E_STATE, "state file %s: mmap: %s", path, strerror(errno));
+        fd = openat(dirfd, "state", O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0666);
+        if (fd < 0 || fchmod(fd, 0666) != 0 || flock(fd, LOCK_EX | LOCK_NB) != 0 ||
+            ftruncate(fd, (off_t)sizeof(struct fx_region)) != 0 || !(map = fx_map(fd))) {
+            fx_fail(err, FLEXAI_E_STATE, "state file %s/state: cannot create it: %s", dir,
+                    strerror(errno));
             goto fail;
         }
         if (fx_init_region(map, err) != 0) goto fail;
+        alone = 1;
     }
-    if (alone && fx_flock(fd, LOCK_SH) != 0) { /* from exclusive to shared: we stay a user */
-        fx_fail(err, FLEXAI_E_STATE, "state file %s: flock: %s", path, strerror(errno));
+    if (alone && fx_flock_bounded(fd, LOCK_SH) != 0) { /* exclusive to shared: we stay a user */
+        fx_fail(err, FLEXAI_E_STATE, "state file %s/state: flock: %s", dir, strerror(errno));
         goto fail;
     }
     close(lockfd);
     s->r = map;
     s->fd = fd;
+    s->dirfd = dirfd;
     return 0;
 fail:
-    if (map != MAP_FAILED) munmap(map, sizeof(struct fx_region));
+    if (map) munmap(map, sizeof *map);
     if (fd >= 0) close(fd); /* also drops its flock */
     if (lockfd >= 0) close(lockfd);
+    close(dirfd);
     return -1;
 }
 
@@ -160,8 +237,10 @@ void fx_shm_close(struct fx_shm *s)
 {
     if (s->r) munmap(s->r, sizeof *s->r);
     if (s->fd >= 0) close(s->fd);
+    if (s->dirfd >= 0) close(s->dirfd);
     s->r = NULL;
     s->fd = -1;
+    s->dirfd = -1;
 }
 
 /* The last holder died inside a critical section. Everything that section may have left half
@@ -180,24 +259,82 @@ static void fx_repair(struct fx_region *r)
     r->generation++;
 }
 
-int fx_shm_lock(struct fx_region *r)
+/* The lock word of a glibc robust mutex holds the owner's thread id (and two flag bits). */
+#define FX_FUTEX_TID_MASK 0x3fffffffu
+
+/* The lock could not be taken within FX_LOCK_WAIT_NS. If its owner still exists (stopped,
+ * frozen, or just slow) we fail closed. If it is gone without the kernel marking the lock
+ * (it unmapped the region before dying) or the word is garbage, one repairer at a time (under
+ * state.lock) re-creates the mutex, rebuilds the derived data and wakes the waiters. */
+static int fx_lock_rescue(struct fx_shm *s, flexai_error *err)
 {
-    pthread_mutex_t *m = (pthread_mutex_t *)(void *)r->lock;
-    int rc = pthread_mutex_lock(m);
-    if (rc == EOWNERDEAD) {
-        fx_repair(r);
-        pthread_mutex_consistent(m);
-        FX_INFO("recovered the state lock from a process that died holding it");
-        return 0;
+    volatile uint32_t *word = (volatile uint32_t *)(void *)s->r->lock;
+    uint32_t seen = *word, tid = seen & FX_FUTEX_TID_MASK;
+    if (seen == 0) return 0; /* free now: try again */
+    if (tid != 0 && (kill((pid_t)tid, 0) == 0 || errno == EPERM))
+        return fx_fail(err, FLEXAI_E_STATE, "the node's state lock has been held for over 2 s "
+                       "by thread %u (stopped or frozen?); failing closed until it lets go",
+                       tid);
+    int lockfd = openat(s->dirfd, "state.lock", O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (lockfd < 0 || fx_flock_bounded(lockfd, LOCK_EX) != 0) {
+        if (lockfd >= 0) close(lockfd);
+        return fx_fail(err, FLEXAI_E_STATE, "the node's state lock is wedged and cannot be "
+                       "repaired now: %s", strerror(errno));
     }
-    if (rc != 0) {
-        FX_ERROR("state lock: %s", strerror(rc));
+    if (*word == seen) {
+        fx_mutex_init(s->r);
+        fx_repair(s->r);
+        syscall(SYS_futex, word, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+        FX_WARN("repaired the node's state lock (left held by a thread that is gone, or "
+                "overwritten)");
+    }
+    close(lockfd);
+    return 0;
+}
+
+/* The file behind the mapping must still have its full size: a truncated file would make the
+ * next access fault (SIGBUS). Checked before every lock. */
+static int fx_size_ok(struct fx_shm *s, flexai_error *err)
+{
+    struct stat st;
+    if (fstat(s->fd, &st) == 0 && (size_t)st.st_size == sizeof *s->r) return 0;
+    return fx_fail(err, FLEXAI_E_STATE, "the node's state file was truncated or replaced under "
+                   "this process: failing closed");
+}
+
+int fx_shm_lock(struct fx_shm *s, flexai_error *err)
+{
+    pthread_mutex_t *m = (pthread_mutex_t *)(void *)s->r->lock;
+    if (fx_size_ok(s, err) != 0) return -1;
+    for (int attempt = 0;; attempt++) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        uint64_t ns = (uint64_t)until.tv_nsec + FX_LOCK_WAIT_NS;
+        until.tv_sec += (time_t)(ns / 1000000000ULL);
+        until.tv_nsec = (long)(ns % 1000000000ULL);
+        int rc = pthread_mutex_timedlock(m, &until);
+        if (rc == EOWNERDEAD) {
+            fx_repair(s->r);
+            pthread_mutex_consistent(m);
+            FX_INFO("recovered the state lock from a process that died holding it");
+            rc = 0;
+        }
+        if (rc == 0) break;
+        if (attempt > 0 || fx_lock_rescue(s, err) != 0) {
+            if (attempt > 0)
+                fx_fail(err, FLEXAI_E_STATE, "the node's state lock: %s", strerror(rc));
+            return -1;
+        }
+    }
+    /* zero-filled or overwritten while we waited: never trust it */
+    if (fx_region_valid(s->r, "(mapped)", err) != 0) {
+        pthread_mutex_unlock(m);
         return -1;
     }
     return 0;
 }
 
-void fx_shm_unlock(struct fx_region *r)
+void fx_shm_unlock(struct fx_shm *s)
 {
-    pthread_mutex_unlock((pthread_mutex_t *)(void *)r->lock);
+    pthread_mutex_unlock((pthread_mutex_t *)(void *)s->r->lock);
 }

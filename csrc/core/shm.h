@@ -14,7 +14,7 @@
 #include "flexai.h"
 
 #define FX_MAGIC 0x314d48534941584eULL /* "NXAISHM1" read as little-endian bytes */
-#define FX_LAYOUT_VERSION 2u
+#define FX_LAYOUT_VERSION 3u /* 3: slices record their owner */
 #define FX_MAX_SLICES 128
 #define FX_MAX_PROCS 1024
 #define FX_NONE 0xffffffffu
@@ -50,7 +50,10 @@ struct fx_slice {
     uint64_t vtime_ns[FLEXAI_MAX_DEVICES];  /* GPU time used / share: fair-share clock */
     uint64_t active_ns[FLEXAI_MAX_DEVICES]; /* last time it wanted to submit work */
     uint64_t gpu_ns[FLEXAI_MAX_DEVICES];    /* GPU time used in all (statistics) */
-    uint64_t reserved[8];
+    uint32_t owner_uid;                     /* the user who created it: only they (and root)
+                                               may join or change it */
+    uint32_t pad2;
+    uint64_t reserved[7];
 };
 
 struct fx_proc {
@@ -77,24 +80,38 @@ struct fx_region {
 /* A process's attachment to the region. */
 struct fx_shm {
     struct fx_region *r;
-    int fd;
+    int fd;    /* the state file (its shared flock says "in use") */
+    int dirfd; /* the state directory, for repairs */
 };
 
-/* Map (creating or initializing when needed) "<dir>/state". */
+#define FX_LOCK_WAIT_NS (2000000000ULL) /* longest wait for a lock before failing closed */
+#define FX_LOCK_POLL_NS (1000000ULL)    /* poll period of a bounded flock */
+
+/* Map (creating or initializing when needed) "<dir>/state". Refuses a directory or file that
+ * another user could have planted (links, foreign owner, others-writable without sticky bit). */
 int fx_shm_open(struct fx_shm *s, const char *dir, flexai_error *err);
 void fx_shm_close(struct fx_shm *s);
 
-/* Take / release the region lock. fx_shm_lock repairs the region if the last holder died. */
-int fx_shm_lock(struct fx_region *r);
-void fx_shm_unlock(struct fx_region *r);
+/* Take / release the region lock. Waits at most FX_LOCK_WAIT_NS (then fails closed with a
+ * clear error), repairs the region if the last holder died, re-creates a lock left held by a
+ * thread that is gone or overwritten, and refuses a file that was truncated or overwritten. */
+int fx_shm_lock(struct fx_shm *s, flexai_error *err);
+void fx_shm_unlock(struct fx_shm *s);
 
 /* ---- ledger operations; all but fx_sweep expect the lock held ---------------------------- */
 
 /* Node device id of `uuid`, adding it if new; FX_NONE when the table is full. */
 uint32_t fx_dev_id(struct fx_region *r, const uint8_t uuid[16]);
 
-/* Find or create the slice `name` (empty name: a private slice for pid). FX_NONE when full. */
-uint32_t fx_slice_get(struct fx_region *r, const char *name, int32_t pid);
+/* Find or create the slice `name` (empty name: a private slice for pid) for user `uid`.
+ * FX_NONE when the table is full even after expiring slices without processes. */
+uint32_t fx_slice_get(struct fx_region *r, const char *name, int32_t pid, uint32_t uid);
+
+/* Whether some live process is in slice `s`. */
+int fx_slice_has_process(const struct fx_region *r, uint32_t s);
+
+/* Whether user `uid` may join or change slice `s` (its creator, or root). */
+int fx_slice_allows(const struct fx_region *r, uint32_t s, uint32_t uid);
 
 /* Register a process in a slice; returns its slot or FX_NONE when the table is full. */
 uint32_t fx_proc_add(struct fx_region *r, uint32_t slice, int32_t pid, uint64_t start_time);
@@ -110,8 +127,9 @@ void fx_uncharge(struct fx_region *r, uint32_t proc, uint32_t dev, uint64_t byte
 void fx_proc_remove(struct fx_region *r, uint32_t proc);
 
 /* Reclaim every process that has exited. Takes the lock itself; reads /proc outside of it.
+ * A process that may exist but cannot be inspected (hidepid, another user) is kept.
  * Returns the number of processes reclaimed or -1. */
-int fx_sweep(struct fx_region *r);
+int fx_sweep(struct fx_shm *s);
 
 /* Start time of pid from /proc, 0 when the process does not exist. */
 uint64_t fx_pid_start_time(int32_t pid);

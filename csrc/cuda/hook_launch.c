@@ -8,7 +8,9 @@
 /* One wrapper per entry point; `stream` and `ptsz` say where the work goes. */
 #define FX_LAUNCH(fn, stream, ptsz, call_args)                                                 \
     FX_ENTER(fn);                                                                              \
-    struct fx_gate *gate_ = fx_gate_enter((stream), (ptsz) ? FX_PTSZ : 0u);                        \
+    int32_t st_;                                                                               \
+    struct fx_gate *gate_ = fx_gate_enter((stream), (ptsz) ? FX_PTSZ : 0u, &st_);              \
+    if (st_ != FLEXAI_OK) return fx_cuda_error(st_);                                           \
     CUresult rc = fx_cu.fn call_args;                                                          \
     fx_gate_leave(gate_, rc == CUDA_SUCCESS, (stream), (ptsz) ? FX_PTSZ : 0u);                     \
     return rc
