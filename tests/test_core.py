@@ -20,7 +20,8 @@ import pytest
 ROOT = Path(__file__).parent.parent
 CORE = ROOT / "csrc" / "core"
 HERE = Path(__file__).parent / "core"
-SOURCES = [HERE / "test_timeshare.c", HERE / "sim.c", CORE / "timeshare.c", CORE / "log.c"]
+SOURCES = [HERE / "test_timeshare.c", HERE / "sim.c", CORE / "timeshare.c", CORE / "seal.c",
+           CORE / "util.c", CORE / "log.c"]
 CFLAGS = ["-std=gnu11", "-O2", "-g", "-D_GNU_SOURCE", "-Wall", "-Wextra", "-Werror", "-Wshadow",
           "-Wconversion", "-Wmissing-prototypes", "-Wformat=2"]
 INCLUDES = [f"-I{ROOT / 'include'}", f"-I{CORE}", f"-I{HERE}"]

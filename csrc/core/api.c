@@ -161,6 +161,11 @@ static int fx_setter_begin(flexai_node *node, const char *slice, const char *uui
         fx_shm_unlock(&node->shm);
         return fx_fail(err, FLEXAI_E_FULL, "the node's state is full (devices or slices)");
     }
+    if (!fx_slice_intact(r, *s)) {
+        fx_shm_unlock(&node->shm);
+        return fx_fail(err, FLEXAI_E_STATE, "slice '%s': its settings in the node's state are "
+                       "damaged; its processes fail closed until they exit", slice);
+    }
     if (!fx_slice_allows(r, *s, uid)) {
         uint32_t owner = r->slices[*s].owner_uid;
         fx_shm_unlock(&node->shm);
@@ -176,6 +181,7 @@ int flexai_node_set_memory_limit(flexai_node *node, const char *slice, const cha
     uint32_t s = FX_NONE, d = FX_NONE;
     if (fx_setter_begin(node, slice, uuid, &s, &d, err) != 0) return -1;
     node->shm.r->slices[s].mem_limit[d] = bytes;
+    fx_slice_seal(node->shm.r, s);
     node->shm.r->generation++;
     fx_shm_unlock(&node->shm);
     return 0;

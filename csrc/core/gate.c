@@ -214,6 +214,29 @@ static void fx_release_lease(uint32_t dev, struct fx_gate *ld)
     ld->busy_ns = 0;
 }
 
+/* Whether our slice is scheduled on each node device, from its settings as last verified
+ * (sealed) under the lock: the hot path decides from this process-local copy and only reads the
+ * shared seal, so damaged bytes in the shared settings can never switch our limits off. */
+static uint8_t fx_own_sched[FLEXAI_MAX_DEVICES];
+static uint64_t fx_own_seal; /* the seal fx_own_sched was built from; 0: not yet */
+
+static int32_t fx_own_refresh(struct fx_region *r)
+{
+    flexai_error err = {0, ""};
+    if (fx_shm_lock(&fx_self.shm, &err) != 0) {
+        FX_ERROR("%s", err.message);
+        return err.code;
+    }
+    int intact = fx_slice_intact(r, fx_self.slice);
+    for (uint32_t d = 0; intact && d < FLEXAI_MAX_DEVICES; d++)
+        fx_own_sched[d] = (uint8_t)fx_ts_scheduled(r, fx_self.slice, d);
+    if (intact) __atomic_store_n(&fx_own_seal, r->slices[fx_self.slice].sealed, __ATOMIC_RELEASE);
+    fx_shm_unlock(&fx_self.shm);
+    if (intact) return FLEXAI_OK;
+    FX_ERROR("this process's slice settings in the node's state are damaged; failing closed");
+    return FLEXAI_E_STATE;
+}
+
 /* Whether the gate can work at all: a region, a slice, and the backend's event operations. */
 static int fx_gate_usable(void)
 {
@@ -229,14 +252,22 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
     *status = FLEXAI_OK;
     if (!fx_gate_usable()) return NULL;
     uint64_t now = fx_now_ns();
+    if (__atomic_load_n(&r->slices[fx_self.slice].sealed, __ATOMIC_RELAXED) !=
+        __atomic_load_n(&fx_own_seal, __ATOMIC_ACQUIRE)) {
+        /* our settings changed (a resize) or were damaged: look again under the lock */
+        *status = fx_own_refresh(r);
+        if (*status != FLEXAI_OK) return NULL;
+    }
     /* The common case, nothing scheduled on any device this process sees, is decided without
      * asking the driver which device is current. */
     int quiet = 1;
-    for (int i = 0; i < fx_self.ndev && quiet; i++)
-        quiet = fx_self.dev[i] == FX_NONE || !fx_ts_needed(r, fx_self.slice, fx_self.dev[i], now);
+    for (int i = 0; i < fx_self.ndev && quiet; i++) {
+        uint32_t d = fx_self.dev[i];
+        quiet = d == FX_NONE || !(fx_own_sched[d] || fx_ts_engaged(r, d, now));
+    }
     if (quiet) return NULL;
     uint32_t dev = fx_current_dev();
-    if (dev == FX_NONE || !fx_ts_needed(r, fx_self.slice, dev, now)) return NULL;
+    if (dev == FX_NONE || !(fx_own_sched[dev] || fx_ts_engaged(r, dev, now))) return NULL;
     /* work captured into a graph is not run now: it is gated when the graph is launched */
     if (fx_backend->queue_capturing(stream, flags)) return NULL;
     pthread_once(&fx_ld_once, fx_ld_init);
@@ -257,6 +288,14 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
             /* long runs are charged as they go, so tokens and `flexai ps` stay current */
             fx_ts_charge(r, fx_self.slice, dev, ld->busy_ns, fx_now_ns());
             ld->busy_ns = 0;
+        }
+        if (!fx_slice_intact(r, fx_self.slice)) {
+            fx_shm_unlock(&fx_self.shm);
+            pthread_mutex_unlock(&ld->mu);
+            FX_ERROR("this process's slice settings in the node's state are damaged; failing "
+                     "closed");
+            *status = FLEXAI_E_STATE;
+            return NULL;
         }
         uint64_t used = ld->holding ? ld->busy_ns + fx_inflight_ns(ld) : 0;
         struct fx_ts_decision v =

@@ -5,6 +5,7 @@
  * fx_uncharge. Nothing here knows about CUDA.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@
 
 #include "log.h"
 #include "shm.h"
+#include "util.h"
 
 int fx_slice_has_process(const struct fx_region *r, uint32_t slice)
 {
@@ -45,6 +47,7 @@ static uint32_t fx_slice_expire_one(struct fx_region *r)
         FX_INFO("slice table full: expiring slice '%.*s', which has no process",
                 FLEXAI_NAME_MAX - 1, r->slices[s].name);
         r->slices[s].in_use = 0;
+        fx_slice_seal(r, s);
         r->generation++;
         return s;
     }
@@ -75,7 +78,11 @@ uint32_t fx_dev_id(struct fx_region *r, const uint8_t uuid[16])
         r->devs[free_id].in_use = 1;
         for (uint32_t s = 0; s < FX_MAX_SLICES; s++) { /* nothing of the old device remains */
             struct fx_slice *sl = &r->slices[s];
-            sl->burst[free_id] = 0;
+            if (sl->burst[free_id]) {
+                int intact = fx_slice_intact(r, s);
+                sl->burst[free_id] = 0;
+                if (intact) fx_slice_seal(r, s); /* never seal what was damaged */
+            }
             sl->tokens_ns[free_id] = 0;
             sl->refill_ns[free_id] = sl->vtime_ns[free_id] = sl->active_ns[free_id] = 0;
             sl->gpu_ns[free_id] = 0;
@@ -115,6 +122,7 @@ uint32_t fx_slice_get(struct fx_region *r, const char *name, int32_t pid, uint32
     sl->owner_uid = uid;
     sl->private_to_pid = (name == own) ? (uint32_t)pid : 0;
     sl->in_use = 1;
+    fx_slice_seal(r, free_id);
     r->generation++;
     return free_id;
 }
@@ -128,6 +136,7 @@ uint32_t fx_proc_add(struct fx_region *r, uint32_t slice, int32_t pid, uint64_t 
         pr->pid = pid;
         pr->slice = slice;
         pr->start_time = start_time;
+        fx_proc_seal(r, p);
         __atomic_store_n(&pr->in_use, 1, __ATOMIC_RELEASE); /* last: see fx_repair */
         r->generation++;
         return p;
@@ -179,7 +188,10 @@ void fx_proc_remove(struct fx_region *r, uint32_t proc)
         if (pr->mem_used[d]) fx_uncharge(r, proc, d, pr->mem_used[d]);
     __atomic_store_n(&pr->in_use, 0, __ATOMIC_RELEASE);
     /* A slice lives while it has processes; its limits come back with the next process. */
-    if (slice < FX_MAX_SLICES && !fx_slice_has_process(r, slice)) r->slices[slice].in_use = 0;
+    if (!fx_slice_has_process(r, slice) && fx_slice_intact(r, slice)) {
+        r->slices[slice].in_use = 0;
+        fx_slice_seal(r, slice);
+    }
     r->generation++;
 }
 

@@ -99,6 +99,7 @@ static void fx_settle_limits(struct fx_region *r, int first)
     }
     if (first) sl->priority = cfg->priority;
     else differs |= sl->priority != cfg->priority;
+    fx_slice_seal(r, fx_self.slice);
     if (differs)
         FX_WARN("slice '%s' already has settings that differ from this process's FLEXAI_* "
                 "values; the slice's settings apply (see flexai ps; change them with flexai "
@@ -123,6 +124,7 @@ static int32_t fx_join_locked(struct fx_region *r)
             strncmp(r->slices[s].name, fx_self.slice_name, FLEXAI_NAME_MAX) != 0)
             s = fx_slice_get(r, cfg->slice, pid, uid);
         if (s == FX_NONE) return FLEXAI_E_FULL;
+        if (!fx_slice_intact(r, s)) return FLEXAI_E_STATE;
         if (!fx_slice_allows(r, s, uid)) return FLEXAI_E_PERMISSION;
         first = !fx_slice_has_process(r, s);
         uint32_t p = fx_proc_add(r, s, pid, fx_pid_start_time(pid));
@@ -133,6 +135,8 @@ static int32_t fx_join_locked(struct fx_region *r)
         memcpy(fx_self.slice_name, r->slices[s].name, FLEXAI_NAME_MAX);
         fx_self.slice_name[FLEXAI_NAME_MAX - 1] = '\0';
     }
+    if (!fx_slice_intact(r, fx_self.slice) || !fx_proc_intact(r, fx_self.proc))
+        return FLEXAI_E_STATE;
     fx_settle_limits(r, first);
     return FLEXAI_OK;
 }
@@ -183,7 +187,8 @@ static int fx_own_slot_intact(const struct fx_region *r)
 {
     const struct fx_proc *pr = &r->procs[fx_self.proc];
     return pr->in_use && pr->pid == fx_self.pid && pr->slice == fx_self.slice &&
-           r->slices[fx_self.slice].in_use;
+           fx_proc_intact(r, fx_self.proc) && r->slices[fx_self.slice].in_use &&
+           fx_slice_intact(r, fx_self.slice);
 }
 
 int fx_attach(int from_driver)
@@ -208,6 +213,9 @@ int fx_attach(int from_driver)
             if (st == FLEXAI_E_FULL)
                 fx_fail_closed(st, "the node's state is full (devices, slices or processes, "
                                "all in use); not attached");
+            if (st == FLEXAI_E_STATE)
+                fx_fail_closed(st, "this process's slice or entry in the node's state is "
+                               "damaged");
             if (st == FLEXAI_E_PERMISSION) {
                 char why[FLEXAI_ERR_MAX];
                 snprintf(why, sizeof why, "slice '%s' belongs to another user; choose another "
@@ -275,8 +283,9 @@ int fx_quota(uint32_t dev, uint64_t *limit, uint64_t *used)
     struct fx_region *r = fx_self.shm.r;
     if (dev == FX_NONE || !r || fx_self.slice == FX_NONE) return 0;
     if (fx_shm_lock(&fx_self.shm, NULL) != 0) return 0;
+    int intact = fx_slice_intact(r, fx_self.slice);
     *limit = r->slices[fx_self.slice].mem_limit[dev];
     *used = r->slices[fx_self.slice].mem_used[dev];
     fx_shm_unlock(&fx_self.shm);
-    return *limit != 0;
+    return intact && *limit != 0;
 }

@@ -34,6 +34,10 @@ struct fx_dev {
     uint64_t high_until_ns;   /* a high-priority slice wanted the device until about then */
 };
 
+/* A slice's settings (from name to burst, and owner_uid) are sealed: `sealed` is a hash of them
+ * written by every change (fx_slice_seal) and checked before they are relied on
+ * (fx_slice_intact), so damaged bytes fail closed instead of lifting a limit. Keep the settings
+ * in the first part of the struct, contiguous. */
 struct fx_slice {
     char name[FLEXAI_NAME_MAX];
     uint32_t in_use;
@@ -53,7 +57,8 @@ struct fx_slice {
     uint32_t owner_uid;                     /* the user who created it: only they (and root)
                                                may join or change it */
     uint32_t pad2;
-    uint64_t reserved[7];
+    uint64_t sealed;                        /* hash of the settings (see above) */
+    uint64_t reserved[6];
 };
 
 struct fx_proc {
@@ -62,7 +67,7 @@ struct fx_proc {
     uint64_t start_time; /* /proc/<pid>/stat field 22: tells a reused pid apart */
     uint64_t mem_used[FLEXAI_MAX_DEVICES];
     uint32_t in_use;
-    uint32_t pad;
+    uint32_t sealed;     /* hash of pid, slice, start_time (fx_proc_add) */
 };
 
 struct fx_region {
@@ -106,6 +111,14 @@ uint32_t fx_dev_id(struct fx_region *r, const uint8_t uuid[16]);
 /* Find or create the slice `name` (empty name: a private slice for pid) for user `uid`.
  * FX_NONE when the table is full even after expiring slices without processes. */
 uint32_t fx_slice_get(struct fx_region *r, const char *name, int32_t pid, uint32_t uid);
+
+/* Seal slice s's settings after a change; whether they are as last sealed. Lock held. */
+void fx_slice_seal(struct fx_region *r, uint32_t s);
+int fx_slice_intact(const struct fx_region *r, uint32_t s);
+
+/* Seal process slot p (pid, slice, start time); whether it is as sealed. Lock held. */
+void fx_proc_seal(struct fx_region *r, uint32_t p);
+int fx_proc_intact(const struct fx_region *r, uint32_t p);
 
 /* Whether some live process is in slice `s`. */
 int fx_slice_has_process(const struct fx_region *r, uint32_t s);

@@ -22,11 +22,19 @@ static int fx_scheduled(const struct fx_slice *sl, uint32_t dev)
            sl->priority != FLEXAI_PRIORITY_NORMAL;
 }
 
+int fx_ts_scheduled(const struct fx_region *r, uint32_t slice, uint32_t dev)
+{
+    return fx_scheduled(&r->slices[slice], dev);
+}
+
+int fx_ts_engaged(const struct fx_region *r, uint32_t dev, uint64_t now)
+{
+    return __atomic_load_n(&r->devs[dev].sched_until_ns, __ATOMIC_RELAXED) > now;
+}
+
 int fx_ts_needed(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now)
 {
-    const struct fx_slice *sl = &r->slices[slice];
-    if (fx_scheduled(sl, dev)) return 1;
-    return __atomic_load_n(&r->devs[dev].sched_until_ns, __ATOMIC_RELAXED) > now;
+    return fx_ts_scheduled(r, slice, dev) || fx_ts_engaged(r, dev, now);
 }
 
 int fx_ts_outranked(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now)
@@ -40,6 +48,7 @@ void fx_ts_set(struct fx_region *r, uint32_t slice, uint32_t dev, uint32_t share
     struct fx_slice *sl = &r->slices[slice];
     sl->compute[dev] = share;
     sl->burst[dev] = burst;
+    fx_slice_seal(r, slice);
     r->generation++;
 }
 

@@ -93,15 +93,19 @@ void fx_ts_release(struct fx_region *r, uint32_t slice, int32_t pid, uint32_t de
  * Returns nonzero when `pid` still holds the lease. */
 int fx_ts_touch(struct fx_region *r, uint32_t dev, int32_t pid, uint64_t now, uint64_t busy);
 
-/* Without the lock: nonzero when `slice` must go through fx_ts_admit on `dev` (it has a cap
- * or burst, a non-normal priority, or such a slice was active on the device lately). */
+/* Without the lock: nonzero when `slice` must go through fx_ts_admit on `dev`: it is scheduled
+ * (fx_ts_scheduled: a cap or burst, a non-normal priority) or the device is engaged
+ * (fx_ts_engaged: such a slice was active on it lately). */
 int fx_ts_needed(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now);
+int fx_ts_scheduled(const struct fx_region *r, uint32_t slice, uint32_t dev);
+int fx_ts_engaged(const struct fx_region *r, uint32_t dev, uint64_t now);
 
 /* Without the lock: nonzero when a slice of higher priority than `slice` wanted `dev` lately,
  * so that `slice` should keep little work in flight. */
 int fx_ts_outranked(const struct fx_region *r, uint32_t slice, uint32_t dev, uint64_t now);
 
-/* Set a slice's share and burst on a device (resize); takes effect at the next admission. */
+/* Set a slice's share and burst on a device (resize) and re-seal its settings; takes effect at
+ * the next admission. */
 void fx_ts_set(struct fx_region *r, uint32_t slice, uint32_t dev, uint32_t share, uint32_t burst);
 
 #endif

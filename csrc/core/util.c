@@ -22,6 +22,17 @@ uint64_t fx_mul_sat(uint64_t a, uint64_t b)
     return __builtin_mul_overflow(a, b, &r) ? UINT64_MAX : r;
 }
 
+uint64_t fx_hash_words(const uint64_t *w, size_t n, uint64_t seed)
+{
+    uint64_t h = seed ^ 0x9e3779b97f4a7c15ULL ^ (n * 0xff51afd7ed558ccdULL);
+    for (size_t i = 0; i < n; i++) {
+        h ^= w[i] + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+        h *= 0xc4ceb9fe1a85ec53ULL;
+    }
+    h ^= h >> 33;
+    return h ? h : 1; /* never 0: a zero-filled record must not look sealed */
+}
+
 struct fx_unit {
     const char *name;
     uint64_t scale;

@@ -24,6 +24,10 @@ uint64_t fx_mul_sat(uint64_t a, uint64_t b);
 int fx_parse_size_n(const char *s, size_t len, uint64_t *bytes, int allow_zero, const char *var,
                     const char *example, flexai_error *err);
 
+/* A 64-bit mix of `n` 64-bit words (not cryptographic: it detects accidental damage, a bit
+ * flip, random or zeroed bytes, never a deliberate forger). A few ns per word. */
+uint64_t fx_hash_words(const uint64_t *w, size_t n, uint64_t seed);
+
 /* "GPU-xxxxxxxx-xxxx-..." (or 32 bare hex digits) to 16 bytes; 0 or -1. */
 int fx_uuid_parse(const char *text, uint8_t out[16]);
 void fx_uuid_format(const uint8_t uuid[16], char out[FLEXAI_UUID_STR]);
