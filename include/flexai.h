@@ -109,7 +109,7 @@ typedef struct flexai_config {
  * @brief Parse a configuration from name/value pairs (normally the process environment).
  * @param names    variable names, e.g. "FLEXAI_GPU_MEMORY"; names this parser does not own
  *                 (FLEXAI_SIM_*, other programs' variables) are ignored. A name given twice
- *                 takes its last value (as getenv does in the shim's process).
+ *                 takes its first value, as getenv() and Python's os.environ do.
  * @param values   their values, same length as names.
  * @param count    number of pairs.
  * @param out      filled with defaults, then with every valid value.

@@ -1,6 +1,7 @@
 """Memory quotas through real client programs under LD_PRELOAD on the simulated device."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -335,3 +336,26 @@ def test_driver_handing_out_other_pointers_is_still_matched_by_name(run_client, 
                    env={"FLEXAI_GPU_MEMORY": "1GiB", "FLEXAI_SIM_PROC_THUNKS": "1"})
     assert r.op("info")["total"] == GiB
     assert r.op("alloc")["rc"] == OOM
+
+
+_EXECVE = """
+import ctypes, json, sys
+path, argv, envp = json.loads(sys.argv[1])
+arr = lambda items: (ctypes.c_char_p * (len(items) + 1))(*[s.encode() for s in items], None)
+ctypes.CDLL(None, use_errno=True).execve(path.encode(), arr(argv), arr(envp))
+sys.exit("execve failed")
+"""
+
+
+def test_a_variable_given_twice_takes_its_first_value(clients, state_dir):
+    # getenv() and Python's os.environ take the first of two entries of one name; the shim once
+    # took the last, so `python -m flexai.config` and the program disagreed about the quota.
+    env = base_env(state_dir)
+    envp = [f"{k}={v}" for k, v in env.items()]
+    envp += ["FLEXAI_GPU_MEMORY=1GiB", "FLEXAI_GPU_MEMORY=2GiB"]
+    client = str(clients["client"])
+    argv = [client, "--via", "dlsym", "init", "ctx", "0", "info"]
+    proc = subprocess.run([sys.executable, "-c", _EXECVE, json.dumps([client, argv, envp])],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert Run(proc).op("info")["total"] == GiB

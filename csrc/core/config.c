@@ -283,22 +283,32 @@ static int fx_config_check(const flexai_config *c, flexai_error *err)
     return 0;
 }
 
-static int fx_config_pair(flexai_config *c, const char *name, size_t name_len, const char *value,
-                          flexai_error *err)
+_Static_assert(FX_NVARS <= 32, "the seen-mask below has 32 bits");
+
+/* One name=value pair. A name seen before is ignored: the first occurrence wins, as for
+ * getenv() and Python's os.environ, so the shim and the tools read one environment alike. */
+static int fx_config_pair(flexai_config *c, uint32_t *seen, const char *name, size_t name_len,
+                          const char *value, flexai_error *err)
 {
-    for (size_t i = 0; i < FX_NVARS; i++)
-        if (strlen(fx_vars[i].name) == name_len && strncmp(fx_vars[i].name, name, name_len) == 0)
-            return fx_config_set(c, i, value, err);
+    for (size_t i = 0; i < FX_NVARS; i++) {
+        if (strlen(fx_vars[i].name) != name_len || strncmp(fx_vars[i].name, name, name_len) != 0)
+            continue;
+        if (*seen & (1u << i)) return 0;
+        *seen |= 1u << i;
+        return fx_config_set(c, i, value, err);
+    }
     return 0; /* not ours (FLEXAI_SIM_*, FLEXAI_LIB_DIR, ...): ignored */
 }
 
 static int fx_config_parse(const char *const *names, const char *const *values, size_t count,
                            flexai_config *out, flexai_error *err)
 {
+    uint32_t seen = 0;
     fx_config_defaults(out);
     for (size_t i = 0; i < count; i++) {
         if (!names || !values || !names[i] || !values[i]) continue;
-        if (fx_config_pair(out, names[i], strlen(names[i]), values[i], err) != 0) return -1;
+        if (fx_config_pair(out, &seen, names[i], strlen(names[i]), values[i], err) != 0)
+            return -1;
     }
     return fx_config_check(out, err);
 }
@@ -319,11 +329,12 @@ extern char **environ;
 int fx_config_from_env(flexai_config *out, flexai_error *err)
 {
     /* Straight from environ, every FLEXAI_* entry in order: no copies, no limit, no malloc. */
+    uint32_t seen = 0;
     fx_config_defaults(out);
     for (char **e = environ; e && *e; e++) {
         if (strncmp(*e, "FLEXAI_", 7) != 0) continue;
         const char *eq = strchr(*e, '=');
-        if (eq && fx_config_pair(out, *e, (size_t)(eq - *e), eq + 1, err) != 0) return -1;
+        if (eq && fx_config_pair(out, &seen, *e, (size_t)(eq - *e), eq + 1, err) != 0) return -1;
     }
     return fx_config_check(out, err);
 }

@@ -8,7 +8,7 @@
 void fx_config_defaults(flexai_config *c);
 
 /* Parse this process's FLEXAI_* environment variables (all of them; a name given twice takes
- * its last value, as the Python side does). */
+ * its first value, as getenv() and Python's os.environ do). */
 int fx_config_from_env(flexai_config *out, flexai_error *err);
 
 /* 0 when `name` is a valid slice name, else -1 with the reason. */
