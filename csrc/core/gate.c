@@ -214,27 +214,20 @@ static void fx_release_lease(uint32_t dev, struct fx_gate *ld)
     ld->busy_ns = 0;
 }
 
-/* Whether our slice is scheduled on each node device, from its settings as last verified
- * (sealed) under the lock: the hot path decides from this process-local copy and only reads the
- * shared seal, so damaged bytes in the shared settings can never switch our limits off. */
-static uint8_t fx_own_sched[FLEXAI_MAX_DEVICES];
-static uint64_t fx_own_seal; /* the seal fx_own_sched was built from; 0: not yet */
-
-static int32_t fx_own_refresh(struct fx_region *r)
+/* Our slice's verified settings (fx_self.own_*) after a change of its seal (a resize) or when
+ * they look damaged; the hot path then decides from that process-local copy. */
+static int32_t fx_own_refresh(void)
 {
     flexai_error err = {0, ""};
     if (fx_shm_lock(&fx_self.shm, &err) != 0) {
         FX_ERROR("%s", err.message);
         return err.code;
     }
-    int intact = fx_slice_intact(r, fx_self.slice);
-    for (uint32_t d = 0; intact && d < FLEXAI_MAX_DEVICES; d++)
-        fx_own_sched[d] = (uint8_t)fx_ts_scheduled(r, fx_self.slice, d);
-    if (intact) __atomic_store_n(&fx_own_seal, r->slices[fx_self.slice].sealed, __ATOMIC_RELEASE);
+    int32_t st = fx_own_check(fx_self.shm.r);
     fx_shm_unlock(&fx_self.shm);
-    if (intact) return FLEXAI_OK;
-    FX_ERROR("this process's slice settings in the node's state are damaged; failing closed");
-    return FLEXAI_E_STATE;
+    if (st != FLEXAI_OK)
+        FX_ERROR("this process's slice or entry in the node's state is damaged; failing closed");
+    return st;
 }
 
 /* Whether the gate can work at all: a region, a slice, and the backend's event operations. */
@@ -253,9 +246,10 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
     if (!fx_gate_usable()) return NULL;
     uint64_t now = fx_now_ns();
     if (__atomic_load_n(&r->slices[fx_self.slice].sealed, __ATOMIC_RELAXED) !=
-        __atomic_load_n(&fx_own_seal, __ATOMIC_ACQUIRE)) {
+        __atomic_load_n(&fx_self.own_seal, __ATOMIC_ACQUIRE)) {
         /* our settings changed (a resize) or were damaged: look again under the lock */
-        *status = fx_own_refresh(r);
+        if (fx_self.proc == FX_NONE) return NULL;
+        *status = fx_own_refresh();
         if (*status != FLEXAI_OK) return NULL;
     }
     /* The common case, nothing scheduled on any device this process sees, is decided without
@@ -263,11 +257,11 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
     int quiet = 1;
     for (int i = 0; i < fx_self.ndev && quiet; i++) {
         uint32_t d = fx_self.dev[i];
-        quiet = d == FX_NONE || !(fx_own_sched[d] || fx_ts_engaged(r, d, now));
+        quiet = d == FX_NONE || !(fx_self.own_sched[d] || fx_ts_engaged(r, d, now));
     }
     if (quiet) return NULL;
     uint32_t dev = fx_current_dev();
-    if (dev == FX_NONE || !(fx_own_sched[dev] || fx_ts_engaged(r, dev, now))) return NULL;
+    if (dev == FX_NONE || !(fx_self.own_sched[dev] || fx_ts_engaged(r, dev, now))) return NULL;
     /* work captured into a graph is not run now: it is gated when the graph is launched */
     if (fx_backend->queue_capturing(stream, flags)) return NULL;
     pthread_once(&fx_ld_once, fx_ld_init);
@@ -289,7 +283,7 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
             fx_ts_charge(r, fx_self.slice, dev, ld->busy_ns, fx_now_ns());
             ld->busy_ns = 0;
         }
-        if (!fx_slice_intact(r, fx_self.slice)) {
+        if (!fx_slice_intact(r, fx_self.slice) || fx_own_check(r) != FLEXAI_OK) {
             fx_shm_unlock(&fx_self.shm);
             pthread_mutex_unlock(&ld->mu);
             FX_ERROR("this process's slice settings in the node's state are damaged; failing "

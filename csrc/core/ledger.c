@@ -123,6 +123,7 @@ uint32_t fx_slice_get(struct fx_region *r, const char *name, int32_t pid, uint32
     sl->private_to_pid = (name == own) ? (uint32_t)pid : 0;
     sl->in_use = 1;
     fx_slice_seal(r, free_id);
+    fx_usage_seal(r, free_id);
     r->generation++;
     return free_id;
 }
@@ -147,15 +148,18 @@ uint32_t fx_proc_add(struct fx_region *r, uint32_t slice, int32_t pid, uint64_t 
 int fx_charge(struct fx_region *r, uint32_t proc, uint32_t dev, uint64_t bytes)
 {
     struct fx_proc *pr = &r->procs[proc];
-    if (pr->slice >= FX_MAX_SLICES || dev >= FLEXAI_MAX_DEVICES) return -1; /* never trusted */
+    if (pr->slice >= FX_MAX_SLICES || dev >= FLEXAI_MAX_DEVICES) return -2; /* never trusted */
+    if (!fx_proc_intact(r, proc) || !fx_usage_intact(r, pr->slice)) return -2;
     struct fx_slice *sl = &r->slices[pr->slice];
     uint64_t used = sl->mem_used[dev];
     uint64_t limit = sl->mem_limit[dev];
-    if (bytes > UINT64_MAX - used) return -1;
+    if (bytes > UINT64_MAX - used || bytes > UINT64_MAX - pr->mem_used[dev]) return -1;
     if (limit != 0 && used + bytes > limit) return -1;
-    /* process first: if we die between the two stores, fx_repair rebuilds the slice sum */
+    /* process first: if we die between the stores, fx_repair rebuilds the slice sum (and seals) */
     pr->mem_used[dev] += bytes;
+    fx_proc_seal(r, proc);
     sl->mem_used[dev] = used + bytes;
+    fx_usage_seal(r, pr->slice);
     return 0;
 }
 
@@ -163,6 +167,10 @@ void fx_uncharge(struct fx_region *r, uint32_t proc, uint32_t dev, uint64_t byte
 {
     struct fx_proc *pr = &r->procs[proc];
     if (pr->slice >= FX_MAX_SLICES || dev >= FLEXAI_MAX_DEVICES) return;
+    if (!fx_proc_intact(r, proc) || !fx_usage_intact(r, pr->slice)) {
+        FX_WARN("usage records of process %d are damaged: its charge stays", (int)pr->pid);
+        return;
+    }
     struct fx_slice *sl = &r->slices[pr->slice];
     uint64_t give = bytes;
     if (give > pr->mem_used[dev]) {
@@ -171,7 +179,9 @@ void fx_uncharge(struct fx_region *r, uint32_t proc, uint32_t dev, uint64_t byte
         give = pr->mem_used[dev];
     }
     pr->mem_used[dev] -= give;
+    fx_proc_seal(r, proc);
     sl->mem_used[dev] = sl->mem_used[dev] >= give ? sl->mem_used[dev] - give : 0;
+    fx_usage_seal(r, pr->slice);
 }
 
 void fx_proc_remove(struct fx_region *r, uint32_t proc)

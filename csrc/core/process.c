@@ -15,7 +15,7 @@ struct fx_process fx_self = {
     .proc = FX_NONE,
     .slice = FX_NONE,
     .ndev = -1,
-    .shm = {NULL, -1},
+    .shm = {NULL, -1, -1, 0},
     .mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
@@ -34,6 +34,7 @@ static void fx_process_postfork_parent(void)
 static void fx_process_postfork_child(void)
 {
     fx_self.proc = FX_NONE;
+    fx_self.own_seal = 0;
     memset(fx_self.ctx_charged, 0, sizeof fx_self.ctx_charged);
     pthread_mutex_init(&fx_self.mu, NULL);
 }
@@ -182,13 +183,30 @@ static void fx_fail_closed(int32_t status, const char *why)
     }
 }
 
-/* Our own process entry still says what we wrote: our pid, our slice, in use. Lock held. */
-static int fx_own_slot_intact(const struct fx_region *r)
+int32_t fx_own_check(const struct fx_region *r)
 {
     const struct fx_proc *pr = &r->procs[fx_self.proc];
-    return pr->in_use && pr->pid == fx_self.pid && pr->slice == fx_self.slice &&
-           fx_proc_intact(r, fx_self.proc) && r->slices[fx_self.slice].in_use &&
-           fx_slice_intact(r, fx_self.slice);
+    const struct fx_slice *sl = &r->slices[fx_self.slice];
+    if (!pr->in_use || pr->pid != fx_self.pid || pr->slice != fx_self.slice ||
+        !fx_proc_intact(r, fx_self.proc) || !sl->in_use)
+        return FLEXAI_E_STATE;
+    uint64_t seal = sl->sealed;
+    if (seal == __atomic_load_n(&fx_self.own_seal, __ATOMIC_ACQUIRE))
+        return memcmp(sl->mem_limit, fx_self.own_limit, sizeof fx_self.own_limit) == 0
+                   ? FLEXAI_OK
+                   : FLEXAI_E_STATE; /* changed without a new seal: damaged */
+    if (!fx_slice_intact(r, fx_self.slice)) return FLEXAI_E_STATE;
+    memcpy(fx_self.own_limit, sl->mem_limit, sizeof fx_self.own_limit);
+    for (uint32_t d = 0; d < FLEXAI_MAX_DEVICES; d++)
+        fx_self.own_sched[d] = (uint8_t)fx_ts_scheduled(r, fx_self.slice, d);
+    __atomic_store_n(&fx_self.own_seal, seal, __ATOMIC_RELEASE);
+    return FLEXAI_OK;
+}
+
+/* Our own process entry and slice are as we and the seals say. Lock held. */
+static int fx_own_slot_intact(const struct fx_region *r)
+{
+    return fx_own_check(r) == FLEXAI_OK;
 }
 
 int fx_attach(int from_driver)
@@ -253,7 +271,10 @@ int32_t fx_reserve(uint32_t dev, uint64_t bytes)
             return err.code;
         }
         int32_t st = fx_own_slot_intact(r) ? FLEXAI_OK : FLEXAI_E_STATE;
-        if (st == FLEXAI_OK && fx_charge(r, fx_self.proc, dev, bytes) != 0) st = FLEXAI_E_QUOTA;
+        if (st == FLEXAI_OK) {
+            int rc = fx_charge(r, fx_self.proc, dev, bytes);
+            st = rc == 0 ? FLEXAI_OK : rc == -1 ? FLEXAI_E_QUOTA : FLEXAI_E_STATE;
+        }
         fx_shm_unlock(&fx_self.shm);
         if (st == FLEXAI_E_STATE) {
             FX_ERROR("this process's entry in the node's state was changed by someone else; "
@@ -283,7 +304,7 @@ int fx_quota(uint32_t dev, uint64_t *limit, uint64_t *used)
     struct fx_region *r = fx_self.shm.r;
     if (dev == FX_NONE || !r || fx_self.slice == FX_NONE) return 0;
     if (fx_shm_lock(&fx_self.shm, NULL) != 0) return 0;
-    int intact = fx_slice_intact(r, fx_self.slice);
+    int intact = fx_self.proc != FX_NONE && fx_own_check(r) == FLEXAI_OK;
     *limit = r->slices[fx_self.slice].mem_limit[dev];
     *used = r->slices[fx_self.slice].mem_used[dev];
     fx_shm_unlock(&fx_self.shm);

@@ -33,6 +33,12 @@ struct fx_process {
     uint32_t dev[FLEXAI_MAX_DEVICES];           /* node device id by visible ordinal */
     uint8_t ctx_charged[FLEXAI_MAX_DEVICES];    /* context overhead charged, by node device */
     pthread_mutex_t mu;            /* attach and device mapping; never held on the hot path */
+    /* Our slice's settings as last verified against their seal (fx_own_check): hot paths use
+     * this copy, so damaged shared bytes never lift our limits, and only a new seal (a resize)
+     * costs a verification. */
+    uint64_t own_seal;                          /* 0: not verified yet */
+    uint64_t own_limit[FLEXAI_MAX_DEVICES];     /* memory limit by node device */
+    uint8_t own_sched[FLEXAI_MAX_DEVICES];      /* scheduled (fx_ts_scheduled) by node device */
 };
 
 extern struct fx_process fx_self;
@@ -65,6 +71,10 @@ void fx_release(uint32_t dev, uint64_t bytes);
 /* 1 and the slice's limit and usage on node device `dev` when it has a memory quota there;
  * 0 when it has none (or the device is not accounted). */
 int fx_quota(uint32_t dev, uint64_t *limit, uint64_t *used);
+
+/* With the lock held: our slice's settings and process entry are intact; refreshes the
+ * verified copy in fx_self after a change. FLEXAI_OK or FLEXAI_E_STATE (damaged: fail closed). */
+int32_t fx_own_check(const struct fx_region *r);
 
 /* What a quota still leaves, never negative: the `free` every memory query reports. */
 static inline uint64_t fx_room(uint64_t limit, uint64_t used)

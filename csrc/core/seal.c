@@ -30,11 +30,27 @@ int fx_slice_intact(const struct fx_region *r, uint32_t s)
     return s < FX_MAX_SLICES && r->slices[s].sealed == fx_slice_hash(r, s);
 }
 
+static uint64_t fx_usage_hash(const struct fx_region *r, uint32_t s)
+{
+    return fx_hash_words(r->slices[s].mem_used, FLEXAI_MAX_DEVICES, ~(uint64_t)s);
+}
+
+void fx_usage_seal(struct fx_region *r, uint32_t s)
+{
+    r->slices[s].usage_sealed = fx_usage_hash(r, s);
+}
+
+int fx_usage_intact(const struct fx_region *r, uint32_t s)
+{
+    return s < FX_MAX_SLICES && r->slices[s].usage_sealed == fx_usage_hash(r, s);
+}
+
 static uint32_t fx_proc_hash(const struct fx_region *r, uint32_t p)
 {
     const struct fx_proc *pr = &r->procs[p];
     uint64_t w[2] = {(uint64_t)(uint32_t)pr->pid << 32 | pr->slice, pr->start_time};
-    return (uint32_t)fx_hash_words(w, 2, p) | 1u;
+    uint64_t h = fx_hash_words(w, 2, p);
+    return (uint32_t)fx_hash_words(pr->mem_used, FLEXAI_MAX_DEVICES, h) | 1u;
 }
 
 void fx_proc_seal(struct fx_region *r, uint32_t p)

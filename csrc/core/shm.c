@@ -141,6 +141,60 @@ static int fx_file_open(int dirfd, const char *dir, const char *name, flexai_err
     return fd;
 }
 
+/* ---- a truncated file must not kill the process --------------------------------------------
+ * Any user of the node can truncate the (world-writable) state file; the next access to a page
+ * past its new end raises SIGBUS in every process that maps it. A SIGBUS handler, installed once
+ * and chained to whatever handler was there before, recognizes faults inside a mapped region,
+ * replaces the region with zero pages (so the access completes) and returns: the zeroed region
+ * then fails its magic check at the next lock, and the process fails closed instead of dying.
+ * Faults anywhere else go to the previous handler, or take the default action. */
+#define FX_MAX_MAPS 8
+static struct fx_region *volatile fx_maps[FX_MAX_MAPS];
+static struct sigaction fx_prev_bus;
+static pthread_once_t fx_bus_once = PTHREAD_ONCE_INIT;
+
+static void fx_on_sigbus(int sig, siginfo_t *info, void *ctx)
+{
+    char *addr = info ? (char *)info->si_addr : NULL;
+    for (int i = 0; i < FX_MAX_MAPS; i++) {
+        char *lo = (char *)fx_maps[i];
+        if (lo && addr >= lo && addr < lo + sizeof(struct fx_region)) {
+            mmap(lo, sizeof(struct fx_region), PROT_READ | PROT_WRITE,
+                 MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            return; /* the access is retried on zero pages */
+        }
+    }
+    if (fx_prev_bus.sa_flags & SA_SIGINFO) {
+        if (fx_prev_bus.sa_sigaction) fx_prev_bus.sa_sigaction(sig, info, ctx);
+    } else if (fx_prev_bus.sa_handler != SIG_DFL && fx_prev_bus.sa_handler != SIG_IGN) {
+        fx_prev_bus.sa_handler(sig);
+    } else {
+        sigaction(SIGBUS, &fx_prev_bus, NULL); /* default action when the access repeats */
+    }
+}
+
+static void fx_bus_install(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = fx_on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGBUS, &sa, &fx_prev_bus) != 0) FX_WARN("cannot watch SIGBUS on the state");
+}
+
+static void fx_maps_add(struct fx_region *r)
+{
+    pthread_once(&fx_bus_once, fx_bus_install);
+    for (int i = 0; i < FX_MAX_MAPS; i++)
+        if (__sync_bool_compare_and_swap(&fx_maps[i], NULL, r)) return;
+}
+
+static void fx_maps_remove(struct fx_region *r)
+{
+    for (int i = 0; i < FX_MAX_MAPS; i++) __sync_bool_compare_and_swap(&fx_maps[i], r, NULL);
+}
+
 static void *fx_map(int fd)
 {
     void *map = mmap(NULL, sizeof(struct fx_region), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -161,6 +215,7 @@ int fx_shm_open(struct fx_shm *s, const char *dir, flexai_error *err)
     s->r = NULL;
     s->fd = -1;
     s->dirfd = -1;
+    s->size_checked_ns = 0;
     if ((dirfd = fx_dir_open(dir, err)) < 0) return -1;
     if ((lockfd = fx_file_open(dirfd, dir, "state.lock", err)) < 0) goto fail;
     if (fx_flock_bounded(lockfd, LOCK_EX) != 0) {
@@ -221,6 +276,7 @@ int fx_shm_open(struct fx_shm *s, const char *dir, flexai_error *err)
         goto fail;
     }
     close(lockfd);
+    fx_maps_add(map);
     s->r = map;
     s->fd = fd;
     s->dirfd = dirfd;
@@ -235,7 +291,10 @@ fail:
 
 void fx_shm_close(struct fx_shm *s)
 {
-    if (s->r) munmap(s->r, sizeof *s->r);
+    if (s->r) {
+        fx_maps_remove(s->r);
+        munmap(s->r, sizeof *s->r);
+    }
     if (s->fd >= 0) close(s->fd);
     if (s->dirfd >= 0) close(s->dirfd);
     s->r = NULL;
@@ -255,7 +314,10 @@ static void fx_repair(struct fx_region *r)
         if (!pr->in_use || pr->slice >= FX_MAX_SLICES) continue;
         for (int d = 0; d < FLEXAI_MAX_DEVICES; d++)
             r->slices[pr->slice].mem_used[d] += pr->mem_used[d];
+        /* the holder may have died between a process's usage and its seal */
+        if (!fx_proc_intact(r, p)) fx_proc_seal(r, p);
     }
+    for (uint32_t s = 0; s < FX_MAX_SLICES; s++) fx_usage_seal(r, s);
     r->generation++;
 }
 
@@ -293,11 +355,21 @@ static int fx_lock_rescue(struct fx_shm *s, flexai_error *err)
 }
 
 /* The file behind the mapping must still have its full size: a truncated file would make the
- * next access fault (SIGBUS). Checked before every lock. */
+ * next access fault (SIGBUS). A system call per lock would double the cost of an allocation,
+ * so the size is checked before a lock at most every FX_SIZE_CHECK_NS (and on every attach);
+ * a truncation inside that window can still fault (docs/security.md). */
 static int fx_size_ok(struct fx_shm *s, flexai_error *err)
 {
     struct stat st;
-    if (fstat(s->fd, &st) == 0 && (size_t)st.st_size == sizeof *s->r) return 0;
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
+    uint64_t now = (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+    uint64_t last = __atomic_load_n(&s->size_checked_ns, __ATOMIC_RELAXED);
+    if (last && now - last < FX_SIZE_CHECK_NS) return 0;
+    if (fstat(s->fd, &st) == 0 && (size_t)st.st_size == sizeof *s->r) {
+        __atomic_store_n(&s->size_checked_ns, now, __ATOMIC_RELAXED);
+        return 0;
+    }
     return fx_fail(err, FLEXAI_E_STATE, "the node's state file was truncated or replaced under "
                    "this process: failing closed");
 }
@@ -307,12 +379,15 @@ int fx_shm_lock(struct fx_shm *s, flexai_error *err)
     pthread_mutex_t *m = (pthread_mutex_t *)(void *)s->r->lock;
     if (fx_size_ok(s, err) != 0) return -1;
     for (int attempt = 0;; attempt++) {
-        struct timespec until;
-        clock_gettime(CLOCK_REALTIME, &until);
-        uint64_t ns = (uint64_t)until.tv_nsec + FX_LOCK_WAIT_NS;
-        until.tv_sec += (time_t)(ns / 1000000000ULL);
-        until.tv_nsec = (long)(ns % 1000000000ULL);
-        int rc = pthread_mutex_timedlock(m, &until);
+        int rc = pthread_mutex_trylock(m); /* the common case: free, no clock needed */
+        if (rc == EBUSY) {
+            struct timespec until;
+            clock_gettime(CLOCK_REALTIME, &until);
+            uint64_t ns = (uint64_t)until.tv_nsec + FX_LOCK_WAIT_NS;
+            until.tv_sec += (time_t)(ns / 1000000000ULL);
+            until.tv_nsec = (long)(ns % 1000000000ULL);
+            rc = pthread_mutex_timedlock(m, &until);
+        }
         if (rc == EOWNERDEAD) {
             fx_repair(s->r);
             pthread_mutex_consistent(m);

@@ -58,7 +58,8 @@ struct fx_slice {
                                                may join or change it */
     uint32_t pad2;
     uint64_t sealed;                        /* hash of the settings (see above) */
-    uint64_t reserved[6];
+    uint64_t usage_sealed;                  /* hash of mem_used */
+    uint64_t reserved[5];
 };
 
 struct fx_proc {
@@ -67,7 +68,7 @@ struct fx_proc {
     uint64_t start_time; /* /proc/<pid>/stat field 22: tells a reused pid apart */
     uint64_t mem_used[FLEXAI_MAX_DEVICES];
     uint32_t in_use;
-    uint32_t sealed;     /* hash of pid, slice, start_time (fx_proc_add) */
+    uint32_t sealed;     /* hash of pid, slice, start_time and mem_used */
 };
 
 struct fx_region {
@@ -87,10 +88,12 @@ struct fx_shm {
     struct fx_region *r;
     int fd;    /* the state file (its shared flock says "in use") */
     int dirfd; /* the state directory, for repairs */
+    uint64_t size_checked_ns; /* when the file's size was last seen intact (CLOCK_MONOTONIC) */
 };
 
 #define FX_LOCK_WAIT_NS (2000000000ULL) /* longest wait for a lock before failing closed */
 #define FX_LOCK_POLL_NS (1000000ULL)    /* poll period of a bounded flock */
+#define FX_SIZE_CHECK_NS (5000000ULL)   /* the file's size is re-checked this often at most */
 
 /* Map (creating or initializing when needed) "<dir>/state". Refuses a directory or file that
  * another user could have planted (links, foreign owner, others-writable without sticky bit). */
@@ -116,7 +119,11 @@ uint32_t fx_slice_get(struct fx_region *r, const char *name, int32_t pid, uint32
 void fx_slice_seal(struct fx_region *r, uint32_t s);
 int fx_slice_intact(const struct fx_region *r, uint32_t s);
 
-/* Seal process slot p (pid, slice, start time); whether it is as sealed. Lock held. */
+/* Seal slice s's usage (mem_used) after a change; whether it is as sealed. Lock held. */
+void fx_usage_seal(struct fx_region *r, uint32_t s);
+int fx_usage_intact(const struct fx_region *r, uint32_t s);
+
+/* Seal process slot p (pid, slice, start time, usage); whether it is as sealed. Lock held. */
 void fx_proc_seal(struct fx_region *r, uint32_t p);
 int fx_proc_intact(const struct fx_region *r, uint32_t p);
 
@@ -130,10 +137,12 @@ int fx_slice_allows(const struct fx_region *r, uint32_t s, uint32_t uid);
 uint32_t fx_proc_add(struct fx_region *r, uint32_t slice, int32_t pid, uint64_t start_time);
 
 /* Reserve `bytes` on device `dev` for process slot `proc` against its slice's limit.
- * Returns 0, or -1 (and changes nothing) when the slice would exceed its limit. */
+ * Returns 0, -1 (and changes nothing) when the slice would exceed its limit, or -2 when the
+ * process's or the slice's usage records are damaged (changes nothing). */
 int fx_charge(struct fx_region *r, uint32_t proc, uint32_t dev, uint64_t bytes);
 
-/* Give back what fx_charge reserved; never underflows (a mismatch is clamped and logged). */
+/* Give back what fx_charge reserved; never underflows (a mismatch is clamped and logged);
+ * damaged records are left as they are (never re-sealed). */
 void fx_uncharge(struct fx_region *r, uint32_t proc, uint32_t dev, uint64_t bytes);
 
 /* Remove a process slot, returning its usage to its slice (and freeing a private slice). */
