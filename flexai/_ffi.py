@@ -30,12 +30,60 @@ def lib_dir() -> Path:
     Returns
     -------
     pathlib.Path
-        ``$FLEXAI_LIB_DIR`` when set, else the ``lib`` directory inside the installed package.
+        ``$FLEXAI_LIB_DIR`` when set; else the ``lib`` directory inside this package when it
+        holds the library; else, when this package is a source checkout's unbuilt ``flexai/``
+        (``python -m flexai ...`` run from the repository root imports it ahead of the installed
+        one), the ``lib`` directory of the installed distribution, provided it was built from
+        the same C API (its ``_cdefs.h`` equals this one); else this package's own ``lib``
+        (which has no library: `load` then says what to do).
     """
     override = os.environ.get(LIB_DIR_VARIABLE)
     if override:
         return Path(override)
-    return Path(__file__).parent / "lib"
+    own = Path(__file__).parent / "lib"
+    if (own / "libflexai.so").is_file():
+        return own
+    installed, _ = _installed_lib_dir()
+    return installed if installed is not None else own
+
+
+@functools.lru_cache(maxsize=1)
+def _installed_lib_dir() -> tuple[Path | None, str]:
+    """Find the installed distribution's ``flexai/lib`` for a package that has none of its own.
+
+    Returns ``(directory, "")``, or ``(None, why)`` where ``why`` is what to do about it, in
+    words for `load`'s error. Cached: the answer does not change while the process runs.
+    """
+    source = Path(__file__).resolve().parent
+    checkout = (source.parent / "pyproject.toml").is_file()
+    todo = (f"run `pip install .` in {source.parent}, or run from outside it"
+            if checkout else "reinstall flexai")
+    try:
+        from importlib import metadata
+
+        dist = metadata.distribution("flexai")
+        files = [f for f in dist.files or () if f.name == "libflexai.so"
+                 and f.parent.name == "lib"]
+        found = [Path(str(f.locate())).resolve() for f in files]
+    except Exception:  # not installed (PackageNotFoundError) or unreadable metadata
+        return None, todo
+    for lib in found:
+        if not lib.is_file() or lib.parent.parent == source:
+            continue
+        cdefs = lib.parent.parent / "_cdefs.h"
+        if cdefs.is_file() and cdefs.read_bytes() != _CDEFS.read_bytes():
+            return None, (f"the installed flexai ({lib.parent}) was built from other sources "
+                          f"(its _cdefs.h differs from {_CDEFS}): {todo}")
+        return lib.parent, ""
+    return None, todo
+
+
+def _missing_library_hint() -> str:
+    """What to do when `library_path` does not exist, in words (for `load`'s error)."""
+    override = os.environ.get(LIB_DIR_VARIABLE)
+    if override:
+        return f"{LIB_DIR_VARIABLE} is set to {override}; unset it to use the installed flexai"
+    return _installed_lib_dir()[1] or "reinstall flexai"
 
 
 def library_path() -> Path:
@@ -199,7 +247,7 @@ def load() -> tuple[Any, Any]:
             path = library_path()
             if not path.is_file():
                 raise SystemRefusedError(
-                    f"libflexai.so not found at {path}: reinstall flexai, or set "
+                    f"libflexai.so not found at {path}: {_missing_library_hint()}, or set "
                     f"{LIB_DIR_VARIABLE} to the directory that holds it")
             ffi = cffi.FFI()
             ffi.cdef(_CDEFS.read_text())
