@@ -1,6 +1,8 @@
-/* dlsym_entry.S - the exported dlsym; see hook_dlsym.c for why it is assembly.
+/* dlsym_entry.S - the exported dlsym; see dlsym.c for why it is assembly.
  *   w = fx_dlsym_lookup(handle, name); if (w) return w; else jump to the real dlsym
- * with the original arguments and the caller's return address untouched. */
+ * with the original arguments and the caller's return address untouched.
+ * fx_dlsym_lookup leaves fx_real_dlsym set (a stand-in when glibc's is not found); should it
+ * still be NULL the entry returns NULL rather than jump to address 0. */
 #if defined(__x86_64__)
         .text
         .globl  dlsym
@@ -22,7 +24,10 @@ dlsym:
         .cfi_adjust_cfa_offset -8
         testq   %rax, %rax
         jnz     1f
-        jmp     *fx_real_dlsym(%rip)
+        movq    fx_real_dlsym(%rip), %rax
+        testq   %rax, %rax
+        jz      1f                      /* no real dlsym: return NULL (%rax) */
+        jmp     *%rax
 1:      ret
         .cfi_endproc
         .size   dlsym, .-dlsym
@@ -46,6 +51,7 @@ dlsym:
         cbnz    x2, 1f
         adrp    x16, fx_real_dlsym
         ldr     x16, [x16, :lo12:fx_real_dlsym]
+        cbz     x16, 1f                 /* no real dlsym: return NULL (x2) */
         br      x16
 1:      mov     x0, x2
         ret
