@@ -95,17 +95,22 @@ def _start_compute_clients(env: dict[str, str], clients: list[_Client]) -> None:
 
 
 def _compute_verdicts(clients: list[_Client]) -> list[dict[str, Any]]:
+    """A cap is held when the slice's kernels took no more than its share (plus the tolerance) of
+    the GPU's time. Less is no failure of the cap (a client that waits for a busy CPU launches
+    fewer kernels, for one); the verdict says so."""
     out = []
     for c in clients:
         got = c.report.get("fraction")
         if "error" in c.report or got is None:
             verdict = "failed: " + c.report.get("error", "no report from the client")
-        elif abs(got - c.quota / 100) <= COMPUTE_TOLERANCE:
-            verdict = "held"
-        else:
+        elif got > c.quota / 100 + COMPUTE_TOLERANCE:
             verdict = f"NOT held: asked {c.quota}%, got {100 * got:.1f}%"
+        elif got < c.quota / 100 - COMPUTE_TOLERANCE:
+            verdict = f"held (got under its {c.quota}%)"
+        else:
+            verdict = "held"
         out.append({"slice": c.slice, "share_percent": c.quota, "achieved": got,
-                    "verdict": verdict, "held": verdict == "held"})
+                    "verdict": verdict, "held": verdict.startswith("held")})
     return out
 
 

@@ -193,8 +193,11 @@ def test_demo_json_shows_quotas_held(env: dict[str, str]) -> None:
     assert seen == {"demo-a": 2, "demo-b": 1}
     shares = {c["slice"]: (c["share_percent"], c["achieved"]) for c in data["compute"]}
     assert set(shares) == {"demo-c30", "demo-c70"}
+    # each cap holds (at most 10 points over; two uncapped slices would split 50/50) and the
+    # larger share gets more; below the share is allowed, as a busy CPU slows the clients down
     for share, achieved in shares.values():
-        assert abs(achieved - share / 100) <= 0.10
+        assert 0 < achieved <= share / 100 + 0.10, shares
+    assert shares["demo-c70"][1] > shares["demo-c30"][1], shares
 
 
 def test_demo_from_the_source_checkout_uses_the_installed_package(env: dict[str, str]) -> None:
