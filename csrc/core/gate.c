@@ -32,6 +32,9 @@
 #define FX_AVG_MIN_NS 1000ULL          /* the estimate never goes below this */
 #define FX_SLACK_NS 5000UL             /* timer slack while the gate sleeps */
 #define FX_MARKS_PER_BOUND 4           /* marks per short in-flight bound: cheap yet responsive */
+#define FX_IDLE_GAP_NS 100000ULL       /* launches further apart than this are each marked, and a
+                                        * pause this long ends the busy segment (see
+                                        * fx_settle_idle): idle time is never charged */
 
 struct fx_mark {
     fx_event_t ev;
@@ -58,6 +61,7 @@ struct fx_gate {
     uint64_t avg_ns;      /* estimated GPU time per launch */
     fx_event_t seg_start;    /* start of the current busy segment, NULL when none is open */
     uint64_t seg_counted; /* GPU time of the segment already added to busy_ns */
+    uint64_t last_leave_ns; /* when the last launch through the gate returned */
 };
 
 static struct fx_gate fx_ld[FLEXAI_MAX_DEVICES];
@@ -189,6 +193,24 @@ static void fx_mark_all(struct fx_gate *ld)
     ld->nstreams = 0;
 }
 
+/* A busy segment must not stretch over time the device spent idle for us (the program was busy
+ * on the CPU, loading data, waiting for requests): its end would be measured at the next mark,
+ * idle time included. So before new work, take every mark that completed, and after a pause
+ * close a segment whose last launches were never marked (a burst's tail) with the estimate of
+ * their GPU time instead of the wall time since. */
+static void fx_settle_idle(struct fx_gate *ld, uint64_t now)
+{
+    while (fx_pop_if_done(ld)) continue;
+    if (ld->count || !ld->since_mark || !ld->seg_start) return;
+    uint64_t tail = ld->since_mark * ld->avg_ns, paused = now - ld->last_leave_ns;
+    if (paused <= FX_IDLE_GAP_NS || paused <= 2 * tail) return;
+    ld->busy_ns += tail;
+    ld->since_mark = 0;
+    ld->nstreams = 0;
+    fx_event_done(ld, ld->seg_start);
+    ld->seg_start = NULL;
+}
+
 /* Wait until everything this process submitted on the device has finished. */
 static void fx_drain(uint32_t dev, struct fx_gate *ld)
 {
@@ -267,6 +289,7 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
     pthread_once(&fx_ld_once, fx_ld_init);
     struct fx_gate *ld = &fx_ld[dev];
     pthread_mutex_lock(&ld->mu);
+    fx_settle_idle(ld, now);
     /* Tiny kernels come by the hundred per millisecond: a holder asks again only every
      * FX_READMIT_NS, which keeps decisions prompt and the launch path short. */
     for (; !(ld->holding && now < ld->next_admit);) {
@@ -352,7 +375,10 @@ void fx_gate_leave(struct fx_gate *ld, int submitted, fx_queue_t stream, unsigne
         ld->since_mark++;
         fx_touch(ld->dev, ld);
         uint64_t every = FX_INFLIGHT_SHORT_NS / FX_MARKS_PER_BOUND / (ld->avg_ns ? ld->avg_ns : 1);
-        if (ld->since_mark >= (every ? every : 1)) fx_mark_all(ld);
+        uint64_t now = fx_now_ns();
+        int lone = now - ld->last_leave_ns > FX_IDLE_GAP_NS; /* launches come slowly */
+        ld->last_leave_ns = now;
+        if (lone || ld->since_mark >= (every ? every : 1)) fx_mark_all(ld);
     }
     pthread_mutex_unlock(&ld->mu);
 }

@@ -429,6 +429,38 @@ int main(int argc, char **argv)
                        "\"fraction\":%.4f}\n", rc, ph, start / 1e6, busy / wall);
             }
             i += 4;
+        } else if (strcmp(op, "duty") == 0) {
+            /* duty US PCT MS: a light-duty job. In 10 ms cycles for MS ms, launch US-us kernels
+             * back to back for PCT% of the cycle's device time, then sleep the rest without
+             * synchronizing (CPU work, data loading). Reports the kernels' time, the fraction of
+             * the wall time, and the time spent inside launches (p50/p99/max, in us). */
+            NEED(3);
+            kernel_us = (uint32_t)atoi(ARG(1));
+            double pct = atof(ARG(2)), start = now_us(), until = start + atof(ARG(3)) * 1000.0;
+            int per_cycle = (int)(10000.0 * pct / 100.0 / kernel_us + 0.5), cap = 1 << 16, n = 0;
+            double *d = calloc((size_t)cap, sizeof *d), stalled = 0;
+            rc = 0;
+            while (rc == 0 && now_us() < until) {
+                double cycle = now_us();
+                for (int k = 0; k < per_cycle && rc == 0 && n < cap; k++) {
+                    double t0 = now_us();
+                    rc = launch_one("kernel");
+                    d[n] = now_us() - t0;
+                    stalled += d[n++];
+                }
+                double left = cycle + 10000.0 - now_us();
+                if (left > 0) usleep((useconds_t)left);
+            }
+            CUresult sync = cu.CtxSynchronize();
+            double wall = now_us() - start, busy = (double)n * kernel_us;
+            qsort(d, (size_t)n, sizeof *d, cmp_double);
+            printf("{\"op\":\"duty\",\"rc\":%d,\"sync\":%d,\"launches\":%d,\"busy_us\":%.0f,"
+                   "\"fraction\":%.4f,\"stall_p50_us\":%.1f,\"stall_p99_us\":%.1f,"
+                   "\"stall_max_us\":%.1f,\"stall_total_us\":%.0f}\n", rc, sync, n, busy,
+                   busy / wall, n ? d[n / 2] : 0.0, n ? d[(n * 99) / 100] : 0.0,
+                   n ? d[n - 1] : 0.0, stalled);
+            free(d);
+            i += 3;
         } else if (strcmp(op, "latency") == 0) {
             /* latency US N GAP_US: N times launch one US-us kernel and wait for it; the delay
              * is the wall time beyond US. Reports p50 and p99 in us. */

@@ -2,7 +2,9 @@
  * fake_cuda_event.c - events, and streams waiting on them.
  *
  * A record is an operation in the stream's queue; the event's timestamp is the CLOCK_MONOTONIC
- * time at which the stream's worker reached it, i.e. when the work queued before it had ended.
+ * time at which the device reached it, as a GPU stamps it: when the work queued before it ended
+ * (its exact simulated end), or when it was recorded if the stream was idle by then. The
+ * worker thread's own wake-up delay never counts.
  * Only the latest record counts, as with the real driver: an event is complete when the device
  * has reached its latest record. A never-recorded event is complete.
  *
@@ -33,11 +35,11 @@ void fake_event_put(struct CUevent_st *ev) {
         free(ev);
 }
 
-void fake_event_reach(struct CUevent_st *ev, uint64_t gen) {
+void fake_event_reach(struct CUevent_st *ev, uint64_t gen, int64_t ts) {
     pthread_mutex_lock(&ev_lock);
     if (gen > ev->reached) {
         ev->reached = gen;
-        ev->ts = fake_now_ns();
+        ev->ts = ts;
         pthread_cond_broadcast(&ev_cv);
     }
     pthread_mutex_unlock(&ev_lock);
@@ -118,7 +120,7 @@ CUresult cuEventDestroy_v2(CUevent hEvent) {
 
 static CUresult event_record(CUevent hEvent, CUstream hStream, unsigned int flags) {
     struct CUstream_st *s;
-    struct fake_op op = {.kind = FAKE_OP_RECORD};
+    struct fake_op op = {.kind = FAKE_OP_RECORD, .at = fake_now_ns()};
     CUresult rc = fake_cuda_check_init();
     if (rc != CUDA_SUCCESS)
         return rc;

@@ -179,17 +179,21 @@ static void op_drop(const struct fake_op *op) {
     if (op->event == NULL)
         return;
     if (op->kind == FAKE_OP_RECORD)
-        fake_event_reach(op->event, op->gen);
+        fake_event_reach(op->event, op->gen, fake_now_ns());
     fake_event_put(op->event);
 }
 
-static void op_run(const struct CUstream_st *s, const struct fake_op *op) {
+/* *last_end: when the stream's previous work ended on the device (exact, from the schedule),
+ * so that an event is stamped as a GPU would stamp it, not when this thread woke up. */
+static void op_run(const struct CUstream_st *s, const struct fake_op *op, int64_t *last_end) {
+    int64_t at = op->at ? op->at : fake_now_ns(); /* graph nodes: queued as they run */
+    int64_t ready = at > *last_end ? at : *last_end;
     switch (op->kind) {
     case FAKE_OP_KERNEL:
-        fake_sim_kernel(s->physical, op->ns);
+        *last_end = fake_sim_kernel(s->physical, op->ns, ready);
         break;
     case FAKE_OP_RECORD:
-        fake_event_reach(op->event, op->gen);
+        fake_event_reach(op->event, op->gen, ready);
         fake_event_put(op->event);
         break;
     case FAKE_OP_WAIT:
@@ -203,6 +207,7 @@ static void op_run(const struct CUstream_st *s, const struct fake_op *op) {
 
 static void *worker_main(void *arg) {
     struct CUstream_st *s = arg;
+    int64_t last_end = 0;
 
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL); /* wake on time: kernels end on time */
     pthread_mutex_lock(&s->mu);
@@ -215,7 +220,7 @@ static void *worker_main(void *arg) {
          * meanwhile; growing keeps the head op at s->head. */
         struct fake_op op = s->ring[s->head];
         pthread_mutex_unlock(&s->mu);
-        op_run(s, &op);
+        op_run(s, &op, &last_end);
         pthread_mutex_lock(&s->mu);
         s->head = (s->head + 1) % s->cap;
         s->count--;

@@ -272,6 +272,9 @@ static CUresult graph_launch(CUgraphExec hGraphExec, CUstream hStream) {
         } else {
             memcpy(ops, e->ops, e->n * sizeof(*ops));
             n = e->n;
+            int64_t now = fake_now_ns(); /* queued now, whenever they were captured */
+            for (size_t k = 0; k < n; k++)
+                ops[k].at = now;
         }
     }
     pthread_mutex_unlock(&fake_cuda_lock);

@@ -72,6 +72,7 @@ struct fake_op {
     int64_t ns;
     struct CUevent_st *event;
     uint64_t gen;
+    int64_t at; /* when it was submitted (CLOCK_MONOTONIC ns) */
 };
 
 struct CUstream_st {
@@ -175,7 +176,7 @@ FAKE_HIDDEN void fake_exec_sync_default(void);
 
 /* Events (fake_cuda_event.c): the device reached record number gen / wait until it has; put
  * drops a reference. The fork hooks keep the event lock consistent across fork(). */
-FAKE_HIDDEN void fake_event_reach(struct CUevent_st *ev, uint64_t gen);
+FAKE_HIDDEN void fake_event_reach(struct CUevent_st *ev, uint64_t gen, int64_t ts);
 FAKE_HIDDEN void fake_event_wait(struct CUevent_st *ev, uint64_t gen);
 FAKE_HIDDEN void fake_event_put(struct CUevent_st *ev);
 FAKE_HIDDEN void fake_event_fork_prepare(void);
@@ -184,7 +185,9 @@ FAKE_HIDDEN void fake_event_fork_child(void);
 
 /* The simulated device (fake_cuda_sim.c): occupies physical device dev for ns nanoseconds of
  * device time, shared with every process on the node; returns when the kernel has ended. */
-FAKE_HIDDEN void fake_sim_kernel(int dev, int64_t ns);
+/* Run a kernel of `ns` on the device no earlier than `floor` (when it reached the device's queue)
+ * and return its exact end. */
+FAKE_HIDDEN int64_t fake_sim_kernel(int dev, int64_t ns, int64_t floor);
 FAKE_HIDDEN int64_t fake_now_ns(void);
 
 /* Modules and functions die with their context (fake_cuda_launch.c). */

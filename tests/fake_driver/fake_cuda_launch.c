@@ -275,7 +275,7 @@ static CUresult launch_duration(const struct CUfunc_st *f, const struct launch *
 
 static CUresult launch(CUfunction hfunc, const struct launch *l) {
     struct CUstream_st *s;
-    struct fake_op op = {.kind = FAKE_OP_KERNEL};
+    struct fake_op op = {.kind = FAKE_OP_KERNEL, .at = fake_now_ns()};
     CUresult rc = fake_cuda_check_init();
     if (rc != CUDA_SUCCESS)
         return rc;

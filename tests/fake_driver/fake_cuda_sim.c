@@ -298,14 +298,16 @@ static int slot_take(struct sim_dev *d) {
     return -1;
 }
 
-void fake_sim_kernel(int dev, int64_t ns) {
+int64_t fake_sim_kernel(int dev, int64_t ns, int64_t floor) {
     const struct fake_config *cfg = fake_config_get();
     struct sim_dev *d = sim_dev_get(dev);
     int i;
 
     if (d == NULL) {
-        wait_until(fake_now_ns() + ns);
-        return;
+        int64_t now = fake_now_ns();
+        int64_t end = (floor < now ? floor : now) + ns;
+        wait_until(end);
+        return end;
     }
     robust_lock(&d->lock);
     while ((i = slot_take(d)) < 0) {
@@ -319,7 +321,7 @@ void fake_sim_kernel(int dev, int64_t ns) {
     s->mps = cfg != NULL && cfg->mps;
     s->started = 0;
     s->ns = ns;
-    s->floor = fake_now_ns();
+    s->floor = floor < fake_now_ns() ? floor : fake_now_ns(); /* a GPU starts it when queued */
     for (;;) {
         int64_t now = fake_now_ns();
         reap_dead(d, i, now);
@@ -339,4 +341,5 @@ void fake_sim_kernel(int dev, int64_t ns) {
     slot_remove(d, i, end);
     pthread_mutex_unlock(&s->owner);
     pthread_mutex_unlock(&d->lock);
+    return end;
 }
