@@ -77,6 +77,12 @@ static uint32_t fx_count_procs(const struct fx_region *r, uint32_t slice)
     return n;
 }
 
+/* A slice the caller may see: its own, or any for root. */
+static int fx_slice_visible(const struct fx_region *r, uint32_t s)
+{
+    return r->slices[s].in_use && fx_slice_allows(r, s, (uint32_t)geteuid());
+}
+
 int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, flexai_error *err)
 {
     if (!node) return fx_fail(err, FLEXAI_E_BAD_VALUE, "flexai_node_slices: no node");
@@ -85,7 +91,7 @@ int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, fl
     if (fx_shm_lock(&node->shm, err) != 0) return -1;
     for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
         const struct fx_slice *sl = &r->slices[s];
-        if (!sl->in_use || !fx_slice_allows(r, s, (uint32_t)geteuid())) continue;
+        if (!fx_slice_visible(r, s)) continue;
         if (out && (size_t)n < cap) {
             memset(&out[n], 0, sizeof out[n]);
             out[n].id = s;
@@ -126,7 +132,7 @@ int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, flex
     if (fx_shm_lock(&node->shm, err) != 0) return -1;
     for (uint32_t s = 0; s < FX_MAX_SLICES; s++) {
         const struct fx_slice *sl = &r->slices[s];
-        if (!sl->in_use || !fx_slice_allows(r, s, (uint32_t)geteuid())) continue;
+        if (!fx_slice_visible(r, s)) continue;
         for (uint32_t d = 0; d < FLEXAI_MAX_DEVICES; d++) {
             if (!sl->mem_limit[d] && !sl->mem_used[d] && !sl->compute[d] && !sl->gpu_ns[d])
                 continue;
