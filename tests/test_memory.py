@@ -359,3 +359,71 @@ def test_a_variable_given_twice_takes_its_first_value(clients, state_dir):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert Run(proc).op("info")["total"] == GiB
+
+
+# ---- the simulated driver frees and shares memory as NVIDIA's does --------------------------
+# (run without the shim: these pin what the tests below rely on)
+
+INVALID_VALUE = 1  # CUDA_ERROR_INVALID_VALUE
+INVALID_CONTEXT = 201  # CUDA_ERROR_INVALID_CONTEXT
+
+# How each kind of context teardown is reached: ops that make the context current, then the
+# teardown, then the ops that make a context current again.
+TEARDOWNS = {
+    "reset": (["ctx", "0"], ["reset", "0"], []),  # still retained: used again as it is
+    "release": (["ctx", "0"], ["release", "0"], ["ctx", "0"]),  # the last retain: destroyed
+    "ctxdestroy": (["ctxcreate", "0"], ["ctxdestroy"], ["ctxcreate", "0"]),
+}
+
+
+def _sim_alone(tmp_path, **extra: str) -> dict[str, str]:
+    """A simulated card of this test's own (its memory is shared only by this test's processes)."""
+    sim = tmp_path / "sim"
+    sim.mkdir(exist_ok=True)
+    return {"FLEXAI_SIM_STATE_DIR": str(sim), **extra}
+
+
+@pytest.mark.parametrize("teardown", sorted(TEARDOWNS))
+def test_sim_context_teardown_frees_its_memory_and_invalidates_pointers(run_client, tmp_path,
+                                                                          teardown):
+    make, end, again = TEARDOWNS[teardown]
+    r = run_client("init", *make, "alloc", "3GiB", "info", *end, *again, "touch", "free", "info",
+                   "alloc", "1GiB", "touch", "info", preload="",
+                   env=_sim_alone(tmp_path, FLEXAI_SIM_MEMORY="8GiB"))
+    assert r.op("info", 0)["free"] == 5 * GiB
+    assert r.op(end[0])["rc"] == 0
+    assert r.rcs("touch") == [INVALID_VALUE, 0], "a pointer of a torn-down context is invalid"
+    assert r.op("free")["rc"] == INVALID_VALUE, "and cannot be freed again"
+    assert r.op("info", 1)["free"] == 8 * GiB, "the driver freed it"
+    assert r.op("info", 2)["free"] == 7 * GiB
+
+
+def test_sim_released_primary_context_is_unusable_until_retained_again(run_client, tmp_path):
+    r = run_client("init", "ctx", "0", "ctx", "0", "release", "0", "alloc", "1MiB", "release",
+                   "0", "alloc", "1MiB", "release", "0", "ctx", "0", "alloc", "1MiB", preload="",
+                   env=_sim_alone(tmp_path))
+    assert r.rcs("release") == [0, 0, INVALID_CONTEXT]
+    assert r.rcs("alloc") == [0, INVALID_CONTEXT, 0]
+
+
+def test_sim_memory_is_the_nodes_every_process_sees_what_others_hold(clients, tmp_path):
+    env = base_env(tmp_path, **_sim_alone(tmp_path, FLEXAI_SIM_MEMORY="8GiB"))
+    env["LD_PRELOAD"] = ""
+    holder = subprocess.Popen([str(clients["client"]), "init", "ctx", "0", "alloc", "5GiB",
+                               "wait"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        _read_until(holder, '"op":"wait"')
+        other = Run(subprocess.run([str(clients["client"]), "init", "ctx", "0", "info", "nvml",
+                                    "0", "alloc", "4GiB", "alloc", "3GiB"], env=env,
+                                   capture_output=True, text=True, timeout=30))
+        assert other.op("info")["free"] == 3 * GiB and other.op("info")["total"] == 8 * GiB
+        nv = other.op("nvml")
+        assert (nv["total"], nv["free"], nv["used"]) == (8 * GiB, 3 * GiB, 5 * GiB)
+        assert other.rcs("alloc") == [OOM, 0], "another process's memory is not free"
+    finally:
+        holder.send_signal(signal.SIGKILL)  # a killed process's memory comes back too
+        holder.wait()
+    after = Run(subprocess.run([str(clients["client"]), "init", "ctx", "0", "info", "nvml", "0"],
+                               env=env, capture_output=True, text=True, timeout=30))
+    assert after.op("info")["free"] == 8 * GiB and after.op("nvml")["used"] == 0

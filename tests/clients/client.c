@@ -32,6 +32,10 @@
     X(PrimaryCtxRetain, cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain")                  \
     X(CtxCreate, cuCtxCreate_v2, "cuCtxCreate")                                                \
     X(CtxSetCurrent, cuCtxSetCurrent, "cuCtxSetCurrent")                                       \
+    X(CtxDestroy, cuCtxDestroy_v2, "cuCtxDestroy")                                             \
+    X(PrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2, "cuDevicePrimaryCtxRelease")            \
+    X(PrimaryCtxReset, cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset")                  \
+    X(MemsetD8, cuMemsetD8_v2, "cuMemsetD8")                                                   \
     X(MemGetInfo, cuMemGetInfo_v2, "cuMemGetInfo")                                             \
     X(DeviceTotalMem, cuDeviceTotalMem_v2, "cuDeviceTotalMem")                                 \
     X(DeviceGetUuid, cuDeviceGetUuid, "cuDeviceGetUuid")                                       \
@@ -136,6 +140,10 @@ static size_t parse_size(const char *s)
     else if (strcmp(end, "GiB") == 0) v *= 1024.0 * 1024 * 1024;
     return (size_t)v;
 }
+
+/* Contexts made by "ctxcreate", for "ctxdestroy" (the last one first). */
+static CUcontext made[64];
+static int nmade;
 
 enum kind { K_PTR, K_ASYNC, K_VMM, K_ARRAY, K_MIPMAP };
 static struct { int kind; uint64_t id; } held[4096];
@@ -243,13 +251,33 @@ int main(int argc, char **argv)
             int dev = -1;
             CUcontext c = NULL;
             rc = cu.DeviceGet(&dev, atoi(ARG(1)));
-            if (rc == 0 && op[3] == 'c') rc = cu.CtxCreate(&c, 0, dev);
-            else if (rc == 0) {
+            if (rc == 0 && op[3] == 'c') {
+                rc = cu.CtxCreate(&c, 0, dev);
+                if (rc == 0 && nmade < 64) made[nmade++] = c;
+            } else if (rc == 0) {
                 rc = cu.PrimaryCtxRetain(&c, dev);
                 if (rc == 0) rc = cu.CtxSetCurrent(c);
             }
             REPORT(rc);
             i += 1;
+        } else if (strcmp(op, "reset") == 0 || strcmp(op, "release") == 0) {
+            /* reset N | release N: the primary context of device N */
+            NEED(1);
+            int dev = -1;
+            rc = cu.DeviceGet(&dev, atoi(ARG(1)));
+            if (rc == 0) rc = op[2] == 's' ? cu.PrimaryCtxReset(dev) : cu.PrimaryCtxRelease(dev);
+            REPORT(rc);
+            i += 1;
+        } else if (strcmp(op, "ctxdestroy") == 0) {
+            /* destroys the context the last "ctxcreate" made */
+            rc = nmade > 0 ? cu.CtxDestroy(made[--nmade]) : (CUresult)-1;
+            REPORT(rc);
+        } else if (strcmp(op, "touch") == 0) {
+            /* writes the first byte of the last linear allocation held (stale after a reset) */
+            rc = nheld > 0 && (held[nheld - 1].kind == K_PTR || held[nheld - 1].kind == K_ASYNC)
+                     ? cu.MemsetD8(held[nheld - 1].id, 0x5a, 1)
+                     : (CUresult)-1;
+            REPORT(rc);
         } else if (strcmp(op, "info") == 0) {
             size_t f = 0, t = 0;
             rc = cu.MemGetInfo(&f, &t);

@@ -11,6 +11,7 @@
 #ifndef FLEXAI_FAKE_H
 #define FLEXAI_FAKE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,5 +47,38 @@ FAKE_HIDDEN const struct fake_config *fake_config_get(void);
  * Stricter than fx_uuid_parse on purpose: FLEXAI_SIM_UUIDS takes only the canonical form. Sizes,
  * UUID text and CUDA_VISIBLE_DEVICES otherwise go through csrc/core/util.h, as in the shim. */
 FAKE_HIDDEN int fake_uuid_parse(const char *s, unsigned char out[16]);
+
+/* ---- the simulated node's shared files (fake_common.c) ---------------------------------
+ * What every process on the simulated machine sees alike lives in small files under
+ * $FLEXAI_SIM_STATE_DIR (default: a folder of the user's in the flexai node's state directory,
+ * else /dev/shm/flexai-sim-<uid>): the device timeline (fake_cuda_sim.c, dev<N>) and the device
+ * memory (below, memory). Each file starts with struct fake_shared_header; locks in it are
+ * robust process-shared mutexes. */
+struct fake_shared_header {
+    uint64_t magic; /* written last, with release: a file with it is fully initialised */
+    uint64_t size;  /* of the whole file, so another layout is never taken for this one */
+};
+
+/* Maps state file `name` of `size` bytes, creating or (when its header is not magic/size)
+ * re-initialising it under an exclusive flock: the region is zeroed, init() fills it, then the
+ * header is written. NULL when the file cannot be used. */
+FAKE_HIDDEN void *fake_state_map(const char *name, size_t size, uint64_t magic,
+                                 void (*init)(void *region));
+/* The same, in private memory: the fallback when the file cannot be used (nothing is shared). */
+FAKE_HIDDEN void *fake_state_private(size_t size, uint64_t magic, void (*init)(void *region));
+FAKE_HIDDEN void fake_robust_init(pthread_mutex_t *m);
+/* Locks m; a holder that died leaves it to us, consistent (every user keeps its table valid
+ * after each single store). */
+FAKE_HIDDEN void fake_robust_lock(pthread_mutex_t *m);
+
+/* Device memory of the simulated node, by physical device, as a real GPU has it: shared by every
+ * process, so cuMemGetInfo and NVML report what is really left and one process's allocations
+ * can make another's fail. Each process's holdings are kept apart and given back when it exits
+ * (found by pid and start time, as the shim does); a forked child starts with none.
+ * charge: 0, or -1 when fewer than `bytes` of `total` are free (CUDA_ERROR_OUT_OF_MEMORY).
+ * uncharge never lets this process's count wrap below zero. used: every live process's sum. */
+FAKE_HIDDEN int fake_node_mem_charge(int physical, size_t bytes, size_t total);
+FAKE_HIDDEN void fake_node_mem_uncharge(int physical, size_t bytes);
+FAKE_HIDDEN size_t fake_node_mem_used(int physical);
 
 #endif /* FLEXAI_FAKE_H */

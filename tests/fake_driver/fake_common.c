@@ -1,20 +1,30 @@
 /*
- * fake_common.c - configuration and UUIDs shared by the fake libcuda and libnvidia-ml.
+ * fake_common.c - what the fake libcuda and libnvidia-ml share: configuration, UUIDs, the
+ * simulated node's shared files and its device memory.
  *
  * Each library links its own copy, so each parses the environment once on its own. The result
- * depends only on the environment, so both agree on device count, memory size and UUIDs.
+ * depends only on the environment, so both agree on device count, memory size and UUIDs; the
+ * device memory lives in a shared file, so both (and every other process) agree on it too.
  *
  * Variables: FLEXAI_SIM_DEVICES (1..16, default 1), FLEXAI_SIM_MEMORY (per device, default
  * 16GiB; the shim's units: "16G" is 16 * 10^9 bytes, "16GiB" 16 * 2^30), FLEXAI_SIM_UUIDS (one
  * GPU-... per device), FLEXAI_SIM_KERNEL_US (duration of kernels not named sleep_us*, default
  * 10), FLEXAI_SIM_MPS (1: kernels of different processes overlap).
- * FLEXAI_SIM_STATE_DIR (where the shared device timeline lives) is read by fake_cuda_sim.c.
+ * FLEXAI_SIM_STATE_DIR: where the machine's shared files live (the device timeline, the memory);
+ * by default in the flexai node's state directory, see state_path().
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "fake.h"
 #include "util.h"
@@ -189,4 +199,269 @@ static void config_load(void) {
 const struct fake_config *fake_config_get(void) {
     pthread_once(&config_once, config_load);
     return config_ok ? &config : NULL;
+}
+
+/* ---- the node's shared files ----------------------------------------------------------- */
+
+void fake_robust_init(pthread_mutex_t *m) {
+    pthread_mutexattr_t a;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+}
+
+void fake_robust_lock(pthread_mutex_t *m) {
+    int r = pthread_mutex_lock(m);
+    if (r == EOWNERDEAD)
+        pthread_mutex_consistent(m);
+    else if (r == ENOTRECOVERABLE) {
+        fake_robust_init(m); /* cannot happen (we always mark it consistent); never wedge */
+        pthread_mutex_lock(m);
+    }
+}
+
+static void header_write(void *region, size_t size, uint64_t magic) {
+    struct fake_shared_header *h = region;
+    h->size = size;
+    __atomic_store_n(&h->magic, magic, __ATOMIC_RELEASE);
+}
+
+void *fake_state_private(size_t size, uint64_t magic, void (*init)(void *region)) {
+    void *p = calloc(1, size);
+    if (p != NULL) {
+        init(p);
+        header_write(p, size, magic);
+    }
+    return p;
+}
+
+/* mkdir that accepts an existing directory; 0 or -1. */
+static int dir_ready(const char *dir) {
+    struct stat st;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+        return -1;
+    return stat(dir, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : -1;
+}
+
+/* Where the simulated machine keeps its shared files: FLEXAI_SIM_STATE_DIR when set; else, in
+ * a flexai node's state directory (FLEXAI_STATE_DIR, absolute and existing), a folder of this
+ * user's, so that every flexai node (each test makes its own) has a machine of its own and
+ * concurrent test runs never share a device; else /dev/shm/flexai-sim-<uid>. */
+static int state_path(const char *name, char *buf, size_t len) {
+    const char *dir = getenv("FLEXAI_SIM_STATE_DIR");
+    const char *node = getenv("FLEXAI_STATE_DIR");
+    char def[PATH_MAX];
+    int n;
+
+    if (dir == NULL || *dir == '\0') {
+        dir = def;
+        n = -1;
+        if (node != NULL && node[0] == '/')
+            n = snprintf(def, sizeof(def), "%s/sim-%u", node, (unsigned)getuid());
+        if (n < 0 || (size_t)n >= sizeof(def) || dir_ready(def) != 0)
+            snprintf(def, sizeof(def), "/dev/shm/flexai-sim-%u", (unsigned)getuid());
+    }
+    if (dir_ready(dir) != 0)
+        return -1;
+    n = snprintf(buf, len, "%s/%s", dir, name);
+    return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
+void *fake_state_map(const char *name, size_t size, uint64_t magic, void (*init)(void *region)) {
+    char path[PATH_MAX];
+    void *region = NULL;
+    struct stat st;
+
+    if (state_path(name, path, sizeof(path)) != 0)
+        return NULL;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return NULL;
+    if (flock(fd, LOCK_EX) == 0) {
+        if (fstat(fd, &st) == 0 &&
+            (st.st_size == (off_t)size || ftruncate(fd, (off_t)size) == 0)) {
+            void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+            if (p != MAP_FAILED) {
+                struct fake_shared_header *h = p;
+                region = p;
+                if (__atomic_load_n(&h->magic, __ATOMIC_ACQUIRE) != magic || h->size != size) {
+                    memset(p, 0, size);
+                    init(p);
+                    header_write(p, size, magic);
+                }
+            }
+        }
+        flock(fd, LOCK_UN);
+    }
+    close(fd);
+    return region;
+}
+
+/* ---- device memory of the node ---------------------------------------------------------- */
+
+#define NODE_MEM_MAGIC 0x314d454d53584646ull /* "FFXSMEM1" */
+#define NODE_MEM_PROCS 512
+
+struct node_mem_proc {
+    int32_t pid; /* 0: a free entry */
+    int32_t reserved;
+    uint64_t start; /* the pid's start time: a reused pid is another process */
+    uint64_t bytes[FAKE_MAX_DEVICES];
+};
+
+struct node_mem {
+    struct fake_shared_header header;
+    pthread_mutex_t lock; /* guards every entry */
+    struct node_mem_proc proc[NODE_MEM_PROCS];
+};
+
+static struct node_mem *node_mem;
+static pthread_once_t node_mem_once = PTHREAD_ONCE_INIT;
+/* This process's entry; looked up again when getpid() changes (in a forked child). Guarded by
+ * the node lock. */
+static int32_t self_pid;
+static int self_entry = -1;
+
+static void node_mem_init(void *region) {
+    fake_robust_init(&((struct node_mem *)region)->lock);
+}
+
+static void node_mem_map(void) {
+    node_mem = fake_state_map("memory", sizeof(*node_mem), NODE_MEM_MAGIC, node_mem_init);
+    if (node_mem == NULL) {
+        fprintf(stderr, "flexai fake driver: cannot use the memory state file "
+                        "(FLEXAI_SIM_STATE_DIR); device memory is not shared between processes\n");
+        node_mem = fake_state_private(sizeof(*node_mem), NODE_MEM_MAGIC, node_mem_init);
+    }
+}
+
+static struct node_mem *node_mem_lock(void) {
+    pthread_once(&node_mem_once, node_mem_map);
+    if (node_mem != NULL)
+        fake_robust_lock(&node_mem->lock);
+    return node_mem;
+}
+
+/* Field 22 of /proc/PID/stat; 0 when the process is gone or a zombie (which holds no device
+ * memory). The command name (field 2) may hold spaces and parentheses: count from the last ')'. */
+static uint64_t start_time(int32_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (p == NULL || p[1] != ' ' || p[2] == 'Z' || p[2] == 'X')
+        return 0;
+    p++;
+    for (int field = 3; field < 22 && p != NULL; field++)
+        p = strchr(p + 1, ' ');
+    return p != NULL ? strtoull(p + 1, NULL, 10) : 0;
+}
+
+/* Exited, a zombie, or its pid now names another process. A pid whose /proc entry we cannot see
+ * (hidepid) is alive as long as it exists. */
+static int proc_dead(const struct node_mem_proc *e) {
+    char path[32];
+    if (kill(e->pid, 0) != 0 && errno == ESRCH)
+        return 1;
+    snprintf(path, sizeof(path), "/proc/%d", (int)e->pid);
+    if (access(path, F_OK) != 0)
+        return 0;
+    return start_time(e->pid) != e->start;
+}
+
+/* Frees the entries of processes that are gone (the driver frees a dead process's memory).
+ * Returns how many held memory. Lock held. */
+static int sweep_locked(struct node_mem *m) {
+    int freed = 0;
+    for (int i = 0; i < NODE_MEM_PROCS; i++) {
+        struct node_mem_proc *e = &m->proc[i];
+        if (e->pid == 0 || e->pid == self_pid || !proc_dead(e))
+            continue;
+        for (int d = 0; d < FAKE_MAX_DEVICES; d++)
+            freed |= e->bytes[d] != 0;
+        memset(e, 0, sizeof(*e));
+    }
+    return freed;
+}
+
+/* This process's entry, taken on first use; -1 when the table is full. Lock held. */
+static int self_locked(struct node_mem *m) {
+    int32_t pid = (int32_t)getpid();
+    if (self_pid == pid && self_entry >= 0)
+        return self_entry;
+    self_pid = pid;
+    self_entry = -1;
+    uint64_t start = start_time(pid);
+    sweep_locked(m);
+    for (int i = 0; i < NODE_MEM_PROCS && self_entry < 0; i++)
+        if (m->proc[i].pid == pid && m->proc[i].start == start)
+            self_entry = i; /* ours already: this library was loaded before */
+    for (int i = 0; i < NODE_MEM_PROCS && self_entry < 0; i++) {
+        struct node_mem_proc *e = &m->proc[i];
+        if (e->pid == 0) {
+            memset(e, 0, sizeof(*e));
+            e->start = start;
+            e->pid = pid;
+            self_entry = i;
+        }
+    }
+    return self_entry;
+}
+
+static uint64_t used_locked(const struct node_mem *m, int physical) {
+    uint64_t used = 0;
+    for (int i = 0; i < NODE_MEM_PROCS; i++)
+        if (m->proc[i].pid != 0)
+            used += m->proc[i].bytes[physical];
+    return used;
+}
+
+int fake_node_mem_charge(int physical, size_t bytes, size_t total) {
+    struct node_mem *m = node_mem_lock();
+    int rc = -1;
+    if (m == NULL)
+        return -1;
+    int self = self_locked(m);
+    for (int pass = 0; self >= 0 && pass < 2 && rc != 0; pass++) {
+        uint64_t used = used_locked(m, physical);
+        if (used <= total && bytes <= total - used) {
+            m->proc[self].bytes[physical] += bytes;
+            rc = 0;
+        } else if (pass == 0 && !sweep_locked(m)) {
+            break; /* nobody gone: the device is full */
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+void fake_node_mem_uncharge(int physical, size_t bytes) {
+    struct node_mem *m = node_mem_lock();
+    if (m == NULL)
+        return;
+    int self = self_locked(m);
+    if (self >= 0) {
+        uint64_t *held = &m->proc[self].bytes[physical];
+        *held = bytes > *held ? 0 : *held - bytes;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+size_t fake_node_mem_used(int physical) {
+    struct node_mem *m = node_mem_lock();
+    if (m == NULL)
+        return 0;
+    sweep_locked(m);
+    uint64_t used = used_locked(m, physical);
+    pthread_mutex_unlock(&m->lock);
+    return (size_t)used;
 }

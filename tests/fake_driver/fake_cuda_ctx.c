@@ -36,6 +36,8 @@ CUresult fake_ctx_current_locked(struct CUctx_st **out) {
     struct CUctx_st *ctx = ctx_depth > 0 ? ctx_stack[ctx_depth - 1] : NULL;
     if (!fake_ctx_valid_locked(ctx))
         return CUDA_ERROR_INVALID_CONTEXT;
+    if (ctx->is_primary)
+        ctx->active = 1; /* a reset primary context still retained is created again by use */
     *out = ctx;
     return CUDA_SUCCESS;
 }
@@ -141,6 +143,7 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
         return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&fake_cuda_lock);
     fake_cuda_devices[dev].primary.retains++;
+    fake_cuda_devices[dev].primary.active = 1;
     pthread_mutex_unlock(&fake_cuda_lock);
     *pctx = &fake_cuda_devices[dev].primary;
     return CUDA_SUCCESS;
@@ -158,19 +161,37 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
         rc = CUDA_ERROR_INVALID_CONTEXT;
     } else if (--primary->retains == 0) {
         ctx_release_resources_locked(primary);
+        primary->active = 0;
     }
     pthread_mutex_unlock(&fake_cuda_lock);
     return rc;
 }
 
-/* Frees everything the primary context owns; retains are kept, so it stays usable. */
+/* Destroys the primary context and frees everything it owned (allocations, arrays, streams,
+ * modules: their handles and pointers are invalid from now on). "Resetting the primary context
+ * does not release it": retains are kept, and the next use creates the context again. */
 CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev) {
     CUresult rc = primary_prologue(dev);
     if (rc != CUDA_SUCCESS)
         return rc;
     pthread_mutex_lock(&fake_cuda_lock);
     ctx_release_resources_locked(&fake_cuda_devices[dev].primary);
+    fake_cuda_devices[dev].primary.active = 0;
     pthread_mutex_unlock(&fake_cuda_lock);
+    return CUDA_SUCCESS;
+}
+
+/* Flags are the defaults (cuDevicePrimaryCtxSetFlags is not simulated). */
+CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active) {
+    CUresult rc = primary_prologue(dev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (flags == NULL || active == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    *active = fake_cuda_devices[dev].primary.active;
+    pthread_mutex_unlock(&fake_cuda_lock);
+    *flags = 0;
     return CUDA_SUCCESS;
 }
 

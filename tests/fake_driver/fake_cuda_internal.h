@@ -54,7 +54,9 @@ struct CUctx_st {
     struct CUctx_st *next; /* registry link (created contexts only) */
     int device;            /* visible ordinal */
     int is_primary;
-    unsigned int retains; /* primary only: active while > 0 */
+    unsigned int retains; /* primary only: usable while > 0 */
+    int active;           /* primary only: created; a reset or the last release destroys it,
+                           * the next retain or use while retained creates it again */
     struct CUstream_st *default_stream; /* NULL stream; created on first use */
 };
 
@@ -118,8 +120,7 @@ struct CUmemPoolHandle_st {
 
 struct fake_cuda_device {
     int physical;     /* index in FLEXAI_SIM_* numbering, which NVML uses too */
-    size_t total;     /* bytes */
-    size_t used;      /* bytes this process holds, guarded by fake_cuda_lock */
+    size_t total;     /* bytes; what is used is the node's (fake_node_mem_used) */
     const struct fake_device_config *cfg;
     struct CUctx_st primary;
     struct CUmemPoolHandle_st default_pool;
@@ -143,8 +144,8 @@ static inline int fake_cuda_device_valid(CUdevice dev) {
     return dev >= 0 && dev < fake_cuda_ndevices;
 }
 
-/* Device accounting: charge fails with CUDA_ERROR_OUT_OF_MEMORY rather than exceed the total;
- * uncharge never lets the counter wrap below zero. */
+/* Device accounting against the node's memory (fake_common.c): charge fails with
+ * CUDA_ERROR_OUT_OF_MEMORY rather than exceed the total; uncharge never wraps below zero. */
 FAKE_HIDDEN CUresult fake_dev_charge_locked(int dev, size_t bytes);
 FAKE_HIDDEN void fake_dev_uncharge_locked(int dev, size_t bytes);
 

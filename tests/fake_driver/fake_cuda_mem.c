@@ -3,9 +3,10 @@
  * pools, CUDA arrays, and host<->device copies.
  *
  * Linear memory is an anonymous MAP_NORESERVE mapping and the CUdeviceptr is its host address, so
- * a 40 GiB "allocation" costs nothing until touched and copies are plain memcpy. Each device
- * counts what this process holds; an allocation that would exceed the device's total fails with
- * CUDA_ERROR_OUT_OF_MEMORY, as on a full GPU.
+ * a 40 GiB "allocation" costs nothing until touched and copies are plain memcpy. A device's memory
+ * is shared by every process on the node (fake_common.c); an allocation that would exceed the
+ * device's total, counting what other processes hold, fails with CUDA_ERROR_OUT_OF_MEMORY, as on
+ * a full GPU.
  *
  * Allocations are kept in one list: the fake holds at most a few thousand at a time, and a list
  * keeps every path obviously correct.
@@ -35,18 +36,15 @@ static struct CUmemPoolHandle_st *pool_registry;
 
 /* ---- accounting -------------------------------------------------------------------------- */
 
+/* The device's memory is the node's (fake_common.c): every process's allocations count. */
 CUresult fake_dev_charge_locked(int dev, size_t bytes) {
-    struct fake_cuda_device *d = &fake_cuda_devices[dev];
-    /* used <= total always holds, so the subtraction cannot wrap. */
-    if (bytes > d->total - d->used)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    d->used += bytes;
-    return CUDA_SUCCESS;
+    const struct fake_cuda_device *d = &fake_cuda_devices[dev];
+    return fake_node_mem_charge(d->physical, bytes, d->total) == 0 ? CUDA_SUCCESS
+                                                                   : CUDA_ERROR_OUT_OF_MEMORY;
 }
 
 void fake_dev_uncharge_locked(int dev, size_t bytes) {
-    struct fake_cuda_device *d = &fake_cuda_devices[dev];
-    d->used = bytes > d->used ? 0 : d->used - bytes;
+    fake_node_mem_uncharge(fake_cuda_devices[dev].physical, bytes);
 }
 
 /* ---- allocation records ------------------------------------------------------------------ */
@@ -221,8 +219,10 @@ CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
     CUresult rc = lock_current(free_bytes != NULL && total_bytes != NULL, &ctx);
     if (rc != CUDA_SUCCESS)
         return rc;
+    /* What the whole node holds, as on a real GPU: other processes' memory is not free. */
     const struct fake_cuda_device *d = &fake_cuda_devices[ctx->device];
-    *free_bytes = d->total - d->used; /* used <= total */
+    size_t used = fake_node_mem_used(d->physical);
+    *free_bytes = used < d->total ? d->total - used : 0;
     *total_bytes = d->total;
     pthread_mutex_unlock(&fake_cuda_lock);
     return rc;

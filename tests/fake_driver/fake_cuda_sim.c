@@ -5,8 +5,8 @@
  * process or stream submitted it, in submission order. A kernel lasts exactly its duration of
  * device time; the stream worker that submitted it returns when it has ended.
  *
- * The schedule lives in a small shared file per physical device ($FLEXAI_SIM_STATE_DIR/dev<N>,
- * default /dev/shm/flexai-sim-<uid>/dev<N>): a table of submitted kernels, each in a slot whose
+ * The schedule lives in a small shared file per physical device ($FLEXAI_SIM_STATE_DIR/dev<N>;
+ * for the default directory see fake.h): a table of submitted kernels, each in a slot whose
  * robust mutex the submitting worker thread holds until its kernel has ended. A kernel starts
  * when every earlier kernel it conflicts with has ended (its start is that moment, not the
  * moment its worker wakes up, so handing the device over costs no device time), and the first
@@ -23,17 +23,13 @@
  * time.
  *
  * If the state file cannot be used the device is simulated per process (no sharing), with a
- * warning on stderr.
+ * warning on stderr. (The file's mapping and robust locks are fake_common.c's, shared with the
+ * node's device memory.)
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -60,8 +56,7 @@ struct sim_slot {
 };
 
 struct sim_dev {
-    uint64_t magic;
-    uint64_t size;
+    struct fake_shared_header header;
     pthread_mutex_t lock; /* guards everything below */
     uint64_t next_seq;
     struct sim_slot slot[SIM_SLOTS];
@@ -97,74 +92,13 @@ static void wait_until(int64_t deadline) {
 
 /* ---- the shared table -------------------------------------------------------------------- */
 
-static void robust_init(pthread_mutex_t *m) {
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    pthread_mutex_init(m, &a);
-    pthread_mutexattr_destroy(&a);
-}
-
-static void robust_lock(pthread_mutex_t *m) {
-    int r = pthread_mutex_lock(m);
-    if (r == EOWNERDEAD)
-        pthread_mutex_consistent(m); /* the table is valid after every single store */
-    else if (r == ENOTRECOVERABLE) {
-        robust_init(m); /* cannot happen (we always mark it consistent); never wedge */
-        pthread_mutex_lock(m);
-    }
-}
-
-static void dev_init(struct sim_dev *d) {
-    memset(d, 0, sizeof(*d));
-    robust_init(&d->lock);
+/* Fills a zeroed table (fake_state_map writes the header). */
+static void dev_init(void *region) {
+    struct sim_dev *d = region;
+    fake_robust_init(&d->lock);
     for (int i = 0; i < SIM_SLOTS; i++)
-        robust_init(&d->slot[i].owner);
+        fake_robust_init(&d->slot[i].owner);
     d->next_seq = 1;
-    d->size = sizeof(*d);
-    __atomic_store_n(&d->magic, SIM_MAGIC, __ATOMIC_RELEASE);
-}
-
-static int state_path(int dev, char *buf, size_t len) {
-    const char *dir = getenv("FLEXAI_SIM_STATE_DIR");
-    char def[64];
-    if (dir == NULL || *dir == '\0') {
-        snprintf(def, sizeof(def), "/dev/shm/flexai-sim-%u", (unsigned)getuid());
-        dir = def;
-    }
-    if (mkdir(dir, 0700) != 0 && errno != EEXIST)
-        return -1;
-    int n = snprintf(buf, len, "%s/dev%d", dir, dev);
-    return n > 0 && (size_t)n < len ? 0 : -1;
-}
-
-/* Maps (creating or re-initialising under flock) the state file of physical device dev. */
-static struct sim_dev *map_shared(int dev) {
-    char path[PATH_MAX];
-    struct sim_dev *d = NULL;
-    struct stat st;
-
-    if (state_path(dev, path, sizeof(path)) != 0)
-        return NULL;
-    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return NULL;
-    if (flock(fd, LOCK_EX) == 0) {
-        if (fstat(fd, &st) == 0 &&
-            (st.st_size == (off_t)sizeof(*d) || ftruncate(fd, (off_t)sizeof(*d)) == 0)) {
-            void *p = mmap(NULL, sizeof(*d), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-            if (p != MAP_FAILED) {
-                d = p;
-                if (__atomic_load_n(&d->magic, __ATOMIC_ACQUIRE) != SIM_MAGIC ||
-                    d->size != sizeof(*d))
-                    dev_init(d);
-            }
-        }
-        flock(fd, LOCK_UN);
-    }
-    close(fd);
-    return d;
 }
 
 static void map_lock_take(void) {
@@ -188,14 +122,14 @@ static struct sim_dev *sim_dev_get(int dev) {
     pthread_mutex_lock(&map_lock);
     d = atomic_load(&devs[dev]);
     if (d == NULL) {
-        d = map_shared(dev);
+        char name[16];
+        snprintf(name, sizeof(name), "dev%d", dev);
+        d = fake_state_map(name, sizeof(*d), SIM_MAGIC, dev_init);
         if (d == NULL) {
             fprintf(stderr, "flexai fake driver: cannot use the device state file for device %d "
                             "(FLEXAI_SIM_STATE_DIR); kernels are not shared between processes\n",
                     dev);
-            d = malloc(sizeof(*d));
-            if (d != NULL)
-                dev_init(d);
+            d = fake_state_private(sizeof(*d), SIM_MAGIC, dev_init);
         }
         atomic_store(&devs[dev], d);
     }
@@ -236,7 +170,7 @@ static void reap_dead(struct sim_dev *d, int self, int64_t now) {
         if (r == 0 || r == EOWNERDEAD)
             pthread_mutex_unlock(&s->owner);
         else
-            robust_init(&s->owner);
+            fake_robust_init(&s->owner);
         if (s->started)
             slot_remove(d, i, s->end < now ? s->end : now);
         else
@@ -309,11 +243,11 @@ int64_t fake_sim_kernel(int dev, int64_t ns, int64_t floor) {
         wait_until(end);
         return end;
     }
-    robust_lock(&d->lock);
+    fake_robust_lock(&d->lock);
     while ((i = slot_take(d)) < 0) {
         pthread_mutex_unlock(&d->lock);
         sleep_until(fake_now_ns() + SIM_FULL_NS);
-        robust_lock(&d->lock);
+        fake_robust_lock(&d->lock);
     }
     struct sim_slot *s = &d->slot[i];
     s->seq = d->next_seq++;
@@ -330,14 +264,14 @@ int64_t fake_sim_kernel(int dev, int64_t ns, int64_t floor) {
             break;
         pthread_mutex_unlock(&d->lock);
         sleep_until(start < now + SIM_POLL_NS ? start : now + SIM_POLL_NS);
-        robust_lock(&d->lock);
+        fake_robust_lock(&d->lock);
     }
     int64_t end = s->end;
     pthread_mutex_unlock(&d->lock);
 
     wait_until(end);
 
-    robust_lock(&d->lock);
+    fake_robust_lock(&d->lock);
     slot_remove(d, i, end);
     pthread_mutex_unlock(&s->owner);
     pthread_mutex_unlock(&d->lock);

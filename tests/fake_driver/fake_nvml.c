@@ -5,9 +5,8 @@
  * real library does; UUIDs are the ones the fake libcuda reports. An nvmlDevice_t points into a
  * static table, so handles stay valid across nvmlShutdown/nvmlInit like real ones.
  *
- * Memory: real NVML reports device-wide usage by every process. The fake keeps no state across
- * processes (each fake libcuda counts only its own), so it reports used = 0 and free = total.
- * Tests that need NVML to see usage must get it from libflexai, which is the point of the shim.
+ * Memory: like real NVML, the device-wide usage of every process on the node (the fake libcuda
+ * keeps it in the node's shared memory file, fake_common.c).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -217,14 +216,21 @@ nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index) {
     return rc;
 }
 
+/* Bytes every process on the node holds on the device, never above its size. */
+static size_t device_used(const struct nvmlDevice_st *dev) {
+    size_t used = fake_node_mem_used((int)dev->index);
+    return used < device_memory ? used : device_memory;
+}
+
 nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory) {
     const struct nvmlDevice_st *dev;
     nvmlReturn_t rc = device_query(device, memory, &dev);
     if (rc != NVML_SUCCESS)
         return rc;
+    size_t used = device_used(dev);
     memory->total = device_memory;
-    memory->free = device_memory; /* no cross-process usage: see the top of the file */
-    memory->used = 0;
+    memory->free = device_memory - used;
+    memory->used = used;
     return NVML_SUCCESS;
 }
 
@@ -235,9 +241,10 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
         return rc;
     if (memory->version != nvmlMemory_v2)
         return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+    size_t used = device_used(dev);
     memory->total = device_memory;
     memory->reserved = 0;
-    memory->free = device_memory;
-    memory->used = 0;
+    memory->free = device_memory - used;
+    memory->used = used;
     return NVML_SUCCESS;
 }
