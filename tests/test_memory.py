@@ -427,3 +427,51 @@ def test_sim_memory_is_the_nodes_every_process_sees_what_others_hold(clients, tm
     after = Run(subprocess.run([str(clients["client"]), "init", "ctx", "0", "info", "nvml", "0"],
                                env=env, capture_output=True, text=True, timeout=30))
     assert after.op("info")["free"] == 8 * GiB and after.op("nvml")["used"] == 0
+
+
+# ---- a context's teardown gives its memory back (issue 8, item 7) ---------------------------
+
+@pytest.mark.parametrize("teardown", sorted(TEARDOWNS))
+def test_context_teardown_gives_its_allocations_back(run_client, tmp_path, teardown):
+    # Measured on a GPU: 3 GiB allocations under an 8 GiB quota returned 0, 0, then
+    # out-of-memory after a cudaDeviceReset; the driver had freed the first two.
+    make, end, again = TEARDOWNS[teardown]
+    r = run_client("init", *make, "alloc", "3GiB", "alloc", "3GiB", *end, *again,
+                   "alloc", "3GiB", "alloc", "3GiB", "info", "free", "free", "free", "info",
+                   env=_sim_alone(tmp_path, FLEXAI_GPU_MEMORY="8GiB"))
+    assert r.op(end[0])["rc"] == 0
+    assert r.rcs("alloc") == [0, 0, 0, 0]
+    assert r.op("info", 0)["free"] == 2 * GiB
+    # the two allocations after the teardown free normally; the stale one is the driver's error
+    assert r.rcs("free") == [0, 0, INVALID_VALUE]
+    assert r.op("info", 1)["free"] == 8 * GiB, "nothing is given back twice"
+
+
+@pytest.mark.parametrize("teardown", sorted(TEARDOWNS))
+def test_context_overhead_comes_back_with_the_last_context_and_is_charged_again_once(
+        run_client, tmp_path, teardown):
+    make, end, again = TEARDOWNS[teardown]
+    env = _sim_alone(tmp_path, FLEXAI_GPU_MEMORY="1GiB", FLEXAI_CONTEXT_MEMORY="256MiB")
+    # a retain of the primary context again where the teardown left it retained (reset)
+    again = again or ["ctx", "0"]
+    r = run_client("init", *make, "alloc", "512MiB", *end, *again, *again, "fill", "64MiB",
+                   env=env)
+    assert r.op("fill")["bytes"] == 768 * MiB
+
+
+def test_context_used_again_after_a_reset_is_charged_again(run_client, tmp_path):
+    env = _sim_alone(tmp_path, FLEXAI_GPU_MEMORY="1GiB", FLEXAI_CONTEXT_MEMORY="256MiB")
+    r = run_client("init", "ctx", "0", "alloc", "512MiB", "reset", "0", "info", "fill", "64MiB",
+                   env=env)
+    assert r.op("info")["free"] == GiB, "no context, nothing held"
+    assert r.op("fill")["bytes"] == 768 * MiB, "the context made again by use is charged"
+
+
+def test_destroying_one_of_two_contexts_keeps_the_overhead(run_client, tmp_path):
+    env = _sim_alone(tmp_path, FLEXAI_GPU_MEMORY="1GiB", FLEXAI_CONTEXT_MEMORY="256MiB")
+    r = run_client("init", "ctx", "0", "ctxcreate", "0", "alloc", "512MiB", "ctxdestroy",
+                   "ctx", "0", "info", "alloc", "128MiB", "release", "0", "release", "0",
+                   "ctx", "0", "info", env=env)
+    assert r.op("info", 0)["free"] == 768 * MiB, "the primary context is still there"
+    assert r.rcs("release") == [0, 0]
+    assert r.op("info", 1)["free"] == 768 * MiB, "its 128 MiB died with it; charged once again"

@@ -1,6 +1,7 @@
 /* track.c - what each live allocation of this process was charged, so a free gives back
- * exactly that. An open-addressing table (linear probing, backward-shift deletion) behind one
- * mutex: allocations are rare next to kernel launches, and frameworks cache memory anyway. */
+ * exactly that, and a teardown everything it freed. An open-addressing table (linear probing,
+ * backward-shift deletion) behind one mutex: allocations are rare next to kernel launches, and
+ * frameworks cache memory anyway. Teardowns walk the whole table; they are rarer still. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +14,9 @@
 struct fx_entry {
     uint64_t key;
     uint64_t size;
-    uint32_t kind; /* 0: empty slot */
+    uint64_t owner;
+    uint16_t kind;   /* 0: empty slot */
+    uint16_t marked; /* its owner's teardown is under way (fx_track_owner_mark) */
     uint32_t dev;
 };
 
@@ -70,38 +73,18 @@ static void fx_track_init(void)
     pthread_atfork(fx_track_prefork, fx_track_postfork_parent, fx_track_postfork_child);
 }
 
-void fx_track_add(int kind, uint64_t key, uint64_t size, uint32_t dev)
+/* The slot of (kind, key), or the empty slot that ends its probe run. Mutex held, fx_cap > 0. */
+static size_t fx_lookup(uint64_t key, uint32_t kind)
 {
-    if (dev == FX_NONE) return;
-    pthread_once(&fx_track_once, fx_track_init); /* before the first entry exists */
-    pthread_mutex_lock(&fx_tab_mu);
-    if ((fx_len + 1) * 2 > fx_cap && fx_grow() != 0) {
-        pthread_mutex_unlock(&fx_tab_mu);
-        /* The charge stays (we cannot know when to release it): safe for the quota. */
-        FX_ERROR("out of host memory tracking an allocation; its charge stays until exit");
-        return;
-    }
-    size_t s = fx_slot(key, (uint32_t)kind);
-    while (fx_tab[s].kind && !(fx_tab[s].key == key && fx_tab[s].kind == (uint32_t)kind))
+    size_t s = fx_slot(key, kind);
+    while (fx_tab[s].kind && !(fx_tab[s].key == key && fx_tab[s].kind == kind))
         s = (s + 1) & (fx_cap - 1);
-    if (!fx_tab[s].kind) fx_len++;
-    fx_tab[s] = (struct fx_entry){key, size, (uint32_t)kind, dev};
-    pthread_mutex_unlock(&fx_tab_mu);
+    return s;
 }
 
-int fx_track_take(int kind, uint64_t key, uint64_t *size, uint32_t *dev)
+/* Backward-shift delete: move later members of the probe run into the hole. Mutex held. */
+static void fx_delete_at(size_t s)
 {
-    int rc = -1;
-    pthread_mutex_lock(&fx_tab_mu);
-    if (fx_cap == 0) goto out;
-    size_t s = fx_slot(key, (uint32_t)kind);
-    while (fx_tab[s].kind && !(fx_tab[s].key == key && fx_tab[s].kind == (uint32_t)kind))
-        s = (s + 1) & (fx_cap - 1);
-    if (!fx_tab[s].kind) goto out;
-    *size = fx_tab[s].size;
-    *dev = fx_tab[s].dev;
-    rc = 0;
-    /* backward-shift delete: move later members of the probe run into the hole */
     size_t hole = s, j = s;
     for (;;) {
         j = (j + 1) & (fx_cap - 1);
@@ -115,7 +98,105 @@ int fx_track_take(int kind, uint64_t key, uint64_t *size, uint32_t *dev)
     }
     fx_tab[hole].kind = 0;
     fx_len--;
+}
+
+struct fx_charge fx_track_add(int kind, uint64_t key, uint64_t size, uint32_t dev,
+                              uint64_t owner)
+{
+    struct fx_charge displaced = {0, FX_NONE};
+    if (dev == FX_NONE) return displaced;
+    pthread_once(&fx_track_once, fx_track_init); /* before the first entry exists */
+    pthread_mutex_lock(&fx_tab_mu);
+    if ((fx_len + 1) * 2 > fx_cap && fx_grow() != 0) {
+        pthread_mutex_unlock(&fx_tab_mu);
+        /* The charge stays (we cannot know when to release it): safe for the quota. */
+        FX_ERROR("out of host memory tracking an allocation; its charge stays until exit");
+        return displaced;
+    }
+    size_t s = fx_lookup(key, (uint32_t)kind);
+    if (fx_tab[s].kind) displaced = (struct fx_charge){fx_tab[s].size, fx_tab[s].dev};
+    else fx_len++;
+    fx_tab[s] = (struct fx_entry){key, size, owner, (uint16_t)kind, 0, dev};
+    pthread_mutex_unlock(&fx_tab_mu);
+    return displaced;
+}
+
+int fx_track_take(int kind, uint64_t key, uint64_t *size, uint32_t *dev, uint64_t *owner)
+{
+    int rc = -1;
+    pthread_mutex_lock(&fx_tab_mu);
+    if (fx_cap == 0) goto out;
+    size_t s = fx_lookup(key, (uint32_t)kind);
+    if (!fx_tab[s].kind) goto out;
+    *size = fx_tab[s].size;
+    *dev = fx_tab[s].dev;
+    *owner = fx_tab[s].owner;
+    rc = 0;
+    fx_delete_at(s);
 out:
     pthread_mutex_unlock(&fx_tab_mu);
     return rc;
+}
+
+int fx_track_find(int kind, uint64_t key, uint32_t *dev)
+{
+    int rc = -1;
+    pthread_mutex_lock(&fx_tab_mu);
+    if (fx_cap != 0) {
+        size_t s = fx_lookup(key, (uint32_t)kind);
+        if (fx_tab[s].kind) {
+            *dev = fx_tab[s].dev;
+            rc = 0;
+        }
+    }
+    pthread_mutex_unlock(&fx_tab_mu);
+    return rc;
+}
+
+static void fx_owner_set_mark(uint64_t owner, uint16_t from, uint16_t to)
+{
+    pthread_mutex_lock(&fx_tab_mu);
+    for (size_t i = 0; i < fx_cap; i++)
+        if (fx_tab[i].kind && fx_tab[i].owner == owner && fx_tab[i].marked == from)
+            fx_tab[i].marked = to;
+    pthread_mutex_unlock(&fx_tab_mu);
+}
+
+void fx_track_owner_mark(uint64_t owner)
+{
+    fx_owner_set_mark(owner, 0, 1);
+}
+
+void fx_track_owner_keep(uint64_t owner)
+{
+    fx_owner_set_mark(owner, 1, 0);
+}
+
+void fx_track_owner_forget(uint64_t owner, uint64_t freed[FLEXAI_MAX_DEVICES])
+{
+    pthread_mutex_lock(&fx_tab_mu);
+    /* A deletion may shift a later entry into slot i: look at i again before moving on. Only
+     * entries already looked at (wrapped around from the table's start) can move behind i. */
+    for (size_t i = 0; i < fx_cap;) {
+        struct fx_entry *e = &fx_tab[i];
+        if (!e->kind || e->owner != owner || !e->marked) {
+            i++;
+            continue;
+        }
+        if (e->dev < FLEXAI_MAX_DEVICES)
+            freed[e->dev] = freed[e->dev] > UINT64_MAX - e->size ? UINT64_MAX
+                                                                 : freed[e->dev] + e->size;
+        fx_delete_at(i);
+    }
+    pthread_mutex_unlock(&fx_tab_mu);
+}
+
+unsigned fx_track_count(int kind, uint32_t dev)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&fx_tab_mu);
+    for (size_t i = 0; i < fx_cap; i++)
+        n += fx_tab[i].kind == (uint32_t)kind && fx_tab[i].dev == dev;
+    pthread_mutex_unlock(&fx_tab_mu);
+    return n;
 }

@@ -1,21 +1,166 @@
 /* hook_mem.c - device memory: every allocation path is charged to the slice before the driver
- * is asked (so racing processes cannot overshoot together) and given back exactly on free;
- * the memory queries report the quota. */
+ * is asked (so racing processes cannot overshoot together) and given back exactly on free, or
+ * when the driver frees it behind the program's back: a context's teardown (cuCtxDestroy, the
+ * primary context's reset or last release) frees everything allocated in it. The memory queries
+ * report the quota. */
 #include "log.h"
 #include "shim.h"
 #include "track.h"
 #include "util.h"
 
-#define FX_RESERVE(dev, bytes)                                                                 \
+/* ---- contexts: what dies with them, and their own memory ----------------------------------
+ * Each tracked allocation names its owner, the context it dies with (an opaque handle to the
+ * core). A context's device memory (~0.5 GiB on an H100) is charged once per process and
+ * device while the process has a context there, so N processes of a slice cannot overshoot by N
+ * contexts, and a context created again after a teardown is charged again, once. */
+
+static uint64_t fx_owner(CUcontext ctx)
+{
+    return (uint64_t)(uintptr_t)ctx;
+}
+
+/* The context an allocation made now dies with: the calling thread's current one (0: unknown,
+ * then nothing frees it but a free, and its charge stays until then: safe for the quota). */
+static uint64_t fx_owner_current(void)
+{
+    CUcontext ctx = NULL;
+    if (!fx_cu.cuCtxGetCurrent || fx_cu.cuCtxGetCurrent(&ctx) != CUDA_SUCCESS) return 0;
+    return fx_owner(ctx);
+}
+
+/* Stream-ordered allocations die with their stream's context. */
+static uint64_t fx_owner_of_stream(CUstream stream)
+{
+    CUcontext ctx = NULL;
+    if (!fx_cu.cuStreamGetCtx || fx_cu.cuStreamGetCtx(stream, &ctx) != CUDA_SUCCESS)
+        return fx_owner_current();
+    return fx_owner(ctx);
+}
+
+/* 1 while the primary context of ordinal dev exists, 0 when it does not (never created, reset,
+ * released), -1 when the driver cannot say. */
+static int fx_primary_state(CUdevice dev)
+{
+    unsigned flags = 0;
+    int active = 0;
+    if (!fx_cu.cuDevicePrimaryCtxGetState ||
+        fx_cu.cuDevicePrimaryCtxGetState(dev, &flags, &active) != CUDA_SUCCESS)
+        return -1;
+    return active != 0;
+}
+
+/* The primary context of ordinal dev as an owner, while it exists (0: nothing can live in it).
+ * The driver hands out one handle per device; a retain and release pair on an existing context
+ * changes nothing. */
+static uint64_t fx_primary_owner(CUdevice dev)
+{
+    CUcontext ctx = NULL;
+    if (fx_primary_state(dev) != 1 || !fx_cu.cuDevicePrimaryCtxRetain ||
+        !fx_cu.cuDevicePrimaryCtxRelease_v2 ||
+        fx_cu.cuDevicePrimaryCtxRetain(&ctx, dev) != CUDA_SUCCESS)
+        return 0;
+    fx_cu.cuDevicePrimaryCtxRelease_v2(dev);
+    return fx_owner(ctx);
+}
+
+static int fx_ordinal_of_dev(uint32_t dev)
+{
+    for (int i = 0; dev != FX_NONE && i < fx_self.ndev; i++)
+        if (fx_self.dev[i] == dev) return i;
+    return -1;
+}
+
+/* Charge the context overhead on node device dev unless it is charged. *charged is the device
+ * when this call charged it (FX_NONE otherwise), so a failed creation can give it back. */
+static int32_t fx_ctx_charge(uint32_t dev, uint32_t *charged)
+{
+    *charged = FX_NONE;
+    if (dev == FX_NONE || fx_self.cfg.context_memory == 0) return FLEXAI_OK;
+    if (__atomic_load_n(&fx_self.ctx_charged[dev], __ATOMIC_ACQUIRE)) return FLEXAI_OK;
+    if (__atomic_exchange_n(&fx_self.ctx_charged[dev], 1, __ATOMIC_ACQ_REL)) return FLEXAI_OK;
+    int32_t st = fx_reserve(dev, fx_self.cfg.context_memory);
+    if (st != FLEXAI_OK) {
+        __atomic_store_n(&fx_self.ctx_charged[dev], 0, __ATOMIC_RELEASE);
+        return st;
+    }
+    *charged = dev;
+    return FLEXAI_OK;
+}
+
+static CUresult fx_ctx_begin(CUdevice ordinal, uint32_t *charged)
+{
+    return fx_cuda_error(fx_ctx_charge(fx_dev_of_ordinal(ordinal), charged));
+}
+
+static CUresult fx_ctx_end(CUresult rc, uint32_t charged)
+{
+    if (rc != CUDA_SUCCESS && charged != FX_NONE) {
+        fx_release(charged, fx_self.cfg.context_memory);
+        __atomic_store_n(&fx_self.ctx_charged[charged], 0, __ATOMIC_RELEASE);
+    }
+    return rc;
+}
+
+/* After a teardown on ordinal `ordinal` (node device dev): without a context left there, the
+ * context overhead goes back. A context the driver cannot vouch for counts as alive. */
+static void fx_ctx_idle(int ordinal, uint32_t dev)
+{
+    if (dev == FX_NONE || ordinal < 0) return;
+    if (fx_primary_state(ordinal) != 0 || fx_track_count(FX_T_OWNER, dev) > 0) return;
+    if (__atomic_exchange_n(&fx_self.ctx_charged[dev], 0, __ATOMIC_ACQ_REL))
+        fx_release(dev, fx_self.cfg.context_memory);
+}
+
+/* The driver answered a teardown whose owner's entries were marked before the call: `ended`
+ * says whether the context is gone (its memory with it). */
+static CUresult fx_teardown_end(CUresult rc, uint64_t owner, int ended, int ordinal,
+                                uint32_t dev)
+{
+    if (owner && !ended) fx_track_owner_keep(owner);
+    if (!ended) return rc;
+    if (owner) {
+        uint64_t freed[FLEXAI_MAX_DEVICES] = {0};
+        fx_track_owner_forget(owner, freed);
+        for (uint32_t d = 0; d < FLEXAI_MAX_DEVICES; d++)
+            if (freed[d]) fx_release(d, freed[d]);
+    }
+    fx_ctx_idle(ordinal, dev);
+    return rc;
+}
+
+/* ---- bookkeeping shared by the allocation paths ------------------------------------------ */
+
+/* Reserve for an allocation on node device dev. A context the program goes on using after a
+ * reset is created again by the driver: its overhead is charged again first. */
+static int32_t fx_reserve_alloc(uint32_t dev, uint64_t bytes)
+{
+    uint32_t charged;
+    int32_t st = fx_ctx_charge(dev, &charged);
+    return st != FLEXAI_OK ? st : fx_reserve(dev, bytes);
+}
+
+#define FX_RESERVE_WITH(reserve, dev, bytes)                                                   \
     do {                                                                                       \
-        int32_t st_ = fx_reserve((dev), (bytes));                                              \
+        int32_t st_ = reserve((dev), (bytes));                                                 \
         if (st_ != FLEXAI_OK) return fx_cuda_error(st_);                                       \
     } while (0)
+/* Memory of the current context (or a stream's), and memory that needs none (VMM). */
+#define FX_RESERVE(dev, bytes) FX_RESERVE_WITH(fx_reserve_alloc, dev, bytes)
+#define FX_RESERVE_DEVICE(dev, bytes) FX_RESERVE_WITH(fx_reserve, dev, bytes)
+
+/* Remember an allocation; a key the driver handed out again was freed behind our back (a
+ * teardown racing with this allocation): its old charge goes back. */
+static void fx_remember(int kind, uint64_t key, uint64_t size, uint32_t dev, uint64_t owner)
+{
+    struct fx_charge old = fx_track_add(kind, key, size, dev, owner);
+    if (old.size) fx_release(old.dev, old.size);
+}
 
 /* After the driver answered an allocation: remember it, or give the reservation back. */
-static CUresult fx_alloc_done(CUresult rc, int kind, uint64_t key, uint64_t size, uint32_t dev)
+static CUresult fx_alloc_done(CUresult rc, int kind, uint64_t key, uint64_t size, uint32_t dev,
+                              uint64_t owner)
 {
-    if (rc == CUDA_SUCCESS) fx_track_add(kind, key, size, dev);
+    if (rc == CUDA_SUCCESS) fx_remember(kind, key, size, dev, owner);
     else fx_release(dev, size);
     return rc;
 }
@@ -26,12 +171,13 @@ struct fx_taken {
     int found;
     uint64_t size;
     uint32_t dev;
+    uint64_t owner;
 };
 
 static struct fx_taken fx_free_begin(int kind, uint64_t key)
 {
-    struct fx_taken t = {0, 0, FX_NONE};
-    t.found = fx_track_take(kind, key, &t.size, &t.dev) == 0;
+    struct fx_taken t = {0, 0, FX_NONE, 0};
+    t.found = fx_track_take(kind, key, &t.size, &t.dev, &t.owner) == 0;
     return t;
 }
 
@@ -39,7 +185,7 @@ static CUresult fx_free_end(CUresult rc, int kind, uint64_t key, struct fx_taken
 {
     if (!t.found) return rc;
     if (rc == CUDA_SUCCESS) fx_release(t.dev, t.size);
-    else fx_track_add(kind, key, t.size, t.dev);
+    else fx_remember(kind, key, t.size, t.dev, t.owner);
     return rc;
 }
 
@@ -53,29 +199,14 @@ FX_EXPORT CUresult cuInit(unsigned int flags)
     return rc;
 }
 
-/* The context's own device memory (~0.5 GiB on an H100) is charged once per process and
- * device, at the first context, so N processes of a slice cannot overshoot by N contexts. */
-static CUresult fx_ctx_begin(CUdevice ordinal, uint32_t *charged)
+/* A created context is remembered as an owner of its device, so teardowns can tell whether the
+ * process still has a context there. */
+static CUresult fx_ctx_created(CUresult rc, CUcontext *pctx, CUdevice ordinal, uint32_t charged)
 {
-    uint32_t dev = fx_dev_of_ordinal(ordinal);
-    *charged = FX_NONE;
-    if (dev == FX_NONE || fx_self.cfg.context_memory == 0) return CUDA_SUCCESS;
-    if (__atomic_exchange_n(&fx_self.ctx_charged[dev], 1, __ATOMIC_ACQ_REL)) return CUDA_SUCCESS;
-    int32_t st = fx_reserve(dev, fx_self.cfg.context_memory);
-    if (st != FLEXAI_OK) {
-        __atomic_store_n(&fx_self.ctx_charged[dev], 0, __ATOMIC_RELEASE);
-        return fx_cuda_error(st);
-    }
-    *charged = dev;
-    return CUDA_SUCCESS;
-}
-
-static CUresult fx_ctx_end(CUresult rc, uint32_t charged)
-{
-    if (rc != CUDA_SUCCESS && charged != FX_NONE) {
-        fx_release(charged, fx_self.cfg.context_memory);
-        __atomic_store_n(&fx_self.ctx_charged[charged], 0, __ATOMIC_RELEASE);
-    }
+    rc = fx_ctx_end(rc, charged);
+    if (rc == CUDA_SUCCESS && pctx && *pctx)
+        fx_remember(FX_T_OWNER, fx_owner(*pctx), 0, fx_dev_of_ordinal(ordinal),
+                    fx_owner(*pctx));
     return rc;
 }
 
@@ -85,7 +216,7 @@ FX_EXPORT CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice 
     FX_ENTER(cuCtxCreate_v2);
     CUresult rc = fx_ctx_begin(dev, &charged);
     if (rc != CUDA_SUCCESS) return rc;
-    return fx_ctx_end(fx_cu.cuCtxCreate_v2(pctx, flags, dev), charged);
+    return fx_ctx_created(fx_cu.cuCtxCreate_v2(pctx, flags, dev), pctx, dev, charged);
 }
 
 FX_EXPORT CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *params, int numParams,
@@ -95,7 +226,8 @@ FX_EXPORT CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *params, 
     FX_ENTER(cuCtxCreate_v3);
     CUresult rc = fx_ctx_begin(dev, &charged);
     if (rc != CUDA_SUCCESS) return rc;
-    return fx_ctx_end(fx_cu.cuCtxCreate_v3(pctx, params, numParams, flags, dev), charged);
+    return fx_ctx_created(fx_cu.cuCtxCreate_v3(pctx, params, numParams, flags, dev), pctx, dev,
+                          charged);
 }
 
 FX_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int flags,
@@ -105,7 +237,7 @@ FX_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, un
     FX_ENTER(cuCtxCreate_v4);
     CUresult rc = fx_ctx_begin(dev, &charged);
     if (rc != CUDA_SUCCESS) return rc;
-    return fx_ctx_end(fx_cu.cuCtxCreate_v4(pctx, params, flags, dev), charged);
+    return fx_ctx_created(fx_cu.cuCtxCreate_v4(pctx, params, flags, dev), pctx, dev, charged);
 }
 
 FX_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
@@ -115,6 +247,44 @@ FX_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
     CUresult rc = fx_ctx_begin(dev, &charged);
     if (rc != CUDA_SUCCESS) return rc;
     return fx_ctx_end(fx_cu.cuDevicePrimaryCtxRetain(pctx, dev), charged);
+}
+
+/* Teardowns: mark what the context holds, let the driver free it, then forget it and give its
+ * charges back (or keep it, when the context lives on or the call failed). */
+
+FX_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
+{
+    FX_ENTER(cuCtxDestroy_v2);
+    uint64_t owner = fx_owner(ctx);
+    uint32_t dev = FX_NONE;
+    if (owner) {
+        fx_track_find(FX_T_OWNER, owner, &dev);
+        fx_track_owner_mark(owner);
+    }
+    CUresult rc = fx_cu.cuCtxDestroy_v2(ctx);
+    return fx_teardown_end(rc, owner, rc == CUDA_SUCCESS, fx_ordinal_of_dev(dev), dev);
+}
+
+/* "Resetting the primary context does not release it": the program may go on using it, and
+ * the driver creates it again (charged again at its next retain or allocation). */
+FX_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
+{
+    FX_ENTER(cuDevicePrimaryCtxReset_v2);
+    uint64_t owner = fx_primary_owner(dev);
+    if (owner) fx_track_owner_mark(owner);
+    CUresult rc = fx_cu.cuDevicePrimaryCtxReset_v2(dev);
+    return fx_teardown_end(rc, owner, rc == CUDA_SUCCESS, dev, fx_dev_of_ordinal(dev));
+}
+
+/* Only the last release destroys the primary context; the driver says whether this one did. */
+FX_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+{
+    FX_ENTER(cuDevicePrimaryCtxRelease_v2);
+    uint64_t owner = fx_primary_owner(dev);
+    if (owner) fx_track_owner_mark(owner);
+    CUresult rc = fx_cu.cuDevicePrimaryCtxRelease_v2(dev);
+    int ended = rc == CUDA_SUCCESS && fx_primary_state(dev) == 0;
+    return fx_teardown_end(rc, owner, ended, dev, fx_dev_of_ordinal(dev));
 }
 
 /* ---- queries ------------------------------------------------------------------------------ */
@@ -149,7 +319,8 @@ FX_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     uint32_t dev = fx_current_dev();
     FX_RESERVE(dev, bytesize);
     CUresult rc = fx_cu.cuMemAlloc_v2(dptr, bytesize);
-    return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev);
+    return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev,
+                         fx_owner_current());
 }
 
 FX_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags)
@@ -159,7 +330,8 @@ FX_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigne
     uint32_t dev = fx_current_dev();
     FX_RESERVE(dev, bytesize);
     CUresult rc = fx_cu.cuMemAllocManaged(dptr, bytesize, flags);
-    return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev);
+    return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev,
+                         fx_owner_current());
 }
 
 FX_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes,
@@ -174,7 +346,7 @@ FX_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t 
     uint64_t guess = fx_mul_sat(rounded, Height);
     FX_RESERVE(dev, guess);
     CUresult rc = fx_cu.cuMemAllocPitch_v2(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
-    if (rc != CUDA_SUCCESS) return fx_alloc_done(rc, FX_T_PTR, 0, guess, dev);
+    if (rc != CUDA_SUCCESS) return fx_alloc_done(rc, FX_T_PTR, 0, guess, dev, 0);
     uint64_t actual = fx_mul_sat(*pPitch, Height);
     if (actual > guess && fx_reserve(dev, actual - guess) != FLEXAI_OK) {
         if (fx_cu.cuMemFree_v2) fx_cu.cuMemFree_v2(*dptr);
@@ -182,7 +354,7 @@ FX_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t 
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     if (actual < guess) fx_release(dev, guess - actual);
-    fx_track_add(FX_T_PTR, *dptr, actual, dev);
+    fx_remember(FX_T_PTR, *dptr, actual, dev, fx_owner_current());
     return rc;
 }
 
@@ -202,7 +374,8 @@ FX_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
     uint32_t dev = fx_current_dev();                                                           \
     FX_RESERVE(dev, bytesize);                                                                 \
     CUresult rc = fx_cu.fn call_args;                                                          \
-    return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev)
+    return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev,          \
+                         rc == CUDA_SUCCESS ? fx_owner_of_stream(hStream) : 0)
 
 FX_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
 {
@@ -249,9 +422,10 @@ FX_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size
     uint32_t dev = FX_NONE;
     if (prop && prop->location.type == FX_CU_MEM_LOCATION_TYPE_DEVICE)
         dev = fx_dev_of_ordinal(prop->location.id);
-    FX_RESERVE(dev, size);
+    FX_RESERVE_DEVICE(dev, size);
     CUresult rc = fx_cu.cuMemCreate(handle, size, prop, flags);
-    return fx_alloc_done(rc, FX_T_VMM, rc == CUDA_SUCCESS ? *handle : 0, size, dev);
+    /* Physical memory belongs to the device, not to a context: no teardown frees it. */
+    return fx_alloc_done(rc, FX_T_VMM, rc == CUDA_SUCCESS ? *handle : 0, size, dev, 0);
 }
 
 FX_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
@@ -296,7 +470,7 @@ FX_EXPORT CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTO
     FX_RESERVE(dev, size);
     CUresult rc = fx_cu.cuArrayCreate_v2(pHandle, desc);
     return fx_alloc_done(rc, FX_T_ARRAY, rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0,
-                         size, dev);
+                         size, dev, fx_owner_current());
 }
 
 FX_EXPORT CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *desc)
@@ -309,7 +483,7 @@ FX_EXPORT CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCR
     FX_RESERVE(dev, size);
     CUresult rc = fx_cu.cuArray3DCreate_v2(pHandle, desc);
     return fx_alloc_done(rc, FX_T_ARRAY, rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0,
-                         size, dev);
+                         size, dev, fx_owner_current());
 }
 
 FX_EXPORT CUresult cuArrayDestroy(CUarray hArray)
@@ -339,7 +513,7 @@ FX_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle,
     FX_RESERVE(dev, size);
     CUresult rc = fx_cu.cuMipmappedArrayCreate(pHandle, desc, numMipmapLevels);
     return fx_alloc_done(rc, FX_T_MIPMAP, rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0,
-                         size, dev);
+                         size, dev, fx_owner_current());
 }
 
 FX_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray h)
