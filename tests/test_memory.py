@@ -475,3 +475,36 @@ def test_destroying_one_of_two_contexts_keeps_the_overhead(run_client, tmp_path)
     assert r.op("info", 0)["free"] == 768 * MiB, "the primary context is still there"
     assert r.rcs("release") == [0, 0]
     assert r.op("info", 1)["free"] == 768 * MiB, "its 128 MiB died with it; charged once again"
+
+
+# ---- reported free never exceeds what the device has (issue 8, item 9) ----------------------
+
+def test_reported_free_never_exceeds_the_devices_free(clients, state_dir, tmp_path):
+    # Two slices of 6 GiB on an 8 GiB card: once one holds 5 GiB, the other must not be told
+    # (by cuMemGetInfo or NVML) that 6 GiB are free, or it sizes its cache (vLLM, JAX) to memory
+    # the first one holds.
+    sim = _sim_alone(tmp_path, FLEXAI_SIM_MEMORY="8GiB", FLEXAI_GPU_MEMORY="6GiB")
+    holder = subprocess.Popen([str(clients["client"]), "init", "ctx", "0", "alloc", "5GiB",
+                               "wait"], env=base_env(state_dir, FLEXAI_SLICE="a", **sim),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        _read_until(holder, '"op":"wait"')
+        r = Run(subprocess.run([str(clients["client"]), "init", "ctx", "0", "info", "nvml", "0",
+                                "fill", "512MiB"],
+                               env=base_env(state_dir, FLEXAI_SLICE="b", **sim),
+                               capture_output=True, text=True, timeout=30))
+        info, nv = r.op("info"), r.op("nvml")
+        assert (info["total"], info["free"]) == (6 * GiB, 3 * GiB)
+        assert (nv["total"], nv["free"], nv["used"]) == (6 * GiB, 3 * GiB, 0)
+        assert (nv["total2"], nv["free2"], nv["used2"]) == (6 * GiB, 3 * GiB, 0)
+        assert r.op("fill")["bytes"] == 3 * GiB, "what it was told is what it gets"
+    finally:
+        holder.communicate("go\n", timeout=30)
+
+
+def test_quota_larger_than_the_device_reports_the_device_free(run_client, tmp_path):
+    r = run_client("init", "ctx", "0", "alloc", "1GiB", "info", "nvml", "0",
+                   env=_sim_alone(tmp_path, FLEXAI_SIM_MEMORY="4GiB", FLEXAI_GPU_MEMORY="8GiB"))
+    info, nv = r.op("info"), r.op("nvml")
+    assert (info["total"], info["free"]) == (8 * GiB, 3 * GiB)
+    assert (nv["total"], nv["free"], nv["used"]) == (8 * GiB, 3 * GiB, GiB)

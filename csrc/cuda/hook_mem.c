@@ -2,7 +2,7 @@
  * is asked (so racing processes cannot overshoot together) and given back exactly on free, or
  * when the driver frees it behind the program's back: a context's teardown (cuCtxDestroy, the
  * primary context's reset or last release) frees everything allocated in it. The memory queries
- * report the quota. */
+ * report the quota, and never more free memory than the device really has. */
 #include "log.h"
 #include "shim.h"
 #include "track.h"
@@ -295,8 +295,11 @@ FX_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes)
     FX_ENTER(cuMemGetInfo_v2);
     CUresult rc = fx_cu.cuMemGetInfo_v2(free_bytes, total_bytes);
     if (rc == CUDA_SUCCESS && fx_quota(fx_current_dev(), &limit, &used)) {
+        /* The quota's room, but never more than the device really has free: slices packed up
+         * to the card's size must not both size their caches to memory the other holds. */
+        uint64_t room = fx_room(limit, used);
         *total_bytes = limit;
-        *free_bytes = fx_room(limit, used);
+        *free_bytes = room < *free_bytes ? room : *free_bytes;
     }
     return rc;
 }

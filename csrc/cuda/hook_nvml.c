@@ -1,5 +1,7 @@
 /* hook_nvml.c - NVML memory queries report the same quota and usage as cuMemGetInfo, so tools
- * that size themselves from NVML (vLLM, nvidia-smi-like monitors in the process) agree. */
+ * that size themselves from NVML (vLLM, nvidia-smi-like monitors in the process) agree: total is
+ * the quota, used the slice's usage, free the quota's room but never more than the device
+ * really has free. */
 #include <string.h>
 
 #include "log.h"
@@ -27,6 +29,11 @@ static int fx_nvml_quota(nvmlDevice_t device, uint64_t *limit, uint64_t *used)
     return 0; /* a device this process does not see: report it unchanged */
 }
 
+static unsigned long long fx_free_min(uint64_t room, unsigned long long real_free)
+{
+    return room < real_free ? room : real_free;
+}
+
 FX_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t *memory)
 {
     uint64_t limit, used;
@@ -35,7 +42,7 @@ FX_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t device, nvmlMemory_t
     if (rc == NVML_SUCCESS && fx_nvml_quota(device, &limit, &used)) {
         memory->total = limit;
         memory->used = used;
-        memory->free = fx_room(limit, used);
+        memory->free = fx_free_min(fx_room(limit, used), memory->free);
     }
     return rc;
 }
@@ -49,7 +56,7 @@ FX_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemor
         memory->total = limit;
         memory->reserved = 0;
         memory->used = used;
-        memory->free = fx_room(limit, used);
+        memory->free = fx_free_min(fx_room(limit, used), memory->free);
     }
     return rc;
 }
