@@ -508,3 +508,47 @@ def test_quota_larger_than_the_device_reports_the_device_free(run_client, tmp_pa
     info, nv = r.op("info"), r.op("nvml")
     assert (info["total"], info["free"]) == (8 * GiB, 3 * GiB)
     assert (nv["total"], nv["free"], nv["used"]) == (8 * GiB, 3 * GiB, GiB)
+
+
+# ---- a resize sticks when another process joins (issue 8, item 10) --------------------------
+
+_SET_LIMIT = """
+import ctypes, sys
+lib_path, state_dir, slice_name, uuid, size = sys.argv[1:]
+lib = ctypes.CDLL(lib_path)
+node, err = ctypes.c_void_p(), ctypes.create_string_buffer(4 + 256)
+assert lib.flexai_node_open(state_dir.encode(), ctypes.byref(node), err) == 0, err.raw[4:]
+rc = lib.flexai_node_set_memory_limit(node, slice_name.encode(), uuid.encode(),
+                                      ctypes.c_uint64(int(size)), err)
+assert rc == 0, err.raw[4:]
+lib.flexai_node_close(node)
+"""
+
+
+def test_resize_sticks_when_another_process_joins(clients, state_dir, tmp_path):
+    # Measured: a slice at 8 GiB resized to 4 GiB was back at 8 GiB once one more process with
+    # FLEXAI_GPU_MEMORY=8GiB called cuInit. The slice's settings belong to the slice.
+    from conftest import LIBFLEXAI
+
+    env = base_env(state_dir, FLEXAI_GPU_MEMORY="8GiB", FLEXAI_SLICE="keep",
+                   **_sim_alone(tmp_path))
+    holder = subprocess.Popen([str(clients["client"]), "init", "ctx", "0", "info", "wait",
+                               "info"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    seen = ""
+    try:
+        seen = _read_until(holder, '"op":"wait"')
+        resize_env = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
+        # the C API the CLI and flexai.resize use, from the library under test
+        subprocess.run([sys.executable, "-c", _SET_LIMIT, str(LIBFLEXAI), str(state_dir), "keep",
+                        "GPU-f1e5a100-0000-4000-8000-000000000000", str(4 * GiB)],
+                       env=resize_env, check=True, timeout=30)
+        joiner = Run(subprocess.run([str(clients["client"]), "init", "ctx", "0", "info"],
+                                    env=env, capture_output=True, text=True, timeout=30))
+        assert joiner.op("info")["total"] == 4 * GiB, "the joiner gets the slice's quota"
+        assert "the slice's settings apply" in joiner.proc.stderr
+    finally:
+        rest, _ = holder.communicate("go\n", timeout=30)
+    held = Run(subprocess.CompletedProcess([], 0, seen + rest, ""))
+    assert held.op("info", 0)["total"] == 8 * GiB
+    assert held.op("info", 1)["total"] == 4 * GiB, "and the resize still holds for the slice"
