@@ -376,6 +376,11 @@ TEARDOWNS = {
 }
 
 
+#: LD_PRELOAD of a program run on the simulated driver without the shim (a sanitizer build's
+#: runtime must still come first: the simulated driver is instrumented too).
+NATIVE = os.environ.get("FLEXAI_TEST_PRELOAD_FIRST", "")
+
+
 def _sim_alone(tmp_path, **extra: str) -> dict[str, str]:
     """A simulated card of this test's own (its memory is shared only by this test's processes)."""
     sim = tmp_path / "sim"
@@ -388,7 +393,7 @@ def test_sim_context_teardown_frees_its_memory_and_invalidates_pointers(run_clie
                                                                           teardown):
     make, end, again = TEARDOWNS[teardown]
     r = run_client("init", *make, "alloc", "3GiB", "info", *end, *again, "touch", "free", "info",
-                   "alloc", "1GiB", "touch", "info", preload="",
+                   "alloc", "1GiB", "touch", "info", preload=NATIVE,
                    env=_sim_alone(tmp_path, FLEXAI_SIM_MEMORY="8GiB"))
     assert r.op("info", 0)["free"] == 5 * GiB
     assert r.op(end[0])["rc"] == 0
@@ -400,7 +405,7 @@ def test_sim_context_teardown_frees_its_memory_and_invalidates_pointers(run_clie
 
 def test_sim_released_primary_context_is_unusable_until_retained_again(run_client, tmp_path):
     r = run_client("init", "ctx", "0", "ctx", "0", "release", "0", "alloc", "1MiB", "release",
-                   "0", "alloc", "1MiB", "release", "0", "ctx", "0", "alloc", "1MiB", preload="",
+                   "0", "alloc", "1MiB", "release", "0", "ctx", "0", "alloc", "1MiB", preload=NATIVE,
                    env=_sim_alone(tmp_path))
     assert r.rcs("release") == [0, 0, INVALID_CONTEXT]
     assert r.rcs("alloc") == [0, INVALID_CONTEXT, 0]
@@ -408,7 +413,7 @@ def test_sim_released_primary_context_is_unusable_until_retained_again(run_clien
 
 def test_sim_memory_is_the_nodes_every_process_sees_what_others_hold(clients, tmp_path):
     env = base_env(tmp_path, **_sim_alone(tmp_path, FLEXAI_SIM_MEMORY="8GiB"))
-    env["LD_PRELOAD"] = ""
+    env["LD_PRELOAD"] = NATIVE
     holder = subprocess.Popen([str(clients["client"]), "init", "ctx", "0", "alloc", "5GiB",
                                "wait"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
@@ -538,7 +543,7 @@ def test_resize_sticks_when_another_process_joins(clients, state_dir, tmp_path):
     seen = ""
     try:
         seen = _read_until(holder, '"op":"wait"')
-        resize_env = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
+        resize_env = {**env, "LD_PRELOAD": NATIVE}
         # the C API the CLI and flexai.resize use, from the library under test
         subprocess.run([sys.executable, "-c", _SET_LIMIT, str(LIBFLEXAI), str(state_dir), "keep",
                         "GPU-f1e5a100-0000-4000-8000-000000000000", str(4 * GiB)],
