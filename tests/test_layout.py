@@ -8,24 +8,25 @@ import pytest
 
 from conftest import LIBFLEXAI
 
-# name -> value for layout version 3 (1 had no compute fields, 2 no slice owner)
+# name -> value for layout version 4 (1 had no compute fields, 2 no slice owner, 3 packed
+# each device into 80 bytes, so one holder's lease writes slowed every launch on the node)
 LAYOUT = {
-    "version": 3,
-    "fx_dev": 80,
+    "version": 4,
+    "fx_dev": 128,
     "fx_slice": 1168,
     "fx_proc": 152,
     "fx_region.lock": 32,
-    "fx_region.devs": 96,
-    "fx_region.slices": 1376,
+    "fx_region.devs": 128,
+    "fx_region.slices": 2176,
     "fx_slice.mem_limit": 80,
     "fx_slice.mem_used": 208,
     "fx_slice.compute": 336,
     "fx_slice.tokens_ns": 464,
     "fx_slice.gpu_ns": 976,
     "fx_proc.mem_used": 16,
-    "fx_dev.lease_pid": 20,
-    "fx_dev.lease_until_ns": 40,
-    "fx_dev.sched_until_ns": 56,
+    "fx_dev.lease_pid": 64,
+    "fx_dev.lease_until_ns": 80,
+    "fx_dev.sched_until_ns": 24,
 }
 
 

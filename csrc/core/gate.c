@@ -6,8 +6,15 @@
  * ("marks") and, before launching, waits until the work it still has in flight is estimated
  * below FX_INFLIGHT_NS. A decision (yield to a higher priority, end of quantum, out of tokens)
  * therefore takes effect within about that bound. When a slice has no cap, normal priority and
- * no device of the process is engaged, a launch costs one shared-memory load per device and
- * goes straight to the driver. Events come from fx_backend; nothing here knows the vendor.
+ * no device of the process is engaged, a launch costs a few loads of process-local and
+ * read-mostly shared memory and goes straight to the driver. Events come from fx_backend;
+ * nothing here knows the vendor.
+ *
+ * Threads: one mutex per device guards the gate's state, and it is never held across a sleep or
+ * the driver's launch: a thread that waits (for the lease, for tokens, for work to drain) lets
+ * the others in, and the launch itself runs unlocked between fx_gate_enter and fx_gate_leave,
+ * counted in `launching` so that a release waits for it. Waits for marks have a bound: work that
+ * never finishes (a kernel waiting on the host) cannot hang the process.
  */
 #include "gate.h"
 
@@ -28,26 +35,31 @@
 #define FX_SETTLE_NS 2000000ULL        /* measured GPU time is charged in steps of about this */
 #define FX_MAX_WAIT_NS 20000000ULL     /* longest sleep before asking the scheduler again */
 #define FX_POLL_NS 10000ULL            /* sleep between polls of a mark while draining */
-#define FX_AVG_START_NS 50000ULL       /* first guess of the GPU time of one launch */
-#define FX_AVG_MIN_NS 1000ULL          /* the estimate never goes below this */
+#define FX_EST_START_NS 50000ULL       /* first guess of the GPU time of one launch */
+#define FX_EST_MIN_NS 1000ULL          /* an estimate never goes below this */
 #define FX_SLACK_NS 5000UL             /* timer slack while the gate sleeps */
 #define FX_MARKS_PER_BOUND 4           /* marks per short in-flight bound: cheap yet responsive */
 #define FX_IDLE_GAP_NS 100000ULL       /* launches further apart than this are each marked, and a
                                         * pause this long ends the busy segment (see
                                         * fx_settle_idle): idle time is never charged */
+#define FX_STUCK_NS 200000000ULL       /* work in flight this long without progress is given up
+                                        * on: its estimate is charged and its marks forgotten */
 
 struct fx_mark {
     fx_event_t ev;
-    uint32_t launches; /* launches this mark closes */
+    uint64_t est_ns; /* estimated GPU time of the launches this mark closes */
+    unsigned kinds;  /* bit k: launches of kind k (enum fx_work) among them */
 };
 
 /* GPU time is measured on the device: a "segment" starts with an event recorded when none of
  * our work is in flight and grows with each completed mark (event elapsed time from the
  * segment's start). Under a lease only our work runs, so the sum is the slice's GPU time. */
 struct fx_gate {
-    pthread_mutex_t mu;  /* one thread of this process at a time through the gate */
+    pthread_mutex_t mu;  /* guards all below; never held across a sleep or a launch */
     uint32_t dev;        /* node device id (this entry's index) */
     int holding;
+    int releasing;       /* a thread drains and gives the lease back: others wait */
+    unsigned launching;  /* launches between fx_gate_enter and fx_gate_leave */
     uint64_t held_since;
     uint64_t busy_ns;     /* GPU time measured during the current lease */
     uint64_t next_admit;  /* holding: skip the scheduler (and its lock) until then */
@@ -55,10 +67,12 @@ struct fx_gate {
     fx_event_t spare[FX_RING];
     unsigned head, count, nspare;
     unsigned since_mark;  /* launches since the last mark */
+    uint64_t since_mark_ns; /* their estimated GPU time */
+    unsigned since_kinds;   /* their kinds */
     fx_queue_t streams[FX_MAX_STREAMS];
     unsigned stream_flags[FX_MAX_STREAMS];
     int nstreams;         /* streams used since the last mark (past FX_MAX_STREAMS: unmarked) */
-    uint64_t avg_ns;      /* estimated GPU time per launch */
+    uint64_t est_ns[FX_WORK_KINDS]; /* estimated GPU time of one launch, by kind */
     fx_event_t seg_start;    /* start of the current busy segment, NULL when none is open */
     uint64_t seg_counted; /* GPU time of the segment already added to busy_ns */
     uint64_t last_leave_ns; /* when the last launch through the gate returned */
@@ -72,7 +86,7 @@ static void fx_ld_reset(void)
     for (int i = 0; i < FLEXAI_MAX_DEVICES; i++) {
         pthread_mutex_init(&fx_ld[i].mu, NULL);
         fx_ld[i].dev = (uint32_t)i;
-        fx_ld[i].avg_ns = FX_AVG_START_NS;
+        for (int k = 0; k < FX_WORK_KINDS; k++) fx_ld[i].est_ns[k] = FX_EST_START_NS;
     }
 }
 
@@ -90,24 +104,26 @@ static void fx_ld_init(void)
     pthread_atfork(NULL, NULL, fx_ld_postfork_child);
 }
 
-
 /* Sleep, not spin or sched_yield: beside a CPU-bound thread on the same core, a yield can cost
  * a whole scheduler slice (milliseconds), which would leave the GPU idle. The thread's timer
- * slack (50 us by default) is lowered for the sleep so short waits stay short. */
-static void fx_wait(uint64_t ns)
+ * slack (50 us by default) is lowered for the sleep so short waits stay short. The gate's mutex
+ * is let go meanwhile, so the process's other launching threads are never held up by it. */
+static void fx_wait(struct fx_gate *ld, uint64_t ns)
 {
+    pthread_mutex_unlock(&ld->mu);
     int old = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
     if (old > (int)FX_SLACK_NS) prctl(PR_SET_TIMERSLACK, FX_SLACK_NS, 0, 0, 0);
     struct timespec t = {(time_t)(ns / 1000000000ULL), (long)(ns % 1000000000ULL)};
     nanosleep(&t, NULL);
     if (old > (int)FX_SLACK_NS) prctl(PR_SET_TIMERSLACK, (unsigned long)old, 0, 0, 0);
+    pthread_mutex_lock(&ld->mu);
 }
 
 static uint64_t fx_inflight_ns(const struct fx_gate *ld)
 {
-    uint64_t n = ld->since_mark;
-    for (unsigned i = 0; i < ld->count; i++) n += ld->ring[(ld->head + i) % FX_RING].launches;
-    return n * ld->avg_ns;
+    uint64_t n = ld->since_mark_ns;
+    for (unsigned i = 0; i < ld->count; i++) n += ld->ring[(ld->head + i) % FX_RING].est_ns;
+    return n;
 }
 
 /* Tell the others we hold the lease for a reason: we are here, and our work runs until ~busy. */
@@ -130,19 +146,33 @@ static void fx_event_done(struct fx_gate *ld, fx_event_t ev)
     else fx_backend->event_destroy(ev);
 }
 
-/* Add the GPU time from the segment's start to completed mark `ev`. */
-static void fx_measure(struct fx_gate *ld, fx_event_t ev, uint32_t launches)
+/* Add the GPU time from the segment's start to completed mark m, and correct the estimates of
+ * the kinds of work it closed by how far off their sum was (mixed kernels and graphs keep
+ * separate estimates, so a graph is not taken for one small kernel). */
+static void fx_measure(struct fx_gate *ld, const struct fx_mark *m)
 {
     uint64_t upto = 0;
-    if (!ld->seg_start || fx_backend->event_elapsed_ns(ld->seg_start, ev, &upto) != 0) return;
+    if (!ld->seg_start || fx_backend->event_elapsed_ns(ld->seg_start, m->ev, &upto) != 0) return;
     if (upto <= ld->seg_counted) return;
     uint64_t inc = upto - ld->seg_counted;
     ld->seg_counted = upto;
     ld->busy_ns += inc;
-    if (launches) {
-        ld->avg_ns = (3 * ld->avg_ns + inc / launches) / 4;
-        if (ld->avg_ns < FX_AVG_MIN_NS) ld->avg_ns = FX_AVG_MIN_NS;
+    if (!m->est_ns) return;
+    for (int k = 0; k < FX_WORK_KINDS; k++) {
+        if (!(m->kinds & (1u << k))) continue;
+        /* est *= (3 + inc/est_sum) / 4, in integers */
+        uint64_t e = ld->est_ns[k];
+        uint64_t scaled = (uint64_t)((double)e * (double)inc / (double)m->est_ns);
+        e = (3 * e + scaled) / 4;
+        ld->est_ns[k] = e < FX_EST_MIN_NS ? FX_EST_MIN_NS : e;
     }
+}
+
+static void fx_segment_end(struct fx_gate *ld)
+{
+    if (!ld->seg_start) return;
+    fx_event_done(ld, ld->seg_start);
+    ld->seg_start = NULL;
 }
 
 /* Pop the oldest mark if its work is done; 1 when popped. */
@@ -151,18 +181,56 @@ static int fx_pop_if_done(struct fx_gate *ld)
     if (ld->count == 0) return 0;
     struct fx_mark *m = &ld->ring[ld->head];
     if (fx_backend->event_query(m->ev) == FX_EV_PENDING) return 0;
-    fx_measure(ld, m->ev, m->launches);
+    fx_measure(ld, m);
     fx_event_done(ld, m->ev);
     ld->head = (ld->head + 1) % FX_RING;
     ld->count--;
-    if (ld->count == 0 && ld->since_mark == 0 && ld->seg_start) {
-        fx_event_done(ld, ld->seg_start); /* all our work is done: the segment ends */
-        ld->seg_start = NULL;
-    }
+    if (ld->count == 0 && ld->since_mark == 0) fx_segment_end(ld); /* all our work is done */
     return 1;
 }
 
-static void fx_mark_stream(struct fx_gate *ld, fx_queue_t q, unsigned flags, uint32_t launches)
+/* Work in flight made no progress for FX_STUCK_NS (a kernel waits on the host, a stream waits
+ * on an event nobody records): stop waiting for it. Its estimate is charged, its events are
+ * destroyed (legal while pending: the driver frees them once reached) and the segment ends. */
+static void fx_give_up(struct fx_gate *ld)
+{
+    FX_INFO("work in flight made no progress for %llu ms: no longer waiting for it",
+            (unsigned long long)(FX_STUCK_NS / 1000000ULL));
+    ld->busy_ns += fx_inflight_ns(ld);
+    for (; ld->count; ld->count--, ld->head = (ld->head + 1) % FX_RING)
+        fx_backend->event_destroy(ld->ring[ld->head].ev);
+    ld->since_mark = 0;
+    ld->since_mark_ns = 0;
+    ld->since_kinds = 0;
+    ld->nstreams = 0;
+    if (ld->seg_start) fx_backend->event_destroy(ld->seg_start);
+    ld->seg_start = NULL;
+}
+
+/* Wait, the mutex let go, until fewer than `left` marks remain in flight and the in-flight
+ * estimate is under `bound` (0: until all is done); gives up after FX_STUCK_NS without a mark
+ * completing. */
+static void fx_wait_marks(uint32_t dev, struct fx_gate *ld, uint64_t bound)
+{
+    uint64_t stuck_since = 0;
+    while (ld->count && (bound == 0 || fx_inflight_ns(ld) >= bound)) {
+        if (fx_pop_if_done(ld)) {
+            stuck_since = 0;
+            continue;
+        }
+        uint64_t now = fx_now_ns();
+        if (!stuck_since) stuck_since = now;
+        if (now - stuck_since >= FX_STUCK_NS) {
+            fx_give_up(ld);
+            return;
+        }
+        fx_touch(dev, ld);
+        fx_wait(ld, FX_POLL_NS);
+    }
+}
+
+static void fx_mark_stream(struct fx_gate *ld, fx_queue_t q, unsigned flags, uint64_t est,
+                           unsigned kinds)
 {
     if (ld->count == FX_RING) return;
     fx_event_t ev = fx_event(ld);
@@ -171,7 +239,7 @@ static void fx_mark_stream(struct fx_gate *ld, fx_queue_t q, unsigned flags, uin
         fx_backend->event_destroy(ev);
         return;
     }
-    ld->ring[(ld->head + ld->count) % FX_RING] = (struct fx_mark){ev, launches};
+    ld->ring[(ld->head + ld->count) % FX_RING] = (struct fx_mark){ev, est, kinds};
     ld->count++;
 }
 
@@ -183,13 +251,15 @@ static void fx_mark_all(struct fx_gate *ld)
 {
     if (ld->since_mark == 0) return;
     int n = ld->nstreams < FX_MAX_STREAMS ? ld->nstreams : FX_MAX_STREAMS;
-    uint32_t launches = ld->since_mark;
+    uint64_t est = ld->since_mark_ns;
     for (int i = 0; i < n; i++) {
         if (fx_backend->queue_capturing(ld->streams[i], ld->stream_flags[i])) continue;
-        fx_mark_stream(ld, ld->streams[i], ld->stream_flags[i], launches);
-        launches = 0;
+        fx_mark_stream(ld, ld->streams[i], ld->stream_flags[i], est, ld->since_kinds);
+        est = 0;
     }
     ld->since_mark = 0;
+    ld->since_mark_ns = 0;
+    ld->since_kinds = 0;
     ld->nstreams = 0;
 }
 
@@ -201,39 +271,34 @@ static void fx_mark_all(struct fx_gate *ld)
 static void fx_settle_idle(struct fx_gate *ld, uint64_t now)
 {
     while (fx_pop_if_done(ld)) continue;
-    if (ld->count || !ld->since_mark || !ld->seg_start) return;
-    uint64_t tail = ld->since_mark * ld->avg_ns, paused = now - ld->last_leave_ns;
+    if (ld->count || !ld->since_mark || !ld->seg_start || ld->launching) return;
+    uint64_t tail = ld->since_mark_ns, paused = now - ld->last_leave_ns;
     if (paused <= FX_IDLE_GAP_NS || paused <= 2 * tail) return;
     ld->busy_ns += tail;
     ld->since_mark = 0;
+    ld->since_mark_ns = 0;
+    ld->since_kinds = 0;
     ld->nstreams = 0;
-    fx_event_done(ld, ld->seg_start);
-    ld->seg_start = NULL;
+    fx_segment_end(ld);
 }
 
-/* Wait until everything this process submitted on the device has finished. */
-static void fx_drain(uint32_t dev, struct fx_gate *ld)
-{
-    fx_mark_all(ld);
-    while (ld->count) {
-        if (!fx_pop_if_done(ld)) {
-            fx_touch(dev, ld);
-            fx_wait(FX_POLL_NS);
-        }
-    }
-}
-
-/* Drain our work and charge the GPU time it used to the lease (also a lease we lost). */
+/* Drain our work and charge the GPU time it used to the lease (also a lease we lost). Other
+ * threads of the process wait meanwhile (releasing), launches already on their way first
+ * reach the driver (launching), so nothing of ours runs after the lease is given back. */
 static void fx_release_lease(uint32_t dev, struct fx_gate *ld)
 {
     struct fx_region *r = fx_self.shm.r;
-    fx_drain(dev, ld);
+    ld->releasing = 1;
+    while (ld->launching) fx_wait(ld, FX_POLL_NS);
+    fx_mark_all(ld);
+    fx_wait_marks(dev, ld, 0);
     if (fx_shm_lock(&fx_self.shm, NULL) == 0) {
         fx_ts_release(r, fx_self.slice, fx_self.pid, dev, ld->busy_ns, fx_now_ns());
         fx_shm_unlock(&fx_self.shm);
     }
     ld->holding = 0;
     ld->busy_ns = 0;
+    ld->releasing = 0;
 }
 
 /* Our slice's verified settings (fx_self.own_*) after a change of its seal (a resize) or when
@@ -261,45 +326,36 @@ static int fx_gate_usable(void)
            b->queue_capturing;
 }
 
-struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status)
+/* Whether work on node device d must go through the gate: our own slice is scheduled there
+ * (process-local, verified copy) or a scheduled slice engaged the device lately. The clock is
+ * read only when the device was ever engaged, and the coarse clock is enough (the engagement
+ * lasts FX_TS_ENGAGED_NS, 100 ms). */
+static int fx_needs_gate(const struct fx_region *r, uint32_t d, uint64_t *now)
+{
+    if (fx_self.own_sched[d]) return 1;
+    uint64_t until = __atomic_load_n(&r->devs[d].sched_until_ns, __ATOMIC_RELAXED);
+    if (!until) return 0;
+    if (!*now) *now = fx_now_coarse_ns();
+    return until > *now;
+}
+
+/* The lease (or, in spatial mode, the right to submit): loop until the scheduler says GO.
+ * Mutex held on entry and return; let go while waiting. FLEXAI_OK or why the launch fails. */
+static int32_t fx_admit(uint32_t dev, struct fx_gate *ld)
 {
     struct fx_region *r = fx_self.shm.r;
-    *status = FLEXAI_OK;
-    if (!fx_gate_usable()) return NULL;
-    uint64_t now = fx_now_ns();
-    if (__atomic_load_n(&r->slices[fx_self.slice].sealed, __ATOMIC_RELAXED) !=
-        __atomic_load_n(&fx_self.own_seal, __ATOMIC_ACQUIRE)) {
-        /* our settings changed (a resize) or were damaged: look again under the lock */
-        if (fx_self.proc == FX_NONE) return NULL;
-        *status = fx_own_refresh();
-        if (*status != FLEXAI_OK) return NULL;
-    }
-    /* The common case, nothing scheduled on any device this process sees, is decided without
-     * asking the driver which device is current. */
-    int quiet = 1;
-    for (int i = 0; i < fx_self.ndev && quiet; i++) {
-        uint32_t d = fx_self.dev[i];
-        quiet = d == FX_NONE || !(fx_self.own_sched[d] || fx_ts_engaged(r, d, now));
-    }
-    if (quiet) return NULL;
-    uint32_t dev = fx_current_dev();
-    if (dev == FX_NONE || !(fx_self.own_sched[dev] || fx_ts_engaged(r, dev, now))) return NULL;
-    /* work captured into a graph is not run now: it is gated when the graph is launched */
-    if (fx_backend->queue_capturing(stream, flags)) return NULL;
-    pthread_once(&fx_ld_once, fx_ld_init);
-    struct fx_gate *ld = &fx_ld[dev];
-    pthread_mutex_lock(&ld->mu);
-    fx_settle_idle(ld, now);
     /* Tiny kernels come by the hundred per millisecond: a holder asks again only every
      * FX_READMIT_NS, which keeps decisions prompt and the launch path short. */
-    for (; !(ld->holding && now < ld->next_admit);) {
+    while (!(ld->holding && !ld->releasing && fx_now_ns() < ld->next_admit)) {
+        if (ld->releasing) { /* another thread gives the lease back: wait for it */
+            fx_wait(ld, FX_POLL_NS);
+            continue;
+        }
         flexai_error err = {0, ""};
         if (fx_shm_lock(&fx_self.shm, &err) != 0) {
             /* cannot schedule: the work must not run unlimited, the launch fails (closed) */
             FX_ERROR("%s", err.message);
-            pthread_mutex_unlock(&ld->mu);
-            *status = err.code;
-            return NULL;
+            return err.code;
         }
         if (ld->busy_ns >= FX_SETTLE_NS) {
             /* long runs are charged as they go, so tokens and `flexai ps` stay current */
@@ -308,11 +364,9 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
         }
         if (!fx_slice_intact(r, fx_self.slice) || fx_own_check(r) != FLEXAI_OK) {
             fx_shm_unlock(&fx_self.shm);
-            pthread_mutex_unlock(&ld->mu);
             FX_ERROR("this process's slice settings in the node's state are damaged; failing "
                      "closed");
-            *status = FLEXAI_E_STATE;
-            return NULL;
+            return FLEXAI_E_STATE;
         }
         uint64_t used = ld->holding ? ld->busy_ns + fx_inflight_ns(ld) : 0;
         struct fx_ts_decision v =
@@ -327,7 +381,7 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
                 ld->busy_ns = 0;
             }
             ld->next_admit = fx_now_ns() + FX_READMIT_NS;
-            break;
+            return FLEXAI_OK;
         }
         if (v.verdict == FX_TS_RELEASE || ld->holding) {
             /* quantum over, out of tokens, a higher priority came, or we lost the lease */
@@ -335,33 +389,67 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
             if (v.verdict == FX_TS_RELEASE) continue;
         }
         /* wake at least every FX_MAX_WAIT_NS: a resize or a freed lease is noticed within it */
-        fx_wait(v.retry_after_ns < FX_MAX_WAIT_NS ? v.retry_after_ns : FX_MAX_WAIT_NS);
+        fx_wait(ld, v.retry_after_ns < FX_MAX_WAIT_NS ? v.retry_after_ns : FX_MAX_WAIT_NS);
     }
-    /* bound the work in flight so the next decision takes effect quickly */
-    uint64_t bound =
-        fx_ts_outranked(r, fx_self.slice, dev, now) ? FX_INFLIGHT_SHORT_NS : FX_INFLIGHT_NS;
-    while (ld->count && fx_inflight_ns(ld) >= bound) {
-        if (!fx_pop_if_done(ld)) {
-            fx_touch(dev, ld);
-            fx_wait(FX_POLL_NS);
+    return FLEXAI_OK;
+}
+
+struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status)
+{
+    struct fx_region *r = fx_self.shm.r;
+    *status = FLEXAI_OK;
+    if (!fx_gate_usable()) return NULL;
+    if (__atomic_load_n(&r->slices[fx_self.slice].sealed, __ATOMIC_RELAXED) !=
+        __atomic_load_n(&fx_self.own_seal, __ATOMIC_ACQUIRE)) {
+        /* our settings changed (a resize) or were damaged: look again under the lock */
+        if (fx_self.proc == FX_NONE) return NULL;
+        *status = fx_own_refresh();
+        if (*status != FLEXAI_OK) return NULL;
+    }
+    /* The common case, nothing scheduled on any device this process sees, is decided without
+     * asking the driver which device is current (and mostly without a clock). */
+    uint64_t now = 0;
+    int quiet = 1;
+    for (int i = 0; i < fx_self.ndev && quiet; i++)
+        quiet = fx_self.dev[i] == FX_NONE || !fx_needs_gate(r, fx_self.dev[i], &now);
+    if (quiet) return NULL;
+    uint32_t dev = fx_current_dev();
+    if (dev == FX_NONE || !fx_needs_gate(r, dev, &now)) return NULL;
+    /* work captured into a graph is not run now: it is gated when the graph is launched */
+    if (fx_backend->queue_capturing(stream, flags)) return NULL;
+    pthread_once(&fx_ld_once, fx_ld_init);
+    struct fx_gate *ld = &fx_ld[dev];
+    pthread_mutex_lock(&ld->mu);
+    fx_settle_idle(ld, fx_now_ns());
+    *status = fx_admit(dev, ld);
+    if (*status == FLEXAI_OK) {
+        /* bound the work in flight so the next decision takes effect quickly */
+        uint64_t bound = fx_ts_outranked(r, fx_self.slice, dev, fx_now_ns())
+                             ? FX_INFLIGHT_SHORT_NS
+                             : FX_INFLIGHT_NS;
+        fx_wait_marks(dev, ld, bound);
+        /* nothing of ours in flight: the GPU is idle for us, a new busy segment starts here */
+        if (!ld->seg_start && ld->count == 0 && ld->since_mark == 0 && !ld->launching) {
+            ld->seg_start = fx_event(ld);
+            ld->seg_counted = 0;
+            if (ld->seg_start && fx_backend->event_record(ld->seg_start, stream, flags) != 0) {
+                fx_backend->event_destroy(ld->seg_start);
+                ld->seg_start = NULL;
+            }
         }
+        ld->launching++;
     }
-    /* nothing of ours in flight: the GPU is idle for us, a new busy segment starts here */
-    if (!ld->seg_start && ld->count == 0 && ld->since_mark == 0) {
-        ld->seg_start = fx_event(ld);
-        ld->seg_counted = 0;
-        if (ld->seg_start && fx_backend->event_record(ld->seg_start, stream, flags) != 0) {
-            fx_backend->event_destroy(ld->seg_start);
-            ld->seg_start = NULL;
-        }
-    }
-    return ld;
+    pthread_mutex_unlock(&ld->mu);
+    return *status == FLEXAI_OK ? ld : NULL;
 }
 
 /* After the launch: count it, remember its stream, and mark every so often. */
-void fx_gate_leave(struct fx_gate *ld, int submitted, fx_queue_t stream, unsigned flags)
+void fx_gate_leave(struct fx_gate *ld, int submitted, fx_queue_t stream, unsigned flags,
+                   enum fx_work kind)
 {
     if (!ld) return;
+    pthread_mutex_lock(&ld->mu);
+    ld->launching--;
     if (submitted) {
         int known = 0;
         for (int i = 0; i < ld->nstreams && i < FX_MAX_STREAMS; i++)
@@ -373,13 +461,14 @@ void fx_gate_leave(struct fx_gate *ld, int submitted, fx_queue_t stream, unsigne
             ld->nstreams = FX_MAX_STREAMS + 1;
         }
         ld->since_mark++;
+        ld->since_mark_ns += ld->est_ns[kind];
+        ld->since_kinds |= 1u << kind;
         fx_touch(ld->dev, ld);
-        uint64_t every = FX_INFLIGHT_SHORT_NS / FX_MARKS_PER_BOUND / (ld->avg_ns ? ld->avg_ns : 1);
         uint64_t now = fx_now_ns();
         int lone = now - ld->last_leave_ns > FX_IDLE_GAP_NS; /* launches come slowly */
         ld->last_leave_ns = now;
-        if (lone || ld->since_mark >= (every ? every : 1)) fx_mark_all(ld);
+        if (lone || ld->since_mark_ns >= FX_INFLIGHT_SHORT_NS / FX_MARKS_PER_BOUND)
+            fx_mark_all(ld);
     }
     pthread_mutex_unlock(&ld->mu);
 }
-

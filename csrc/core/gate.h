@@ -4,12 +4,12 @@
  *
  *     struct fx_gate *g = fx_gate_enter(queue, flags, &status);
  *     if (status != FLEXAI_OK) return vendor_error(status);
- *     rc = real_launch(...);
- *     fx_gate_leave(g, rc == success, queue, flags);
+ *     rc = real_launch(...);                       (the gate's mutex is not held here)
+ *     fx_gate_leave(g, rc == success, queue, flags, FX_WORK_KERNEL or FX_WORK_GRAPH);
  *
  * fx_gate_enter returns NULL when the launch goes straight to the driver (nothing scheduled on
- * this process's devices: one shared-memory load per device), else the device's gate with its
- * mutex held until fx_gate_leave. When the node's state cannot be used (a lock held too long,
+ * this process's devices), else the device's gate, which counts the launch as on its way until
+ * fx_gate_leave. When the node's state cannot be used (a lock held too long,
  * a truncated file), *status says why and the launch must fail: work never runs unlimited.
  */
 #ifndef FX_GATE_H
@@ -19,7 +19,11 @@
 
 struct fx_gate;
 
+/* What a launch submits: its GPU time is estimated per kind (a graph is many kernels). */
+enum fx_work { FX_WORK_KERNEL = 0, FX_WORK_GRAPH = 1, FX_WORK_KINDS = 2 };
+
 struct fx_gate *fx_gate_enter(fx_queue_t queue, unsigned flags, int32_t *status);
-void fx_gate_leave(struct fx_gate *g, int submitted, fx_queue_t queue, unsigned flags);
+void fx_gate_leave(struct fx_gate *g, int submitted, fx_queue_t queue, unsigned flags,
+                   enum fx_work kind);
 
 #endif

@@ -23,6 +23,9 @@
 _Static_assert(sizeof(pthread_mutex_t) <= sizeof(((struct fx_region *)0)->lock),
                "pthread_mutex_t does not fit the region's lock field");
 _Static_assert(offsetof(struct fx_region, lock) % 16 == 0, "lock must be aligned");
+_Static_assert(offsetof(struct fx_region, devs) % 64 == 0 && sizeof(struct fx_dev) == 128 &&
+                   offsetof(struct fx_dev, lease_pid) == 64,
+               "each device's read-mostly line and lease line are cache lines of their own");
 
 /* flock, bounded: a process that keeps a lock file locked (stopped, or hostile) must not hang
  * every newcomer; after FX_LOCK_WAIT_NS the caller fails closed with a clear error. */

@@ -14,24 +14,29 @@
 #include "flexai.h"
 
 #define FX_MAGIC 0x314d48534941584eULL /* "NXAISHM1" read as little-endian bytes */
-#define FX_LAYOUT_VERSION 3u /* 3: slices record their owner */
+#define FX_LAYOUT_VERSION 4u /* 3: slices record their owner; 4: devices on two lines */
 #define FX_MAX_SLICES 128
 #define FX_MAX_PROCS 1024
 #define FX_NONE 0xffffffffu
 
+/* Two cache lines: the first is read by every launch of every process (fx_needs_gate) and
+ * written rarely; the second, the lease, is written by its holder on every launch. Apart, the
+ * holder's writes never slow the others' launches (false sharing). */
 struct fx_dev {
     uint8_t uuid[16];
     uint32_t in_use;
+    uint32_t pad;
+    uint64_t sched_until_ns;  /* a scheduled slice was active: everyone schedules until then */
+    uint64_t high_until_ns;   /* a high-priority slice wanted the device until about then */
+    uint64_t pad1[3];
     /* time-share lease (timeshare.c): the process whose slice alone may submit work now */
     int32_t lease_pid;
     uint32_t lease_slice;
-    uint32_t pad;
     uint64_t lease_start_ns;  /* CLOCK_MONOTONIC */
     uint64_t lease_until_ns;  /* end of the quantum */
     uint64_t lease_touch_ns;  /* holder's last launch; a silent holder loses the lease */
-    uint64_t sched_until_ns;  /* a scheduled slice was active: everyone schedules until then */
     uint64_t lease_busy_ns;   /* when the holder expects the work it submitted to be done */
-    uint64_t high_until_ns;   /* a high-priority slice wanted the device until about then */
+    uint64_t pad2[3];
 };
 
 /* A slice's settings (from name to burst, and owner_uid) are sealed: `sealed` is a hash of them
@@ -78,6 +83,7 @@ struct fx_region {
     uint64_t size;        /* sizeof(struct fx_region) of the writer */
     uint64_t generation;  /* bumped whenever slices, limits or processes change */
     uint8_t lock[64];     /* pthread_mutex_t, robust and process-shared */
+    uint8_t pad1[32];     /* devs start on a cache line */
     struct fx_dev devs[FLEXAI_MAX_DEVICES];
     struct fx_slice slices[FX_MAX_SLICES];
     struct fx_proc procs[FX_MAX_PROCS];

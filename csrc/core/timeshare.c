@@ -176,8 +176,12 @@ static void fx_arrive(struct fx_region *r, uint32_t slice, uint32_t dev, uint64_
     fx_refill(sl, dev, now);
     if (!fx_is_active(sl, dev, now, FX_TS_ACTIVE_NS)) fx_wake(r, slice, dev, now);
     sl->active_ns[dev] = now;
-    if (fx_scheduled(sl, dev)) d->sched_until_ns = now + FX_TS_ENGAGED_NS;
-    if (sl->priority == FLEXAI_PRIORITY_HIGH) d->high_until_ns = now + FX_TS_HIGH_HOLD_NS;
+    /* every launch of every process reads these: rewrite them only when a quarter of their
+     * span has passed, so their cache line stays shared (read-mostly) */
+    if (fx_scheduled(sl, dev) && d->sched_until_ns < now + FX_TS_ENGAGED_NS * 3 / 4)
+        __atomic_store_n(&d->sched_until_ns, now + FX_TS_ENGAGED_NS, __ATOMIC_RELAXED);
+    if (sl->priority == FLEXAI_PRIORITY_HIGH && d->high_until_ns < now + FX_TS_HIGH_HOLD_NS * 3 / 4)
+        __atomic_store_n(&d->high_until_ns, now + FX_TS_HIGH_HOLD_NS, __ATOMIC_RELAXED);
 }
 
 /* Time to sleep until a capped slice's bucket allows a worthwhile run (fewer, longer runs). */

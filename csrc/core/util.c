@@ -16,6 +16,13 @@ uint64_t fx_now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
 }
 
+uint64_t fx_now_coarse_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
+    return (uint64_t)t.tv_sec * 1000000000ULL + (uint64_t)t.tv_nsec;
+}
+
 uint64_t fx_mul_sat(uint64_t a, uint64_t b)
 {
     uint64_t r;

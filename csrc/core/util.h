@@ -11,8 +11,10 @@
 
 #include "flexai.h"
 
-/* CLOCK_MONOTONIC in nanoseconds. */
+/* CLOCK_MONOTONIC in nanoseconds; the coarse one (a few ms of resolution, cheaper) for
+ * deadlines of tens of milliseconds. */
 uint64_t fx_now_ns(void);
+uint64_t fx_now_coarse_ns(void);
 
 /* a * b, saturating at UINT64_MAX. */
 uint64_t fx_mul_sat(uint64_t a, uint64_t b);

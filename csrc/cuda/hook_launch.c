@@ -6,14 +6,16 @@
 #define FX_PTSZ 1u /* the entry point's per-thread default stream variant (backend_cuda.c) */
 
 /* One wrapper per entry point; `stream` and `ptsz` say where the work goes. */
-#define FX_LAUNCH(fn, stream, ptsz, call_args)                                                 \
+#define FX_LAUNCH_AS(kind, fn, stream, ptsz, call_args)                                         \
     FX_ENTER(fn);                                                                              \
     int32_t st_;                                                                               \
     struct fx_gate *gate_ = fx_gate_enter((stream), (ptsz) ? FX_PTSZ : 0u, &st_);              \
     if (st_ != FLEXAI_OK) return fx_cuda_error(st_);                                           \
     CUresult rc = fx_cu.fn call_args;                                                          \
-    fx_gate_leave(gate_, rc == CUDA_SUCCESS, (stream), (ptsz) ? FX_PTSZ : 0u);                     \
+    fx_gate_leave(gate_, rc == CUDA_SUCCESS, (stream), (ptsz) ? FX_PTSZ : 0u, (kind));         \
     return rc
+#define FX_LAUNCH(fn, stream, ptsz, call_args) \
+    FX_LAUNCH_AS(FX_WORK_KERNEL, fn, stream, ptsz, call_args)
 
 FX_EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz,
                                   unsigned int bx, unsigned int by, unsigned int bz,
@@ -62,10 +64,10 @@ FX_EXPORT CUresult cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gx,
 
 FX_EXPORT CUresult cuGraphLaunch(CUgraphExec g, CUstream s)
 {
-    FX_LAUNCH(cuGraphLaunch, s, 0, (g, s));
+    FX_LAUNCH_AS(FX_WORK_GRAPH, cuGraphLaunch, s, 0, (g, s));
 }
 
 FX_EXPORT CUresult cuGraphLaunch_ptsz(CUgraphExec g, CUstream s)
 {
-    FX_LAUNCH(cuGraphLaunch_ptsz, s, 1, (g, s));
+    FX_LAUNCH_AS(FX_WORK_GRAPH, cuGraphLaunch_ptsz, s, 1, (g, s));
 }
