@@ -10,6 +10,7 @@ Targets (issue: foundation): at most 0.2 us added per launch and 1 us per alloca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shutil
@@ -17,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from flexai import sim
@@ -38,13 +40,32 @@ def build(out_dir: Path) -> Path:
 def variants(state_dir: str, simulated: bool) -> dict[str, dict[str, str]]:
     base = clean_env()
     if simulated:
-        base = sim.sim_env(base, kernel_us=0)
+        base = sim.sim_env(base, kernel_us=0, devices=2)
+    base = {**base, "CUDA_VISIBLE_DEVICES": "0"}
     shim = flexai_env(base, Path(state_dir), None)  # a private slice per process
     return {
         "native": base,
         "flexai": shim,
         "flexai_memory_quota": flexai_env(base, Path(state_dir), "bench", gpu_memory="8GiB"),
+        # unscheduled on device 0 while a capped slice launches on device 1 (its lease is
+        # written on every launch: the unscheduled path must not feel it)
+        "flexai_neighbour_scheduled": {**shim, "BENCH_NEIGHBOUR": "1"},
     }
+
+
+@contextlib.contextmanager
+def neighbour(env: dict[str, str], state_dir: str, exe: Path):
+    """A capped slice saturating device 1 for as long as the block runs."""
+    nenv = flexai_env({**env, "CUDA_VISIBLE_DEVICES": "1"}, Path(state_dir), "neighbour",
+                      gpu_compute="30")
+    proc = subprocess.Popen([str(exe), "saturate", "100", "600"], env=nenv,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # it holds leases by now
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.repeat):
             for name, env in envs.items():
                 cmd = [str(exe), "overhead", str(args.pairs), str(args.launches)]
-                out = subprocess.run(cmd, env=env,
-                                     capture_output=True, text=True, check=True).stdout
+                around = (neighbour(envs["native"], str(Path(tmp) / "state"), exe)
+                          if env.get("BENCH_NEIGHBOUR") else contextlib.nullcontext())
+                with around:
+                    out = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                         check=True).stdout
                 runs.setdefault(name, []).append(json.loads(out))
     result = {
         "device": "simulated (flexai fake driver, no GPU)" if simulated else "real GPU",
