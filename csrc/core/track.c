@@ -15,6 +15,7 @@ struct fx_entry {
     uint64_t key;
     uint64_t size;
     uint64_t owner;
+    uint64_t ref;    /* what it refers to (fx_track_add_ref), 0 otherwise */
     uint16_t kind;   /* 0: empty slot */
     uint16_t marked; /* its owner's teardown is under way (fx_track_owner_mark) */
     uint32_t dev;
@@ -100,8 +101,8 @@ static void fx_delete_at(size_t s)
     fx_len--;
 }
 
-struct fx_charge fx_track_add(int kind, uint64_t key, uint64_t size, uint32_t dev,
-                              uint64_t owner)
+static struct fx_charge fx_add(int kind, uint64_t key, uint64_t size, uint32_t dev,
+                               uint64_t owner, uint64_t ref)
 {
     struct fx_charge displaced = {0, FX_NONE};
     if (dev == FX_NONE) return displaced;
@@ -116,9 +117,94 @@ struct fx_charge fx_track_add(int kind, uint64_t key, uint64_t size, uint32_t de
     size_t s = fx_lookup(key, (uint32_t)kind);
     if (fx_tab[s].kind) displaced = (struct fx_charge){fx_tab[s].size, fx_tab[s].dev};
     else fx_len++;
-    fx_tab[s] = (struct fx_entry){key, size, owner, (uint16_t)kind, 0, dev};
+    fx_tab[s] = (struct fx_entry){key, size, owner, ref, (uint16_t)kind, 0, dev};
     pthread_mutex_unlock(&fx_tab_mu);
     return displaced;
+}
+
+struct fx_charge fx_track_add(int kind, uint64_t key, uint64_t size, uint32_t dev,
+                              uint64_t owner)
+{
+    return fx_add(kind, key, size, dev, owner, 0);
+}
+
+struct fx_charge fx_track_add_ref(int kind, uint64_t key, uint64_t size, uint32_t dev,
+                                  uint64_t ref)
+{
+    return fx_add(kind, key, size, dev, 0, ref);
+}
+
+int fx_track_get(int kind, uint64_t key, uint64_t *size, uint32_t *dev)
+{
+    int rc = -1;
+    pthread_mutex_lock(&fx_tab_mu);
+    if (fx_cap != 0) {
+        size_t s = fx_lookup(key, (uint32_t)kind);
+        if (fx_tab[s].kind) {
+            *size = fx_tab[s].size;
+            *dev = fx_tab[s].dev;
+            rc = 0;
+        }
+    }
+    pthread_mutex_unlock(&fx_tab_mu);
+    return rc;
+}
+
+int fx_track_set_size(int kind, uint64_t key, uint64_t size, uint64_t *old)
+{
+    int rc = -1;
+    pthread_mutex_lock(&fx_tab_mu);
+    if (fx_cap != 0) {
+        size_t s = fx_lookup(key, (uint32_t)kind);
+        if (fx_tab[s].kind) {
+            *old = fx_tab[s].size;
+            fx_tab[s].size = size;
+            rc = 0;
+        }
+    }
+    pthread_mutex_unlock(&fx_tab_mu);
+    return rc;
+}
+
+unsigned fx_track_take_range(int kind, uint64_t lo, uint64_t hi, uint64_t *refs, unsigned max)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&fx_tab_mu);
+    /* As in fx_track_owner_forget: a deletion may shift a later entry into slot i. */
+    for (size_t i = 0; i < fx_cap && n < max;) {
+        struct fx_entry *e = &fx_tab[i];
+        if (e->kind != (uint32_t)kind || e->key < lo || e->key >= hi) {
+            i++;
+            continue;
+        }
+        refs[n++] = e->ref;
+        fx_delete_at(i);
+    }
+    pthread_mutex_unlock(&fx_tab_mu);
+    return n;
+}
+
+unsigned fx_track_count_ref(int kind, uint64_t ref)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&fx_tab_mu);
+    for (size_t i = 0; i < fx_cap; i++)
+        n += fx_tab[i].kind == (uint32_t)kind && fx_tab[i].ref == ref;
+    pthread_mutex_unlock(&fx_tab_mu);
+    return n;
+}
+
+unsigned fx_track_keys(int kind, uint64_t *keys, unsigned max)
+{
+    unsigned n = 0;
+    pthread_mutex_lock(&fx_tab_mu);
+    for (size_t i = 0; i < fx_cap; i++) {
+        if (fx_tab[i].kind != (uint32_t)kind) continue;
+        if (n < max) keys[n] = fx_tab[i].key;
+        n++;
+    }
+    pthread_mutex_unlock(&fx_tab_mu);
+    return n;
 }
 
 int fx_track_take(int kind, uint64_t key, uint64_t *size, uint32_t *dev, uint64_t *owner)

@@ -149,6 +149,7 @@ typedef struct CUctxCreateParams_st CUctxCreateParams;     /* only passed by poi
 typedef int CUdriverProcAddressQueryResult;
 typedef int CUdevice_attribute;
 typedef int CUmemAllocationGranularity_flags;
+typedef int CUmemPool_attribute;
 typedef int CUjit_option;
 typedef int CUlibraryOption;
 
@@ -228,7 +229,22 @@ enum {
     CU_STREAM_CAPTURE_MODE_RELAXED = 2
 };
 enum { CU_MEM_ALLOCATION_TYPE_PINNED = 0x1 };
-enum { CU_MEM_LOCATION_TYPE_DEVICE = 0x1 };
+enum {
+    CU_MEM_LOCATION_TYPE_DEVICE = 0x1,
+    CU_MEM_LOCATION_TYPE_HOST = 0x2,
+    CU_MEM_LOCATION_TYPE_HOST_NUMA = 0x3,
+    CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT = 0x4
+};
+enum {
+    CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES = 1,
+    CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC = 2,
+    CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES = 3,
+    CU_MEMPOOL_ATTR_RELEASE_THRESHOLD = 4,   /* cuuint64_t */
+    CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT = 5,
+    CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH = 6,
+    CU_MEMPOOL_ATTR_USED_MEM_CURRENT = 7,
+    CU_MEMPOOL_ATTR_USED_MEM_HIGH = 8
+};
 enum { CU_MEM_ALLOC_GRANULARITY_MINIMUM = 0x0, CU_MEM_ALLOC_GRANULARITY_RECOMMENDED = 0x1 };
 enum {
     CU_MEM_ACCESS_FLAGS_PROT_NONE = 0x0,
@@ -239,6 +255,9 @@ enum {
 
 /* The shim's own spellings of a few constants (same values as the CU_ names above). */
 #define FX_CU_MEM_LOCATION_TYPE_DEVICE 1
+#define FX_CU_MEMPOOL_ATTR_RELEASE_THRESHOLD 4
+#define FX_CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT 5
+#define FX_CU_MEMPOOL_ATTR_USED_MEM_CURRENT 7
 #define FX_CU_EVENT_DISABLE_TIMING 0x2
 #define FX_CUDA_ERROR_NOT_READY 600
 
@@ -299,6 +318,11 @@ CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream);
 CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *poolProps);
 CUresult cuMemPoolDestroy(CUmemoryPool pool);
 CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev);
+CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev);
+CUresult cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool);
+CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value);
+CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value);
+CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep);
 CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *pAllocateArray);
 CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pAllocateArray);
 CUresult cuArrayDestroy(CUarray hArray);

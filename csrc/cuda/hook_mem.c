@@ -1,18 +1,26 @@
 /* hook_mem.c - device memory: every allocation path is charged to the slice before the driver
  * is asked (so racing processes cannot overshoot together) and given back exactly on free, or
  * when the driver frees it behind the program's back: a context's teardown (cuCtxDestroy, the
- * primary context's reset or last release) frees everything allocated in it. The memory queries
- * report the quota, and never more free memory than the device really has. */
+ * primary context's reset or last release) frees everything allocated in it. What is charged is
+ * what the driver holds: a stream-ordered pool's reserve (it keeps freed memory), physical VMM
+ * memory until its last mapping goes, each context's own memory. The memory queries report the
+ * quota, and never more free memory than the device really has. */
+#include <pthread.h>
+
 #include "log.h"
 #include "shim.h"
 #include "track.h"
 #include "util.h"
 
+static uint64_t fx_pools_refresh(void);
+static int32_t fx_reserve_retry(uint32_t dev, uint64_t bytes);
+
 /* ---- contexts: what dies with them, and their own memory ----------------------------------
  * Each tracked allocation names its owner, the context it dies with (an opaque handle to the
- * core). A context's device memory (~0.5 GiB on an H100) is charged once per process and
- * device while the process has a context there, so N processes of a slice cannot overshoot by N
- * contexts, and a context created again after a teardown is charged again, once. */
+ * core). Every context costs its own device memory (~0.5 GiB on an H100): the primary context's
+ * is charged while it exists in this process (again, once, when it is created again after a
+ * teardown), and each created context's from its cuCtxCreate to its destruction (its owner
+ * entry carries the charge), so neither N processes nor N contexts of a slice can overshoot. */
 
 static uint64_t fx_owner(CUcontext ctx)
 {
@@ -70,15 +78,16 @@ static int fx_ordinal_of_dev(uint32_t dev)
     return -1;
 }
 
-/* Charge the context overhead on node device dev unless it is charged. *charged is the device
- * when this call charged it (FX_NONE otherwise), so a failed creation can give it back. */
+/* Charge the primary context's overhead on node device dev unless it is charged. *charged is
+ * the device when this call charged it (FX_NONE otherwise), so a failed retain can give it
+ * back. */
 static int32_t fx_ctx_charge(uint32_t dev, uint32_t *charged)
 {
     *charged = FX_NONE;
     if (dev == FX_NONE || fx_self.cfg.context_memory == 0) return FLEXAI_OK;
     if (__atomic_load_n(&fx_self.ctx_charged[dev], __ATOMIC_ACQUIRE)) return FLEXAI_OK;
     if (__atomic_exchange_n(&fx_self.ctx_charged[dev], 1, __ATOMIC_ACQ_REL)) return FLEXAI_OK;
-    int32_t st = fx_reserve(dev, fx_self.cfg.context_memory);
+    int32_t st = fx_reserve_retry(dev, fx_self.cfg.context_memory);
     if (st != FLEXAI_OK) {
         __atomic_store_n(&fx_self.ctx_charged[dev], 0, __ATOMIC_RELEASE);
         return st;
@@ -101,12 +110,13 @@ static CUresult fx_ctx_end(CUresult rc, uint32_t charged)
     return rc;
 }
 
-/* After a teardown on ordinal `ordinal` (node device dev): without a context left there, the
- * context overhead goes back. A context the driver cannot vouch for counts as alive. */
+/* After a teardown on ordinal `ordinal` (node device dev): without the primary context, its
+ * overhead goes back (created contexts carry their own). A primary context the driver cannot
+ * vouch for counts as alive. */
 static void fx_ctx_idle(int ordinal, uint32_t dev)
 {
     if (dev == FX_NONE || ordinal < 0) return;
-    if (fx_primary_state(ordinal) != 0 || fx_track_count(FX_T_OWNER, dev) > 0) return;
+    if (fx_primary_state(ordinal) != 0) return;
     if (__atomic_exchange_n(&fx_self.ctx_charged[dev], 0, __ATOMIC_ACQ_REL))
         fx_release(dev, fx_self.cfg.context_memory);
 }
@@ -125,18 +135,37 @@ static CUresult fx_teardown_end(CUresult rc, uint64_t owner, int ended, int ordi
             if (freed[d]) fx_release(d, freed[d]);
     }
     fx_ctx_idle(ordinal, dev);
+    fx_pools_refresh(); /* pools gave back what the context's allocations held */
     return rc;
 }
 
 /* ---- bookkeeping shared by the allocation paths ------------------------------------------ */
 
-/* Reserve for an allocation on node device dev. A context the program goes on using after a
- * reset is created again by the driver: its overhead is charged again first. */
+/* Reserve; over the quota, first learn what pools gave back behind our back (at a
+ * synchronization) and try again. */
+static int32_t fx_reserve_retry(uint32_t dev, uint64_t bytes)
+{
+    int32_t st = fx_reserve(dev, bytes);
+    if (st == FLEXAI_E_QUOTA && fx_pools_refresh() > 0) st = fx_reserve(dev, bytes);
+    return st;
+}
+
+/* Whether the calling thread's current context is one cuCtxCreate made (it carries its own
+ * overhead), not the primary one. */
+static int fx_current_is_created(void)
+{
+    uint32_t d;
+    uint64_t owner = fx_owner_current();
+    return owner && fx_track_find(FX_T_OWNER, owner, &d) == 0;
+}
+
+/* Reserve for an allocation on node device dev. A primary context the program goes on using
+ * after a reset is created again by the driver: its overhead is charged again first. */
 static int32_t fx_reserve_alloc(uint32_t dev, uint64_t bytes)
 {
     uint32_t charged;
-    int32_t st = fx_ctx_charge(dev, &charged);
-    return st != FLEXAI_OK ? st : fx_reserve(dev, bytes);
+    int32_t st = fx_current_is_created() ? FLEXAI_OK : fx_ctx_charge(dev, &charged);
+    return st != FLEXAI_OK ? st : fx_reserve_retry(dev, bytes);
 }
 
 #define FX_RESERVE_WITH(reserve, dev, bytes)                                                   \
@@ -146,7 +175,7 @@ static int32_t fx_reserve_alloc(uint32_t dev, uint64_t bytes)
     } while (0)
 /* Memory of the current context (or a stream's), and memory that needs none (VMM). */
 #define FX_RESERVE(dev, bytes) FX_RESERVE_WITH(fx_reserve_alloc, dev, bytes)
-#define FX_RESERVE_DEVICE(dev, bytes) FX_RESERVE_WITH(fx_reserve, dev, bytes)
+#define FX_RESERVE_DEVICE(dev, bytes) FX_RESERVE_WITH(fx_reserve_retry, dev, bytes)
 
 /* Remember an allocation; a key the driver handed out again was freed behind our back (a
  * teardown racing with this allocation): its old charge goes back. */
@@ -199,45 +228,52 @@ FX_EXPORT CUresult cuInit(unsigned int flags)
     return rc;
 }
 
-/* A created context is remembered as an owner of its device, so teardowns can tell whether the
- * process still has a context there. */
-static CUresult fx_ctx_created(CUresult rc, CUcontext *pctx, CUdevice ordinal, uint32_t charged)
+/* A created context costs its own memory, charged before the driver is asked; it is
+ * remembered as an owner of its device carrying that charge, which its destruction gives back
+ * with everything else it owned. */
+static CUresult fx_ctx_create_begin(CUdevice ordinal, uint32_t *dev)
 {
-    rc = fx_ctx_end(rc, charged);
+    *dev = fx_dev_of_ordinal(ordinal);
+    return fx_cuda_error(fx_reserve_retry(*dev, fx_self.cfg.context_memory));
+}
+
+static CUresult fx_ctx_created(CUresult rc, CUcontext *pctx, uint32_t dev)
+{
     if (rc == CUDA_SUCCESS && pctx && *pctx)
-        fx_remember(FX_T_OWNER, fx_owner(*pctx), 0, fx_dev_of_ordinal(ordinal),
+        fx_remember(FX_T_OWNER, fx_owner(*pctx), fx_self.cfg.context_memory, dev,
                     fx_owner(*pctx));
+    else
+        fx_release(dev, fx_self.cfg.context_memory);
     return rc;
 }
 
 FX_EXPORT CUresult cuCtxCreate_v2(CUcontext *pctx, unsigned int flags, CUdevice dev)
 {
-    uint32_t charged;
+    uint32_t d;
     FX_ENTER(cuCtxCreate_v2);
-    CUresult rc = fx_ctx_begin(dev, &charged);
+    CUresult rc = fx_ctx_create_begin(dev, &d);
     if (rc != CUDA_SUCCESS) return rc;
-    return fx_ctx_created(fx_cu.cuCtxCreate_v2(pctx, flags, dev), pctx, dev, charged);
+    return fx_ctx_created(fx_cu.cuCtxCreate_v2(pctx, flags, dev), pctx, d);
 }
 
 FX_EXPORT CUresult cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam *params, int numParams,
                                   unsigned int flags, CUdevice dev)
 {
-    uint32_t charged;
+    uint32_t d;
     FX_ENTER(cuCtxCreate_v3);
-    CUresult rc = fx_ctx_begin(dev, &charged);
+    CUresult rc = fx_ctx_create_begin(dev, &d);
     if (rc != CUDA_SUCCESS) return rc;
-    return fx_ctx_created(fx_cu.cuCtxCreate_v3(pctx, params, numParams, flags, dev), pctx, dev,
-                          charged);
+    return fx_ctx_created(fx_cu.cuCtxCreate_v3(pctx, params, numParams, flags, dev), pctx, d);
 }
 
 FX_EXPORT CUresult cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *params, unsigned int flags,
                                   CUdevice dev)
 {
-    uint32_t charged;
+    uint32_t d;
     FX_ENTER(cuCtxCreate_v4);
-    CUresult rc = fx_ctx_begin(dev, &charged);
+    CUresult rc = fx_ctx_create_begin(dev, &d);
     if (rc != CUDA_SUCCESS) return rc;
-    return fx_ctx_created(fx_cu.cuCtxCreate_v4(pctx, params, flags, dev), pctx, dev, charged);
+    return fx_ctx_created(fx_cu.cuCtxCreate_v4(pctx, params, flags, dev), pctx, d);
 }
 
 FX_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
@@ -293,6 +329,7 @@ FX_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes)
 {
     uint64_t limit, used;
     FX_ENTER(cuMemGetInfo_v2);
+    fx_pools_refresh(); /* what pools gave back at synchronizations */
     CUresult rc = fx_cu.cuMemGetInfo_v2(free_bytes, total_bytes);
     if (rc == CUDA_SUCCESS && fx_quota(fx_current_dev(), &limit, &used)) {
         /* The quota's room, but never more than the device really has free: slices packed up
@@ -365,43 +402,235 @@ FX_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     FX_ENTER(cuMemFree_v2);
     struct fx_taken t = fx_free_begin(FX_T_PTR, dptr);
-    return fx_free_end(fx_cu.cuMemFree_v2(dptr), FX_T_PTR, dptr, t);
+    CUresult rc = fx_free_end(fx_cu.cuMemFree_v2(dptr), FX_T_PTR, dptr, t);
+    /* A stream-ordered allocation: the driver synchronized, pools may have given memory back. */
+    if (!t.found && rc == CUDA_SUCCESS) fx_pools_refresh();
+    return rc;
 }
 
 /* ---- stream-ordered allocations ----------------------------------------------------------
- * Charged at their size when enqueued and given back when the free is enqueued. Memory a pool
- * keeps cached after frees (release threshold) is not charged: documented limitation. */
+ * A pool keeps the memory of freed allocations (up to its release threshold; PyTorch's
+ * cudaMallocAsync backend sets the maximum) and gives it back at synchronizations, trims and
+ * teardowns. So the slice is charged each pool's reserve (CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT),
+ * not its live allocations: an allocation the pool serves from what it keeps costs nothing, one
+ * that makes it grow is charged the growth first, and what the driver gives back behind our
+ * back (a synchronization) is learnt at the next pool call, memory query, teardown or quota
+ * refusal (until then the slice is charged more, never less). The memory belongs to the pool's
+ * device (cuMemAllocAsync: the current pool of the stream's device), whatever the current
+ * device is; host-located pools are not device memory. Pool bookkeeping is serialized per
+ * process, so concurrent growths are charged exactly. */
 
-#define FX_ASYNC_ALLOC(fn, call_args)                                                          \
+static pthread_mutex_t fx_pool_mu = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+
+static uint64_t fx_pool_key(CUmemoryPool pool)
+{
+    return (uint64_t)(uintptr_t)pool;
+}
+
+/* A pool attribute (cuuint64_t); -1 when the driver cannot say (a destroyed pool). */
+static int fx_pool_attr(CUmemoryPool pool, int attr, uint64_t *value)
+{
+    cuuint64_t v = 0;
+    if (!fx_cu.cuMemPoolGetAttribute || fx_cu.cuMemPoolGetAttribute(pool, attr, &v) != CUDA_SUCCESS)
+        return -1;
+    *value = v;
+    return 0;
+}
+
+/* Settle a tracked pool's charge to the reserve the driver reports: what it gave back is
+ * released; growth we did not see (none should happen) is charged while the quota allows.
+ * Returns the bytes released. fx_pool_mu held. */
+static uint64_t fx_pool_settle(CUmemoryPool pool)
+{
+    uint64_t charged, reserved, old;
+    uint32_t dev;
+    if (fx_track_get(FX_T_POOL, fx_pool_key(pool), &charged, &dev) != 0) return 0;
+    if (fx_pool_attr(pool, FX_CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved) != 0) return 0;
+    if (reserved < charged) {
+        fx_track_set_size(FX_T_POOL, fx_pool_key(pool), reserved, &old);
+        fx_release(dev, charged - reserved);
+        return charged - reserved;
+    }
+    if (reserved > charged && fx_reserve(dev, reserved - charged) == FLEXAI_OK)
+        fx_track_set_size(FX_T_POOL, fx_pool_key(pool), reserved, &old);
+    return 0;
+}
+
+/* Settle every tracked pool; returns the bytes released. */
+static uint64_t fx_pools_refresh(void)
+{
+    uint64_t keys[64], freed = 0;
+    pthread_mutex_lock(&fx_pool_mu);
+    unsigned n = fx_track_keys(FX_T_POOL, keys, 64);
+    for (unsigned i = 0; i < n && i < 64; i++)
+        freed += fx_pool_settle((CUmemoryPool)(uintptr_t)keys[i]);
+    pthread_mutex_unlock(&fx_pool_mu);
+    return freed;
+}
+
+/* The visible ordinal of a context's device (-1: unknown). */
+static int fx_ordinal_of_ctx(CUcontext ctx)
+{
+    CUcontext cur = NULL, popped = NULL;
+    CUdevice d = -1;
+    if (fx_cu.cuCtxGetCurrent && fx_cu.cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur == ctx) {
+        if (fx_cu.cuCtxGetDevice && fx_cu.cuCtxGetDevice(&d) == CUDA_SUCCESS) return d;
+        return -1;
+    }
+    if (!ctx || !fx_cu.cuCtxPushCurrent_v2 || !fx_cu.cuCtxPopCurrent_v2 ||
+        fx_cu.cuCtxPushCurrent_v2(ctx) != CUDA_SUCCESS)
+        return -1;
+    if (!fx_cu.cuCtxGetDevice || fx_cu.cuCtxGetDevice(&d) != CUDA_SUCCESS) d = -1;
+    fx_cu.cuCtxPopCurrent_v2(&popped);
+    return d;
+}
+
+/* The visible ordinal of a stream's device (-1: unknown). */
+static int fx_ordinal_of_stream(CUstream stream)
+{
+    CUcontext ctx = NULL;
+    if (!fx_cu.cuStreamGetCtx || fx_cu.cuStreamGetCtx(stream, &ctx) != CUDA_SUCCESS) return -1;
+    return fx_ordinal_of_ctx(ctx);
+}
+
+/* Where a pool's memory lives: 1 and its node device (FX_NONE: not accounted), 0 for a host
+ * pool. A pool not seen created is a device's default pool, else (created out of our sight)
+ * taken to be the stream's device's. Remembers the pool. */
+static int fx_pool_where(CUmemoryPool pool, int stream_ordinal, uint32_t *dev)
+{
+    uint32_t d;
+    uint64_t key = fx_pool_key(pool);
+    if (fx_track_find(FX_T_HOST_POOL, key, &d) == 0) return 0;
+    if (fx_track_find(FX_T_POOL, key, dev) == 0) return 1;
+    int ordinal = stream_ordinal;
+    for (int i = 0; fx_cu.cuDeviceGetDefaultMemPool && i < fx_self.ndev; i++) {
+        CUmemoryPool p = NULL;
+        if (fx_cu.cuDeviceGetDefaultMemPool(&p, i) == CUDA_SUCCESS && p == pool) {
+            ordinal = i;
+            break;
+        }
+    }
+    *dev = fx_dev_of_ordinal(ordinal);
+    fx_track_add(FX_T_POOL, key, 0, *dev, 0);
+    return 1;
+}
+
+/* An allocation under way from a pool: the device charged, what was reserved for its growth,
+ * the pool's reserve before. */
+struct fx_pool_op {
+    CUmemoryPool pool;
+    uint32_t dev; /* FX_NONE: nothing to account (a host pool, an unaccounted device) */
+    uint64_t held, before;
+};
+
+/* Before the driver is asked: settle the pool, and reserve what it may grow by unless what it
+ * keeps unused serves the allocation. On success with op->dev set, fx_pool_mu is held until
+ * fx_pool_end. pool NULL: the current pool of the stream's device. */
+static CUresult fx_pool_begin(CUmemoryPool pool, CUstream stream, size_t bytes,
+                              struct fx_pool_op *op)
+{
+    int ordinal = fx_ordinal_of_stream(stream);
+    *op = (struct fx_pool_op){pool, FX_NONE, 0, 0};
+    if (!op->pool && (ordinal < 0 || !fx_cu.cuDeviceGetMemPool ||
+                      fx_cu.cuDeviceGetMemPool(&op->pool, ordinal) != CUDA_SUCCESS))
+        op->pool = NULL;
+    if (!op->pool) {
+        /* No pool to ask about: charge the allocation itself, to the stream's device. */
+        op->dev = ordinal >= 0 ? fx_dev_of_ordinal(ordinal) : fx_current_dev();
+        int32_t st = fx_reserve_retry(op->dev, bytes);
+        if (st != FLEXAI_OK) return fx_cuda_error(st);
+        op->held = bytes;
+        return CUDA_SUCCESS;
+    }
+    pthread_mutex_lock(&fx_pool_mu);
+    if (fx_pool_where(op->pool, ordinal, &op->dev) == 0 || op->dev == FX_NONE) {
+        op->dev = FX_NONE;
+        pthread_mutex_unlock(&fx_pool_mu);
+        return CUDA_SUCCESS;
+    }
+    fx_pool_settle(op->pool);
+    uint64_t used = 0;
+    uint32_t d;
+    if (fx_track_get(FX_T_POOL, fx_pool_key(op->pool), &op->before, &d) != 0) op->before = 0;
+    if (fx_pool_attr(op->pool, FX_CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used) != 0) used = op->before;
+    uint64_t spare = op->before > used ? op->before - used : 0;
+    if (bytes > spare) {
+        int32_t st = fx_reserve_retry(op->dev, bytes);
+        if (st != FLEXAI_OK) {
+            pthread_mutex_unlock(&fx_pool_mu);
+            return fx_cuda_error(st);
+        }
+        op->held = bytes;
+    }
+    return CUDA_SUCCESS;
+}
+
+/* After the driver answered: the pool's charge becomes its reserve. Growth beyond what was
+ * reserved (the driver grows pools by its own granularity) is charged too; when the quota
+ * cannot take it, the allocation is given back and refused. */
+static CUresult fx_pool_end(CUresult rc, struct fx_pool_op *op, CUdeviceptr *dptr,
+                            CUstream stream, uint64_t owner)
+{
+    if (op->dev == FX_NONE) return rc;
+    if (!op->pool) {
+        /* charged per allocation: remembered, freed like any other */
+        return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, op->held, op->dev,
+                             rc == CUDA_SUCCESS ? owner : 0);
+    }
+    uint64_t after = op->before, old;
+    if (fx_pool_attr(op->pool, FX_CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &after) != 0)
+        after = op->before + (rc == CUDA_SUCCESS ? op->held : 0);
+    uint64_t grown = after > op->before ? after - op->before : 0;
+    if (grown > op->held) {
+        if (fx_reserve_retry(op->dev, grown - op->held) == FLEXAI_OK) {
+            op->held = grown;
+        } else if (rc == CUDA_SUCCESS) {
+            fx_cu.cuMemFreeAsync(*dptr, stream); /* stays in the pool until a trim or sync */
+            *dptr = 0;
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+            grown = op->held; /* the rest is not charged: noted in docs/limitations.md */
+        }
+    }
+    if (grown < op->held) fx_release(op->dev, op->held - grown);
+    fx_track_set_size(FX_T_POOL, fx_pool_key(op->pool), op->before + grown, &old);
+    fx_pool_settle(op->pool);
+    pthread_mutex_unlock(&fx_pool_mu);
+    return rc;
+}
+
+#define FX_ASYNC_ALLOC(fn, from, call_args)                                                    \
     FX_ENTER(fn);                                                                              \
-    uint32_t dev = fx_current_dev();                                                           \
-    FX_RESERVE(dev, bytesize);                                                                 \
-    CUresult rc = fx_cu.fn call_args;                                                          \
-    return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev,          \
-                         rc == CUDA_SUCCESS ? fx_owner_of_stream(hStream) : 0)
+    struct fx_pool_op op;                                                                      \
+    CUresult rc = fx_pool_begin((from), hStream, bytesize, &op);                               \
+    if (rc != CUDA_SUCCESS) return rc;                                                         \
+    rc = fx_cu.fn call_args;                                                                   \
+    return fx_pool_end(rc, &op, dptr, hStream,                                                 \
+                       rc == CUDA_SUCCESS && !op.pool ? fx_owner_of_stream(hStream) : 0)
 
 FX_EXPORT CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
 {
-    FX_ASYNC_ALLOC(cuMemAllocAsync, (dptr, bytesize, hStream));
+    FX_ASYNC_ALLOC(cuMemAllocAsync, NULL, (dptr, bytesize, hStream));
 }
 
 FX_EXPORT CUresult cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
 {
-    FX_ASYNC_ALLOC(cuMemAllocAsync_ptsz, (dptr, bytesize, hStream));
+    FX_ASYNC_ALLOC(cuMemAllocAsync_ptsz, NULL, (dptr, bytesize, hStream));
 }
 
 FX_EXPORT CUresult cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool,
                                            CUstream hStream)
 {
-    FX_ASYNC_ALLOC(cuMemAllocFromPoolAsync, (dptr, bytesize, pool, hStream));
+    FX_ASYNC_ALLOC(cuMemAllocFromPoolAsync, pool, (dptr, bytesize, pool, hStream));
 }
 
 FX_EXPORT CUresult cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize,
                                                 CUmemoryPool pool, CUstream hStream)
 {
-    FX_ASYNC_ALLOC(cuMemAllocFromPoolAsync_ptsz, (dptr, bytesize, pool, hStream));
+    FX_ASYNC_ALLOC(cuMemAllocFromPoolAsync_ptsz, pool, (dptr, bytesize, pool, hStream));
 }
 
+/* A free returns the memory to its pool, which keeps it: nothing changes until the driver
+ * gives it back. (Allocations charged one by one, without a pool to ask, are given back.) */
 FX_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
 {
     FX_ENTER(cuMemFreeAsync);
@@ -414,6 +643,55 @@ FX_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
     FX_ENTER(cuMemFreeAsync_ptsz);
     struct fx_taken t = fx_free_begin(FX_T_PTR, dptr);
     return fx_free_end(fx_cu.cuMemFreeAsync_ptsz(dptr, hStream), FX_T_PTR, dptr, t);
+}
+
+/* Pools made here are remembered with their location: a host pool is never charged. */
+FX_EXPORT CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *props)
+{
+    FX_ENTER(cuMemPoolCreate);
+    CUresult rc = fx_cu.cuMemPoolCreate(pool, props);
+    if (rc != CUDA_SUCCESS || !pool || !props) return rc;
+    pthread_mutex_lock(&fx_pool_mu);
+    uint64_t key = fx_pool_key(*pool);
+    struct fx_taken stale = fx_free_begin(FX_T_POOL, key); /* a handle handed out again */
+    if (stale.found) fx_release(stale.dev, stale.size);
+    fx_free_begin(FX_T_HOST_POOL, key);
+    if (props->location.type == FX_CU_MEM_LOCATION_TYPE_DEVICE)
+        fx_track_add(FX_T_POOL, key, 0, fx_dev_of_ordinal(props->location.id), 0);
+    else
+        fx_track_add(FX_T_HOST_POOL, key, 0, 0, 0);
+    pthread_mutex_unlock(&fx_pool_mu);
+    return rc;
+}
+
+/* What the pool keeps unused goes back with it. Allocations still out keep their memory (and
+ * the pool its charge, which can no longer be asked about: kept until the process exits). */
+FX_EXPORT CUresult cuMemPoolDestroy(CUmemoryPool pool)
+{
+    FX_ENTER(cuMemPoolDestroy);
+    uint64_t used = 1;
+    pthread_mutex_lock(&fx_pool_mu);
+    if (fx_pool_attr(pool, FX_CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used) != 0) used = 1;
+    CUresult rc = fx_cu.cuMemPoolDestroy(pool);
+    if (rc == CUDA_SUCCESS && used == 0) {
+        struct fx_taken t = fx_free_begin(FX_T_POOL, fx_pool_key(pool));
+        if (t.found) fx_release(t.dev, t.size);
+        fx_free_begin(FX_T_HOST_POOL, fx_pool_key(pool));
+    }
+    pthread_mutex_unlock(&fx_pool_mu);
+    return rc;
+}
+
+FX_EXPORT CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep)
+{
+    FX_ENTER(cuMemPoolTrimTo);
+    CUresult rc = fx_cu.cuMemPoolTrimTo(pool, minBytesToKeep);
+    if (rc == CUDA_SUCCESS) {
+        pthread_mutex_lock(&fx_pool_mu);
+        fx_pool_settle(pool);
+        pthread_mutex_unlock(&fx_pool_mu);
+    }
+    return rc;
 }
 
 /* ---- virtual memory management (PyTorch expandable segments, NCCL) ----------------------- */
@@ -431,13 +709,57 @@ FX_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size
     return fx_alloc_done(rc, FX_T_VMM, rc == CUDA_SUCCESS ? *handle : 0, size, dev, 0);
 }
 
+/* Physical memory lives until its handle is released *and* its last mapping is gone (PyTorch's
+ * expandable segments and NCCL release right after mapping): each mapping is remembered with
+ * its handle, a released handle still mapped keeps its charge until the last unmap. VMM
+ * bookkeeping is serialized per process (rare calls). */
+static pthread_mutex_t fx_vmm_mu = PTHREAD_MUTEX_INITIALIZER;
+
 FX_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
 {
-    /* The driver frees the physical memory once it is also unmapped; a program that releases
-     * but keeps a mapping gets its charge back early (documented). */
     FX_ENTER(cuMemRelease);
+    pthread_mutex_lock(&fx_vmm_mu);
     struct fx_taken t = fx_free_begin(FX_T_VMM, handle);
-    return fx_free_end(fx_cu.cuMemRelease(handle), FX_T_VMM, handle, t);
+    CUresult rc = fx_cu.cuMemRelease(handle);
+    if (rc == CUDA_SUCCESS && t.found && fx_track_count_ref(FX_T_MAP, handle) > 0)
+        fx_remember(FX_T_VMM_MAPPED, handle, t.size, t.dev, 0);
+    else
+        fx_free_end(rc, FX_T_VMM, handle, t);
+    pthread_mutex_unlock(&fx_vmm_mu);
+    return rc;
+}
+
+FX_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                            CUmemGenericAllocationHandle handle, unsigned long long flags)
+{
+    FX_ENTER(cuMemMap);
+    uint32_t dev;
+    pthread_mutex_lock(&fx_vmm_mu);
+    CUresult rc = fx_cu.cuMemMap(ptr, size, offset, handle, flags);
+    if (rc == CUDA_SUCCESS && fx_track_find(FX_T_VMM, handle, &dev) == 0)
+        fx_track_add_ref(FX_T_MAP, ptr, 0, dev, handle);
+    pthread_mutex_unlock(&fx_vmm_mu);
+    return rc;
+}
+
+FX_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+    FX_ENTER(cuMemUnmap);
+    uint64_t handles[64];
+    unsigned n;
+    pthread_mutex_lock(&fx_vmm_mu);
+    CUresult rc = fx_cu.cuMemUnmap(ptr, size);
+    uint64_t end = size > UINT64_MAX - ptr ? UINT64_MAX : ptr + size;
+    while (rc == CUDA_SUCCESS && (n = fx_track_take_range(FX_T_MAP, ptr, end, handles, 64)) > 0) {
+        for (unsigned i = 0; i < n; i++) {
+            if (fx_track_count_ref(FX_T_MAP, handles[i]) > 0) continue;
+            struct fx_taken t = fx_free_begin(FX_T_VMM_MAPPED, handles[i]);
+            if (t.found) fx_release(t.dev, t.size); /* its last mapping: the driver freed it */
+        }
+        if (n < 64) break;
+    }
+    pthread_mutex_unlock(&fx_vmm_mu);
+    return rc;
 }
 
 /* ---- arrays ------------------------------------------------------------------------------- */

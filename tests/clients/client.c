@@ -64,7 +64,17 @@
     X(GraphInstantiate, cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags")            \
     X(GraphLaunch, cuGraphLaunch, "cuGraphLaunch")                                             \
     X(StreamCreate, cuStreamCreate, "cuStreamCreate")                                          \
-    X(CtxSynchronize, cuCtxSynchronize, "cuCtxSynchronize")
+    X(CtxSynchronize, cuCtxSynchronize, "cuCtxSynchronize")                                    \
+    X(MemPoolCreate, cuMemPoolCreate, "cuMemPoolCreate")                                       \
+    X(MemPoolDestroy, cuMemPoolDestroy, "cuMemPoolDestroy")                                    \
+    X(MemPoolSetAttribute, cuMemPoolSetAttribute, "cuMemPoolSetAttribute")                     \
+    X(MemPoolGetAttribute, cuMemPoolGetAttribute, "cuMemPoolGetAttribute")                     \
+    X(MemPoolTrimTo, cuMemPoolTrimTo, "cuMemPoolTrimTo")                                       \
+    X(MemAddressReserve, cuMemAddressReserve, "cuMemAddressReserve")                           \
+    X(MemAddressFree, cuMemAddressFree, "cuMemAddressFree")                                    \
+    X(MemMap, cuMemMap, "cuMemMap")                                                            \
+    X(MemUnmap, cuMemUnmap, "cuMemUnmap")                                                      \
+    X(MemSetAccess, cuMemSetAccess, "cuMemSetAccess")
 
 #define FIELD(field, name, base) __typeof__(&name) field;
 static struct {
@@ -146,6 +156,15 @@ static CUcontext made[64];
 static int nmade;
 
 enum kind { K_PTR, K_ASYNC, K_VMM, K_ARRAY, K_MIPMAP };
+
+/* Stream-ordered memory: the stream "async"/"frompool" and their frees use (NULL until
+ * "stream"), the pool "usepool" chose; the last "vmm" handle and the last "map" of it. */
+static CUstream mem_stream;
+static CUmemoryPool cur_pool;
+static CUmemGenericAllocationHandle last_vmm;
+static size_t last_vmm_size;
+static CUdeviceptr last_map;
+static size_t last_map_size;
 static struct { int kind; uint64_t id; } held[4096];
 static int nheld;
 
@@ -161,7 +180,7 @@ static CUresult release_last(void)
     uint64_t id = held[nheld].id;
     switch (held[nheld].kind) {
     case K_PTR: return cu.MemFree(id);
-    case K_ASYNC: return cu.MemFreeAsync(id, NULL);
+    case K_ASYNC: return cu.MemFreeAsync(id, mem_stream);
     case K_VMM: return cu.MemRelease(id);
     case K_ARRAY: return cu.ArrayDestroy((CUarray)(uintptr_t)id);
     default: return cu.MipmappedArrayDestroy((CUmipmappedArray)(uintptr_t)id);
@@ -309,7 +328,7 @@ int main(int argc, char **argv)
             int kind = K_PTR;
             if (op[0] == 'a' && op[1] == 'l') rc = cu.MemAlloc(&p, n);
             else if (op[0] == 'm') rc = cu.MemAllocManaged(&p, n, 1);
-            else if (op[0] == 'a') rc = cu.MemAllocAsync(&p, n, NULL), kind = K_ASYNC;
+            else if (op[0] == 'a') rc = cu.MemAllocAsync(&p, n, mem_stream), kind = K_ASYNC;
             else {
                 CUmemoryPool pool = NULL;
                 rc = cu.DeviceGetDefaultMemPool(&pool, 0);
@@ -327,6 +346,73 @@ int main(int argc, char **argv)
             if (rc == 0) hold(K_PTR, p);
             printf("{\"op\":\"pitch\",\"rc\":%d,\"pitch\":%zu}\n", rc, pitch);
             i += 2;
+        } else if (strcmp(op, "map") == 0) {
+            /* maps the last "vmm" handle whole at a new address, read-write on device 0 */
+            CUmemAccessDesc acc;
+            memset(&acc, 0, sizeof acc);
+            acc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+            acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+            rc = cu.MemAddressReserve(&last_map, last_vmm_size, 0, 0, 0);
+            if (rc == 0) rc = cu.MemMap(last_map, last_vmm_size, 0, last_vmm, 0);
+            if (rc == 0) rc = cu.MemSetAccess(last_map, last_vmm_size, &acc, 1);
+            if (rc == 0) last_map_size = last_vmm_size;
+            REPORT(rc);
+        } else if (strcmp(op, "unmap") == 0) {
+            /* unmaps the last "map" and frees its addresses */
+            rc = cu.MemUnmap(last_map, last_map_size);
+            if (rc == 0) rc = cu.MemAddressFree(last_map, last_map_size);
+            REPORT(rc);
+        } else if (strcmp(op, "stream") == 0) {
+            /* a stream of the current context for "async", "frompool" and their frees */
+            rc = cu.StreamCreate(&mem_stream, CU_STREAM_DEFAULT);
+            REPORT(rc);
+        } else if (strcmp(op, "usepool") == 0) {
+            /* usepool default N | device N | host: the pool of "frompool", "threshold", ... */
+            NEED(1);
+            CUmemPoolProps props;
+            memset(&props, 0, sizeof props);
+            props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+            int host = strcmp(ARG(1), "host") == 0;
+            if (!host) NEED(2);
+            int dev = host ? 0 : atoi(ARG(2));
+            if (strcmp(ARG(1), "default") == 0) {
+                rc = cu.DeviceGetDefaultMemPool(&cur_pool, dev);
+            } else {
+                props.location.type = host ? CU_MEM_LOCATION_TYPE_HOST : CU_MEM_LOCATION_TYPE_DEVICE;
+                props.location.id = dev;
+                rc = cu.MemPoolCreate(&cur_pool, &props);
+            }
+            REPORT(rc);
+            i += host ? 1 : 2;
+        } else if (strcmp(op, "frompool") == 0) {
+            NEED(1);
+            CUdeviceptr p = 0;
+            rc = cu.MemAllocFromPoolAsync(&p, parse_size(ARG(1)), cur_pool, mem_stream);
+            if (rc == 0) hold(K_ASYNC, p);
+            REPORT(rc);
+            i += 1;
+        } else if (strcmp(op, "threshold") == 0) {
+            /* threshold SIZE|max: the pool's release threshold */
+            NEED(1);
+            cuuint64_t v = strcmp(ARG(1), "max") == 0 ? UINT64_MAX : parse_size(ARG(1));
+            rc = cu.MemPoolSetAttribute(cur_pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &v);
+            REPORT(rc);
+            i += 1;
+        } else if (strcmp(op, "trim") == 0) {
+            NEED(1);
+            rc = cu.MemPoolTrimTo(cur_pool, parse_size(ARG(1)));
+            REPORT(rc);
+            i += 1;
+        } else if (strcmp(op, "poolattr") == 0) {
+            cuuint64_t reserved = 0, used = 0;
+            rc = cu.MemPoolGetAttribute(cur_pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &reserved);
+            if (rc == 0) rc = cu.MemPoolGetAttribute(cur_pool, CU_MEMPOOL_ATTR_USED_MEM_CURRENT, &used);
+            printf("{\"op\":\"poolattr\",\"rc\":%d,\"reserved\":%llu,\"used\":%llu}\n", (int)rc,
+                   (unsigned long long)reserved, (unsigned long long)used);
+        } else if (strcmp(op, "pooldestroy") == 0) {
+            REPORT(cu.MemPoolDestroy(cur_pool));
+        } else if (strcmp(op, "sync") == 0) {
+            REPORT(cu.CtxSynchronize());
         } else if (strcmp(op, "vmm") == 0) {
             NEED(1);
             CUmemAllocationProp prop;
@@ -336,7 +422,7 @@ int main(int argc, char **argv)
             prop.location.id = 0;
             CUmemGenericAllocationHandle h = 0;
             rc = cu.MemCreate(&h, parse_size(ARG(1)), &prop, 0);
-            if (rc == 0) hold(K_VMM, h);
+            if (rc == 0) hold(K_VMM, h), last_vmm = h, last_vmm_size = parse_size(ARG(1));
             REPORT(rc);
             i += 1;
         } else if (strcmp(op, "array") == 0 || strcmp(op, "array3d") == 0 ||

@@ -195,6 +195,7 @@ CUresult cuEventSynchronize(CUevent hEvent) {
         pthread_cond_wait(&ev_cv, &ev_lock);
     pthread_mutex_unlock(&ev_lock);
     fake_event_put(ev);
+    fake_mem_sync_release(); /* pools give back what they hold beyond their thresholds */
     return CUDA_SUCCESS;
 }
 

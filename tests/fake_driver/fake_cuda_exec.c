@@ -405,6 +405,7 @@ static CUresult stream_synchronize(CUstream hStream) {
         return rc;
     stream_wait(s);
     fake_stream_put(s);
+    fake_mem_sync_release(); /* pools give back what they hold beyond their thresholds */
     return CUDA_SUCCESS;
 }
 
@@ -489,6 +490,8 @@ static CUresult ctx_synchronize(CUcontext ctx) {
         fake_stream_put(list[i]);
     }
     free(list);
+    if (rc == CUDA_SUCCESS)
+        fake_mem_sync_release(); /* pools give back what they hold beyond their thresholds */
     return rc;
 }
 

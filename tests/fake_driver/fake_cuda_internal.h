@@ -110,12 +110,21 @@ struct CUgraph_st {
     int invalidated;
 };
 
+/* A stream-ordered pool (fake_cuda_mem.c) holds backing memory, `reserved`, charged to its device
+ * (none for a host pool) in whole FAKE_VMM_GRANULARITY chunks, and keeps it when allocations are
+ * freed: only a synchronization (down to the release threshold), cuMemPoolTrimTo, a context's
+ * teardown or the pool's destruction gives it back, as with the real driver. */
 struct CUmemPoolHandle_st {
     struct CUmemPoolHandle_st *next; /* registry link (created pools only) */
-    int device;                      /* visible ordinal */
+    int device;                      /* visible ordinal; -1: a host-located pool */
     int is_default;
+    int destroyed;   /* cuMemPoolDestroy with allocations out: gone with the last of them */
+    unsigned reuse_off; /* CU_MEMPOOL_ATTR_REUSE_* turned off, bit (attribute - 1) */
     size_t max_size; /* 0: only the device limits it */
-    size_t used;
+    size_t used;     /* live allocations */
+    size_t reserved; /* backing memory held */
+    uint64_t threshold; /* CU_MEMPOOL_ATTR_RELEASE_THRESHOLD */
+    size_t used_high, reserved_high;
 };
 
 struct fake_cuda_device {
@@ -155,6 +164,9 @@ FAKE_HIDDEN CUresult fake_ctx_current_locked(struct CUctx_st **out);
 FAKE_HIDDEN CUresult fake_stream_ctx_locked(CUstream hStream, struct CUctx_st **out);
 /* Frees what a dying context owns (fake_cuda_mem.c): allocations and arrays. */
 FAKE_HIDDEN void fake_mem_release_ctx_locked(const struct CUctx_st *ctx);
+/* A synchronization point (cuCtxSynchronize, cuStreamSynchronize, cuEventSynchronize): every
+ * pool gives back what it holds beyond its release threshold. Takes fake_cuda_lock. */
+FAKE_HIDDEN void fake_mem_sync_release(void);
 /* Whether [addr, addr+len) lies in mapped VMM memory with at least the given access. */
 FAKE_HIDDEN int fake_vmm_covers_locked(uintptr_t addr, size_t len, int need_write);
 /* Whether ctx is a live context (fake_cuda_ctx.c). */

@@ -8,6 +8,12 @@
  * device's total, counting what other processes hold, fails with CUDA_ERROR_OUT_OF_MEMORY, as on
  * a full GPU.
  *
+ * Stream-ordered allocations come from a pool (struct CUmemPoolHandle_st) that holds backing
+ * memory in chunks and keeps it after frees, up to its release threshold (0 by default; PyTorch's
+ * cudaMallocAsync backend sets the maximum): the device's memory goes down when the pool grows,
+ * and up again only at a synchronization, a trim, a teardown or the pool's destruction. Host-
+ * located pools hold host memory: no device is charged.
+ *
  * Allocations are kept in one list: the fake holds at most a few thousand at a time, and a list
  * keeps every path obviously correct.
  */
@@ -33,6 +39,7 @@ struct fake_alloc {
 
 static struct fake_alloc *allocs;
 static struct CUmemPoolHandle_st *pool_registry;
+static struct CUmemPoolHandle_st *current_pool[FAKE_MAX_DEVICES]; /* NULL: the default pool */
 
 /* ---- accounting -------------------------------------------------------------------------- */
 
@@ -47,6 +54,88 @@ void fake_dev_uncharge_locked(int dev, size_t bytes) {
     fake_node_mem_uncharge(fake_cuda_devices[dev].physical, bytes);
 }
 
+/* ---- pools' backing memory (lock held) --------------------------------------------------- */
+
+#define POOL_CHUNK FAKE_VMM_GRANULARITY
+
+static size_t chunk_up(size_t n) {
+    return n > SIZE_MAX - (POOL_CHUNK - 1) ? SIZE_MAX / POOL_CHUNK * POOL_CHUNK
+                                           : (n + POOL_CHUNK - 1) / POOL_CHUNK * POOL_CHUNK;
+}
+
+/* An allocation of size bytes from the pool: unused backing memory first, else the pool grows
+ * by whole chunks (charged to its device). */
+static CUresult pool_take_locked(struct CUmemPoolHandle_st *pool, size_t size) {
+    size_t spare = pool->reserved - pool->used;
+    if (size > spare) {
+        size_t grow = chunk_up(size - spare);
+        if (pool->max_size != 0 && grow > pool->max_size - pool->reserved)
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        if (pool->device >= 0 && fake_dev_charge_locked(pool->device, grow) != CUDA_SUCCESS)
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        pool->reserved += grow;
+        if (pool->reserved > pool->reserved_high)
+            pool->reserved_high = pool->reserved;
+    }
+    pool->used += size;
+    if (pool->used > pool->used_high)
+        pool->used_high = pool->used;
+    return CUDA_SUCCESS;
+}
+
+/* Gives back what the pool holds beyond max(keep, what its allocations use), in whole chunks. */
+static void pool_shrink_locked(struct CUmemPoolHandle_st *pool, uint64_t keep) {
+    size_t target = chunk_up(keep < pool->reserved ? (size_t)keep : pool->reserved);
+    if (target < chunk_up(pool->used))
+        target = chunk_up(pool->used);
+    if (pool->reserved <= target)
+        return;
+    if (pool->device >= 0)
+        fake_dev_uncharge_locked(pool->device, pool->reserved - target);
+    pool->reserved = target;
+}
+
+static void pool_unlink_locked(struct CUmemPoolHandle_st *pool) {
+    for (struct CUmemPoolHandle_st **link = &pool_registry; *link != NULL;
+         link = &(*link)->next) {
+        if (*link == pool) {
+            *link = pool->next;
+            return;
+        }
+    }
+}
+
+/* An allocation went back to the pool: the memory stays reserved. A destroyed pool goes with
+ * its last allocation. */
+static void pool_give_locked(struct CUmemPoolHandle_st *pool, size_t size) {
+    pool->used = size > pool->used ? 0 : pool->used - size;
+    if (pool->destroyed && pool->used == 0) {
+        pool_shrink_locked(pool, 0);
+        pool_unlink_locked(pool);
+        free(pool);
+    }
+}
+
+/* Every pool, default ones included, gives back what it holds beyond its threshold (device -1:
+ * every device). */
+static void pools_release_locked(int device) {
+    for (int i = 0; i < fake_cuda_ndevices; i++)
+        if (device < 0 || device == i)
+            pool_shrink_locked(&fake_cuda_devices[i].default_pool,
+                               fake_cuda_devices[i].default_pool.threshold);
+    for (struct CUmemPoolHandle_st *p = pool_registry; p != NULL; p = p->next)
+        if (device < 0 || device == p->device)
+            pool_shrink_locked(p, p->threshold);
+}
+
+void fake_mem_sync_release(void) {
+    if (fake_cuda_check_init() != CUDA_SUCCESS)
+        return;
+    pthread_mutex_lock(&fake_cuda_lock);
+    pools_release_locked(-1);
+    pthread_mutex_unlock(&fake_cuda_lock);
+}
+
 /* ---- allocation records ------------------------------------------------------------------ */
 
 /* Charges, maps (when map is set) and records. On failure nothing is left behind. */
@@ -59,9 +148,7 @@ static CUresult alloc_new_locked(enum alloc_kind kind, size_t size, int map, int
 
     if (size == 0)
         return CUDA_ERROR_INVALID_VALUE;
-    if (pool != NULL && pool->max_size != 0 && size > pool->max_size - pool->used)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    rc = fake_dev_charge_locked(dev, size);
+    rc = pool != NULL ? pool_take_locked(pool, size) : fake_dev_charge_locked(dev, size);
     if (rc != CUDA_SUCCESS)
         return rc;
     a = calloc(1, sizeof(*a));
@@ -81,34 +168,40 @@ static CUresult alloc_new_locked(enum alloc_kind kind, size_t size, int map, int
     a->device = dev;
     a->ctx = ctx;
     a->pool = pool;
-    if (pool != NULL)
-        pool->used += size;
     a->next = allocs;
     allocs = a;
     *out = a;
     return CUDA_SUCCESS;
 fail:
     free(a);
-    fake_dev_uncharge_locked(dev, size);
+    if (pool != NULL)
+        pool_give_locked(pool, size);
+    else
+        fake_dev_uncharge_locked(dev, size);
     return CUDA_ERROR_OUT_OF_MEMORY;
 }
 
+/* A stream-ordered allocation goes back to its pool, which keeps the memory. */
 static void alloc_destroy_locked(struct fake_alloc *a) {
     if (a->base != 0)
         munmap((void *)a->base, a->map_len);
     if (a->pool != NULL)
-        a->pool->used = a->size > a->pool->used ? 0 : a->pool->used - a->size;
-    fake_dev_uncharge_locked(a->device, a->size);
+        pool_give_locked(a->pool, a->size);
+    else
+        fake_dev_uncharge_locked(a->device, a->size);
     free(a);
 }
 
-/* Unlinks and destroys the record of the given kind whose handle/base is key. */
-static CUresult alloc_free_locked(enum alloc_kind kind, uintptr_t key) {
+/* Unlinks and destroys the record of the given kind whose handle/base is key; *pooled: it came
+ * from a pool. */
+static CUresult alloc_free_locked(enum alloc_kind kind, uintptr_t key, int *pooled) {
     for (struct fake_alloc **link = &allocs; *link != NULL; link = &(*link)->next) {
         struct fake_alloc *a = *link;
         uintptr_t a_key = kind == ALLOC_LINEAR ? a->base : (uintptr_t)a;
         if (a->kind == kind && a_key == key) {
             *link = a->next;
+            if (pooled != NULL)
+                *pooled = a->pool != NULL;
             alloc_destroy_locked(a);
             return CUDA_SUCCESS;
         }
@@ -116,6 +209,8 @@ static CUresult alloc_free_locked(enum alloc_kind kind, uintptr_t key) {
     return kind == ALLOC_LINEAR ? CUDA_ERROR_INVALID_VALUE : CUDA_ERROR_INVALID_HANDLE;
 }
 
+/* A teardown synchronizes the context: its stream-ordered allocations go back to their pools,
+ * and the pools of its device give back what they hold beyond their thresholds. */
 void fake_mem_release_ctx_locked(const struct CUctx_st *ctx) {
     struct fake_alloc **link = &allocs;
     while (*link != NULL) {
@@ -127,6 +222,7 @@ void fake_mem_release_ctx_locked(const struct CUctx_st *ctx) {
             link = &a->next;
         }
     }
+    pools_release_locked(ctx->device);
 }
 
 /* Whether [addr, addr+len) lies inside one linear allocation or in accessible VMM memory. */
@@ -202,14 +298,17 @@ CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flag
     return alloc_linear(dptr, bytesize);
 }
 
-/* Any linear allocation may be freed here, stream-ordered ones included (the real driver
- * synchronises first; the fake has nothing in flight). */
+/* Any linear allocation may be freed here, stream-ordered ones included: the real driver
+ * synchronizes first, so the pools then give back what they hold beyond their thresholds. */
 CUresult cuMemFree_v2(CUdeviceptr dptr) {
     struct CUctx_st *ctx;
+    int pooled = 0;
     CUresult rc = lock_current(1, &ctx);
     if (rc != CUDA_SUCCESS)
         return rc;
-    rc = alloc_free_locked(ALLOC_LINEAR, (uintptr_t)dptr);
+    rc = alloc_free_locked(ALLOC_LINEAR, (uintptr_t)dptr, &pooled);
+    if (rc == CUDA_SUCCESS && pooled)
+        pools_release_locked(-1);
     pthread_mutex_unlock(&fake_cuda_lock);
     return rc;
 }
@@ -230,19 +329,26 @@ CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
 
 /* ---- stream-ordered allocations and pools ------------------------------------------------ */
 
-/* Compares addresses only: an unknown handle must not be dereferenced. */
+/* Compares addresses only: an unknown handle must not be dereferenced. A destroyed pool is
+ * invalid although its allocations still hold it. */
 static int pool_valid_locked(const struct CUmemPoolHandle_st *pool) {
     for (int i = 0; i < fake_cuda_ndevices; i++)
         if (pool == &fake_cuda_devices[i].default_pool)
             return 1;
     for (const struct CUmemPoolHandle_st *p = pool_registry; p != NULL; p = p->next)
         if (p == pool)
-            return 1;
+            return !p->destroyed;
     return 0;
 }
 
-/* Nothing is queued in the fake, so "stream-ordered" happens immediately. Freed memory returns to
- * the device at once, as if every pool had a release threshold of 0 and had been trimmed. */
+static struct CUmemPoolHandle_st *pool_current_locked(int dev) {
+    return current_pool[dev] != NULL ? current_pool[dev] : &fake_cuda_devices[dev].default_pool;
+}
+
+/* Allocations happen when enqueued and frees return the memory to the pool at once (the fake
+ * does not order memory); the pool keeps it until a synchronization point, a trim, a teardown.
+ * cuMemAllocAsync uses the current pool of the stream's device; cuMemAllocFromPoolAsync's pool
+ * may be of another device (or the host): the memory is that pool's. */
 static CUresult alloc_async(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, int use_pool,
                             CUstream hStream) {
     struct CUctx_st *ctx;
@@ -258,7 +364,7 @@ static CUresult alloc_async(CUdeviceptr *dptr, size_t size, CUmemoryPool pool, i
         if (!pool_valid_locked(pool))
             rc = CUDA_ERROR_INVALID_VALUE;
     } else if (rc == CUDA_SUCCESS) {
-        pool = &fake_cuda_devices[ctx->device].default_pool;
+        pool = pool_current_locked(ctx->device);
     }
     if (rc == CUDA_SUCCESS)
         rc = alloc_new_locked(ALLOC_LINEAR, size, 1, pool->device, ctx, pool, &a);
@@ -276,7 +382,7 @@ static CUresult free_async(CUdeviceptr dptr, CUstream hStream) {
     pthread_mutex_lock(&fake_cuda_lock);
     rc = fake_stream_ctx_locked(hStream, &ctx);
     if (rc == CUDA_SUCCESS)
-        rc = alloc_free_locked(ALLOC_LINEAR, (uintptr_t)dptr);
+        rc = alloc_free_locked(ALLOC_LINEAR, (uintptr_t)dptr, NULL);
     pthread_mutex_unlock(&fake_cuda_lock);
     return rc;
 }
@@ -294,20 +400,26 @@ CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
     return free_async(dptr, hStream);
 }
 
+/* Device pools (CU_MEM_LOCATION_TYPE_DEVICE) and host pools (HOST, HOST_NUMA: host memory, no
+ * device is charged). */
 CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *poolProps) {
     CUresult rc = fake_cuda_check_init();
     if (rc != CUDA_SUCCESS)
         return rc;
     if (pool == NULL || poolProps == NULL || poolProps->allocType != CU_MEM_ALLOCATION_TYPE_PINNED)
         return CUDA_ERROR_INVALID_VALUE;
-    if (poolProps->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
-        return CUDA_ERROR_NOT_SUPPORTED; /* host-located pools are not simulated */
-    if (!fake_cuda_device_valid(poolProps->location.id))
-        return CUDA_ERROR_INVALID_DEVICE;
+    int type = poolProps->location.type, device = -1;
+    if (type == CU_MEM_LOCATION_TYPE_DEVICE) {
+        if (!fake_cuda_device_valid(poolProps->location.id))
+            return CUDA_ERROR_INVALID_DEVICE;
+        device = poolProps->location.id;
+    } else if (type != CU_MEM_LOCATION_TYPE_HOST && type != CU_MEM_LOCATION_TYPE_HOST_NUMA) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
     struct CUmemPoolHandle_st *p = calloc(1, sizeof(*p));
     if (p == NULL)
         return CUDA_ERROR_OUT_OF_MEMORY;
-    p->device = poolProps->location.id;
+    p->device = device;
     p->max_size = poolProps->maxSize;
     pthread_mutex_lock(&fake_cuda_lock);
     p->next = pool_registry;
@@ -317,24 +429,29 @@ CUresult cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *poolProps) {
     return CUDA_SUCCESS;
 }
 
-/* Allocations still out keep their memory (the real driver defers the destruction until they
- * are freed); they just stop counting against the pool. Default pools cannot be destroyed. */
+/* What the pool holds unused goes back at once; allocations still out keep theirs, and the pool
+ * itself goes with the last of them (the real driver defers the destruction). Its handle is
+ * invalid from now on. Default pools cannot be destroyed. */
 CUresult cuMemPoolDestroy(CUmemoryPool pool) {
     CUresult rc = fake_cuda_check_init();
     if (rc != CUDA_SUCCESS)
         return rc;
     pthread_mutex_lock(&fake_cuda_lock);
-    struct CUmemPoolHandle_st **link = &pool_registry;
-    while (*link != NULL && *link != pool)
-        link = &(*link)->next;
-    if (*link == NULL) {
+    int valid = 0;
+    for (struct CUmemPoolHandle_st *p = pool_registry; p != NULL; p = p->next)
+        valid |= p == pool && !p->destroyed;
+    if (!valid) {
         rc = CUDA_ERROR_INVALID_VALUE;
     } else {
-        *link = pool->next;
-        for (struct fake_alloc *a = allocs; a != NULL; a = a->next)
-            if (a->pool == pool)
-                a->pool = NULL;
-        free(pool);
+        for (int i = 0; i < FAKE_MAX_DEVICES; i++)
+            if (current_pool[i] == pool)
+                current_pool[i] = NULL;
+        pool->destroyed = 1;
+        pool_shrink_locked(pool, 0);
+        if (pool->used == 0) {
+            pool_unlink_locked(pool);
+            free(pool);
+        }
     }
     pthread_mutex_unlock(&fake_cuda_lock);
     return rc;
@@ -350,6 +467,115 @@ CUresult cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev) {
         return CUDA_ERROR_INVALID_DEVICE;
     *pool_out = &fake_cuda_devices[dev].default_pool;
     return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (pool == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!fake_cuda_device_valid(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    *pool = pool_current_locked(dev);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return CUDA_SUCCESS;
+}
+
+/* The pool must be one of this device's. */
+CUresult cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!fake_cuda_device_valid(dev))
+        return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    if (!pool_valid_locked(pool) || pool->device != dev)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    else
+        current_pool[dev] = pool == &fake_cuda_devices[dev].default_pool ? NULL : pool;
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+static int reuse_attr(CUmemPool_attribute attr) {
+    return attr == CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES ||
+           attr == CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC ||
+           attr == CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES;
+}
+
+/* Settable: the reuse flags (int), the release threshold (cuuint64_t), and the two high-water
+ * marks, to 0 only (which resets them to the current values). */
+CUresult cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (value == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    if (!pool_valid_locked(pool)) {
+        rc = CUDA_ERROR_INVALID_VALUE;
+    } else if (reuse_attr(attr)) {
+        unsigned bit = 1u << (attr - 1);
+        pool->reuse_off = *(const int *)value ? pool->reuse_off & ~bit : pool->reuse_off | bit;
+    } else if (attr == CU_MEMPOOL_ATTR_RELEASE_THRESHOLD) {
+        pool->threshold = *(const cuuint64_t *)value;
+    } else if ((attr == CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH ||
+                attr == CU_MEMPOOL_ATTR_USED_MEM_HIGH) && *(const cuuint64_t *)value == 0) {
+        if (attr == CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)
+            pool->reserved_high = pool->reserved;
+        else
+            pool->used_high = pool->used;
+    } else {
+        rc = CUDA_ERROR_INVALID_VALUE;
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+CUresult cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (value == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    cuuint64_t v = 0;
+    if (!pool_valid_locked(pool))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    else if (reuse_attr(attr))
+        *(int *)value = (pool->reuse_off & (1u << (attr - 1))) == 0;
+    else if (attr == CU_MEMPOOL_ATTR_RELEASE_THRESHOLD)
+        v = pool->threshold;
+    else if (attr == CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
+        v = pool->reserved;
+    else if (attr == CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)
+        v = pool->reserved_high;
+    else if (attr == CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
+        v = pool->used;
+    else if (attr == CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+        v = pool->used_high;
+    else
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS && !reuse_attr(attr))
+        *(cuuint64_t *)value = v;
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
+/* Gives back what the pool holds beyond max(minBytesToKeep, what its allocations use). */
+CUresult cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep) {
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    pthread_mutex_lock(&fake_cuda_lock);
+    if (!pool_valid_locked(pool))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    else
+        pool_shrink_locked(pool, minBytesToKeep);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
 }
 
 /* ---- arrays ------------------------------------------------------------------------------ */
@@ -400,7 +626,7 @@ static CUresult array_destroy(void *handle, enum alloc_kind kind) {
     if (rc != CUDA_SUCCESS)
         return rc;
     pthread_mutex_lock(&fake_cuda_lock);
-    rc = alloc_free_locked(kind, (uintptr_t)handle);
+    rc = alloc_free_locked(kind, (uintptr_t)handle, NULL);
     pthread_mutex_unlock(&fake_cuda_lock);
     return rc;
 }
