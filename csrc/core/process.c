@@ -187,8 +187,8 @@ int32_t fx_own_check(const struct fx_region *r)
 {
     const struct fx_proc *pr = &r->procs[fx_self.proc];
     const struct fx_slice *sl = &r->slices[fx_self.slice];
-    if (!pr->in_use || pr->pid != fx_self.pid || pr->slice != fx_self.slice ||
-        !fx_proc_intact(r, fx_self.proc) || !sl->in_use)
+    /* (the entry's seal is checked where its usage is used: fx_charge, fx_uncharge) */
+    if (!pr->in_use || pr->pid != fx_self.pid || pr->slice != fx_self.slice || !sl->in_use)
         return FLEXAI_E_STATE;
     uint64_t seal = sl->sealed;
     if (seal == __atomic_load_n(&fx_self.own_seal, __ATOMIC_ACQUIRE))
