@@ -8,7 +8,8 @@
 # Stages, most important first: setup (build and install flexai into /tmp/site, record the
 # machine), gpu-tests (`pytest -m gpu`: real PyTorch, CuPy, JAX, the checks of issue 8), overhead
 # (shim cost on alloc/free and launches), share and share-mps (compute shares of flexai, then of
-# flexai-mps and MPS, against native, driver-API kernels), packing and packing-mps (8 small jobs
+# flexai-mps and MPS, against native, driver-API kernels; share adds duty.py's light-duty
+# and bursty jobs), packing and packing-mps (8 small jobs
 # per GPU: co-located and flexai, then MPS and flexai-mps), train (training-step overhead),
 # summary (benchmarks/summarize.py: one table against the targets). Extra stages not in `all`:
 # tests (the whole suite), share-torch (compute shares with PyTorch workloads).
@@ -29,6 +30,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 SCRIPT=$ROOT/benchmarks/gpu_session.sh
 PYTHON=${PYTHON:-python3}
+case $PYTHON in /*) ;; */*) PYTHON=$ROOT/$PYTHON ;; esac  # stages run from /tmp too
 SIM=${SIM:-0}
 SITE=/tmp/site
 RESULTS=${GPU_SESSION_RESULTS:-${OUT:-$ROOT/gpu-out}}
@@ -49,7 +51,7 @@ STAGES=(
   "setup:45"
   "gpu-tests:190"
   "overhead:25"
-  "share:45"
+  "share:50"
   "share-mps:60"
   "packing:45"
   "packing-mps:45"
@@ -119,10 +121,16 @@ EOF
     # driver-API kernels (500 us and 20 us): no framework start-up per run, so the comparison
     # fits its budget (`share-torch` runs the PyTorch workloads). The MPS mechanisms run on
     # their own: where MPS fails, flexai's figures are kept.
-    local mechs=flexai out=compute_share.json
+    local mechs=flexai out=compute_share.json rc=0
     [ "$1" = share-mps ] && mechs=flexai-mps,mps out=compute_share-mps.json
     "$PYTHON" benchmarks/compute_share.py $(sim_args) --backend driver --quick --seconds 1 \
-      --mechanisms "$mechs" --out "$RAW/$out"
+      --mechanisms "$mechs" --out "$RAW/$out" || rc=$?
+    # (e) light-duty and (f) bursty jobs under caps (issue 8 item 1: stalls, charged time,
+    # 50% cap at 80% duty); duty.json is rewritten after each scenario, so a cut keeps some
+    if [ "$1" = share ]; then
+      "$PYTHON" benchmarks/duty.py $(sim_args) --seconds 1 --out "$RAW/duty.json" || rc=$?
+    fi
+    return $rc
     ;;
   share-torch)
     "$PYTHON" benchmarks/compute_share.py --backend torch --quick --seconds 2 \

@@ -12,6 +12,7 @@ leaves nothing), and the table then says "no data" with the stage's status:
     overhead.json       benchmarks/overhead.py
     compute_share.json  benchmarks/compute_share.py: flexai (compute_share-mps.json: flexai-mps
                         and MPS; compute_share-torch.json: PyTorch workloads, if there)
+    duty.json           benchmarks/duty.py (share stage): light-duty and bursty jobs under caps
     packing.json        benchmarks/packing.py: co-located, flexai (packing-mps.json: MPS,
                         flexai-mps)
     train_overhead.json benchmarks/train_overhead.py
@@ -79,7 +80,21 @@ TARGETS: tuple[Target, ...] = (
     Target("share*.max_points", "<=", 5.0, "10%-granular slicing: every point within 5"),
     Target("share*.min_pair_sum", ">=", 0.95, "two capped jobs together use the whole GPU"),
     Target("share*.d.*.share100_vs_native", ">=", 0.98, "near-native speed at a 100% share"),
-    Target("share*", "ref", None, "(c) a high-priority small job's step time, ms"),
+    Target("share.e.*.stall_p99_ms", "<", 1.0,
+           "#1 / duty.py (e): a light job's launch stalls under a 30% cap, p99 under 1 ms"),
+    Target("share.e.*.vs_alone", ">=", 0.95,
+           "#1 / duty.py (e): a 10% or 2% job under a 30% cap runs as it does alone"),
+    Target("share.e.*.charged_vs_kernels", "in", (0.95, 1.05),
+           "#1 / duty.py (e): charged time within 5% of its kernels' time"),
+    Target("share.f.duty80_cap50.pct", "in", (48.0, 52.0),
+           "#1 / duty.py (f): a 50% cap at 80% duty gets 50 +- 2"),
+    Target("share.f.bursty.on_pct", "in", (28.0, 32.0),
+           "duty.py (f): a bursty job capped at 30% gets 30 +- 2 while it runs, beside 70%"),
+    Target("share.f.bursty.neighbour_pct", "in", (68.0, 72.0),
+           "duty.py (f): its saturating neighbour keeps its 70 +- 2"),
+    Target("share.f.*.charged_vs_kernels", "in", (0.95, 1.05),
+           "duty.py (f): charged time within 5% of its kernels' time"),
+    Target("share*", "ref", None, "(c) a high-priority small job's step time, ms; duty.py"),
     Target("packing.*.flexai.n8.speedup", ">=", 3.0,
            "Flex:ai's claim: > 3x aggregate throughput over one job per card"),
     Target("packing-mps.*.flexai-mps.n8.speedup", ">=", 3.0, "the same, spatial (flexai-mps)"),
@@ -170,6 +185,22 @@ def metrics_of(raw: Path) -> dict[str, Any]:
         for name, c in (cs.get("c") or {}).items():
             if isinstance(c, dict) and "p99_ms" in c:
                 m[f"{prefix}.c.{_key(name)}.p99_ms"] = c["p99_ms"]
+    duty = _load(raw / "duty.json")
+    if isinstance(duty, dict):  # duty.py, run by the share stage: (e) light, (f) bursty jobs
+        for name, e in (duty.get("e") or {}).items():
+            for k in ("stall_p99_ms", "stall_max_ms", "vs_alone", "charged_vs_kernels"):
+                if isinstance(e, dict) and e.get(k) is not None:
+                    m[f"share.e.{_key(name)}.{k}"] = e[k]
+        f = duty.get("f") or {}
+        d80 = f.get("duty80_cap50") or {}
+        if d80.get("achieved_pct") is not None:
+            m["share.f.duty80_cap50.pct"] = d80["achieved_pct"]
+        if d80.get("charged_vs_kernels") is not None:
+            m["share.f.duty80_cap50.charged_vs_kernels"] = d80["charged_vs_kernels"]
+        bz = f.get("bursty_cap30_beside_70") or {}
+        for k in ("on_pct", "neighbour_pct", "overall_pct", "charged_vs_kernels"):
+            if bz.get(k) is not None:
+                m[f"share.f.bursty.{k}"] = bz[k]
     for prefix, file in (("packing", "packing.json"), ("packing-mps", "packing-mps.json")):
         pk = _load(raw / file)
         if not isinstance(pk, dict):
@@ -279,7 +310,7 @@ def build(raw: Path) -> dict[str, Any]:
     rows.sort(key=lambda r: order.index(r["stage"]) if r["stage"] in order else len(order))
     simulated = "SIMULATED" in device_of(raw).upper() or any(
         "simulated" in str((_load(raw / f) or {}).get("device", "")).lower()
-        for f in ("overhead.json", "compute_share.json"))
+        for f in ("overhead.json", "compute_share.json", "duty.json"))
     return {"device": device_of(raw), "simulated": simulated,
             "stages": list(stages.values()), "tests": tests_of(raw), "rows": rows}
 

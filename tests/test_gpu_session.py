@@ -132,6 +132,15 @@ FIXTURES = {
         "c": {"alone": {"steps": 400, "p50_ms": 0.2, "p99_ms": 0.3},
               "native (no priority)": {"steps": 400, "p50_ms": 1.6, "p99_ms": 2.9}},
         "d": {"spin500": {"share_100": 0.99, "no_limit": 1.0}}},
+    "duty.json": {  # benchmarks/duty.py, run by the share stage
+        "device": "real GPU, 1.0s per run, 1 run(s) per scenario (median)",
+        "e": {"light10_cap30": {"stall_p99_ms": 0.3, "stall_max_ms": 2.0, "vs_alone": 0.99,
+                                "charged_vs_kernels": 1.02},
+              "light2_cap30": {"stall_p99_ms": 1.5, "vs_alone": 0.9,
+                               "charged_vs_kernels": None}},
+        "f": {"duty80_cap50": {"achieved_pct": 50.5, "charged_vs_kernels": 1.01},
+              "bursty_cap30_beside_70": {"on_pct": 26.0, "neighbour_pct": 70.2,
+                                         "overall_pct": 14.0, "charged_vs_kernels": 1.0}}},
 }
 
 
@@ -175,6 +184,15 @@ def test_the_summary_judges_each_figure_against_its_target(tmp_path):
         "share.flexai.min_pair_sum": ["share", "0.97", ">= 0.95", "ok"],
         "share.d.spin500.share100_vs_native": ["share", "0.99", ">= 0.98", "ok"],
         "share.c.native-no-priority.p99_ms": ["share", "2.9", "-", "ref"],
+        "share.e.light10_cap30.stall_p99_ms": ["share", "0.3", "< 1", "ok"],
+        "share.e.light10_cap30.stall_max_ms": ["share", "2", "-", "ref"],
+        "share.e.light10_cap30.charged_vs_kernels": ["share", "1.02", "0.95 .. 1.05", "ok"],
+        "share.e.light2_cap30.stall_p99_ms": ["share", "1.5", "< 1", "MISS"],
+        "share.e.light2_cap30.vs_alone": ["share", "0.9", ">= 0.95", "MISS"],
+        "share.f.duty80_cap50.pct": ["share", "50.5", "48 .. 52", "ok"],
+        "share.f.bursty.on_pct": ["share", "26", "28 .. 32", "MISS"],
+        "share.f.bursty.neighbour_pct": ["share", "70.2", "68 .. 72", "ok"],
+        "share.f.bursty.overall_pct": ["share", "14", "-", "ref"],
         "packing.*.flexai.n8.speedup": ["packing", "-", ">= 3", "no data (packing: timeout)"],
         "packing-mps.*.flexai-mps.n8.speedup": ["packing-mps", "-", ">= 3",
                                                 "no data (packing-mps: not run)"],
