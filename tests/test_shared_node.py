@@ -395,9 +395,9 @@ def layout(neighbour) -> dict[str, int]:
 
 
 def _words(layout: dict[str, int]) -> list[tuple[str, int]]:
-    """(label, offset) of every 8-byte word of the header, of device 0, slice 0 and process
-    slot 0 (the ones a fresh state gives the first process), and of element 0 of each
-    per-device array (the device in use; the other elements are the same fields again)."""
+    """(label, offset) of every 8-byte word of the header and of device 0, slice 0 and process
+    slot 0 (the ones a fresh state gives the first process); of the slice's per-device arrays
+    only element 0 (the device in use; the other elements are the same fields again)."""
     named = {v: k for k, v in layout.items() if "." in k and not k.startswith("fx_region")}
     per_dev_u64 = [(layout["fx_slice.mem_limit"], 2), (layout["fx_slice.tokens_ns"],
                    (layout["fx_slice.gpu_ns"] - layout["fx_slice.tokens_ns"]) // 128 + 1)]
@@ -418,8 +418,10 @@ def _words(layout: dict[str, int]) -> list[tuple[str, int]]:
         for off in range(0, layout[size], 8):
             if table == "slice" and off in skip:
                 continue
-            label = named.get(off) if named.get(off, "").startswith(f"fx_{table}.") else None
-            out.append((f"{label or size}+{off}" if not label else label, base + off))
+            label = named.get(off, "")
+            if not label.startswith(f"fx_{table}."):
+                label = f"{size}+{off}"
+            out.append((label, base + off))
     return out
 
 
@@ -604,6 +606,30 @@ def test_2_bit_flips_in_every_field(clients, neighbour, layout, tmp_path):
     assert not failures, f"{len(failures)} cases:\n" + json.dumps(failures, indent=1)
 
 
+
+@pytest.mark.xfail(strict=True, reason="issue 9: damaged slice names are listed raw by "
+                   "flexai_node_slices/usage and printed raw by flexai ps (reported)")
+def test_2_a_damaged_slice_name_never_reaches_a_terminal(clients, neighbour, layout, state_dir):
+    """Anyone can write the state file: a slice name rewritten to hold escape sequences must not
+    be listed as such, nor printed by (root's) flexai ps."""
+    holder = subprocess.Popen([str(clients["client"]), "init", "ctx", "0", "alloc", "1MiB",
+                               "wait"], env=base_env(state_dir, FLEXAI_GPU_MEMORY="1GiB",
+                                                     FLEXAI_SLICE="victim"),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert '"op":"wait"' in _read_until(holder, '"op":"wait"')
+        _damage_bytes(layout["fx_region.slices"], b"\x1b]0;owned\x07\x1b[2J")(
+            state_dir / "state")
+        TALLY["attacks"] += 1
+        names = _op(_tool(neighbour, "open", str(state_dir), "slices"), "slices")["names"]
+        ps = _ok(_run([sys.executable, "-m", "flexai", "ps", "--state-dir", str(state_dir)],
+                      _plain_env()))
+        assert all(c.isprintable() for name in names for c in name), names
+        assert "\x1b" not in ps.stdout and "\x07" not in ps.stdout, repr(ps.stdout)
+    finally:
+        _end(holder)
+
+
 # ---- 3. a wedged lock ---------------------------------------------------------------------------
 
 def _culprit(neighbour: Path, state_dir: Path, *ops: str,
@@ -696,6 +722,20 @@ def test_3_lock_left_by_a_thread_that_is_gone_is_repaired(clients, neighbour, st
     assert "repaired the node's state lock" in r.proc.stderr
     r, took = _timed(_client, clients, state_dir, "init", "ctx", "0", "fill", "64MiB", **env)
     assert took < 1 and r.op("fill")["bytes"] == GiB, "repaired for good"
+
+
+@pytest.mark.xfail(strict=True, reason="issue 9: a lock word naming a live thread that has "
+                   "nothing to do with the state (here pid 1) fails closed for ever (reported)")
+def test_3_lock_word_naming_a_live_stranger_is_repaired(clients, neighbour, state_dir, layout):
+    """One flipped bit turns a free lock (0) into "held by thread 1": init never lets go, so
+    unless the owner is checked to be a process attached to the state, the node never recovers."""
+    env = dict(FLEXAI_GPU_MEMORY="1GiB")
+    _client(clients, state_dir, "init", "ctx", "0", **env)
+    _culprit(neighbour, state_dir, "map", str(state_dir), "poke", str(layout["fx_region.lock"]),
+             "1", "wait").communicate(timeout=10)
+    TALLY["attacks"] += 1
+    r = _client(clients, state_dir, "init", "ctx", "0", "fill", "64MiB", timeout=20, **env)
+    assert r.op("fill")["bytes"] == GiB, r.proc.stderr
 
 
 @pytest.mark.parametrize("file", ["state.lock", "state"])
@@ -1130,7 +1170,7 @@ def test_hostile_neighbour_outside_the_group_of_a_group_state_dir(node):
                           FLEXAI_GPU_MEMORY="1GiB")
     TALLY["attacks"] += 1
     assert out.op("alloc")["rc"] not in (0, OOM), out.lines
-    assert "FLEXAI_STATE_DIR" in out.proc.stderr, out.proc.stderr
+    assert "state" in out.proc.stderr.lower(), out.proc.stderr
     seen = _run([str(node.neighbour), "--lib", str(node.lib), "open", str(state)], _plain_env(),
                 user=node.b, cwd=str(node.root))
     _cross_user(_op(_lines(seen), "open")["rc"] == -1, f"user b opened the team's state: {seen}")
