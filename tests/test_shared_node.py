@@ -607,8 +607,6 @@ def test_2_bit_flips_in_every_field(clients, neighbour, layout, tmp_path):
 
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: damaged slice names are listed raw by "
-                   "flexai_node_slices/usage and printed raw by flexai ps (reported)")
 def test_2_a_damaged_slice_name_never_reaches_a_terminal(clients, neighbour, layout, state_dir):
     """Anyone can write the state file: a slice name rewritten to hold escape sequences must not
     be listed as such, nor printed by (root's) flexai ps."""
@@ -724,8 +722,6 @@ def test_3_lock_left_by_a_thread_that_is_gone_is_repaired(clients, neighbour, st
     assert took < 1 and r.op("fill")["bytes"] == GiB, "repaired for good"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: a lock word naming a live thread that has "
-                   "nothing to do with the state (here pid 1) fails closed for ever (reported)")
 def test_3_lock_word_naming_a_live_stranger_is_repaired(clients, neighbour, state_dir, layout):
     """One flipped bit turns a free lock (0) into "held by thread 1": init never lets go, so
     unless the owner is checked to be a process attached to the state, the node never recovers."""

@@ -1,4 +1,5 @@
 /* api.c - the public control and statistics API (include/flexai.h) over the shared region. */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -77,6 +78,18 @@ static uint32_t fx_count_procs(const struct fx_region *r, uint32_t slice)
     return n;
 }
 
+/* A slice's name as the caller may print it: anyone can write the state file, so whatever is
+ * not a slice-name character (an escape sequence, a control byte) becomes '?'. */
+static void fx_copy_name(char *dst, const char *src)
+{
+    size_t i = 0;
+    for (; i < FLEXAI_NAME_MAX - 1 && src[i]; i++) {
+        unsigned char c = (unsigned char)src[i];
+        dst[i] = (char)(isalnum(c) || c == '-' || c == '_' || c == '.' ? c : '?');
+    }
+    dst[i] = '\0';
+}
+
 /* A slice the caller may see: its own, or any for root. */
 static int fx_slice_visible(const struct fx_region *r, uint32_t s)
 {
@@ -97,8 +110,7 @@ int flexai_node_slices(flexai_node *node, flexai_slice_info *out, size_t cap, fl
             out[n].id = s;
             out[n].priority = sl->priority;
             out[n].nprocs = fx_count_procs(r, s);
-            memcpy(out[n].name, sl->name, FLEXAI_NAME_MAX);
-            out[n].name[FLEXAI_NAME_MAX - 1] = '\0';
+            fx_copy_name(out[n].name, sl->name);
         }
         n++;
     }

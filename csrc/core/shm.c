@@ -9,10 +9,12 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -324,6 +326,57 @@ static void fx_repair(struct fx_region *r)
     r->generation++;
 }
 
+/* The thread group (process) of thread `tid`, or tid itself when /proc does not say. */
+static pid_t fx_tgid_of(pid_t tid)
+{
+    char path[48], line[128];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
+    FILE *f = fopen(path, "re");
+    if (!f) return tid;
+    pid_t tgid = tid;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "Tgid:", 5) == 0) {
+            tgid = (pid_t)strtol(line + 5, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return tgid;
+}
+
+/* Whether the thread named in the lock word belongs to a process attached to this state: every
+ * attached process (and every node handle) holds a flock on the state file for as long as it is
+ * attached, and /proc/locks lists each lock's process and file. A word that names any other
+ * live thread (pid 1, after one flipped bit) is garbage, not a holder. When nothing can be
+ * read, the owner counts as attached: failing closed is the safe side. */
+static int fx_owner_attached(const struct fx_shm *s, uint32_t tid)
+{
+    struct stat st;
+    if (fstat(s->fd, &st) != 0) return 1;
+    FILE *f = fopen("/proc/locks", "re");
+    if (!f) return 1;
+    pid_t tgid = fx_tgid_of((pid_t)tid);
+    char line[256];
+    int found = 0;
+    while (!found && fgets(line, sizeof line, f)) {
+        /* "1: FLOCK  ADVISORY  READ 1234 00:2d:5678 0 EOF" (blocked waiters add "->") */
+        char *p = strchr(line, ':'), *save = NULL;
+        if (!p) continue;
+        char *tok[8];
+        int n = 0;
+        for (char *t = strtok_r(p + 1, " \t\n", &save); t && n < 8;
+             t = strtok_r(NULL, " \t\n", &save))
+            if (strcmp(t, "->") != 0) tok[n++] = t;
+        unsigned maj, min;
+        unsigned long long ino;
+        if (n < 5 || strcmp(tok[0], "FLOCK") != 0) continue;
+        if (sscanf(tok[4], "%x:%x:%llu", &maj, &min, &ino) != 3) continue;
+        found = (pid_t)strtol(tok[3], NULL, 10) == tgid && ino == (unsigned long long)st.st_ino &&
+                maj == major(st.st_dev) && min == minor(st.st_dev);
+    }
+    fclose(f);
+    return found;
+}
+
 /* The lock word of a glibc robust mutex holds the owner's thread id (and two flag bits). */
 #define FX_FUTEX_TID_MASK 0x3fffffffu
 
@@ -336,7 +389,7 @@ static int fx_lock_rescue(struct fx_shm *s, flexai_error *err)
     volatile uint32_t *word = (volatile uint32_t *)(void *)s->r->lock;
     uint32_t seen = *word, tid = seen & FX_FUTEX_TID_MASK;
     if (seen == 0) return 0; /* free now: try again */
-    if (tid != 0 && (kill((pid_t)tid, 0) == 0 || errno == EPERM))
+    if (tid != 0 && (kill((pid_t)tid, 0) == 0 || errno == EPERM) && fx_owner_attached(s, tid))
         return fx_fail(err, FLEXAI_E_STATE, "the node's state lock has been held for over 2 s "
                        "by thread %u (stopped or frozen?); failing closed until it lets go",
                        tid);

@@ -13,7 +13,8 @@
  *   layout NAME         flexai_layout_value (offsets and sizes of the state's layout)
  *   setmem S UUID BYTES flexai_node_set_memory_limit        {"rc","code","msg"}
  *   setcompute S UUID PERCENT BURST                         {"rc","code","msg"}
- *   map DIR             map DIR/state read-write, no checks (a neighbour with write access)
+ *   map DIR             map DIR/state read-write, no checks, holding a shared flock on it as
+ *                       an attached process does (a neighbour with write access)
  *   lock                pthread_mutex_lock on the mapped region's lock
  *   unmap               munmap the region (a lock held stays held: nobody can mark it)
  *   poke OFFSET VALUE   write a 32-bit VALUE (decimal or 0x...) at OFFSET of the mapping
@@ -191,7 +192,9 @@ int main(int argc, char **argv)
                                           : mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE,
                                                  MAP_SHARED, fd, 0);
             rc = m == MAP_FAILED ? errno : 0;
-            if (fd >= 0) close(fd);
+            /* attached as flexai's own processes are: a shared flock on the state file, kept */
+            if (rc == 0 && flock(fd, LOCK_SH | LOCK_NB) != 0) rc = errno;
+            if (fd >= 0 && rc != 0) close(fd);
             if (rc == 0) region = m, region_size = (size_t)size;
             printf("{\"op\":\"map\",\"rc\":%d}\n", rc);
             i += 1;
