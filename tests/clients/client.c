@@ -12,6 +12,7 @@
  *   ptsz      as gpa12 with CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM
  */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +33,7 @@
     X(PrimaryCtxRetain, cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain")                  \
     X(CtxCreate, cuCtxCreate_v2, "cuCtxCreate")                                                \
     X(CtxSetCurrent, cuCtxSetCurrent, "cuCtxSetCurrent")                                       \
+    X(CtxGetCurrent, cuCtxGetCurrent, "cuCtxGetCurrent")                                       \
     X(CtxDestroy, cuCtxDestroy_v2, "cuCtxDestroy")                                             \
     X(PrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2, "cuDevicePrimaryCtxRelease")            \
     X(PrimaryCtxReset, cuDevicePrimaryCtxReset_v2, "cuDevicePrimaryCtxReset")                  \
@@ -64,6 +66,13 @@
     X(GraphInstantiate, cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags")            \
     X(GraphLaunch, cuGraphLaunch, "cuGraphLaunch")                                             \
     X(StreamCreate, cuStreamCreate, "cuStreamCreate")                                          \
+    X(EventCreate, cuEventCreate, "cuEventCreate")                                             \
+    X(EventRecord, cuEventRecord, "cuEventRecord")                                             \
+    X(StreamDestroy, cuStreamDestroy_v2, "cuStreamDestroy")                                    \
+    X(StreamSynchronize, cuStreamSynchronize, "cuStreamSynchronize")                           \
+    X(StreamIsCapturing, cuStreamIsCapturing, "cuStreamIsCapturing")                           \
+    X(ThreadExchangeStreamCaptureMode, cuThreadExchangeStreamCaptureMode,                      \
+      "cuThreadExchangeStreamCaptureMode")                                                     \
     X(CtxSynchronize, cuCtxSynchronize, "cuCtxSynchronize")                                    \
     X(MemPoolCreate, cuMemPoolCreate, "cuMemPoolCreate")                                       \
     X(MemPoolDestroy, cuMemPoolDestroy, "cuMemPoolDestroy")                                    \
@@ -230,6 +239,52 @@ static CUresult launch_one(const char *kind)
         return cu.GraphLaunch(graph_exec, graph_stream);
     }
     return -1;
+}
+
+/* ---- several threads: capture on one while another launches; per-thread default streams ---- */
+
+static CUstreamCaptureMode parse_mode(const char *s)
+{
+    if (strcmp(s, "relaxed") == 0) return CU_STREAM_CAPTURE_MODE_RELAXED;
+    if (strcmp(s, "thread") == 0) return CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+    return CU_STREAM_CAPTURE_MODE_GLOBAL;
+}
+
+static CUresult launch_on(CUstream s)
+{
+    return cu.LaunchKernel(sleep_fn, 1, 1, 1, 32, 1, 1, 0, s, kernel_params, NULL);
+}
+
+struct worker {
+    CUcontext ctx;
+    int n, sync;       /* launches; then synchronize the stream (an "unsafe" call) */
+    double until;      /* saturate: launch until then (us) */
+    CUresult rc, sync_rc;
+    long units;
+};
+
+/* capmt: launches n kernels on a stream of its own, then optionally synchronizes it. */
+static void *capture_neighbour(void *arg)
+{
+    struct worker *w = arg;
+    CUstream t = NULL;
+    w->rc = cu.CtxSetCurrent(w->ctx);
+    if (w->rc == 0) w->rc = cu.StreamCreate(&t, CU_STREAM_NON_BLOCKING);
+    for (int k = 0; k < w->n && w->rc == 0; k++) w->rc = launch_on(t);
+    w->sync_rc = w->sync && w->rc == 0 ? cu.StreamSynchronize(t) : 0;
+    return NULL;
+}
+
+/* saturatemt: launches on the thread's default stream (its per-thread one through --via ptsz)
+ * until w->until, then waits for them. */
+static void *saturate_thread(void *arg)
+{
+    struct worker *w = arg;
+    w->rc = cu.CtxSetCurrent(w->ctx);
+    while (w->rc == 0 && now_us() < w->until)
+        if ((w->rc = launch_on(NULL)) == 0) w->units++;
+    w->sync_rc = cu.StreamSynchronize(NULL);
+    return NULL;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -595,6 +650,149 @@ int main(int argc, char **argv)
             printf("{\"op\":\"latency\",\"rc\":%d,\"p50_us\":%.1f,\"p99_us\":%.1f}\n", rc,
                    d[n / 2], d[(n * 99) / 100]);
             free(d);
+            i += 3;
+        } else if (strcmp(op, "capmt") == 0) {
+            /* capmt MODE N US SYNC: this thread captures a stream in MODE (global, thread,
+             * relaxed) while another thread launches N US-us kernels on a stream of its own (then
+             * synchronizes it when SYNC is 1); then ends the capture, runs the graph and waits.
+             * Reports the capture's end, the other thread's launches and synchronize. */
+            NEED(4);
+            CUstreamCaptureMode mode = parse_mode(ARG(1));
+            struct worker w = {NULL, atoi(ARG(2)), atoi(ARG(4)), 0, 0, 0, 0};
+            CUstream s = NULL;
+            CUgraph graph = NULL;
+            CUgraphExec exec = NULL;
+            pthread_t tid;
+            kernel_us = (uint32_t)atoi(ARG(3));
+            rc = cu.CtxGetCurrent(&w.ctx);
+            if (rc == 0) rc = cu.StreamCreate(&s, CU_STREAM_NON_BLOCKING);
+            if (rc == 0) rc = cu.StreamBeginCapture(s, mode);
+            for (int k = 0; k < 2 && rc == 0; k++) rc = launch_on(s);
+            if (rc == 0 && pthread_create(&tid, NULL, capture_neighbour, &w) == 0)
+                pthread_join(tid, NULL);
+            for (int k = 0; k < 2 && rc == 0; k++) rc = launch_on(s);
+            CUresult end = rc == 0 ? cu.StreamEndCapture(s, &graph) : rc;
+            CUresult run = end == 0 ? cu.GraphInstantiate(&exec, graph, 0) : end;
+            if (run == 0) run = cu.GraphLaunch(exec, s);
+            CUresult sync = cu.CtxSynchronize();
+            printf("{\"op\":\"capmt\",\"rc\":%d,\"end\":%d,\"graph\":%d,\"launch\":%d,"
+                   "\"neighbour_sync\":%d,\"sync\":%d}\n", rc, end, run, w.rc, w.sync_rc, sync);
+            i += 4;
+        } else if (strcmp(op, "caplegacy") == 0) {
+            /* caplegacy MODE N ROUNDS: ROUNDS times: N 1-us kernels on the legacy stream, then
+             * a capture in MODE of a blocking stream, during which N kernels go to a
+             * non-blocking stream (the legacy stream itself is unusable then). Reports the
+             * first failure of each kind: ends of the captures, the legacy stream's capture
+             * status (906 expected), launches. */
+            NEED(3);
+            CUstreamCaptureMode mode = parse_mode(ARG(1));
+            int n = atoi(ARG(2)), rounds = atoi(ARG(3));
+            CUresult end = 0, implicit = 0, launches = 0;
+            kernel_us = 1;
+            rc = 0;
+            for (int r = 0; r < rounds && rc == 0; r++) {
+                CUstream s = NULL, t = NULL;
+                CUgraph graph = NULL;
+                CUstreamCaptureStatus st = 0;
+                for (int k = 0; k < n && launches == 0; k++) launches = launch_on(NULL);
+                rc = cu.StreamCreate(&s, CU_STREAM_DEFAULT);
+                if (rc == 0) rc = cu.StreamCreate(&t, CU_STREAM_NON_BLOCKING);
+                if (rc == 0) rc = cu.StreamBeginCapture(s, mode);
+                if (rc == 0 && launches == 0) launches = launch_on(s);
+                CUresult imp = rc == 0 ? cu.StreamIsCapturing(NULL, &st) : rc;
+                if (implicit == 0 || implicit == 906) implicit = imp;
+                for (int k = 0; k < n && rc == 0 && launches == 0; k++) launches = launch_on(t);
+                CUresult e = rc == 0 ? cu.StreamEndCapture(s, &graph) : rc;
+                if (end == 0) end = e;
+                if (rc == 0) rc = cu.CtxSynchronize();
+            }
+            printf("{\"op\":\"caplegacy\",\"rc\":%d,\"end\":%d,\"implicit\":%d,"
+                   "\"launch\":%d}\n", rc, end, implicit, launches);
+            i += 3;
+        } else if (strcmp(op, "legacyuse") == 0) {
+            /* a launch on the legacy stream while a blocking stream captures: reports the
+             * launch and the end of the capture */
+            CUstream s = NULL;
+            CUgraph graph = NULL;
+            kernel_us = 1;
+            rc = cu.StreamCreate(&s, CU_STREAM_DEFAULT);
+            if (rc == 0) rc = cu.StreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_RELAXED);
+            CUresult launched = rc == 0 ? launch_on(NULL) : rc;
+            CUresult end = rc == 0 ? cu.StreamEndCapture(s, &graph) : rc;
+            printf("{\"op\":\"legacyuse\",\"rc\":%d,\"launch\":%d,\"end\":%d}\n", rc,
+                   launched, end);
+        } else if (strcmp(op, "stale") == 0) {
+            /* a launch on a stream just destroyed */
+            CUstream t = NULL;
+            kernel_us = 1;
+            rc = cu.StreamCreate(&t, CU_STREAM_DEFAULT);
+            if (rc == 0) rc = cu.StreamDestroy(t);
+            REPORT(rc == 0 ? launch_on(t) : rc);
+        } else if (strcmp(op, "eventctx") == 0) {
+            /* eventctx N: an event of the current context recorded on the legacy stream of a new
+             * context of device N, then on its own; an event of the new context recorded after
+             * that context was destroyed */
+            NEED(1);
+            CUcontext a = NULL, b = NULL;
+            CUevent ea = NULL, eb = NULL;
+            CUresult other = -1, same = -1, dead = -1;
+            int dev = -1;
+            rc = cu.CtxGetCurrent(&a);
+            if (rc == 0) rc = cu.EventCreate(&ea, 0);
+            if (rc == 0) rc = cu.DeviceGet(&dev, atoi(ARG(1)));
+            if (rc == 0) rc = cu.CtxCreate(&b, 0, dev);
+            if (rc == 0) other = cu.EventRecord(ea, NULL);
+            if (rc == 0) rc = cu.EventCreate(&eb, 0);
+            if (rc == 0) rc = cu.CtxSetCurrent(a);
+            if (rc == 0) same = cu.EventRecord(ea, NULL);
+            if (rc == 0) rc = cu.CtxDestroy(b);
+            if (rc == 0) dead = cu.EventRecord(eb, NULL);
+            printf("{\"op\":\"eventctx\",\"rc\":%d,\"other\":%d,\"same\":%d,\"dead\":%d}\n",
+                   rc, other, same, dead);
+            i += 1;
+        } else if (strcmp(op, "streamgone") == 0) {
+            /* streamgone N ROUNDS: ROUNDS times: N 1-us kernels on a new stream, destroy it,
+             * then N on the legacy stream; waits. Reports the first failure. */
+            NEED(2);
+            int n = atoi(ARG(1)), rounds = atoi(ARG(2));
+            kernel_us = 1;
+            rc = 0;
+            for (int r = 0; r < rounds && rc == 0; r++) {
+                CUstream t = NULL;
+                rc = cu.StreamCreate(&t, CU_STREAM_NON_BLOCKING);
+                for (int k = 0; k < n && rc == 0; k++) rc = launch_on(t);
+                if (rc == 0) rc = cu.StreamDestroy(t);
+                for (int k = 0; k < n && rc == 0; k++) rc = launch_on(NULL);
+                if (rc == 0) rc = cu.CtxSynchronize();
+            }
+            REPORT(rc);
+            i += 2;
+        } else if (strcmp(op, "saturatemt") == 0) {
+            /* saturatemt US MS THREADS: THREADS threads keep their default stream (their
+             * per-thread one with --via ptsz) busy with US-us kernels for MS ms; reports the
+             * work done as a fraction of the wall time */
+            NEED(3);
+            int n = atoi(ARG(3));
+            struct worker w[16];
+            pthread_t tid[16];
+            CUcontext ctx = NULL;
+            double start = now_us();
+            long units = 0;
+            kernel_us = (uint32_t)atoi(ARG(1));
+            rc = cu.CtxGetCurrent(&ctx);
+            for (int k = 0; k < n && k < 16; k++) {
+                w[k] = (struct worker){ctx, 0, 0, start + atof(ARG(2)) * 1000.0, 0, 0, 0};
+                pthread_create(&tid[k], NULL, saturate_thread, &w[k]);
+            }
+            for (int k = 0; k < n && k < 16; k++) {
+                pthread_join(tid[k], NULL);
+                if (rc == 0) rc = w[k].rc ? w[k].rc : w[k].sync_rc;
+                units += w[k].units;
+            }
+            CUresult sync = cu.CtxSynchronize();
+            double wall = now_us() - start, busy = (double)units * kernel_us;
+            printf("{\"op\":\"saturatemt\",\"rc\":%d,\"sync\":%d,\"units\":%ld,"
+                   "\"fraction\":%.4f}\n", rc, sync, units, busy / wall);
             i += 3;
         } else if (strcmp(op, "wait") == 0) {
             char line[16];

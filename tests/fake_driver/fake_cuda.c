@@ -7,6 +7,9 @@
  * fake_cuda_event.c, the shared simulated device time in fake_cuda_sim.c, modules and launches
  * in fake_cuda_launch.c, stream capture and graphs in fake_cuda_graph.c.
  *
+ * Destroyed handles are remembered here (the graveyard, fake_cuda_internal.h), so that their
+ * later use fails loudly instead of silently reaching an object that got the same address.
+ *
  * Every entry point is listed once, in fake_cuda.def; the _ptsz twins and cuGetProcAddress's
  * tables below are generated from that list.
  */
@@ -24,6 +27,100 @@ struct fake_cuda_device fake_cuda_devices[FAKE_MAX_DEVICES];
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static CUresult init_result; /* sticky, like the real driver's */
+
+/* ---- errors ------------------------------------------------------------------------------ */
+
+static const struct {
+    CUresult code;
+    const char *name;
+    const char *text;
+} error_table[] = {
+    {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
+    {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"},
+    {CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected"},
+    {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {CUDA_ERROR_INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"},
+    {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
+    {CUDA_ERROR_FILE_NOT_FOUND, "CUDA_ERROR_FILE_NOT_FOUND", "file not found"},
+    {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE",
+     "the operation cannot be performed in the present state"},
+    {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"},
+    {CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
+     "too many resources requested for launch"},
+    {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+    {CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+     "operation not permitted when stream is capturing"},
+    {CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+     "operation failed due to a previous error during capture"},
+    {CUDA_ERROR_STREAM_CAPTURE_UNMATCHED, "CUDA_ERROR_STREAM_CAPTURE_UNMATCHED",
+     "the capture was not initiated in this stream"},
+    {CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT",
+     "operation would make the legacy stream depend on a capturing blocking stream"},
+    {CUDA_ERROR_CAPTURED_EVENT, "CUDA_ERROR_CAPTURED_EVENT",
+     "operation not permitted on an event last recorded in a capturing stream"},
+    {CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD, "CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD",
+     "attempt to terminate a thread-local capture sequence from another thread"},
+    {CUDA_ERROR_CONTEXT_IS_DESTROYED, "CUDA_ERROR_CONTEXT_IS_DESTROYED",
+     "context is destroyed"},
+    {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
+};
+
+/* ---- threads and destroyed handles -------------------------------------------------------- */
+
+_Thread_local int fake_ptsz_call;
+
+uint64_t fake_thread_id(void) {
+    static atomic_uint_fast64_t next = 1;
+    static _Thread_local uint64_t id;
+    if (id == 0)
+        id = atomic_fetch_add(&next, 1);
+    return id;
+}
+
+#define GRAVE_MAX 1024 /* destroyed handles remembered; the oldest is freed beyond */
+
+static struct grave {
+    void *handle;
+    const char *what;
+    void (*release)(void *);
+} graves[GRAVE_MAX];
+static size_t grave_next, grave_count; /* fake_cuda_lock */
+
+void fake_grave_add_locked(void *handle, const char *what, void (*release)(void *)) {
+    struct grave *g = &graves[grave_next];
+    if (grave_count == GRAVE_MAX && g->release != NULL)
+        g->release(g->handle);
+    g->handle = handle;
+    g->what = what;
+    g->release = release;
+    grave_next = (grave_next + 1) % GRAVE_MAX;
+    if (grave_count < GRAVE_MAX)
+        grave_count++;
+}
+
+const char *fake_grave_find_locked(const void *handle) {
+    for (size_t i = 0; handle != NULL && i < grave_count; i++)
+        if (graves[i].handle == handle)
+            return graves[i].what;
+    return NULL;
+}
+
+CUresult fake_stale_locked(const void *handle, CUresult rc) {
+    const char *what = fake_grave_find_locked(handle);
+    const char *name = "?";
+    if (what == NULL)
+        return rc;
+    for (size_t i = 0; i < sizeof(error_table) / sizeof(error_table[0]); i++)
+        if (error_table[i].code == rc)
+            name = error_table[i].name;
+    /* stderr only: the fake runs inside the host program and must not touch its stdout. */
+    fprintf(stderr, "flexai fake driver: use of a destroyed %s (%p): %s\n", what, handle, name);
+    return rc;
+}
 
 /* ---- CUDA_VISIBLE_DEVICES ---------------------------------------------------------------- */
 
@@ -208,38 +305,7 @@ CUresult cuDeviceGetPCIBusId(char *pciBusId, int len, CUdevice dev) {
     return CUDA_SUCCESS;
 }
 
-/* ---- errors ------------------------------------------------------------------------------ */
-
-static const struct {
-    CUresult code;
-    const char *name;
-    const char *text;
-} error_table[] = {
-    {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
-    {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
-    {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
-    {CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"},
-    {CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected"},
-    {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
-    {CUDA_ERROR_INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"},
-    {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
-    {CUDA_ERROR_FILE_NOT_FOUND, "CUDA_ERROR_FILE_NOT_FOUND", "file not found"},
-    {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
-    {CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE",
-     "the operation cannot be performed in the present state"},
-    {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
-    {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"},
-    {CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
-     "too many resources requested for launch"},
-    {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
-    {CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
-     "operation not permitted when stream is capturing"},
-    {CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
-     "operation failed due to a previous error during capture"},
-    {CUDA_ERROR_STREAM_CAPTURE_UNMATCHED, "CUDA_ERROR_STREAM_CAPTURE_UNMATCHED",
-     "the capture was not initiated in this stream"},
-    {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
-};
+/* ---- error strings ----------------------------------------------------------------------- */
 
 static CUresult error_lookup(CUresult error, const char **pStr, int want_name) {
     if (pStr == NULL)
@@ -274,13 +340,17 @@ CUresult cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTable
 
 /* ---- per-thread default stream twins ------------------------------------------------------ */
 
-/* Each _ptsz twin in fake_cuda.def calls its base through the base's hidden alias, and gets a
- * hidden alias of its own for the table below. */
+/* Each _ptsz twin in fake_cuda.def calls its base through the base's hidden alias, with
+ * fake_ptsz_call raised so that the NULL stream means the calling thread's per-thread default
+ * stream there, and gets a hidden alias of its own for the table below. */
 #define FAKE_FN(file, name)
 #define FAKE_VER(file, name, base, since)
 #define FAKE_PTSZ(file, name, params, args)                                                        \
     CUresult name##_ptsz params {                                                                  \
-        return fake_local_##name args;                                                             \
+        fake_ptsz_call++;                                                                          \
+        CUresult rc_ = fake_local_##name args;                                                     \
+        fake_ptsz_call--;                                                                          \
+        return rc_;                                                                                \
     }                                                                                              \
     FAKE_DEFINE_LOCAL(name##_ptsz)
 #include "fake_cuda.def"

@@ -34,18 +34,20 @@ int fake_ctx_valid_locked(const struct CUctx_st *ctx) {
 
 CUresult fake_ctx_current_locked(struct CUctx_st **out) {
     struct CUctx_st *ctx = ctx_depth > 0 ? ctx_stack[ctx_depth - 1] : NULL;
-    if (!fake_ctx_valid_locked(ctx))
-        return CUDA_ERROR_INVALID_CONTEXT;
+    if (!fake_ctx_valid_locked(ctx)) /* destroyed by another thread while current here */
+        return fake_grave_find_locked(ctx) ? CUDA_ERROR_CONTEXT_IS_DESTROYED
+                                           : CUDA_ERROR_INVALID_CONTEXT;
     if (ctx->is_primary)
         ctx->active = 1; /* a reset primary context still retained is created again by use */
     *out = ctx;
     return CUDA_SUCCESS;
 }
 
-/* What dies with a context: its streams (their queued work still drains), modules and memory.
- * The handle itself is the caller's. */
+/* What dies with a context: its streams (their queued work still drains), events, modules and
+ * memory. The handle itself is the caller's. */
 static void ctx_release_resources_locked(struct CUctx_st *ctx) {
     fake_exec_release_ctx_locked(ctx);
+    fake_event_release_ctx_locked(ctx);
     fake_launch_release_ctx_locked(ctx);
     fake_mem_release_ctx_locked(ctx);
 }
@@ -115,14 +117,15 @@ CUresult cuCtxDestroy_v2(CUcontext ctx) {
         link = &(*link)->next;
     if (*link == NULL) {
         /* Unknown, already destroyed, or primary (which only Release/Reset may end). */
+        rc = fake_stale_locked(ctx, CUDA_ERROR_INVALID_CONTEXT);
         pthread_mutex_unlock(&fake_cuda_lock);
-        return CUDA_ERROR_INVALID_CONTEXT;
+        return rc;
     }
     *link = ctx->next;
     ctx_release_resources_locked(ctx);
+    fake_grave_add_locked(ctx, "context", free); /* other threads may still name it */
     pthread_mutex_unlock(&fake_cuda_lock);
     ctx_unstack(ctx);
-    free(ctx);
     return CUDA_SUCCESS;
 }
 
@@ -199,9 +202,10 @@ CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *acti
 
 static CUresult ctx_check(CUcontext ctx) {
     pthread_mutex_lock(&fake_cuda_lock);
-    int ok = fake_ctx_valid_locked(ctx);
+    CUresult rc = fake_ctx_valid_locked(ctx) ? CUDA_SUCCESS
+                                             : fake_stale_locked(ctx, CUDA_ERROR_INVALID_CONTEXT);
     pthread_mutex_unlock(&fake_cuda_lock);
-    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+    return rc;
 }
 
 /* Replaces the top of the stack; NULL unbinds (pops) it. */

@@ -10,7 +10,16 @@
  *
  * Events are reference counted (the registry, plus every queued record or wait), so one may be
  * destroyed while a record of it is still queued.
+ *
+ * An event belongs to the context current when it was created: it can be recorded only on a
+ * stream of that context (CUDA_ERROR_INVALID_HANDLE otherwise, reported on stderr), and it is
+ * destroyed with that context. A destroyed event's handle is kept in the graveyard, so a later
+ * use is reported. Queries and synchronizes are "potentially unsafe" during a stream capture
+ * (fake_capture_unsafe_locked); cuEventElapsedTime is treated as one too (it answers whether
+ * events completed; the documentation does not say), and none of them may touch an event last
+ * recorded in an ongoing capture (CUDA_ERROR_CAPTURED_EVENT).
  */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "fake_cuda_internal.h"
@@ -19,6 +28,7 @@ struct CUevent_st {
     struct CUevent_st *next; /* registry link (fake_cuda_lock) */
     atomic_int refs;         /* the registry's, and one per queued operation naming it */
     unsigned flags;
+    const struct CUctx_st *ctx; /* created in it; immutable */
     uint64_t capture_id; /* fake_cuda_lock: recorded into this stream capture */
     /* guarded by ev_lock */
     uint64_t recorded; /* number of the latest record; 0: never recorded */
@@ -72,6 +82,49 @@ static struct CUevent_st *event_find_locked(CUevent hEvent) {
     return NULL;
 }
 
+/* The live event hEvent, or CUDA_ERROR_INVALID_HANDLE (reported when it was destroyed). */
+static CUresult event_get_locked(CUevent hEvent, struct CUevent_st **out) {
+    *out = event_find_locked(hEvent);
+    return *out != NULL ? CUDA_SUCCESS : fake_stale_locked(hEvent, CUDA_ERROR_INVALID_HANDLE);
+}
+
+static void event_put_any(void *ev) {
+    fake_event_put(ev);
+}
+
+void fake_event_release_ctx_locked(const struct CUctx_st *ctx) {
+    struct CUevent_st **link = &event_registry;
+    while (*link != NULL) {
+        struct CUevent_st *ev = *link;
+        if (ev->ctx == ctx) {
+            *link = ev->next;
+            fake_grave_add_locked(ev, "event", event_put_any);
+        } else {
+            link = &ev->next;
+        }
+    }
+}
+
+/* Querying or waiting for an event last recorded in an ongoing capture is illegal and
+ * invalidates that capture; lock held. */
+static CUresult captured_locked(const struct CUevent_st *ev) {
+    struct CUgraph_st *g = ev->capture_id ? fake_graph_capturing_locked(ev->capture_id) : NULL;
+    if (g == NULL)
+        return CUDA_SUCCESS;
+    g->invalidated = 1;
+    return CUDA_ERROR_CAPTURED_EVENT;
+}
+
+/* The checks before a query, synchronize or elapsed time of ev; lock held. */
+static CUresult event_observe_locked(CUevent hEvent, struct CUevent_st **out) {
+    CUresult rc = event_get_locked(hEvent, out);
+    if (rc == CUDA_SUCCESS)
+        rc = captured_locked(*out);
+    if (rc == CUDA_SUCCESS)
+        rc = fake_capture_unsafe_locked();
+    return rc;
+}
+
 CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags) {
     struct CUctx_st *ctx;
     const unsigned known = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
@@ -89,6 +142,7 @@ CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags) {
     pthread_mutex_lock(&fake_cuda_lock);
     rc = fake_ctx_current_locked(&ctx);
     if (rc == CUDA_SUCCESS) {
+        ev->ctx = ctx;
         ev->next = event_registry;
         event_registry = ev;
         *phEvent = ev;
@@ -109,13 +163,14 @@ CUresult cuEventDestroy_v2(CUevent hEvent) {
     while (*link != NULL && *link != hEvent)
         link = &(*link)->next;
     struct CUevent_st *ev = *link;
-    if (ev != NULL)
+    if (ev != NULL) {
         *link = ev->next;
+        fake_grave_add_locked(ev, "event", event_put_any); /* holds the registry's reference */
+    } else {
+        rc = fake_stale_locked(hEvent, CUDA_ERROR_INVALID_HANDLE);
+    }
     pthread_mutex_unlock(&fake_cuda_lock);
-    if (ev == NULL)
-        return CUDA_ERROR_INVALID_HANDLE;
-    fake_event_put(ev);
-    return CUDA_SUCCESS;
+    return rc;
 }
 
 static CUresult event_record(CUevent hEvent, CUstream hStream, unsigned int flags) {
@@ -127,8 +182,16 @@ static CUresult event_record(CUevent hEvent, CUstream hStream, unsigned int flag
     if (flags & ~1u) /* CU_EVENT_RECORD_DEFAULT, CU_EVENT_RECORD_EXTERNAL */
         return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&fake_cuda_lock);
-    struct CUevent_st *ev = event_find_locked(hEvent);
-    rc = ev == NULL ? CUDA_ERROR_INVALID_HANDLE : fake_stream_get_locked(hStream, &s);
+    struct CUevent_st *ev;
+    rc = event_get_locked(hEvent, &ev);
+    if (rc == CUDA_SUCCESS)
+        rc = fake_stream_use_locked(hStream, &s);
+    if (rc == CUDA_SUCCESS && s->ctx != ev->ctx) {
+        fprintf(stderr, "flexai fake driver: event %p of one context recorded on stream %p of "
+                "another: CUDA_ERROR_INVALID_HANDLE\n", (void *)ev, (void *)hStream);
+        fake_stream_put(s);
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    }
     if (rc != CUDA_SUCCESS) {
         pthread_mutex_unlock(&fake_cuda_lock);
         return rc;
@@ -147,7 +210,7 @@ static CUresult event_record(CUevent hEvent, CUstream hStream, unsigned int flag
     op.gen = ++ev->recorded;
     pthread_mutex_unlock(&ev_lock);
     pthread_mutex_unlock(&fake_cuda_lock);
-    rc = fake_stream_enqueue(s, &op, 1);
+    rc = fake_stream_submit(s, &op, 1);
     fake_stream_put(s);
     return rc;
 }
@@ -166,10 +229,9 @@ CUresult cuEventQuery(CUevent hEvent) {
     if (rc != CUDA_SUCCESS)
         return rc;
     pthread_mutex_lock(&fake_cuda_lock);
-    struct CUevent_st *ev = event_find_locked(hEvent);
-    if (ev == NULL) {
-        rc = CUDA_ERROR_INVALID_HANDLE;
-    } else {
+    struct CUevent_st *ev;
+    rc = event_observe_locked(hEvent, &ev);
+    if (rc == CUDA_SUCCESS) {
         pthread_mutex_lock(&ev_lock);
         rc = ev->reached >= ev->recorded ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
         pthread_mutex_unlock(&ev_lock);
@@ -183,12 +245,13 @@ CUresult cuEventSynchronize(CUevent hEvent) {
     if (rc != CUDA_SUCCESS)
         return rc;
     pthread_mutex_lock(&fake_cuda_lock);
-    struct CUevent_st *ev = event_find_locked(hEvent);
-    if (ev != NULL)
+    struct CUevent_st *ev;
+    rc = event_observe_locked(hEvent, &ev);
+    if (rc == CUDA_SUCCESS)
         atomic_fetch_add(&ev->refs, 1);
     pthread_mutex_unlock(&fake_cuda_lock);
-    if (ev == NULL)
-        return CUDA_ERROR_INVALID_HANDLE;
+    if (rc != CUDA_SUCCESS)
+        return rc;
     pthread_mutex_lock(&ev_lock);
     uint64_t target = ev->recorded;
     while (ev->reached < target)
@@ -207,10 +270,13 @@ static CUresult event_elapsed(float *pMilliseconds, CUevent hStart, CUevent hEnd
     if (pMilliseconds == NULL)
         return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&fake_cuda_lock);
-    struct CUevent_st *a = event_find_locked(hStart), *b = event_find_locked(hEnd);
-    if (a == NULL || b == NULL || ((a->flags | b->flags) & CU_EVENT_DISABLE_TIMING)) {
+    struct CUevent_st *a, *b;
+    rc = event_observe_locked(hStart, &a);
+    if (rc == CUDA_SUCCESS)
+        rc = event_observe_locked(hEnd, &b);
+    if (rc == CUDA_SUCCESS && ((a->flags | b->flags) & CU_EVENT_DISABLE_TIMING)) {
         rc = CUDA_ERROR_INVALID_HANDLE;
-    } else {
+    } else if (rc == CUDA_SUCCESS) {
         pthread_mutex_lock(&ev_lock);
         if (a->recorded == 0 || b->recorded == 0)
             rc = CUDA_ERROR_INVALID_HANDLE;
@@ -244,8 +310,10 @@ static CUresult stream_wait_event(CUstream hStream, CUevent hEvent, unsigned int
     if (flags & ~1u) /* CU_EVENT_WAIT_DEFAULT, CU_EVENT_WAIT_EXTERNAL */
         return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&fake_cuda_lock);
-    struct CUevent_st *ev = event_find_locked(hEvent);
-    rc = ev == NULL ? CUDA_ERROR_INVALID_HANDLE : fake_stream_get_locked(hStream, &s);
+    struct CUevent_st *ev;
+    rc = event_get_locked(hEvent, &ev); /* an event of another context is fine here */
+    if (rc == CUDA_SUCCESS)
+        rc = fake_stream_use_locked(hStream, &s);
     if (rc != CUDA_SUCCESS) {
         pthread_mutex_unlock(&fake_cuda_lock);
         return rc;
@@ -264,7 +332,7 @@ static CUresult stream_wait_event(CUstream hStream, CUevent hEvent, unsigned int
     } /* else: a dependency inside the capture, which a linear graph keeps anyway */
     pthread_mutex_unlock(&fake_cuda_lock);
     if (op.event != NULL)
-        rc = fake_stream_enqueue(s, &op, 1);
+        rc = fake_stream_submit(s, &op, 1);
     fake_stream_put(s);
     return rc;
 }

@@ -6,10 +6,13 @@
  * device time through fake_cuda_sim.c). A queue holds up to QUEUE_MAX operations; a submission
  * to a full queue blocks until there is room, like the real driver's pushbuffer.
  *
- * The NULL stream (and CU_STREAM_LEGACY / CU_STREAM_PER_THREAD, and the _ptsz variants) is one
- * in-order stream per context, created on first use. Simplification: it does not implicitly
- * synchronise with the context's other blocking streams the way the legacy default stream does;
- * it is just another in-order stream.
+ * The default streams are created on first use, as with the real driver: the legacy stream (NULL,
+ * CU_STREAM_LEGACY), one per context, and the per-thread default streams (CU_STREAM_PER_THREAD,
+ * and NULL in a _ptsz entry point), one per thread and context. The legacy stream synchronizes
+ * implicitly with the context's blocking streams (created without CU_STREAM_NON_BLOCKING, and
+ * the per-thread default streams): work queued on it waits for everything queued before on
+ * them, and work queued on them waits for everything queued before on it. While a blocking
+ * stream captures, the legacy stream cannot be used (fake_stream_use_locked).
  *
  * Events are in fake_cuda_event.c.
  *
@@ -18,6 +21,7 @@
  */
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/prctl.h>
 
 #include "fake_cuda_internal.h"
@@ -47,6 +51,7 @@ static void fork_parent(void) {
 }
 
 static void op_drop(const struct fake_op *op);
+static int64_t stream_wait_until(struct CUstream_st *s, uint64_t target);
 
 /* The workers did not survive the fork, and the work queued before it is the parent's: the
  * child's streams start empty, and records the parent had queued count as reached. */
@@ -74,7 +79,7 @@ static void fork_register(void) {
 /* ---- streams: lifetime ------------------------------------------------------------------- */
 
 static struct CUstream_st *stream_new(struct CUctx_st *ctx, unsigned flags, int priority,
-                                      int is_default) {
+                                      int is_default) { /* FAKE_STREAM_* */
     static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
     pthread_once(&fork_once, fork_register);
     struct CUstream_st *s = calloc(1, sizeof(*s));
@@ -85,6 +90,8 @@ static struct CUstream_st *stream_new(struct CUctx_st *ctx, unsigned flags, int 
     s->flags = flags;
     s->priority = priority;
     s->is_default = is_default;
+    if (is_default == FAKE_STREAM_PER_THREAD)
+        s->thread = fake_thread_id();
     atomic_init(&s->refs, 1); /* the registry's */
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work_cv, NULL);
@@ -111,36 +118,80 @@ static struct CUstream_st *stream_find_locked(CUstream hStream) {
     return NULL;
 }
 
+static int is_special(CUstream hStream) {
+    return hStream == NULL || hStream == CU_STREAM_LEGACY || hStream == CU_STREAM_PER_THREAD;
+}
+
+/* Which default stream a special handle names on this thread. */
+static int special_kind(CUstream hStream) {
+    return hStream == CU_STREAM_PER_THREAD || (hStream == NULL && fake_ptsz_call)
+               ? FAKE_STREAM_PER_THREAD
+               : FAKE_STREAM_LEGACY;
+}
+
+/* The default stream of ctx a special handle names, created on first use. */
+static struct CUstream_st *default_stream_locked(struct CUctx_st *ctx, CUstream hStream) {
+    if (special_kind(hStream) == FAKE_STREAM_LEGACY) {
+        if (ctx->default_stream == NULL)
+            ctx->default_stream = stream_new(ctx, CU_STREAM_DEFAULT, 0, FAKE_STREAM_LEGACY);
+        return ctx->default_stream;
+    }
+    uint64_t me = fake_thread_id();
+    for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next)
+        if (s->ctx == ctx && s->is_default == FAKE_STREAM_PER_THREAD && s->thread == me)
+            return s;
+    return stream_new(ctx, CU_STREAM_DEFAULT, 0, FAKE_STREAM_PER_THREAD);
+}
+
+int fake_stream_blocking(const struct CUstream_st *s) {
+    return s->is_default != FAKE_STREAM_LEGACY && !(s->flags & CU_STREAM_NON_BLOCKING);
+}
+
 CUresult fake_stream_get_locked(CUstream hStream, struct CUstream_st **out) {
     struct CUstream_st *s;
-    if (hStream == NULL || hStream == CU_STREAM_LEGACY || hStream == CU_STREAM_PER_THREAD) {
+    if (is_special(hStream)) {
         struct CUctx_st *ctx;
         CUresult rc = fake_ctx_current_locked(&ctx);
         if (rc != CUDA_SUCCESS)
             return rc;
-        if (ctx->default_stream == NULL &&
-            (ctx->default_stream = stream_new(ctx, CU_STREAM_DEFAULT, 0, 1)) == NULL)
+        if ((s = default_stream_locked(ctx, hStream)) == NULL)
             return CUDA_ERROR_OUT_OF_MEMORY;
-        s = ctx->default_stream;
     } else if ((s = stream_find_locked(hStream)) == NULL) {
-        return CUDA_ERROR_INVALID_HANDLE;
+        return fake_stale_locked(hStream, CUDA_ERROR_INVALID_HANDLE);
     }
     atomic_fetch_add(&s->refs, 1);
     *out = s;
     return CUDA_SUCCESS;
 }
 
+CUresult fake_stream_use_locked(CUstream hStream, struct CUstream_st **out) {
+    CUresult rc = fake_stream_get_locked(hStream, out);
+    if (rc == CUDA_SUCCESS && (*out)->is_default == FAKE_STREAM_LEGACY &&
+        fake_capture_legacy_locked((*out)->ctx, 1)) {
+        fake_stream_put(*out);
+        *out = NULL;
+        rc = CUDA_ERROR_STREAM_CAPTURE_IMPLICIT;
+    }
+    return rc;
+}
+
 CUresult fake_stream_ctx_locked(CUstream hStream, struct CUctx_st **out) {
-    if (hStream == NULL || hStream == CU_STREAM_LEGACY || hStream == CU_STREAM_PER_THREAD)
+    if (is_special(hStream))
         return fake_ctx_current_locked(out);
     struct CUstream_st *s = stream_find_locked(hStream);
     if (s == NULL)
-        return CUDA_ERROR_INVALID_HANDLE;
+        return fake_stale_locked(hStream, CUDA_ERROR_INVALID_HANDLE);
     *out = s->ctx; /* valid: destroying a context detaches its streams */
     return CUDA_SUCCESS;
 }
 
-/* The stream is already out of the registry: its queue drains, then the worker frees it. */
+static void stream_put_any(void *s) {
+    fake_stream_put(s);
+}
+
+/* The stream is already out of the registry: its queue drains, then the worker frees it. A
+ * created stream's handle stays in the graveyard (holding the registry's reference) so that a
+ * later use of it is reported. */
 static void stream_detach_locked(struct CUstream_st *s) {
     fake_graph_stream_gone_locked(s);
     s->ctx = NULL;
@@ -149,7 +200,10 @@ static void stream_detach_locked(struct CUstream_st *s) {
     s->dying = 1;
     pthread_cond_signal(&s->work_cv);
     pthread_mutex_unlock(&s->mu);
-    fake_stream_put(s);
+    if (s->is_default == FAKE_STREAM_CREATED)
+        fake_grave_add_locked(s, "stream", stream_put_any);
+    else
+        fake_stream_put(s);
 }
 
 void fake_exec_release_ctx_locked(struct CUctx_st *ctx) {
@@ -176,6 +230,8 @@ void fake_exec_uncapture_locked(const struct CUgraph_st *g) {
 
 /* A record or wait that will never run: settle it so nobody waits for it forever. */
 static void op_drop(const struct fake_op *op) {
+    if (op->stream != NULL)
+        fake_stream_put(op->stream);
     if (op->event == NULL)
         return;
     if (op->kind == FAKE_OP_RECORD)
@@ -200,6 +256,13 @@ static void op_run(const struct CUstream_st *s, const struct fake_op *op, int64_
         fake_event_wait(op->event, op->gen);
         fake_event_put(op->event);
         break;
+    case FAKE_OP_WAIT_STREAM: {
+        int64_t end = stream_wait_until(op->stream, op->gen);
+        if (end > *last_end)
+            *last_end = end; /* what follows starts after the work waited for */
+        fake_stream_put(op->stream);
+        break;
+    }
     default:
         break;
     }
@@ -225,6 +288,7 @@ static void *worker_main(void *arg) {
         s->head = (s->head + 1) % s->cap;
         s->count--;
         s->completed++;
+        s->last_end = last_end;
         /* Wake only whom it concerns: a per-kernel wake-up would cost the worker a syscall. */
         if ((s->wake_at != 0 && s->completed >= s->wake_at) ||
             (s->space_waiters > 0 && s->count <= QUEUE_MAX - QUEUE_REFILL)) {
@@ -277,7 +341,8 @@ static int ring_grow(struct CUstream_st *s) {
     return 0;
 }
 
-CUresult fake_stream_enqueue(struct CUstream_st *s, const struct fake_op *ops, size_t n) {
+/* Appends ops to the queue in order, blocking while it is full; takes over their references. */
+static CUresult stream_enqueue(struct CUstream_st *s, const struct fake_op *ops, size_t n) {
     CUresult rc = CUDA_SUCCESS;
     size_t i = 0;
 
@@ -306,32 +371,129 @@ CUresult fake_stream_enqueue(struct CUstream_st *s, const struct fake_op *ops, s
     return rc;
 }
 
-/* Waits for everything submitted to s before the call. */
-static void stream_wait(struct CUstream_st *s) {
+/* Waits until s has completed `target` operations; returns when the last of them ended on the
+ * device. */
+static int64_t stream_wait_until(struct CUstream_st *s, uint64_t target) {
     pthread_mutex_lock(&s->mu);
-    uint64_t target = s->submitted;
     while (s->completed < target) {
         if (s->wake_at == 0 || target < s->wake_at)
             s->wake_at = target; /* every waiter re-registers after each wake-up */
         pthread_cond_wait(&s->done_cv, &s->mu);
     }
+    int64_t end = s->last_end;
     pthread_mutex_unlock(&s->mu);
+    return end;
 }
 
-void fake_exec_sync_default(void) {
+/* Waits for everything submitted to s before the call. */
+static void stream_wait(struct CUstream_st *s) {
+    pthread_mutex_lock(&s->mu);
+    uint64_t target = s->submitted;
+    pthread_mutex_unlock(&s->mu);
+    stream_wait_until(s, target);
+}
+
+/* A wait of what is queued next on `on` for what s has queued so far, when s has work that is
+ * not done (a reference on s is taken). 0 when there is nothing to wait for. */
+static int implicit_wait(struct CUstream_st *s, struct fake_op *op) {
+    pthread_mutex_lock(&s->mu);
+    uint64_t target = s->submitted, done = s->completed;
+    pthread_mutex_unlock(&s->mu);
+    if (done >= target)
+        return 0;
+    atomic_fetch_add(&s->refs, 1);
+    *op = (struct fake_op){.kind = FAKE_OP_WAIT_STREAM, .stream = s, .gen = target};
+    return 1;
+}
+
+/* The streams s must wait for before new work (lock held): the legacy stream waits for the
+ * context's blocking streams, a blocking stream for the legacy stream. Each op holds a
+ * reference. Every wait is on work queued before this call, so waits never form a circle. */
+static CUresult implicit_waits_locked(const struct CUstream_st *s, struct fake_op **out,
+                                      size_t *n) {
+    size_t cap = 0;
+    *out = NULL;
+    *n = 0;
+    if (s->ctx == NULL)
+        return CUDA_SUCCESS;
+    if (s->is_default == FAKE_STREAM_LEGACY) {
+        for (struct CUstream_st *t = stream_registry; t != NULL; t = t->next)
+            cap += t->ctx == s->ctx && t != s && fake_stream_blocking(t);
+    } else if (fake_stream_blocking(s) && s->ctx->default_stream != NULL) {
+        cap = 1;
+    }
+    if (cap == 0)
+        return CUDA_SUCCESS;
+    if ((*out = malloc(cap * sizeof(**out))) == NULL)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if (s->is_default == FAKE_STREAM_LEGACY) {
+        for (struct CUstream_st *t = stream_registry; t != NULL && *n < cap; t = t->next)
+            if (t->ctx == s->ctx && t != s && fake_stream_blocking(t))
+                *n += (size_t)implicit_wait(t, *out + *n);
+    } else {
+        *n += (size_t)implicit_wait(s->ctx->default_stream, *out);
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult fake_stream_submit(struct CUstream_st *s, const struct fake_op *ops, size_t n) {
+    struct fake_op *waits;
+    size_t nw;
+    pthread_mutex_lock(&fake_cuda_lock);
+    CUresult rc = implicit_waits_locked(s, &waits, &nw);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    if (rc != CUDA_SUCCESS) {
+        for (size_t i = 0; i < n; i++)
+            op_drop(&ops[i]);
+        return rc;
+    }
+    if (nw == 0)
+        return stream_enqueue(s, ops, n);
+    struct fake_op *all = realloc(waits, (nw + n) * sizeof(*all));
+    if (all == NULL) {
+        for (size_t i = 0; i < nw; i++)
+            op_drop(&waits[i]);
+        for (size_t i = 0; i < n; i++)
+            op_drop(&ops[i]);
+        free(waits);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    memcpy(all + nw, ops, n * sizeof(*ops));
+    rc = stream_enqueue(s, all, nw + n);
+    free(all);
+    return rc;
+}
+
+CUresult fake_exec_sync_default(void) {
     struct CUctx_st *ctx;
-    struct CUstream_st *s = NULL;
+    struct CUstream_st **list = NULL;
+    size_t n = 0;
 
     pthread_mutex_lock(&fake_cuda_lock);
-    if (fake_ctx_current_locked(&ctx) == CUDA_SUCCESS && ctx->default_stream != NULL) {
-        s = ctx->default_stream;
-        atomic_fetch_add(&s->refs, 1);
+    CUresult rc = fake_ctx_current_locked(&ctx);
+    if (rc == CUDA_SUCCESS && fake_capture_legacy_locked(ctx, 1))
+        rc = CUDA_ERROR_STREAM_CAPTURE_IMPLICIT;
+    if (rc == CUDA_SUCCESS)
+        rc = fake_capture_unsafe_locked();
+    if (rc == CUDA_SUCCESS) {
+        size_t cap = 0;
+        for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next)
+            cap += s->ctx == ctx && (s == ctx->default_stream || fake_stream_blocking(s));
+        list = cap ? malloc(cap * sizeof(*list)) : NULL;
+        for (struct CUstream_st *s = stream_registry; list != NULL && s != NULL; s = s->next) {
+            if (s->ctx == ctx && (s == ctx->default_stream || fake_stream_blocking(s))) {
+                atomic_fetch_add(&s->refs, 1);
+                list[n++] = s;
+            }
+        }
     }
     pthread_mutex_unlock(&fake_cuda_lock);
-    if (s != NULL) {
-        stream_wait(s);
-        fake_stream_put(s);
+    for (size_t i = 0; i < n; i++) {
+        stream_wait(list[i]);
+        fake_stream_put(list[i]);
     }
+    free(list);
+    return rc;
 }
 
 /* ---- stream entry points ----------------------------------------------------------------- */
@@ -377,24 +539,34 @@ CUresult cuStreamDestroy_v2(CUstream hStream) {
     if (s != NULL) {
         *link = s->next;
         stream_detach_locked(s);
+    } else {
+        rc = fake_stale_locked(hStream, CUDA_ERROR_INVALID_HANDLE); /* NULL, special handles too */
     }
     pthread_mutex_unlock(&fake_cuda_lock);
-    return s != NULL ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE; /* NULL, special handles too */
+    return rc;
 }
 
-/* Synchronising or querying a capturing stream is illegal and invalidates the capture. */
+/* Synchronising or querying a capturing stream is illegal and invalidates the capture; so is
+ * any synchronization the thread's capture interaction mode prohibits. */
 static CUresult stream_for_sync(CUstream hStream, struct CUstream_st **out) {
     CUresult rc = fake_cuda_check_init();
     if (rc != CUDA_SUCCESS)
         return rc;
+    struct CUstream_st *s = NULL;
     pthread_mutex_lock(&fake_cuda_lock);
-    rc = fake_stream_get_locked(hStream, out);
-    if (rc == CUDA_SUCCESS && (*out)->capture != NULL) {
-        (*out)->capture->invalidated = 1;
-        fake_stream_put(*out);
+    rc = fake_stream_use_locked(hStream, &s);
+    if (rc == CUDA_SUCCESS && s->capture != NULL) {
+        s->capture->invalidated = 1;
         rc = CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    } else if (rc == CUDA_SUCCESS) {
+        rc = fake_capture_unsafe_locked();
+    }
+    if (rc != CUDA_SUCCESS && s != NULL) {
+        fake_stream_put(s);
+        s = NULL;
     }
     pthread_mutex_unlock(&fake_cuda_lock);
+    *out = s;
     return rc;
 }
 
@@ -467,7 +639,11 @@ static CUresult ctx_synchronize(CUcontext ctx) {
     if (ctx == NULL)
         rc = fake_ctx_current_locked(&ctx);
     else if (!fake_ctx_valid_locked(ctx))
-        rc = CUDA_ERROR_INVALID_CONTEXT;
+        rc = fake_stale_locked(ctx, CUDA_ERROR_INVALID_CONTEXT);
+    if (rc == CUDA_SUCCESS)
+        rc = fake_capture_ctx_sync_locked(ctx);
+    if (rc == CUDA_SUCCESS)
+        rc = fake_capture_unsafe_locked();
     if (rc == CUDA_SUCCESS) {
         for (struct CUstream_st *s = stream_registry; s != NULL; s = s->next)
             n += s->ctx == ctx;

@@ -8,8 +8,14 @@
  * records and waits inside a capture add no work. Launching an instantiated graph enqueues its
  * kernels, in order, on the stream; launching one into a capturing stream appends them.
  *
- * Simplifications: capture modes are accepted but not enforced (no error for "unsafe" calls in
- * other threads), and an unjoined fork is not reported at the end of the capture.
+ * Capture modes are enforced as the real driver does: each thread has a capture interaction
+ * mode (cuThreadExchangeStreamCaptureMode, global by default), and a "potentially unsafe" call
+ * (fake_capture_unsafe_locked: queries and synchronizes) that an ongoing capture prohibits fails
+ * and invalidates that capture, also when the call comes from another thread (a global-mode
+ * capture and a thread in global mode). A capture not begun in relaxed mode must be ended by
+ * the thread that began it. While a blocking stream captures, the legacy stream cannot be used.
+ *
+ * Simplification: an unjoined fork is not reported at the end of the capture.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +33,70 @@ static struct CUgraph_st *graph_registry;   /* graphs returned by cuStreamEndCap
 static struct CUgraph_st *capture_list;     /* graphs being captured into */
 static struct CUgraphExec_st *exec_registry;
 static uint64_t next_capture_id = 1;
+
+/* The calling thread's capture interaction mode. */
+static _Thread_local CUstreamCaptureMode thread_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+
+static int mode_valid(CUstreamCaptureMode mode) {
+    return mode == CU_STREAM_CAPTURE_MODE_GLOBAL || mode == CU_STREAM_CAPTURE_MODE_THREAD_LOCAL ||
+           mode == CU_STREAM_CAPTURE_MODE_RELAXED;
+}
+
+/* A capture still going on (its origin stream not destroyed). */
+static int ongoing(const struct CUgraph_st *g) {
+    return g->origin != NULL;
+}
+
+CUresult fake_capture_unsafe_locked(void) {
+    uint64_t me = fake_thread_id();
+    int prohibited = 0;
+    if (thread_mode == CU_STREAM_CAPTURE_MODE_RELAXED)
+        return CUDA_SUCCESS;
+    for (struct CUgraph_st *g = capture_list; g != NULL; g = g->next) {
+        if (!ongoing(g))
+            continue;
+        int own = g->thread == me && g->mode != CU_STREAM_CAPTURE_MODE_RELAXED;
+        int other = thread_mode == CU_STREAM_CAPTURE_MODE_GLOBAL && g->thread != me &&
+                    g->mode == CU_STREAM_CAPTURE_MODE_GLOBAL;
+        if (own || other) {
+            g->invalidated = 1;
+            prohibited = 1;
+        }
+    }
+    return prohibited ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+}
+
+int fake_capture_legacy_locked(const struct CUctx_st *ctx, int invalidate) {
+    int found = 0;
+    for (struct CUgraph_st *g = capture_list; g != NULL; g = g->next) {
+        if (ongoing(g) && g->origin->ctx == ctx && fake_stream_blocking(g->origin)) {
+            found = 1;
+            if (invalidate)
+                g->invalidated = 1;
+        }
+    }
+    return found;
+}
+
+CUresult fake_capture_ctx_sync_locked(const struct CUctx_st *ctx) {
+    int found = 0;
+    for (struct CUgraph_st *g = capture_list; g != NULL; g = g->next) {
+        if (ongoing(g) && g->origin->ctx == ctx) {
+            g->invalidated = 1;
+            found = 1;
+        }
+    }
+    return found ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+}
+
+CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode) {
+    if (mode == NULL || !mode_valid(*mode))
+        return CUDA_ERROR_INVALID_VALUE;
+    CUstreamCaptureMode old = thread_mode;
+    thread_mode = *mode;
+    *mode = old;
+    return CUDA_SUCCESS;
+}
 
 CUresult fake_graph_append_locked(struct CUgraph_st *g, const struct fake_op *ops, size_t n) {
     if (g->n + n > g->cap) {
@@ -81,8 +151,7 @@ static CUresult begin_capture(CUstream hStream, CUstreamCaptureMode mode) {
     CUresult rc = fake_cuda_check_init();
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (mode != CU_STREAM_CAPTURE_MODE_GLOBAL && mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
-        mode != CU_STREAM_CAPTURE_MODE_RELAXED)
+    if (!mode_valid(mode))
         return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&fake_cuda_lock);
     rc = fake_stream_get_locked(hStream, &s);
@@ -90,7 +159,7 @@ static CUresult begin_capture(CUstream hStream, CUstreamCaptureMode mode) {
         pthread_mutex_unlock(&fake_cuda_lock);
         return rc;
     }
-    if (s->is_default) {
+    if (s->is_default == FAKE_STREAM_LEGACY) {
         rc = CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; /* the legacy stream cannot capture */
     } else if (s->capture != NULL) {
         rc = CUDA_ERROR_ILLEGAL_STATE;
@@ -101,6 +170,8 @@ static CUresult begin_capture(CUstream hStream, CUstreamCaptureMode mode) {
         } else {
             g->capture_id = next_capture_id++;
             g->origin = s;
+            g->mode = mode;
+            g->thread = fake_thread_id();
             g->next = capture_list;
             capture_list = g;
             s->capture = g;
@@ -137,6 +208,8 @@ static CUresult end_capture(CUstream hStream, CUgraph *phGraph) {
         rc = CUDA_ERROR_ILLEGAL_STATE;
     } else if (g->origin != s) {
         rc = CUDA_ERROR_STREAM_CAPTURE_UNMATCHED;
+    } else if (g->mode != CU_STREAM_CAPTURE_MODE_RELAXED && g->thread != fake_thread_id()) {
+        rc = CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD;
     } else {
         struct CUgraph_st **link = &capture_list;
         while (*link != g)
@@ -174,7 +247,12 @@ static CUresult is_capturing(CUstream hStream, CUstreamCaptureStatus *captureSta
         return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&fake_cuda_lock);
     rc = fake_stream_get_locked(hStream, &s);
-    if (rc == CUDA_SUCCESS) {
+    if (rc == CUDA_SUCCESS && s->is_default == FAKE_STREAM_LEGACY &&
+        fake_capture_legacy_locked(s->ctx, 0)) {
+        /* "the blocking stream capture is not invalidated"; *captureStatus is unspecified */
+        fake_stream_put(s);
+        rc = CUDA_ERROR_STREAM_CAPTURE_IMPLICIT;
+    } else if (rc == CUDA_SUCCESS) {
         *captureStatus = s->capture == NULL       ? CU_STREAM_CAPTURE_STATUS_NONE
                          : s->capture->invalidated ? CU_STREAM_CAPTURE_STATUS_INVALIDATED
                                                    : CU_STREAM_CAPTURE_STATUS_ACTIVE;
@@ -257,7 +335,7 @@ static CUresult graph_launch(CUgraphExec hGraphExec, CUstream hStream) {
         return rc;
     pthread_mutex_lock(&fake_cuda_lock);
     struct CUgraphExec_st *e = exec_find_locked(hGraphExec);
-    rc = e == NULL ? CUDA_ERROR_INVALID_HANDLE : fake_stream_get_locked(hStream, &s);
+    rc = e == NULL ? CUDA_ERROR_INVALID_HANDLE : fake_stream_use_locked(hStream, &s);
     if (rc != CUDA_SUCCESS) {
         pthread_mutex_unlock(&fake_cuda_lock);
         return rc;
@@ -279,7 +357,7 @@ static CUresult graph_launch(CUgraphExec hGraphExec, CUstream hStream) {
     }
     pthread_mutex_unlock(&fake_cuda_lock);
     if (ops != NULL)
-        rc = fake_stream_enqueue(s, ops, n);
+        rc = fake_stream_submit(s, ops, n);
     free(ops);
     fake_stream_put(s);
     return rc;

@@ -63,19 +63,26 @@ struct CUctx_st {
 /* ---- execution ---------------------------------------------------------------------------- */
 
 enum fake_op_kind {
-    FAKE_OP_KERNEL = 1, /* occupies the device for ns */
-    FAKE_OP_RECORD,     /* event reaches record number gen */
-    FAKE_OP_WAIT,       /* stream waits until event has reached record number gen */
+    FAKE_OP_KERNEL = 1,  /* occupies the device for ns */
+    FAKE_OP_RECORD,      /* event reaches record number gen */
+    FAKE_OP_WAIT,        /* stream waits until event has reached record number gen */
+    FAKE_OP_WAIT_STREAM, /* stream waits until `stream` has completed gen operations (the
+                          * legacy stream's implicit synchronization) */
 };
 
-/* One unit of work in a stream queue or a graph. RECORD and WAIT hold a reference on event. */
+/* One unit of work in a stream queue or a graph. RECORD and WAIT hold a reference on event,
+ * WAIT_STREAM one on stream. */
 struct fake_op {
     int kind;
     int64_t ns;
     struct CUevent_st *event;
+    struct CUstream_st *stream;
     uint64_t gen;
     int64_t at; /* when it was submitted (CLOCK_MONOTONIC ns) */
 };
+
+/* CUstream_st.is_default: the context's legacy NULL stream, or a thread's per-thread one. */
+enum { FAKE_STREAM_CREATED = 0, FAKE_STREAM_LEGACY = 1, FAKE_STREAM_PER_THREAD = 2 };
 
 struct CUstream_st {
     /* guarded by fake_cuda_lock */
@@ -84,7 +91,8 @@ struct CUstream_st {
     struct CUgraph_st *capture; /* graph this stream is capturing into, if any */
     /* immutable */
     int physical;   /* device whose time the kernels occupy */
-    int is_default; /* the context's NULL stream */
+    int is_default; /* FAKE_STREAM_*: created, the legacy stream, a per-thread default stream */
+    uint64_t thread; /* per-thread default stream: its thread (fake_thread_id) */
     unsigned flags;
     int priority;
     atomic_int refs;
@@ -95,6 +103,7 @@ struct CUstream_st {
     struct fake_op *ring;
     size_t cap, head, count;
     uint64_t submitted, completed;
+    int64_t last_end;  /* when the latest completed operation ended on the device */
     uint64_t wake_at;  /* lowest `completed` a synchronising thread waits for; 0: none */
     int space_waiters; /* submitters waiting for room in a full queue */
     int worker, dying;
@@ -108,6 +117,8 @@ struct CUgraph_st {
     uint64_t capture_id;        /* nonzero while a capture is recording into it */
     struct CUstream_st *origin; /* the stream that began the capture */
     int invalidated;
+    CUstreamCaptureMode mode; /* given to cuStreamBeginCapture */
+    uint64_t thread;          /* the thread that began it (fake_thread_id) */
 };
 
 /* A stream-ordered pool (fake_cuda_mem.c) holds backing memory, `reserved`, charged to its device
@@ -153,6 +164,24 @@ static inline int fake_cuda_device_valid(CUdevice dev) {
     return dev >= 0 && dev < fake_cuda_ndevices;
 }
 
+/* ---- threads and destroyed handles (fake_cuda.c) ------------------------------------------ */
+
+/* A number for the calling thread, never reused in the process (a pthread_t may be). */
+FAKE_HIDDEN uint64_t fake_thread_id(void);
+/* Nonzero while a _ptsz entry point runs on this thread: there the NULL stream is the thread's
+ * per-thread default stream, not the legacy one. */
+FAKE_HIDDEN extern _Thread_local int fake_ptsz_call;
+
+/* Destroyed handles are kept (never freed, so never handed out again) in a bounded graveyard,
+ * so that a later use is recognised and reported on stderr ("fail loudly"): a real driver may
+ * answer CUDA_ERROR_INVALID_HANDLE, or act on a new object that got the same address. `release`
+ * frees the object when it leaves the graveyard. */
+FAKE_HIDDEN void fake_grave_add_locked(void *handle, const char *what, void (*release)(void *));
+/* What a destroyed handle was ("stream", "event", "context"), or NULL. */
+FAKE_HIDDEN const char *fake_grave_find_locked(const void *handle);
+/* Returns rc for an unknown handle, and reports on stderr when it is one that was destroyed. */
+FAKE_HIDDEN CUresult fake_stale_locked(const void *handle, CUresult rc);
+
 /* Device accounting against the node's memory (fake_common.c): charge fails with
  * CUDA_ERROR_OUT_OF_MEMORY rather than exceed the total; uncharge never wraps below zero. */
 FAKE_HIDDEN CUresult fake_dev_charge_locked(int dev, size_t bytes);
@@ -172,20 +201,33 @@ FAKE_HIDDEN int fake_vmm_covers_locked(uintptr_t addr, size_t len, int need_writ
 /* Whether ctx is a live context (fake_cuda_ctx.c). */
 FAKE_HIDDEN int fake_ctx_valid_locked(const struct CUctx_st *ctx);
 
-/* Streams (fake_cuda_exec.c). get resolves a handle, NULL and the special handles meaning the
- * current context's default stream, and takes a reference that put drops. */
+/* Streams (fake_cuda_exec.c). get resolves a handle and takes a reference that put drops:
+ * NULL and CU_STREAM_LEGACY mean the current context's legacy stream, CU_STREAM_PER_THREAD (and
+ * NULL inside a _ptsz entry point) the calling thread's per-thread default stream there. */
 FAKE_HIDDEN CUresult fake_stream_get_locked(CUstream hStream, struct CUstream_st **out);
 FAKE_HIDDEN void fake_stream_put(struct CUstream_st *s);
-/* Appends ops to the queue in order, blocking while it is full. Takes over the ops' event
- * references (also on failure, when they are dropped). */
-FAKE_HIDDEN CUresult fake_stream_enqueue(struct CUstream_st *s, const struct fake_op *ops,
-                                         size_t n);
+/* get, for a call that queues work on the stream or waits for it: the legacy stream cannot be
+ * used while a blocking stream of its context captures (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, and
+ * those captures are invalidated). */
+FAKE_HIDDEN CUresult fake_stream_use_locked(CUstream hStream, struct CUstream_st **out);
+/* Queues ops on s behind its implicit dependencies (the legacy stream waits for the context's
+ * blocking streams, a blocking stream for the legacy one). Takes fake_cuda_lock itself; blocks
+ * while the queue is full. Takes over the ops' references (also on failure, when they are
+ * dropped). */
+FAKE_HIDDEN CUresult fake_stream_submit(struct CUstream_st *s, const struct fake_op *ops,
+                                        size_t n);
+/* Whether the legacy stream synchronizes with s (a created stream without
+ * CU_STREAM_NON_BLOCKING, or a per-thread default stream). */
+FAKE_HIDDEN int fake_stream_blocking(const struct CUstream_st *s);
 /* Detaches a dying context's streams; their queued work still drains. */
 FAKE_HIDDEN void fake_exec_release_ctx_locked(struct CUctx_st *ctx);
 /* Ends capture g on every stream that records into it. */
 FAKE_HIDDEN void fake_exec_uncapture_locked(const struct CUgraph_st *g);
-/* Waits for the current context's default stream (synchronous copies are ordered after it). */
-FAKE_HIDDEN void fake_exec_sync_default(void);
+/* A synchronous call on the legacy stream (copies, memset): waits for it and for the current
+ * context's blocking streams. Fails, as the real driver does, while a blocking stream of the
+ * context captures (CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) or when the thread may not synchronize
+ * during a capture (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED). */
+FAKE_HIDDEN CUresult fake_exec_sync_default(void);
 
 /* Events (fake_cuda_event.c): the device reached record number gen / wait until it has; put
  * drops a reference. The fork hooks keep the event lock consistent across fork(). */
@@ -195,6 +237,8 @@ FAKE_HIDDEN void fake_event_put(struct CUevent_st *ev);
 FAKE_HIDDEN void fake_event_fork_prepare(void);
 FAKE_HIDDEN void fake_event_fork_parent(void);
 FAKE_HIDDEN void fake_event_fork_child(void);
+/* A dying context's events are destroyed with it. */
+FAKE_HIDDEN void fake_event_release_ctx_locked(const struct CUctx_st *ctx);
 
 /* The simulated device (fake_cuda_sim.c): occupies physical device dev for ns nanoseconds of
  * device time, shared with every process on the node; returns when the kernel has ended. */
@@ -213,5 +257,19 @@ FAKE_HIDDEN CUresult fake_graph_append_locked(struct CUgraph_st *g, const struct
 FAKE_HIDDEN struct CUgraph_st *fake_graph_capturing_locked(uint64_t capture_id);
 /* A stream is going away: a capture it began is ended and invalidated. */
 FAKE_HIDDEN void fake_graph_stream_gone_locked(struct CUstream_st *s);
+/* Before a "potentially unsafe" call (one that synchronizes with or queries the device: event
+ * and stream queries and synchronizes, context synchronize, synchronous copies): in the calling
+ * thread's capture interaction mode (cuThreadExchangeStreamCaptureMode), is it prohibited by an
+ * ongoing capture? Global mode: by a capture of this thread not begun in relaxed mode, or by a
+ * global-mode capture of any other thread; thread-local mode: by this thread's own; relaxed:
+ * never. A prohibited call invalidates those captures and fails with
+ * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED. */
+FAKE_HIDDEN CUresult fake_capture_unsafe_locked(void);
+/* Whether a blocking stream of ctx captures (the legacy stream is then unusable); with
+ * invalidate, those captures are invalidated. */
+FAKE_HIDDEN int fake_capture_legacy_locked(const struct CUctx_st *ctx, int invalidate);
+/* A call that synchronizes a whole context: prohibited while any of its streams captures
+ * (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, those captures are invalidated). */
+FAKE_HIDDEN CUresult fake_capture_ctx_sync_locked(const struct CUctx_st *ctx);
 
 #endif /* FLEXAI_FAKE_CUDA_INTERNAL_H */

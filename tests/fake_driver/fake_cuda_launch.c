@@ -283,7 +283,7 @@ static CUresult launch(CUfunction hfunc, const struct launch *l) {
     struct CUfunc_st *f = function_find_locked(hfunc);
     rc = f == NULL ? CUDA_ERROR_INVALID_HANDLE : launch_duration(f, l, &op.ns);
     if (rc == CUDA_SUCCESS)
-        rc = fake_stream_get_locked(l->stream, &s);
+        rc = fake_stream_use_locked(l->stream, &s);
     if (rc != CUDA_SUCCESS) {
         pthread_mutex_unlock(&fake_cuda_lock);
         return rc;
@@ -293,7 +293,7 @@ static CUresult launch(CUfunction hfunc, const struct launch *l) {
         pthread_mutex_unlock(&fake_cuda_lock);
     } else {
         pthread_mutex_unlock(&fake_cuda_lock);
-        rc = fake_stream_enqueue(s, &op, 1);
+        rc = fake_stream_submit(s, &op, 1);
     }
     fake_stream_put(s);
     return rc;

@@ -707,21 +707,28 @@ static CUresult copy(void *dst, const void *src, uintptr_t device_addr, size_t n
     return rc;
 }
 
-/* Synchronous copies and memset are ordered after the work queued on the NULL stream. */
+/* Synchronous copies and memset run on the legacy stream: after the work queued there and on the
+ * context's blocking streams, and not while one of those captures. */
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount) {
-    fake_exec_sync_default();
+    CUresult rc = fake_exec_sync_default();
+    if (rc != CUDA_SUCCESS)
+        return rc;
     return copy((void *)(uintptr_t)dstDevice, srcHost, (uintptr_t)dstDevice, ByteCount, 1);
 }
 
 CUresult cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount) {
-    fake_exec_sync_default();
+    CUresult rc = fake_exec_sync_default();
+    if (rc != CUDA_SUCCESS)
+        return rc;
     return copy(dstHost, (const void *)(uintptr_t)srcDevice, (uintptr_t)srcDevice, ByteCount, 0);
 }
 
 CUresult cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
     struct CUctx_st *ctx;
-    fake_exec_sync_default();
-    CUresult rc = lock_current(1, &ctx);
+    CUresult rc = fake_exec_sync_default();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = lock_current(1, &ctx);
     if (rc != CUDA_SUCCESS)
         return rc;
     if (N > 0 && !range_valid_locked((uintptr_t)dstDevice, N, 1))
