@@ -15,6 +15,12 @@
  * the others in, and the launch itself runs unlocked between fx_gate_enter and fx_gate_leave,
  * counted in `launching` so that a release waits for it. Waits for marks have a bound: work that
  * never finishes (a kernel waiting on the host) cannot hang the process.
+ *
+ * Handles: the gate's events belong to a context (the backend's, e.g. a CUDA context) and are
+ * only recorded on queues of that context; a queue named relative to its thread (the CUDA
+ * per-thread default stream) is marked only by the thread that launched there. The hooks tell
+ * the gate when a queue or a context goes away (fx_gate_forget_queue, fx_gate_forget_context),
+ * so no event or queue of the gate outlives its handle.
  */
 #include "gate.h"
 
@@ -47,8 +53,31 @@
 
 struct fx_mark {
     fx_event_t ev;
+    fx_ctx_t ctx;    /* the event's context */
     uint64_t est_ns; /* estimated GPU time of the launches this mark closes */
-    unsigned kinds;  /* bit k: launches of kind k (enum fx_work) among them */
+    unsigned n[FX_WORK_KINDS]; /* how many of them of each kind (enum fx_work) */
+};
+
+/* An event kept for reuse, with its context. */
+struct fx_spare {
+    fx_event_t ev;
+    fx_ctx_t ctx;
+};
+
+/* Launches not closed by a mark yet. */
+struct fx_unmarked {
+    unsigned launches;
+    uint64_t est_ns;           /* their estimated GPU time */
+    unsigned n[FX_WORK_KINDS]; /* how many of each kind */
+};
+
+/* A queue used since its last mark. */
+struct fx_stream {
+    fx_queue_t q;
+    unsigned flags;
+    fx_ctx_t ctx;
+    uint64_t thread; /* the thread's own queue (fx_thread_self): only it may mark it; 0: any */
+    struct fx_unmarked w;
 };
 
 /* GPU time is measured on the device: a "segment" starts with an event recorded when none of
@@ -64,22 +93,37 @@ struct fx_gate {
     uint64_t busy_ns;     /* GPU time measured during the current lease */
     uint64_t next_admit;  /* holding: skip the scheduler (and its lock) until then */
     struct fx_mark ring[FX_RING];
-    fx_event_t spare[FX_RING];
+    struct fx_spare spare[FX_RING];
     unsigned head, count, nspare;
-    unsigned since_mark;  /* launches since the last mark */
+    unsigned since_mark;  /* launches since the last mark (all of streams[] and loose) */
     uint64_t since_mark_ns; /* their estimated GPU time */
-    unsigned since_kinds;   /* their kinds */
-    fx_queue_t streams[FX_MAX_STREAMS];
-    unsigned stream_flags[FX_MAX_STREAMS];
-    int nstreams;         /* streams used since the last mark (past FX_MAX_STREAMS: unmarked) */
+    struct fx_stream streams[FX_MAX_STREAMS]; /* queues used since their last mark */
+    int nstreams;
+    struct fx_unmarked loose; /* launches no queue holds (past FX_MAX_STREAMS, or on a queue
+                               * that could not be marked): the next mark closes them */
     uint64_t est_ns[FX_WORK_KINDS]; /* estimated GPU time of one launch, by kind */
     fx_event_t seg_start;    /* start of the current busy segment, NULL when none is open */
+    fx_ctx_t seg_ctx;        /* its context: marks of another are estimated, not measured */
     uint64_t seg_counted; /* GPU time of the segment already added to busy_ns */
+    unsigned unmeasured[FX_WORK_KINDS]; /* launches measured since the segment last grew */
     uint64_t last_leave_ns; /* when the last launch through the gate returned */
 };
 
 static struct fx_gate fx_ld[FLEXAI_MAX_DEVICES];
 static pthread_once_t fx_ld_once = PTHREAD_ONCE_INIT;
+static int fx_ld_used; /* a gate was entered: there may be something to forget */
+
+/* The context of the launch between fx_gate_enter and fx_gate_leave on this thread. */
+static __thread fx_ctx_t fx_launch_ctx;
+
+/* A number for the calling thread, never reused in the process (a pthread_t may be). */
+static uint64_t fx_thread_self(void)
+{
+    static uint64_t next = 1;
+    static __thread uint64_t id;
+    if (!id) id = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+    return id;
+}
 
 static void fx_ld_reset(void)
 {
@@ -133,17 +177,47 @@ static void fx_touch(uint32_t dev, struct fx_gate *ld)
     if (ld->holding) fx_ts_touch(fx_self.shm.r, dev, fx_self.pid, now, now + fx_inflight_ns(ld));
 }
 
-static fx_event_t fx_event(struct fx_gate *ld)
+/* An event of context ctx: a spare one, or a new one. */
+static fx_event_t fx_event(struct fx_gate *ld, fx_ctx_t ctx)
 {
     fx_event_t ev = NULL;
-    if (ld->nspare) return ld->spare[--ld->nspare];
-    return fx_backend->event_create(&ev) == 0 ? ev : NULL;
+    for (unsigned i = ld->nspare; i-- > 0;) {
+        if (ld->spare[i].ctx != ctx) continue;
+        ev = ld->spare[i].ev;
+        ld->spare[i] = ld->spare[--ld->nspare];
+        return ev;
+    }
+    return fx_backend->event_create(&ev, ctx) == 0 ? ev : NULL;
 }
 
-static void fx_event_done(struct fx_gate *ld, fx_event_t ev)
+static void fx_event_done(struct fx_gate *ld, fx_event_t ev, fx_ctx_t ctx)
 {
-    if (ld->nspare < FX_RING) ld->spare[ld->nspare++] = ev;
+    if (ld->nspare < FX_RING) ld->spare[ld->nspare++] = (struct fx_spare){ev, ctx};
     else fx_backend->event_destroy(ev);
+}
+
+static void fx_unmarked_add(struct fx_unmarked *to, const struct fx_unmarked *w)
+{
+    to->launches += w->launches;
+    to->est_ns += w->est_ns;
+    for (int k = 0; k < FX_WORK_KINDS; k++) to->n[k] += w->n[k];
+}
+
+/* since_mark* from the queues' unmarked launches and the loose ones. */
+static void fx_recount(struct fx_gate *ld)
+{
+    struct fx_unmarked all = ld->loose;
+    for (int i = 0; i < ld->nstreams; i++) fx_unmarked_add(&all, &ld->streams[i].w);
+    ld->since_mark = all.launches;
+    ld->since_mark_ns = all.est_ns;
+}
+
+/* Every launch counts as marked (charged or given up on by the caller). */
+static void fx_forget_unmarked(struct fx_gate *ld)
+{
+    ld->nstreams = 0;
+    ld->loose = (struct fx_unmarked){0};
+    fx_recount(ld);
 }
 
 /* Add the GPU time from the segment's start to completed mark m, and correct the estimates of
@@ -152,17 +226,33 @@ static void fx_event_done(struct fx_gate *ld, fx_event_t ev)
 static void fx_measure(struct fx_gate *ld, const struct fx_mark *m)
 {
     uint64_t upto = 0;
-    if (!ld->seg_start || fx_backend->event_elapsed_ns(ld->seg_start, m->ev, &upto) != 0) return;
+    if (!ld->seg_start || m->ctx != ld->seg_ctx) {
+        ld->busy_ns += m->est_ns; /* no segment of its context to measure from: estimated */
+        return;
+    }
+    if (fx_backend->event_elapsed_ns(ld->seg_start, m->ev, &upto) != 0) return;
+    /* Marks of several queues complete in any order: the progress a mark shows may include
+     * work of marks that show none. So the progress is weighed against every launch measured
+     * since the segment last grew, at today's estimates (the estimates they were launched with
+     * may be long corrected: weighing against those would correct them again and again). */
+    double est = 0;
+    for (int k = 0; k < FX_WORK_KINDS; k++) {
+        ld->unmeasured[k] += m->n[k];
+        est += (double)ld->unmeasured[k] * (double)ld->est_ns[k];
+    }
     if (upto <= ld->seg_counted) return;
     uint64_t inc = upto - ld->seg_counted;
+    unsigned n[FX_WORK_KINDS];
+    memcpy(n, ld->unmeasured, sizeof n);
+    memset(ld->unmeasured, 0, sizeof ld->unmeasured);
     ld->seg_counted = upto;
     ld->busy_ns += inc;
-    if (!m->est_ns) return;
+    if (est <= 0) return;
     for (int k = 0; k < FX_WORK_KINDS; k++) {
-        if (!(m->kinds & (1u << k))) continue;
+        if (!n[k]) continue;
         /* est *= (3 + inc/est_sum) / 4, in integers */
         uint64_t e = ld->est_ns[k];
-        uint64_t scaled = (uint64_t)((double)e * (double)inc / (double)m->est_ns);
+        uint64_t scaled = (uint64_t)((double)e * (double)inc / est);
         e = (3 * e + scaled) / 4;
         ld->est_ns[k] = e < FX_EST_MIN_NS ? FX_EST_MIN_NS : e;
     }
@@ -170,8 +260,9 @@ static void fx_measure(struct fx_gate *ld, const struct fx_mark *m)
 
 static void fx_segment_end(struct fx_gate *ld)
 {
+    memset(ld->unmeasured, 0, sizeof ld->unmeasured);
     if (!ld->seg_start) return;
-    fx_event_done(ld, ld->seg_start);
+    fx_event_done(ld, ld->seg_start, ld->seg_ctx);
     ld->seg_start = NULL;
 }
 
@@ -182,7 +273,7 @@ static int fx_pop_if_done(struct fx_gate *ld)
     struct fx_mark *m = &ld->ring[ld->head];
     if (fx_backend->event_query(m->ev) == FX_EV_PENDING) return 0;
     fx_measure(ld, m);
-    fx_event_done(ld, m->ev);
+    fx_event_done(ld, m->ev, m->ctx);
     ld->head = (ld->head + 1) % FX_RING;
     ld->count--;
     if (ld->count == 0 && ld->since_mark == 0) fx_segment_end(ld); /* all our work is done */
@@ -199,10 +290,7 @@ static void fx_give_up(struct fx_gate *ld)
     ld->busy_ns += fx_inflight_ns(ld);
     for (; ld->count; ld->count--, ld->head = (ld->head + 1) % FX_RING)
         fx_backend->event_destroy(ld->ring[ld->head].ev);
-    ld->since_mark = 0;
-    ld->since_mark_ns = 0;
-    ld->since_kinds = 0;
-    ld->nstreams = 0;
+    fx_forget_unmarked(ld);
     if (ld->seg_start) fx_backend->event_destroy(ld->seg_start);
     ld->seg_start = NULL;
 }
@@ -229,38 +317,72 @@ static void fx_wait_marks(uint32_t dev, struct fx_gate *ld, uint64_t bound)
     }
 }
 
-static void fx_mark_stream(struct fx_gate *ld, fx_queue_t q, unsigned flags, uint64_t est,
-                           unsigned kinds)
+/* Record a mark behind launches w on queue e; 0 when recorded. A queue that began capturing a
+ * graph meanwhile is left alone (an event recorded there would become part of the user's
+ * graph), and so is one that cannot be used now (the legacy stream while another captures). */
+static int fx_mark_stream(struct fx_gate *ld, const struct fx_stream *e,
+                          const struct fx_unmarked *w)
 {
-    if (ld->count == FX_RING) return;
-    fx_event_t ev = fx_event(ld);
-    if (!ev) return;
-    if (fx_backend->event_record(ev, q, flags) != 0) {
+    if (ld->count == FX_RING || fx_backend->queue_capturing(e->q, e->flags)) return -1;
+    fx_event_t ev = fx_event(ld, e->ctx);
+    if (!ev) return -1;
+    if (fx_backend->event_record(ev, e->q, e->flags, e->ctx) != 0) {
         fx_backend->event_destroy(ev);
-        return;
+        return -1;
     }
-    ld->ring[(ld->head + ld->count) % FX_RING] = (struct fx_mark){ev, est, kinds};
+    struct fx_mark *m = &ld->ring[(ld->head + ld->count) % FX_RING];
+    *m = (struct fx_mark){ev, e->ctx, w->est_ns, {0}};
+    memcpy(m->n, w->n, sizeof m->n);
     ld->count++;
+    return 0;
 }
 
-/* Close the launches since the last mark with one event per stream they used (the first
- * FX_MAX_STREAMS of them). A stream that began capturing a graph meanwhile is left alone: an
- * event recorded there would become part of the user's graph. No device-wide synchronize
- * either: it is illegal while any stream captures. */
+/* Where the unmarked launches on queue `key` are counted: its entry (added when new), or the
+ * loose ones past FX_MAX_STREAMS queues. */
+static struct fx_unmarked *fx_stream_slot(struct fx_gate *ld, const struct fx_stream *key)
+{
+    for (int i = 0; i < ld->nstreams; i++) {
+        const struct fx_stream *e = &ld->streams[i];
+        if (e->q == key->q && e->flags == key->flags && e->ctx == key->ctx &&
+            e->thread == key->thread)
+            return &ld->streams[i].w;
+    }
+    if (ld->nstreams == FX_MAX_STREAMS) return &ld->loose;
+    ld->streams[ld->nstreams] = *key;
+    return &ld->streams[ld->nstreams++].w;
+}
+
+/* The estimate of the unmarked work this thread can mark (not another thread's own queue). */
+static uint64_t fx_markable_ns(const struct fx_gate *ld)
+{
+    uint64_t me = fx_thread_self(), ns = ld->loose.est_ns;
+    for (int i = 0; i < ld->nstreams; i++)
+        if (!ld->streams[i].thread || ld->streams[i].thread == me) ns += ld->streams[i].w.est_ns;
+    return ns;
+}
+
+/* Close the launches since the last mark with one event per queue they used (the first
+ * FX_MAX_STREAMS of them), except another thread's own queue, which that thread marks. What
+ * cannot be marked now goes with the next mark. No device-wide synchronize: it is illegal while
+ * any stream captures. */
 static void fx_mark_all(struct fx_gate *ld)
 {
     if (ld->since_mark == 0) return;
-    int n = ld->nstreams < FX_MAX_STREAMS ? ld->nstreams : FX_MAX_STREAMS;
-    uint64_t est = ld->since_mark_ns;
-    for (int i = 0; i < n; i++) {
-        if (fx_backend->queue_capturing(ld->streams[i], ld->stream_flags[i])) continue;
-        fx_mark_stream(ld, ld->streams[i], ld->stream_flags[i], est, ld->since_kinds);
-        est = 0;
+    uint64_t me = fx_thread_self();
+    struct fx_unmarked carry = ld->loose;
+    int kept = 0;
+    for (int i = 0; i < ld->nstreams; i++) {
+        struct fx_stream e = ld->streams[i];
+        if (e.thread && e.thread != me) {
+            ld->streams[kept++] = e;
+            continue;
+        }
+        fx_unmarked_add(&carry, &e.w);
+        if (fx_mark_stream(ld, &e, &carry) == 0) carry = (struct fx_unmarked){0};
     }
-    ld->since_mark = 0;
-    ld->since_mark_ns = 0;
-    ld->since_kinds = 0;
-    ld->nstreams = 0;
+    ld->nstreams = kept;
+    ld->loose = carry;
+    fx_recount(ld);
 }
 
 /* A busy segment must not stretch over time the device spent idle for us (the program was busy
@@ -275,10 +397,7 @@ static void fx_settle_idle(struct fx_gate *ld, uint64_t now)
     uint64_t tail = ld->since_mark_ns, paused = now - ld->last_leave_ns;
     if (paused <= FX_IDLE_GAP_NS || paused <= 2 * tail) return;
     ld->busy_ns += tail;
-    ld->since_mark = 0;
-    ld->since_mark_ns = 0;
-    ld->since_kinds = 0;
-    ld->nstreams = 0;
+    fx_forget_unmarked(ld);
     fx_segment_end(ld);
 }
 
@@ -292,6 +411,12 @@ static void fx_release_lease(uint32_t dev, struct fx_gate *ld)
     while (ld->launching) fx_wait(ld, FX_POLL_NS);
     fx_mark_all(ld);
     fx_wait_marks(dev, ld, 0);
+    /* What no mark of this thread could close (another thread's own queue, a queue that takes
+     * no mark now) is charged at its estimate, and the segment ends: it must not stay open
+     * over the wait for the next lease. */
+    ld->busy_ns += ld->since_mark_ns;
+    fx_forget_unmarked(ld);
+    fx_segment_end(ld);
     if (fx_shm_lock(&fx_self.shm, NULL) == 0) {
         fx_ts_release(r, fx_self.slice, fx_self.pid, dev, ld->busy_ns, fx_now_ns());
         fx_shm_unlock(&fx_self.shm);
@@ -415,9 +540,14 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
     if (quiet) return NULL;
     uint32_t dev = fx_current_dev();
     if (dev == FX_NONE || !fx_needs_gate(r, dev, &now)) return NULL;
-    /* work captured into a graph is not run now: it is gated when the graph is launched */
+    /* work captured into a graph is not run now: it is gated when the graph is launched (and
+     * the legacy stream while a blocking stream captures must not get a mark either) */
     if (fx_backend->queue_capturing(stream, flags)) return NULL;
+    fx_ctx_t ctx = fx_backend->queue_context ? fx_backend->queue_context(stream, flags) : NULL;
+    fx_launch_ctx = ctx;
     pthread_once(&fx_ld_once, fx_ld_init);
+    if (!__atomic_load_n(&fx_ld_used, __ATOMIC_RELAXED))
+        __atomic_store_n(&fx_ld_used, 1, __ATOMIC_RELEASE);
     struct fx_gate *ld = &fx_ld[dev];
     pthread_mutex_lock(&ld->mu);
     fx_settle_idle(ld, fx_now_ns());
@@ -430,9 +560,12 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
         fx_wait_marks(dev, ld, bound);
         /* nothing of ours in flight: the GPU is idle for us, a new busy segment starts here */
         if (!ld->seg_start && ld->count == 0 && ld->since_mark == 0 && !ld->launching) {
-            ld->seg_start = fx_event(ld);
+            ld->seg_start = fx_event(ld, ctx);
+            ld->seg_ctx = ctx;
             ld->seg_counted = 0;
-            if (ld->seg_start && fx_backend->event_record(ld->seg_start, stream, flags) != 0) {
+            memset(ld->unmeasured, 0, sizeof ld->unmeasured);
+            if (ld->seg_start &&
+                fx_backend->event_record(ld->seg_start, stream, flags, ctx) != 0) {
                 fx_backend->event_destroy(ld->seg_start);
                 ld->seg_start = NULL;
             }
@@ -451,24 +584,91 @@ void fx_gate_leave(struct fx_gate *ld, int submitted, fx_queue_t stream, unsigne
     pthread_mutex_lock(&ld->mu);
     ld->launching--;
     if (submitted) {
-        int known = 0;
-        for (int i = 0; i < ld->nstreams && i < FX_MAX_STREAMS; i++)
-            if (ld->streams[i] == stream && ld->stream_flags[i] == flags) known = 1;
-        if (!known && ld->nstreams < FX_MAX_STREAMS) {
-            ld->streams[ld->nstreams] = stream;
-            ld->stream_flags[ld->nstreams++] = flags;
-        } else if (!known) {
-            ld->nstreams = FX_MAX_STREAMS + 1;
-        }
+        struct fx_unmarked w = {1, ld->est_ns[kind], {0}};
+        w.n[kind] = 1;
+        fx_ctx_t ctx = fx_launch_ctx;
+        uint64_t thread = fx_backend->queue_per_thread &&
+                                  fx_backend->queue_per_thread(stream, flags)
+                              ? fx_thread_self()
+                              : 0;
+        struct fx_stream key = {stream, flags, ctx, thread, {0}};
+        fx_unmarked_add(fx_stream_slot(ld, &key), &w);
         ld->since_mark++;
-        ld->since_mark_ns += ld->est_ns[kind];
-        ld->since_kinds |= 1u << kind;
+        ld->since_mark_ns += w.est_ns;
         fx_touch(ld->dev, ld);
         uint64_t now = fx_now_ns();
         int lone = now - ld->last_leave_ns > FX_IDLE_GAP_NS; /* launches come slowly */
         ld->last_leave_ns = now;
-        if (lone || ld->since_mark_ns >= FX_INFLIGHT_SHORT_NS / FX_MARKS_PER_BOUND)
+        if (lone || fx_markable_ns(ld) >= FX_INFLIGHT_SHORT_NS / FX_MARKS_PER_BOUND)
             fx_mark_all(ld);
     }
     pthread_mutex_unlock(&ld->mu);
+}
+
+/* ---- handles going away -------------------------------------------------------------------- */
+
+/* Each gate that was ever used, locked in turn. */
+#define FX_EACH_GATE(ld)                                                                       \
+    for (struct fx_gate *ld = fx_ld; ld < fx_ld + FLEXAI_MAX_DEVICES; ld++)
+
+void fx_gate_forget_queue(fx_queue_t queue)
+{
+    if (!__atomic_load_n(&fx_ld_used, __ATOMIC_ACQUIRE)) return;
+    FX_EACH_GATE(ld) {
+        if (!__atomic_load_n(&ld->nstreams, __ATOMIC_RELAXED)) continue;
+        pthread_mutex_lock(&ld->mu);
+        int kept = 0;
+        for (int i = 0; i < ld->nstreams; i++) {
+            struct fx_stream e = ld->streams[i];
+            if (e.q != queue) {
+                ld->streams[kept++] = e;
+                continue;
+            }
+            /* its work still runs after the queue is destroyed: close it with a mark now */
+            struct fx_unmarked w = e.w;
+            fx_unmarked_add(&w, &ld->loose);
+            ld->loose = (struct fx_unmarked){0};
+            if (fx_mark_stream(ld, &e, &w) != 0) ld->loose = w;
+        }
+        ld->nstreams = kept;
+        fx_recount(ld);
+        pthread_mutex_unlock(&ld->mu);
+    }
+}
+
+void fx_gate_forget_context(fx_ctx_t ctx, int alive)
+{
+    if (!__atomic_load_n(&fx_ld_used, __ATOMIC_ACQUIRE)) return;
+    FX_EACH_GATE(ld) {
+        pthread_mutex_lock(&ld->mu);
+        /* marks of the context: their work ends with it, charged at its estimate */
+        unsigned kept = 0;
+        for (unsigned i = 0; i < ld->count; i++) {
+            struct fx_mark m = ld->ring[(ld->head + i) % FX_RING];
+            if (m.ctx != ctx) {
+                ld->ring[(ld->head + kept++) % FX_RING] = m;
+                continue;
+            }
+            ld->busy_ns += m.est_ns;
+            if (alive) fx_backend->event_destroy(m.ev);
+        }
+        ld->count = kept;
+        for (unsigned i = ld->nspare; i-- > 0;) {
+            if (ld->spare[i].ctx != ctx) continue;
+            if (alive) fx_backend->event_destroy(ld->spare[i].ev);
+            ld->spare[i] = ld->spare[--ld->nspare];
+        }
+        int n = 0;
+        for (int i = 0; i < ld->nstreams; i++) {
+            if (ld->streams[i].ctx == ctx) ld->busy_ns += ld->streams[i].w.est_ns;
+            else ld->streams[n++] = ld->streams[i];
+        }
+        ld->nstreams = n;
+        fx_recount(ld);
+        if (ld->seg_start && ld->seg_ctx == ctx) {
+            if (alive) fx_backend->event_destroy(ld->seg_start);
+            ld->seg_start = NULL; /* later marks of other contexts are estimated */
+        }
+        pthread_mutex_unlock(&ld->mu);
+    }
 }

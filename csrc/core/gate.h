@@ -26,4 +26,12 @@ struct fx_gate *fx_gate_enter(fx_queue_t queue, unsigned flags, int32_t *status)
 void fx_gate_leave(struct fx_gate *g, int submitted, fx_queue_t queue, unsigned flags,
                    enum fx_work kind);
 
+/* Handles going away, told by the hooks so the gate never uses them afterwards.
+ * A queue about to be destroyed: its unmarked work is closed with a mark now (while the queue
+ * can still take one). A context about to be destroyed (alive: its events can still be
+ * destroyed) or already gone with everything in it (alive 0: they are only dropped): the gate
+ * forgets its events, marks and queues, and charges their unmeasured work at its estimate. */
+void fx_gate_forget_queue(fx_queue_t queue);
+void fx_gate_forget_context(fx_ctx_t ctx, int alive);
+
 #endif

@@ -1,6 +1,17 @@
 /* backend_cuda.c - the CUDA backend: lazy initialization of the shim (configuration, the real
  * driver, the node's state) and the table of operations the vendor-free core uses (devices by
  * UUID, events, capture checks, error codes). See core/backend.h for each operation's contract.
+ *
+ * Stream capture: while any thread captures a graph in global mode, a "potentially unsafe" call
+ * (an event query, a synchronize) from a thread in global mode invalidates that capture, and the
+ * user's torch.cuda.graph fails. So the gate's queries run in relaxed capture mode
+ * (cuThreadExchangeStreamCaptureMode, set and restored around each). And while a blocking
+ * stream captures, the legacy stream cannot be used at all (cuStreamIsCapturing(NULL) answers
+ * CUDA_ERROR_STREAM_CAPTURE_IMPLICIT): it then counts as capturing, so no mark goes there.
+ *
+ * Contexts: an event can only be recorded on a stream of its own context, and the NULL stream
+ * means the current context's: events are created, and recorded on the NULL stream, with the
+ * gate's context pushed when it is not the current one.
  */
 #include <dlfcn.h>
 #include <stdio.h>
@@ -77,10 +88,54 @@ static int fx_cuda_current_device(void)
 
 #define FX_PTSZ 1u /* queue flag: the per-thread default stream's variant of the entry point */
 
-static int fx_cuda_event_create(fx_event_t *ev)
+/* Run the next driver call in relaxed capture mode: it then never invalidates a capture of this
+ * or another thread. Returns the mode to restore. */
+static CUstreamCaptureMode fx_relaxed_begin(void)
+{
+    CUstreamCaptureMode mode = FX_CU_STREAM_CAPTURE_MODE_RELAXED;
+    if (fx_cu.cuThreadExchangeStreamCaptureMode &&
+        fx_cu.cuThreadExchangeStreamCaptureMode(&mode) != CUDA_SUCCESS)
+        mode = FX_CU_STREAM_CAPTURE_MODE_RELAXED; /* unchanged: nothing to restore */
+    return mode;
+}
+
+static void fx_relaxed_end(CUstreamCaptureMode mode)
+{
+    if (fx_cu.cuThreadExchangeStreamCaptureMode && mode != FX_CU_STREAM_CAPTURE_MODE_RELAXED)
+        fx_cu.cuThreadExchangeStreamCaptureMode(&mode);
+}
+
+static int fx_special_stream(fx_queue_t q)
+{
+    return q == NULL || q == CU_STREAM_LEGACY || q == CU_STREAM_PER_THREAD;
+}
+
+/* Make ctx current for the next call unless it is: 1 when pushed (pop it with fx_ctx_pop), 0
+ * when nothing was needed, -1 when it could not be made current. */
+static int fx_ctx_push(fx_ctx_t ctx)
+{
+    CUcontext cur = NULL;
+    if (!ctx || !fx_cu.cuCtxGetCurrent || fx_cu.cuCtxGetCurrent(&cur) != CUDA_SUCCESS ||
+        cur == (CUcontext)ctx)
+        return 0;
+    if (!fx_cu.cuCtxPushCurrent_v2 || !fx_cu.cuCtxPopCurrent_v2) return -1;
+    return fx_cu.cuCtxPushCurrent_v2((CUcontext)ctx) == CUDA_SUCCESS ? 1 : -1;
+}
+
+static void fx_ctx_pop(int pushed)
+{
+    CUcontext popped = NULL;
+    if (pushed == 1) fx_cu.cuCtxPopCurrent_v2(&popped);
+}
+
+static int fx_cuda_event_create(fx_event_t *ev, fx_ctx_t ctx)
 {
     CUevent e = NULL;
-    if (fx_cu.cuEventCreate(&e, 0) != CUDA_SUCCESS) return -1;
+    int pushed = fx_ctx_push(ctx);
+    if (pushed < 0) return -1;
+    CUresult rc = fx_cu.cuEventCreate(&e, 0);
+    fx_ctx_pop(pushed);
+    if (rc != CUDA_SUCCESS) return -1;
     *ev = e;
     return 0;
 }
@@ -90,16 +145,21 @@ static void fx_cuda_event_destroy(fx_event_t ev)
     if (fx_cu.cuEventDestroy_v2) fx_cu.cuEventDestroy_v2(ev);
 }
 
-static int fx_cuda_event_record(fx_event_t ev, fx_queue_t q, unsigned flags)
+static int fx_cuda_event_record(fx_event_t ev, fx_queue_t q, unsigned flags, fx_ctx_t ctx)
 {
+    int pushed = fx_special_stream(q) ? fx_ctx_push(ctx) : 0; /* NULL: ctx's stream */
+    if (pushed < 0) return -1;
     CUresult rc = (flags & FX_PTSZ) && fx_cu.cuEventRecord_ptsz ? fx_cu.cuEventRecord_ptsz(ev, q)
                                                                 : fx_cu.cuEventRecord(ev, q);
+    fx_ctx_pop(pushed);
     return rc == CUDA_SUCCESS ? 0 : -1;
 }
 
 static enum fx_event_state fx_cuda_event_query(fx_event_t ev)
 {
+    CUstreamCaptureMode mode = fx_relaxed_begin();
     CUresult rc = fx_cu.cuEventQuery(ev);
+    fx_relaxed_end(mode);
     if (rc == CUDA_SUCCESS) return FX_EV_DONE;
     return rc == (CUresult)FX_CUDA_ERROR_NOT_READY ? FX_EV_PENDING : FX_EV_ERROR;
 }
@@ -109,7 +169,11 @@ static int fx_cuda_event_elapsed_ns(fx_event_t start, fx_event_t end, uint64_t *
     __typeof__(fx_cu.cuEventElapsedTime) elapsed =
         fx_cu.cuEventElapsedTime_v2 ? fx_cu.cuEventElapsedTime_v2 : fx_cu.cuEventElapsedTime;
     float ms = 0;
-    if (!elapsed || elapsed(&ms, start, end) != CUDA_SUCCESS || ms < 0) return -1;
+    if (!elapsed) return -1;
+    CUstreamCaptureMode mode = fx_relaxed_begin();
+    CUresult rc = elapsed(&ms, start, end);
+    fx_relaxed_end(mode);
+    if (rc != CUDA_SUCCESS || ms < 0) return -1;
     *ns = (uint64_t)((double)ms * 1e6);
     return 0;
 }
@@ -119,7 +183,25 @@ static int fx_cuda_queue_capturing(fx_queue_t q, unsigned flags)
     CUstreamCaptureStatus st = 0;
     __typeof__(fx_cu.cuStreamIsCapturing) is_capturing =
         (flags & FX_PTSZ) ? fx_cu.cuStreamIsCapturing_ptsz : fx_cu.cuStreamIsCapturing;
-    return is_capturing && is_capturing(q, &st) == CUDA_SUCCESS && st != 0;
+    if (!is_capturing) return 0;
+    CUresult rc = is_capturing(q, &st);
+    /* the legacy stream while a blocking stream captures: unusable, as good as capturing */
+    if (rc == (CUresult)FX_CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) return 1;
+    return rc == CUDA_SUCCESS && st != 0;
+}
+
+static fx_ctx_t fx_cuda_queue_context(fx_queue_t q, unsigned flags)
+{
+    CUcontext ctx = NULL;
+    (void)flags;
+    if (fx_special_stream(q))
+        return fx_cu.cuCtxGetCurrent && fx_cu.cuCtxGetCurrent(&ctx) == CUDA_SUCCESS ? ctx : NULL;
+    return fx_cu.cuStreamGetCtx && fx_cu.cuStreamGetCtx(q, &ctx) == CUDA_SUCCESS ? ctx : NULL;
+}
+
+static int fx_cuda_queue_per_thread(fx_queue_t q, unsigned flags)
+{
+    return q == CU_STREAM_PER_THREAD || (q == NULL && (flags & FX_PTSZ));
 }
 
 /* ---- errors ------------------------------------------------------------------------------- */
@@ -151,6 +233,8 @@ static const struct fx_backend fx_cuda_backend = {
     .event_query = fx_cuda_event_query,
     .event_elapsed_ns = fx_cuda_event_elapsed_ns,
     .queue_capturing = fx_cuda_queue_capturing,
+    .queue_context = fx_cuda_queue_context,
+    .queue_per_thread = fx_cuda_queue_per_thread,
     .error_code = fx_cuda_error_code,
 };
 

@@ -7,6 +7,7 @@
  * quota, and never more free memory than the device really has. */
 #include <pthread.h>
 
+#include "gate.h"
 #include "log.h"
 #include "shim.h"
 #include "track.h"
@@ -297,6 +298,7 @@ FX_EXPORT CUresult cuCtxDestroy_v2(CUcontext ctx)
         fx_track_find(FX_T_OWNER, owner, &dev);
         fx_track_owner_mark(owner);
     }
+    if (ctx) fx_gate_forget_context(ctx, 1); /* the compute gate's events die with it */
     CUresult rc = fx_cu.cuCtxDestroy_v2(ctx);
     return fx_teardown_end(rc, owner, rc == CUDA_SUCCESS, fx_ordinal_of_dev(dev), dev);
 }
@@ -308,6 +310,7 @@ FX_EXPORT CUresult cuDevicePrimaryCtxReset_v2(CUdevice dev)
     FX_ENTER(cuDevicePrimaryCtxReset_v2);
     uint64_t owner = fx_primary_owner(dev);
     if (owner) fx_track_owner_mark(owner);
+    if (owner) fx_gate_forget_context((fx_ctx_t)(uintptr_t)owner, 1);
     CUresult rc = fx_cu.cuDevicePrimaryCtxReset_v2(dev);
     return fx_teardown_end(rc, owner, rc == CUDA_SUCCESS, dev, fx_dev_of_ordinal(dev));
 }
@@ -320,6 +323,7 @@ FX_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
     if (owner) fx_track_owner_mark(owner);
     CUresult rc = fx_cu.cuDevicePrimaryCtxRelease_v2(dev);
     int ended = rc == CUDA_SUCCESS && fx_primary_state(dev) == 0;
+    if (ended && owner) fx_gate_forget_context((fx_ctx_t)(uintptr_t)owner, 0); /* gone */
     return fx_teardown_end(rc, owner, ended, dev, fx_dev_of_ordinal(dev));
 }
 
