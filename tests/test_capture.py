@@ -53,12 +53,13 @@ def _quiet(r: Run) -> None:
                                                ("relaxed", False)])
 def test_sim_unsafe_call_of_another_thread_invalidates_only_a_global_capture(
         run_client, tmp_path, mode, invalidated):
-    # The other thread (global mode, the default) synchronizes its own stream during the capture.
+    # The other thread (global mode, the default) polls an event behind its own work during the
+    # capture, as NCCL's watchdog does.
     r = run_client("init", "ctx", "0", "module", "capmt", mode, "4", "10", "1", preload=NATIVE,
                    env=_sim(tmp_path))
     cap = r.op("capmt")
     assert cap["launch"] == 0
-    assert cap["neighbour_sync"] == (CAPTURE_UNSUPPORTED if invalidated else 0)
+    assert cap["neighbour_query"] == (CAPTURE_UNSUPPORTED if invalidated else 0)
     assert cap["end"] == (CAPTURE_INVALIDATED if invalidated else 0)
     assert cap["graph"] == cap["end"] and cap["sync"] == 0
 
@@ -173,3 +174,27 @@ def test_per_thread_default_streams_are_capped(clients, state_dir, tmp_path):
     assert sat["rc"] == 0 and sat["sync"] == 0
     assert 0.03 < sat["fraction"] <= 0.30 + CAP_MARGIN, sat
     _quiet(r)
+
+
+# ---- on a real GPU: NVIDIA's driver answers as the simulated one does -----------------------
+
+@pytest.mark.gpu
+def test_nvidia_driver_enforces_capture_as_the_simulated_one(clients, tmp_path):
+    # The same client operations without flexai on the real driver: where NVIDIA's answers
+    # differ, the simulated driver (and the tests above) must be taught first.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXAI_")}
+    env.pop("LD_PRELOAD", None)
+    ops = ["init", "ctx", "0", "module"]
+    for mode in ("global", "thread", "relaxed"):
+        ops += ["capmt", mode, "4", "10", "1"]
+    ops += ["caplegacy", "relaxed", "20", "2", "legacyuse"]
+    proc = subprocess.run([str(clients["client"]), "--via", "dlsym", *ops], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    r = Run(proc)
+    caps = [(c["neighbour_query"], c["end"]) for c in r.lines if c["op"] == "capmt"]
+    assert caps == [(CAPTURE_UNSUPPORTED, CAPTURE_INVALIDATED), (0, 0), (0, 0)], r.lines
+    legacy = r.op("caplegacy")
+    assert (legacy["implicit"], legacy["end"], legacy["launch"]) == (CAPTURE_IMPLICIT, 0, 0)
+    use = r.op("legacyuse")
+    assert (use["launch"], use["end"]) == (CAPTURE_IMPLICIT, CAPTURE_INVALIDATED), r.lines

@@ -68,6 +68,7 @@
     X(StreamCreate, cuStreamCreate, "cuStreamCreate")                                          \
     X(EventCreate, cuEventCreate, "cuEventCreate")                                             \
     X(EventRecord, cuEventRecord, "cuEventRecord")                                             \
+    X(EventQuery, cuEventQuery, "cuEventQuery")                                                \
     X(StreamDestroy, cuStreamDestroy_v2, "cuStreamDestroy")                                    \
     X(StreamSynchronize, cuStreamSynchronize, "cuStreamSynchronize")                           \
     X(StreamIsCapturing, cuStreamIsCapturing, "cuStreamIsCapturing")                           \
@@ -257,21 +258,27 @@ static CUresult launch_on(CUstream s)
 
 struct worker {
     CUcontext ctx;
-    int n, sync;       /* launches; then synchronize the stream (an "unsafe" call) */
+    int n, query;      /* launches; then query an event behind them (an "unsafe" call) */
     double until;      /* saturate: launch until then (us) */
-    CUresult rc, sync_rc;
+    CUresult rc, sync_rc; /* capmt: the query's answer */
     long units;
 };
 
-/* capmt: launches n kernels on a stream of its own, then optionally synchronizes it. */
+/* capmt: launches n kernels on a stream of its own, then optionally polls an event recorded
+ * behind them until it is not CUDA_ERROR_NOT_READY (as NCCL's watchdog does). */
 static void *capture_neighbour(void *arg)
 {
     struct worker *w = arg;
     CUstream t = NULL;
+    CUevent e = NULL;
     w->rc = cu.CtxSetCurrent(w->ctx);
     if (w->rc == 0) w->rc = cu.StreamCreate(&t, CU_STREAM_NON_BLOCKING);
     for (int k = 0; k < w->n && w->rc == 0; k++) w->rc = launch_on(t);
-    w->sync_rc = w->sync && w->rc == 0 ? cu.StreamSynchronize(t) : 0;
+    if (w->query && w->rc == 0) w->rc = cu.EventCreate(&e, 0);
+    if (w->query && w->rc == 0) w->rc = cu.EventRecord(e, t);
+    if (w->query && w->rc == 0) {
+        while ((w->sync_rc = cu.EventQuery(e)) == 600) usleep(100);
+    }
     return NULL;
 }
 
@@ -652,10 +659,11 @@ int main(int argc, char **argv)
             free(d);
             i += 3;
         } else if (strcmp(op, "capmt") == 0) {
-            /* capmt MODE N US SYNC: this thread captures a stream in MODE (global, thread,
-             * relaxed) while another thread launches N US-us kernels on a stream of its own (then
-             * synchronizes it when SYNC is 1); then ends the capture, runs the graph and waits.
-             * Reports the capture's end, the other thread's launches and synchronize. */
+            /* capmt MODE N US QUERY: this thread captures a stream in MODE (global, thread,
+             * relaxed) while another thread launches N US-us kernels on a stream of its own
+             * (then, when QUERY is 1, polls an event behind them); then ends the capture, runs
+             * the graph and waits. Reports the capture's end, the other thread's launches and
+             * the answer to its query. */
             NEED(4);
             CUstreamCaptureMode mode = parse_mode(ARG(1));
             struct worker w = {NULL, atoi(ARG(2)), atoi(ARG(4)), 0, 0, 0, 0};
@@ -676,7 +684,7 @@ int main(int argc, char **argv)
             if (run == 0) run = cu.GraphLaunch(exec, s);
             CUresult sync = cu.CtxSynchronize();
             printf("{\"op\":\"capmt\",\"rc\":%d,\"end\":%d,\"graph\":%d,\"launch\":%d,"
-                   "\"neighbour_sync\":%d,\"sync\":%d}\n", rc, end, run, w.rc, w.sync_rc, sync);
+                   "\"neighbour_query\":%d,\"sync\":%d}\n", rc, end, run, w.rc, w.sync_rc, sync);
             i += 4;
         } else if (strcmp(op, "caplegacy") == 0) {
             /* caplegacy MODE N ROUNDS: ROUNDS times: N 1-us kernels on the legacy stream, then
