@@ -151,32 +151,35 @@ static int32_t fx_reserve_retry(uint32_t dev, uint64_t bytes)
     return st;
 }
 
-/* Whether the calling thread's current context is one cuCtxCreate made (it carries its own
- * overhead), not the primary one. */
-static int fx_current_is_created(void)
+/* Whether `owner` (the calling thread's current context) is one cuCtxCreate made (it carries
+ * its own overhead), not the primary one. */
+static int fx_is_created(uint64_t owner)
 {
     uint32_t d;
-    uint64_t owner = fx_owner_current();
     return owner && fx_track_find(FX_T_OWNER, owner, &d) == 0;
 }
 
-/* Reserve for an allocation on node device dev. A primary context the program goes on using
- * after a reset is created again by the driver: its overhead is charged again first. */
-static int32_t fx_reserve_alloc(uint32_t dev, uint64_t bytes)
+/* Reserve for an allocation on node device dev in context `owner` (asked of the driver once
+ * per allocation: it is a driver call). A primary context the program goes on using after a
+ * reset is created again by the driver: its overhead is charged again first. */
+static int32_t fx_reserve_alloc(uint32_t dev, uint64_t bytes, uint64_t owner)
 {
     uint32_t charged;
-    int32_t st = fx_current_is_created() ? FLEXAI_OK : fx_ctx_charge(dev, &charged);
+    int32_t st = fx_is_created(owner) ? FLEXAI_OK : fx_ctx_charge(dev, &charged);
     return st != FLEXAI_OK ? st : fx_reserve_retry(dev, bytes);
 }
 
-#define FX_RESERVE_WITH(reserve, dev, bytes)                                                   \
+/* Memory of the current context (owner), and memory that needs none (VMM). */
+#define FX_RESERVE(dev, bytes, owner)                                                          \
     do {                                                                                       \
-        int32_t st_ = reserve((dev), (bytes));                                                 \
+        int32_t st_ = fx_reserve_alloc((dev), (bytes), (owner));                               \
         if (st_ != FLEXAI_OK) return fx_cuda_error(st_);                                       \
     } while (0)
-/* Memory of the current context (or a stream's), and memory that needs none (VMM). */
-#define FX_RESERVE(dev, bytes) FX_RESERVE_WITH(fx_reserve_alloc, dev, bytes)
-#define FX_RESERVE_DEVICE(dev, bytes) FX_RESERVE_WITH(fx_reserve_retry, dev, bytes)
+#define FX_RESERVE_DEVICE(dev, bytes)                                                          \
+    do {                                                                                       \
+        int32_t st_ = fx_reserve_retry((dev), (bytes));                                        \
+        if (st_ != FLEXAI_OK) return fx_cuda_error(st_);                                       \
+    } while (0)
 
 /* Remember an allocation; a key the driver handed out again was freed behind our back (a
  * teardown racing with this allocation): its old charge goes back. */
@@ -361,10 +364,11 @@ FX_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 {
     FX_ENTER(cuMemAlloc_v2);
     uint32_t dev = fx_current_dev();
-    FX_RESERVE(dev, bytesize);
+    uint64_t owner = fx_owner_current();
+    FX_RESERVE(dev, bytesize, owner);
     CUresult rc = fx_cu.cuMemAlloc_v2(dptr, bytesize);
     return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev,
-                         fx_owner_current());
+                         owner);
 }
 
 FX_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags)
@@ -372,10 +376,11 @@ FX_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigne
     /* Charged in full to the current device: it may all migrate there. */
     FX_ENTER(cuMemAllocManaged);
     uint32_t dev = fx_current_dev();
-    FX_RESERVE(dev, bytesize);
+    uint64_t owner = fx_owner_current();
+    FX_RESERVE(dev, bytesize, owner);
     CUresult rc = fx_cu.cuMemAllocManaged(dptr, bytesize, flags);
     return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev,
-                         fx_owner_current());
+                         owner);
 }
 
 FX_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes,
@@ -388,7 +393,8 @@ FX_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t 
     uint64_t rounded =
         WidthInBytes > UINT64_MAX - 511 ? UINT64_MAX : (WidthInBytes + 511) & ~511ULL;
     uint64_t guess = fx_mul_sat(rounded, Height);
-    FX_RESERVE(dev, guess);
+    uint64_t owner = fx_owner_current();
+    FX_RESERVE(dev, guess, owner);
     CUresult rc = fx_cu.cuMemAllocPitch_v2(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
     if (rc != CUDA_SUCCESS) return fx_alloc_done(rc, FX_T_PTR, 0, guess, dev, 0);
     uint64_t actual = fx_mul_sat(*pPitch, Height);
@@ -398,7 +404,7 @@ FX_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t 
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     if (actual < guess) fx_release(dev, guess - actual);
-    fx_remember(FX_T_PTR, *dptr, actual, dev, fx_owner_current());
+    fx_remember(FX_T_PTR, *dptr, actual, dev, owner);
     return rc;
 }
 
@@ -796,10 +802,11 @@ FX_EXPORT CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTO
     if (!desc) return fx_cu.cuArrayCreate_v2(pHandle, desc);
     uint32_t dev = fx_current_dev();
     uint64_t size = fx_array_bytes(desc->Width, desc->Height, 1, desc->Format, desc->NumChannels);
-    FX_RESERVE(dev, size);
+    uint64_t owner = fx_owner_current();
+    FX_RESERVE(dev, size, owner);
     CUresult rc = fx_cu.cuArrayCreate_v2(pHandle, desc);
     return fx_alloc_done(rc, FX_T_ARRAY, rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0,
-                         size, dev, fx_owner_current());
+                         size, dev, owner);
 }
 
 FX_EXPORT CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *desc)
@@ -809,10 +816,11 @@ FX_EXPORT CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCR
     uint32_t dev = fx_current_dev();
     uint64_t size =
         fx_array_bytes(desc->Width, desc->Height, desc->Depth, desc->Format, desc->NumChannels);
-    FX_RESERVE(dev, size);
+    uint64_t owner = fx_owner_current();
+    FX_RESERVE(dev, size, owner);
     CUresult rc = fx_cu.cuArray3DCreate_v2(pHandle, desc);
     return fx_alloc_done(rc, FX_T_ARRAY, rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0,
-                         size, dev, fx_owner_current());
+                         size, dev, owner);
 }
 
 FX_EXPORT CUresult cuArrayDestroy(CUarray hArray)
@@ -839,10 +847,11 @@ FX_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle,
         h = h > 1 ? h / 2 : h;
         d = d > 1 ? d / 2 : d;
     }
-    FX_RESERVE(dev, size);
+    uint64_t owner = fx_owner_current();
+    FX_RESERVE(dev, size, owner);
     CUresult rc = fx_cu.cuMipmappedArrayCreate(pHandle, desc, numMipmapLevels);
     return fx_alloc_done(rc, FX_T_MIPMAP, rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0,
-                         size, dev, fx_owner_current());
+                         size, dev, owner);
 }
 
 FX_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray h)
