@@ -66,6 +66,7 @@
     X(GraphInstantiate, cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags")            \
     X(GraphLaunch, cuGraphLaunch, "cuGraphLaunch")                                             \
     X(StreamCreate, cuStreamCreate, "cuStreamCreate")                                          \
+    X(LaunchHostFunc, cuLaunchHostFunc, "cuLaunchHostFunc")                                    \
     X(EventCreate, cuEventCreate, "cuEventCreate")                                             \
     X(EventRecord, cuEventRecord, "cuEventRecord")                                             \
     X(EventQuery, cuEventQuery, "cuEventQuery")                                                \
@@ -256,13 +257,39 @@ static CUresult launch_on(CUstream s)
     return cu.LaunchKernel(sleep_fn, 1, 1, 1, 32, 1, 1, 0, s, kernel_params, NULL);
 }
 
+/* hostblock: a host function that holds its stream for `hold_ms` (a kernel waiting on the
+ * host, as NCCL's proxy or a data loader's callback can make one). */
+static double hold_ms;
+static void hold_host(void *arg)
+{
+    (void)arg;
+    usleep((useconds_t)(hold_ms * 1000.0));
+}
+
 struct worker {
     CUcontext ctx;
     int n, query;      /* launches; then query an event behind them (an "unsafe" call) */
     double until;      /* saturate: launch until then (us) */
     CUresult rc, sync_rc; /* capmt: the query's answer */
     long units;
+    double max_us;     /* hostblock: the longest launch */
 };
+
+/* hostblock's other thread: launches on a stream of its own until w->until, timing each. */
+static void *hostblock_other(void *arg)
+{
+    struct worker *w = arg;
+    CUstream b = NULL;
+    w->rc = cu.CtxSetCurrent(w->ctx);
+    if (w->rc == 0) w->rc = cu.StreamCreate(&b, CU_STREAM_NON_BLOCKING);
+    while (w->rc == 0 && now_us() < w->until) {
+        double t = now_us();
+        if ((w->rc = launch_on(b)) == 0) w->units++;
+        if (now_us() - t > w->max_us) w->max_us = now_us() - t;
+    }
+    if (w->rc == 0) w->sync_rc = cu.StreamSynchronize(b);
+    return NULL;
+}
 
 /* capmt: launches n kernels on a stream of its own, then optionally polls an event recorded
  * behind them until it is not CUDA_ERROR_NOT_READY (as NCCL's watchdog does). */
@@ -775,6 +802,33 @@ int main(int argc, char **argv)
             }
             REPORT(rc);
             i += 2;
+        } else if (strcmp(op, "hostblock") == 0) {
+            /* hostblock US HOLD_MS MS: on stream A, one US-us kernel, a host function that holds
+             * A for HOLD_MS, then kernels on A (their work waits behind the host); meanwhile
+             * another thread launches US-us kernels on stream B for MS ms and reports the
+             * longest time one of its launches took (us): work waiting on the host must not
+             * stall the process's other launching threads, nor hang it */
+            NEED(3);
+            kernel_us = (uint32_t)atoi(ARG(1));
+            hold_ms = atof(ARG(2));
+            CUstream a = NULL;
+            struct worker w = {NULL, 0, 0, 0, 0, 0, 0};
+            pthread_t tid;
+            rc = cu.CtxGetCurrent(&w.ctx);
+            if (rc == 0) rc = cu.StreamCreate(&a, CU_STREAM_NON_BLOCKING);
+            if (rc == 0) rc = launch_on(a);
+            if (rc == 0) rc = cu.LaunchHostFunc(a, hold_host, NULL);
+            w.until = now_us() + atof(ARG(3)) * 1000.0;
+            if (rc == 0) pthread_create(&tid, NULL, hostblock_other, &w);
+            double a_start = now_us();
+            for (int k = 0; rc == 0 && k < 50; k++) rc = launch_on(a);
+            double a_took = now_us() - a_start;
+            if (rc == 0) pthread_join(tid, NULL);
+            CUresult sync = cu.CtxSynchronize();
+            printf("{\"op\":\"hostblock\",\"rc\":%d,\"other_rc\":%d,\"sync\":%d,"
+                   "\"other_launches\":%ld,\"other_max_us\":%.0f,\"a_launch_us\":%.0f}\n",
+                   rc, w.rc, sync, w.units, w.max_us, a_took);
+            i += 3;
         } else if (strcmp(op, "saturatemt") == 0) {
             /* saturatemt US MS THREADS: THREADS threads keep their default stream (their
              * per-thread one with --via ptsz) busy with US-us kernels for MS ms; reports the

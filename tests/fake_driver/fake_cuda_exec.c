@@ -256,6 +256,14 @@ static void op_run(const struct CUstream_st *s, const struct fake_op *op, int64_
         fake_event_wait(op->event, op->gen);
         fake_event_put(op->event);
         break;
+    case FAKE_OP_HOST: {
+        /* the stream waits for the host: what follows starts when the function returned */
+        op->fn(op->data);
+        int64_t end = fake_now_ns();
+        if (end > *last_end)
+            *last_end = end;
+        break;
+    }
     case FAKE_OP_WAIT_STREAM: {
         int64_t end = stream_wait_until(op->stream, op->gen);
         if (end > *last_end)
@@ -599,6 +607,31 @@ static CUresult stream_query(CUstream hStream) {
 
 CUresult cuStreamQuery(CUstream hStream) {
     return stream_query(hStream);
+}
+
+/* A host function runs on the stream's worker when the work before it is done; the stream
+ * waits for it (work after it starts when it has returned), as on a GPU. Not inside a capture:
+ * the simulated graphs hold kernels only. */
+CUresult cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData) {
+    struct CUstream_st *s;
+    CUresult rc = fake_cuda_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (fn == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&fake_cuda_lock);
+    rc = fake_stream_use_locked(hStream, &s);
+    if (rc == CUDA_SUCCESS && s->capture != NULL) {
+        fake_stream_put(s);
+        rc = CUDA_ERROR_NOT_SUPPORTED;
+    }
+    pthread_mutex_unlock(&fake_cuda_lock);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    struct fake_op op = {.kind = FAKE_OP_HOST, .at = fake_now_ns(), .fn = fn, .data = userData};
+    rc = fake_stream_submit(s, &op, 1);
+    fake_stream_put(s);
+    return rc;
 }
 
 static CUresult stream_get_ctx(CUstream hStream, CUcontext *pctx, CUgreenCtx *pGreenCtx) {

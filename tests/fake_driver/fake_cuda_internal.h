@@ -66,6 +66,7 @@ enum fake_op_kind {
     FAKE_OP_KERNEL = 1,  /* occupies the device for ns */
     FAKE_OP_RECORD,      /* event reaches record number gen */
     FAKE_OP_WAIT,        /* stream waits until event has reached record number gen */
+    FAKE_OP_HOST,        /* the host function fn(data) runs on the stream's worker */
     FAKE_OP_WAIT_STREAM, /* stream waits until `stream` has completed gen operations (the
                           * legacy stream's implicit synchronization) */
 };
@@ -79,6 +80,8 @@ struct fake_op {
     struct CUstream_st *stream;
     uint64_t gen;
     int64_t at; /* when it was submitted (CLOCK_MONOTONIC ns) */
+    CUhostFn fn; /* FAKE_OP_HOST */
+    void *data;
 };
 
 /* CUstream_st.is_default: the context's legacy NULL stream, or a thread's per-thread one. */
