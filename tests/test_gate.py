@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-HOLD_MS = 3000
+HOLD_MS = 6000
 
 
 def test_work_waiting_on_the_host_neither_stalls_other_threads_nor_hangs(run_client, tmp_path):
@@ -25,5 +25,6 @@ def test_work_waiting_on_the_host_neither_stalls_other_threads_nor_hangs(run_cli
     # the other thread's launches never waited out the host's hold (they did, on the gate's lock)
     assert hb["other_max_us"] < HOLD_MS * 1000 / 3, hb
     # nor did the blocked stream's own launches: the gate stops waiting for marks that make no
-    # progress (it once waited the whole hold, and for ever for a host that never lets go)
-    assert hb["a_launch_us"] < HOLD_MS * 1000 * 2 / 3, hb
+    # progress after 200 ms each time (it once waited the whole hold, and for ever for a host
+    # that never lets go); 50 launches then take at most about ten such waits
+    assert hb["a_launch_us"] < HOLD_MS * 1000 / 2, hb

@@ -693,7 +693,7 @@ int main(int argc, char **argv)
              * the answer to its query. */
             NEED(4);
             CUstreamCaptureMode mode = parse_mode(ARG(1));
-            struct worker w = {NULL, atoi(ARG(2)), atoi(ARG(4)), 0, 0, 0, 0};
+            struct worker w = {NULL, atoi(ARG(2)), atoi(ARG(4)), 0, 0, 0, 0, 0};
             CUstream s = NULL;
             CUgraph graph = NULL;
             CUgraphExec exec = NULL;
@@ -812,7 +812,7 @@ int main(int argc, char **argv)
             kernel_us = (uint32_t)atoi(ARG(1));
             hold_ms = atof(ARG(2));
             CUstream a = NULL;
-            struct worker w = {NULL, 0, 0, 0, 0, 0, 0};
+            struct worker w = {NULL, 0, 0, 0, 0, 0, 0, 0};
             pthread_t tid;
             rc = cu.CtxGetCurrent(&w.ctx);
             if (rc == 0) rc = cu.StreamCreate(&a, CU_STREAM_NON_BLOCKING);
@@ -843,7 +843,7 @@ int main(int argc, char **argv)
             kernel_us = (uint32_t)atoi(ARG(1));
             rc = cu.CtxGetCurrent(&ctx);
             for (int k = 0; k < n && k < 16; k++) {
-                w[k] = (struct worker){ctx, 0, 0, start + atof(ARG(2)) * 1000.0, 0, 0, 0};
+                w[k] = (struct worker){ctx, 0, 0, start + atof(ARG(2)) * 1000.0, 0, 0, 0, 0};
                 pthread_create(&tid[k], NULL, saturate_thread, &w[k]);
             }
             for (int k = 0; k < n && k < 16; k++) {
