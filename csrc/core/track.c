@@ -226,17 +226,8 @@ out:
 
 int fx_track_find(int kind, uint64_t key, uint32_t *dev)
 {
-    int rc = -1;
-    pthread_mutex_lock(&fx_tab_mu);
-    if (fx_cap != 0) {
-        size_t s = fx_lookup(key, (uint32_t)kind);
-        if (fx_tab[s].kind) {
-            *dev = fx_tab[s].dev;
-            rc = 0;
-        }
-    }
-    pthread_mutex_unlock(&fx_tab_mu);
-    return rc;
+    uint64_t size;
+    return fx_track_get(kind, key, &size, dev);
 }
 
 static void fx_owner_set_mark(uint64_t owner, uint16_t from, uint16_t to)
