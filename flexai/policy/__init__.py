@@ -58,6 +58,7 @@ in order (see ``queue`` for the aging and blocking rules).
 from __future__ import annotations
 
 from .decide import Decision, apply_decision, decide, make_policy
+from .fgd import DEFAULT_WORKLOAD, FGD, Flexai, Workload
 from .policies import BestFit, DotProduct, FirstFit, GpuPacking, Policy, RandomFit
 from .preempt import EVICTABLE, plan_preemption
 from .registry import DEFAULT_POLICY, POLICIES
@@ -80,7 +81,8 @@ from .types import (
 )
 
 __all__ = [
-    "COMPUTE_FULL", "DEFAULT_POLICY", "EVICTABLE", "POLICIES", "PRIORITIES", "WHERE",
+    "COMPUTE_FULL", "DEFAULT_POLICY", "DEFAULT_WORKLOAD", "EVICTABLE", "POLICIES", "PRIORITIES",
+    "WHERE", "FGD", "Flexai", "Workload",
     "Allocation", "BestFit", "Decision", "DotProduct", "Evict", "FirstFit", "GpuPacking",
     "GpuView", "NodeView", "Place", "Policy", "PoolState", "PoolView", "Preempt", "RandomFit",
     "Request", "Shrink", "SliceView", "Wait", "apply_decision", "decide", "make_policy",

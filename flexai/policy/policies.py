@@ -27,6 +27,9 @@ class Policy:
     the earlier candidate, i.e. node order then GPU order)."""
 
     name = "policy"
+    #: Scan only the first of GPUs alike on a node (they score the same); False for policies
+    #: that draw among all of them.
+    distinct = True
 
     def choose(self, request: Request, state: PoolState) -> Union[Place, Wait]:
         """Where ``request`` should go now on ``state``, or why it cannot start.
@@ -41,14 +44,14 @@ class Policy:
             if request.gpus and not state.has_gpu[origin]:
                 return Wait(f"origin node {request.origin!r} has no GPU and the request is "
                             "local-only")
-            cand = state.candidates(request, only=origin)
+            cand = state.candidates(request, only=origin, distinct=self.distinct)
         elif request.where == "prefer-local" and origin is not None and (
                 state.has_gpu[origin] or not request.gpus):
-            cand = state.candidates(request, only=origin)
+            cand = state.candidates(request, only=origin, distinct=self.distinct)
             if not len(cand):
-                cand = state.candidates(request)
+                cand = state.candidates(request, distinct=self.distinct)
         else:
-            cand = state.candidates(request)
+            cand = state.candidates(request, distinct=self.distinct)
         if not len(cand):
             return Wait(self._why(request, state, origin))
         pick = self.pick(request, state, cand, origin if request.where == "anywhere" else None)
@@ -145,6 +148,7 @@ class RandomFit(Policy):
     """A place drawn uniformly from those where the request fits (seeded, reproducible)."""
 
     name = "random-fit"
+    distinct = False
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

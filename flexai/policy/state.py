@@ -85,6 +85,15 @@ class PoolState:
         self.gpu_cap = np.maximum(self.exists.sum(axis=1) * COMPUTE_FULL, 1)
         self.has_gpu = self.exists.any(axis=1)
         self.stamp = np.zeros(n, dtype=np.int64)
+        # first[n, j]: GPU j is the first of node n in its (free, total, model) class; a GPU
+        # like an earlier one on the same node scores the same, so scans may skip it
+        self.first = self.exists.copy()
+        for j in range(1, self.exists.shape[1]):
+            same = ((self.cfree[:, :j] == self.cfree[:, j:j + 1])
+                    & (self.mfree[:, :j] == self.mfree[:, j:j + 1])
+                    & (self.mtot[:, :j] == self.mtot[:, j:j + 1])
+                    & (self.model[:, :j] == self.model[:, j:j + 1]) & self.exists[:, :j])
+            self.first[:, j] &= ~same.any(axis=1)
         self.cache: dict = {}  # per-policy caches that live with this state (see fgd.py)
         self._model_masks: dict = {}
 
@@ -175,8 +184,10 @@ class PoolState:
             ok &= self.hmem >= r.host_memory
         return ok
 
-    def candidates(self, r: Request, only: Optional[int] = None) -> Candidates:
-        """Every place the request fits now (all nodes, or only node ``only``)."""
+    def candidates(self, r: Request, only: Optional[int] = None,
+                   distinct: bool = False) -> Candidates:
+        """Every place the request fits now (all nodes, or only node ``only``); with
+        ``distinct``, only the first of GPUs alike on a node (see ``first``)."""
         node_ok = self.node_ok(r)
         if only is not None:
             keep = np.zeros_like(node_ok)
@@ -188,6 +199,8 @@ class PoolState:
         mask = self.model_mask(r.models)
         if r.gpus == 1:
             fit = mask & (self.cfree >= r.compute) & node_ok[:, None]
+            if distinct:
+                fit &= self.first
             if r.memory:
                 fit &= self.mfree >= r.memory
             nodes, cols = np.nonzero(fit)
@@ -261,7 +274,7 @@ class PoolState:
             self.mfree[n, c] -= dm
         self.cpu[n] -= r.cpu_milli
         self.hmem[n] -= r.host_memory
-        self.stamp[n] += 1
+        self._changed(n)
         return Allocation(n, tuple(cols), tuple(compute), tuple(memory), r.cpu_milli,
                           r.host_memory)
 
@@ -272,7 +285,19 @@ class PoolState:
             self.mfree[a.node, c] += dm
         self.cpu[a.node] += a.cpu_milli
         self.hmem[a.node] += a.host_memory
-        self.stamp[a.node] += 1
+        self._changed(a.node)
+
+    def _changed(self, n: int) -> None:
+        """Node ``n`` changed: bump its stamp, recompute its ``first`` row."""
+        self.stamp[n] += 1
+        seen = set()
+        row = self.first[n]
+        for j in range(row.size):
+            if self.exists[n, j]:
+                key = (int(self.cfree[n, j]), int(self.mfree[n, j]), int(self.mtot[n, j]),
+                       int(self.model[n, j]))
+                row[j] = key not in seen
+                seen.add(key)
 
     # ---- totals (for reports and tests) ----------------------------------------------------------
 
