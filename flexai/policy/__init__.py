@@ -50,8 +50,9 @@ Fast state for large pools (``state``): ``PoolState.from_view(view)`` or
 ``alloc = state.place(request, place)`` (ValueError if it does not fit), ``state.release(alloc)``,
 ``state.copy()``, ``state.compute_allocated()``, ``state.compute_capacity()``.
 
-Queueing (``queue``): ``Queue(aging=AGING_SECONDS)`` with ``push(key, request, now)``,
-``remove(key)``, ``ordered(now) -> [(key, request)]``, ``len()``, ``in``; and
+Queueing (``queue``): ``Queue(aging=AGING_SECONDS)`` (300 s per level) with
+``push(key, request, now)``, ``remove(key)``, ``ordered(now) -> [(key, request)]``,
+``effective_rank(key, now)``, ``since(key)``, ``len()``, ``in``; and
 ``schedule_queue(queue, view, now, policy="flexai") -> [(key, decision)]``: what can start now,
 in order (see ``queue`` for the aging and blocking rules).
 """
@@ -61,26 +62,28 @@ from .decide import Decision, apply_decision, decide, make_policy
 from .fgd import DEFAULT_WORKLOAD, FGD, Flexai, Workload
 from .policies import BestFit, DotProduct, FirstFit, GpuPacking, Policy, RandomFit
 from .preempt import EVICTABLE, plan_preemption
+from .queue import AGING_SECONDS, Queue, schedule_queue
 from .registry import DEFAULT_POLICY, POLICIES
 from .state import Allocation, PoolState
 from .types import (
-                    COMPUTE_FULL,
-                    PRIORITIES,
-                    WHERE,
-                    Evict,
-                    GpuView,
-                    NodeView,
-                    Place,
-                    PoolView,
-                    Preempt,
-                    Request,
-                    Shrink,
-                    SliceView,
-                    Wait,
-                    priority_rank,
+    COMPUTE_FULL,
+    PRIORITIES,
+    WHERE,
+    Evict,
+    GpuView,
+    NodeView,
+    Place,
+    PoolView,
+    Preempt,
+    Request,
+    Shrink,
+    SliceView,
+    Wait,
+    priority_rank,
 )
 
 __all__ = [
+    "AGING_SECONDS", "Queue", "schedule_queue",
     "COMPUTE_FULL", "DEFAULT_POLICY", "DEFAULT_WORKLOAD", "EVICTABLE", "POLICIES", "PRIORITIES",
     "WHERE", "FGD", "Flexai", "Workload",
     "Allocation", "BestFit", "Decision", "DotProduct", "Evict", "FirstFit", "GpuPacking",
