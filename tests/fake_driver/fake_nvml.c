@@ -7,15 +7,21 @@
  *
  * Memory: like real NVML, the device-wide usage of every process on the node (the fake libcuda
  * keeps it in the node's shared memory file, fake_common.c).
+ *
+ * Health: FLEXAI_SIM_LOST_FILE names a file listing the NVML indices of devices that have
+ * "fallen off the bus"; per-device queries on them answer NVML_ERROR_GPU_IS_LOST, read afresh on
+ * every query, so a test can break and mend a device under a running process.
  */
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "fake.h"
 
 #define NVML_DRIVER_VERSION "580.00-sim"
+#define FAKE_NVML_ERROR_GPU_IS_LOST ((nvmlReturn_t)15) /* NVML_ERROR_GPU_IS_LOST */
 
 struct nvmlDevice_st {
     unsigned int index;
@@ -84,6 +90,8 @@ static int initialized(void) {
 }
 
 const char *nvmlErrorString(nvmlReturn_t result) {
+    if (result == FAKE_NVML_ERROR_GPU_IS_LOST) /* not among the shim header's codes */
+        return "GPU is lost";
     switch (result) {
     case NVML_SUCCESS: return "Success";
     case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
@@ -185,7 +193,28 @@ static const struct nvmlDevice_st *device_check(nvmlDevice_t device) {
     return NULL;
 }
 
-/* Prologue of per-device queries: initialised, known handle, output pointer. */
+/* Whether FLEXAI_SIM_LOST_FILE lists the device (indices separated by blanks or commas). */
+static int device_lost(unsigned int index) {
+    const char *path = getenv("FLEXAI_SIM_LOST_FILE");
+    char buf[256];
+    size_t n = 0;
+    FILE *f = path != NULL && *path != '\0' ? fopen(path, "re") : NULL;
+    if (f == NULL)
+        return 0;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    for (char *save = NULL, *tok = strtok_r(buf, " ,\t\n", &save); tok != NULL;
+         tok = strtok_r(NULL, " ,\t\n", &save)) {
+        char *end = NULL;
+        unsigned long v = strtoul(tok, &end, 10);
+        if (end != tok && *end == '\0' && v == index)
+            return 1;
+    }
+    return 0;
+}
+
+/* Prologue of per-device queries: initialised, known handle, output pointer, not lost. */
 static nvmlReturn_t device_query(nvmlDevice_t device, const void *out,
                                  const struct nvmlDevice_st **dev) {
     if (!initialized())
@@ -193,6 +222,8 @@ static nvmlReturn_t device_query(nvmlDevice_t device, const void *out,
     *dev = device_check(device);
     if (*dev == NULL || out == NULL)
         return NVML_ERROR_INVALID_ARGUMENT;
+    if (device_lost((*dev)->index))
+        return FAKE_NVML_ERROR_GPU_IS_LOST;
     return NVML_SUCCESS;
 }
 

@@ -1,0 +1,293 @@
+"""The extender's view of the cluster and its decisions: which nodes a pod fits (filter), how
+good each is (prioritize), and which GPU(s) of the chosen node it gets (bind), all through
+:mod:`flexai.policy` on one incremental :class:`~flexai.policy.PoolState`.
+
+The view is built from the node annotation ``flexai.io/gpus`` the device plugins write and from
+the pods the extender placed (its own binds at once; every pod carrying ``flexai.io/allocation``
+at each resync, so a restarted extender and finished pods are caught up).
+
+No lock convoys (HAMi's bind timeouts with thousands of pending pods): one lock guards the
+in-memory state and is held only for array work (tens of microseconds); the API server is
+never called under it. A bind reserves its GPU under the lock, then writes the pod's annotation
+and the binding outside it, and gives the reservation back if either fails.
+
+This module must never decide with anything but flexai.policy, and never call the API server
+while holding its lock.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..policy import GpuView, NodeView, Place, PoolState, PoolView, Request, make_policy
+from ..policy.state import Candidates
+from .resources import (
+    ANNOTATION_ALLOCATION,
+    ANNOTATION_NODE_GPUS,
+    MIB,
+    Allocation,
+    NodeGpu,
+    PodRequest,
+    decode_node_gpus,
+    slice_name,
+)
+
+log = logging.getLogger("flexai.k8s.extender")
+
+NO_GPUS = "flexai: no GPUs reported for this node (no healthy GPU in its flexai.io/gpus annotation)"
+
+
+@dataclass
+class _Held:
+    """A pod's reservation in the state."""
+
+    node: str
+    gpus: tuple
+    request: Request
+    since: float
+    gen: int = -1
+    taken: object = None  # the state's Allocation while gen is current
+
+
+def _describe(r: Request) -> str:
+    mem = f"{r.memory // MIB} MiB" if r.memory else "all its memory"
+    if r.gpus > 1:
+        return f"{r.gpus} whole free GPUs"
+    return f"a GPU with {r.compute}% compute and {mem} free"
+
+
+class Cluster:
+    """Nodes, reservations and the policy (thread-safe).
+
+    Parameters
+    ----------
+    policy : str
+        A name in :data:`flexai.policy.POLICIES` (default ``flexai``).
+    """
+
+    def __init__(self, policy: str = "flexai") -> None:
+        self.policy = make_policy(policy)
+        self._lock = threading.Lock()
+        self._nodes: dict[str, tuple[str, tuple[NodeGpu, ...]]] = {}
+        self._held: dict[str, _Held] = {}
+        self._requests: "OrderedDict[str, PodRequest]" = OrderedDict()
+        self._state: Optional[PoolState] = None
+        self._gen = 0
+
+    # ---- inputs ------------------------------------------------------------------------------
+
+    def update_nodes(self, nodes: list[dict], complete: bool = False) -> None:
+        """Take node objects (annotations read); ``complete``: the list is every node, so
+        nodes not in it are forgotten."""
+        fresh = {}
+        for node in nodes:
+            meta = node.get("metadata") or {}
+            name = meta.get("name")
+            raw = (meta.get("annotations") or {}).get(ANNOTATION_NODE_GPUS)
+            if not name:
+                continue
+            old = self._nodes.get(name)
+            if old is not None and old[0] == raw:
+                fresh[name] = old
+                continue
+            try:
+                gpus = decode_node_gpus(raw) if raw else ()
+            except ValueError as exc:
+                log.error("node %s: %s", name, exc)
+                gpus = ()
+            fresh[name] = (raw, gpus)
+        with self._lock:
+            changed = False
+            for name, entry in fresh.items():
+                if self._nodes.get(name) is not entry:
+                    self._nodes[name] = entry
+                    changed = True
+            if complete:
+                for name in set(self._nodes) - set(fresh):
+                    del self._nodes[name]
+                    changed = True
+            if changed:
+                self._state = None
+
+    def remember(self, uid: str, request: PodRequest) -> None:
+        """Keep a pod's request from its filter call for its bind call (which carries none)."""
+        with self._lock:
+            self._requests[uid] = request
+            self._requests.move_to_end(uid)
+            while len(self._requests) > 20000:
+                self._requests.popitem(last=False)
+
+    def request_of(self, uid: str) -> Optional[PodRequest]:
+        with self._lock:
+            return self._requests.get(uid)
+
+    def sync_pods(self, pods: list[dict], started: float) -> None:
+        """Reservations from the pods' ``flexai.io/allocation`` annotations (a list taken at
+        ``started``): pods gone or finished are released, unknown ones are taken."""
+        from .resources import pod_request
+
+        live: dict[str, _Held] = {}
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            ann = (meta.get("annotations") or {}).get(ANNOTATION_ALLOCATION)
+            if not ann or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            try:
+                a = Allocation.from_json(ann)
+                req = pod_request(pod)
+            except ValueError as exc:
+                log.error("pod %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
+                continue
+            if req is not None:
+                live[meta.get("uid", "")] = _Held(a.node, a.gpus, req.to_request(), a.time)
+        with self._lock:
+            for uid in [u for u, h in self._held.items() if u not in live and h.since < started]:
+                del self._held[uid]
+                self._state = None
+            for uid, h in live.items():
+                if uid not in self._held:
+                    self._held[uid] = h
+                    self._state = None
+
+    # ---- the state ---------------------------------------------------------------------------
+
+    def _current(self) -> PoolState:
+        """The state (rebuilt after node or reservation changes); call under the lock."""
+        if self._state is not None:
+            return self._state
+        views = []
+        for name, (_, gpus) in sorted(self._nodes.items()):
+            views.append(NodeView(name, tuple(
+                GpuView(g.index, g.model, g.memory, g.memory, 100) for g in gpus if g.healthy)))
+        state = PoolState.from_view(PoolView(tuple(views)))
+        self._gen += 1
+        for uid, h in self._held.items():
+            try:
+                h.taken, h.gen = state.place(h.request, Place(h.node, h.gpus, False)), self._gen
+            except ValueError as exc:
+                log.warning("reservation of pod %s on %s no longer fits: %s", uid, h.node, exc)
+                h.taken, h.gen = None, -1
+        self._state = state
+        return state
+
+    # ---- decisions ---------------------------------------------------------------------------
+
+    def filter(self, request: Request, names: list[str]) -> tuple[list[str], dict, dict]:
+        """``(fitting names, {name: reason} failed, {name: reason} unresolvable)``: a node
+        whose GPUs could never hold the request is unresolvable (preemption would not help)."""
+        with self._lock:
+            state = self._current()
+            cand = state.candidates(request, distinct=True)
+            fits = np.zeros(len(state.names), bool)
+            fits[cand.node] = True
+            ok = state.model_mask(request.models) & (state.mtot >= request.memory)
+            could = ok.sum(axis=1) >= max(request.gpus, 1)
+            index = state.node_index
+        passing, failed, never = [], {}, {}
+        busy = f"flexai: no room now, needs {_describe(request)}"
+        small = f"flexai: its GPUs can never hold {_describe(request)}" + (
+            f" of model {'/'.join(sorted(request.models))}" if request.models else "")
+        for name in names:
+            i = index.get(name)
+            if i is None:
+                never[name] = NO_GPUS
+            elif fits[i]:
+                passing.append(name)
+            elif could[i]:
+                failed[name] = busy
+            else:
+                never[name] = small if state.has_gpu[i] else NO_GPUS
+        return passing, failed, never
+
+    def _scored(self, state: PoolState, request: Request, only: np.ndarray) -> tuple:
+        cand = state.candidates(request, distinct=self.policy.distinct)
+        sel = np.isin(cand.node, only)
+        cand = Candidates(cand.node[sel], cand.col[sel])
+        if not len(cand):
+            return cand, np.zeros(0)
+        return cand, np.asarray(self.policy.score(request, state, cand), dtype=np.float64)
+
+    def prioritize(self, request: Request, names: list[str]) -> list[tuple[str, int]]:
+        """An integer 0..10 per name: 10 for the policy's best node, 0 where it does not fit."""
+        with self._lock:
+            state = self._current()
+            idx = np.array([state.node_index.get(n, -1) for n in names], np.int64)
+            cand, scores = self._scored(state, request, idx[idx >= 0])
+            best = np.full(len(state.names) + 1, np.inf)
+            if len(cand):
+                np.minimum.at(best, cand.node, scores)
+        mine = best[idx]  # -1 -> the extra inf slot
+        finite = mine[np.isfinite(mine)]
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        out = []
+        for name, s in zip(names, mine):
+            if not np.isfinite(s):
+                out.append((name, 0))
+            elif hi <= lo:
+                out.append((name, 10))
+            else:
+                out.append((name, int(round(10 * (hi - s) / (hi - lo)))))
+        return out
+
+    def reserve(self, uid: str, request: Request, node: str) -> Place:
+        """Choose the GPU(s) of ``node`` for the pod and take them (idempotent per uid).
+
+        Raises
+        ------
+        ValueError
+            When the pod no longer fits there (the reason in words).
+        """
+        with self._lock:
+            state = self._current()
+            h = self._held.get(uid)
+            if h is not None:
+                if h.node == node:
+                    return Place(node, h.gpus, False)
+                raise ValueError(f"pod already holds GPUs on {h.node!r}")
+            i = state.node_index.get(node)
+            if i is None:
+                raise ValueError(f"{node!r}: {NO_GPUS}")
+            cand, scores = self._scored(state, request, np.array([i]))
+            if not len(cand):
+                raise ValueError(f"{node!r} has no room now: the pod needs "
+                                 f"{_describe(request)}")
+            k = int(np.argmin(scores))
+            place = state.to_place(request, int(cand.node[k]), int(cand.col[k]))
+            taken = state.place(request, place)
+            self._held[uid] = _Held(node, place.gpus, request, time.time(), self._gen, taken)
+            return place
+
+    def release(self, uid: str) -> None:
+        """Give back a reservation (a bind that failed)."""
+        with self._lock:
+            h = self._held.pop(uid, None)
+            if h is None:
+                return
+            if h.gen == self._gen and self._state is not None and h.taken is not None:
+                self._state.release(h.taken)
+            else:
+                self._state = None
+
+    def uuids(self, node: str, gpus: tuple) -> tuple:
+        with self._lock:
+            by_index = {g.index: g.uuid for g in self._nodes.get(node, ("", ()))[1]}
+        return tuple(by_index.get(i, "") for i in gpus)
+
+    def allocation(self, namespace: str, name: str, uid: str, pod: PodRequest,
+                   place: Place) -> Allocation:
+        """The ``flexai.io/allocation`` annotation for a reserved pod."""
+        r = pod.to_request()
+        return Allocation(place.node, place.gpus, self.uuids(place.node, place.gpus),
+                          r.memory if r.gpus == 1 else 0, r.compute, r.priority,
+                          slice_name(namespace, name, uid), pod.container, time.time())
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"nodes": len(self._nodes), "reservations": len(self._held)}
+

@@ -1,0 +1,160 @@
+"""The scheduler extender (``flexai k8s extender``): kube-scheduler's HTTP/JSON extender protocol
+(``filter``, ``prioritize``, ``bind``) answered by :class:`~flexai.k8s.cluster.Cluster`.
+
+Wire format, as kube-scheduler's extender/v1 types have no JSON tags: top-level keys are
+PascalCase (``Pod``, ``Nodes``, ``NodeNames``, ``FailedNodes``, ``FailedAndUnresolvableNodes``,
+``Error``, ``Host``, ``Score``, ``PodName``, ``PodNamespace``, ``PodUID``, ``Node``); the
+Kubernetes objects inside keep their camelCase. A score is an integer 0..10 (a float fails the
+whole answer). In node-cache mode (``nodeCacheCapable: true``) the scheduler sends
+``NodeNames`` and the answer is ``NodeNames`` (only names it sent); otherwise it sends full
+``Nodes`` and gets ``Nodes`` back. Answers are written with TCP_NODELAY (``httpserve``).
+
+Bind writes the pod's ``flexai.io/allocation`` annotation (the device plugin reads it) and then
+the binding; see ``cluster`` for why nothing here waits on a lock while the API server answers.
+This module must never decide placement itself (the policy does) nor print.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Optional
+
+from .cluster import Cluster
+from .httpserve import JsonServer
+from .kubeapi import KubeApi, KubeApiError
+from .resources import ANNOTATION_ALLOCATION, ANNOTATION_ASSIGNED, LABEL_ALLOCATED, pod_request
+
+log = logging.getLogger("flexai.k8s.extender")
+
+
+def _names(nodes: Optional[dict]) -> list[str]:
+    return [((n.get("metadata") or {}).get("name") or "") for n in (nodes or {}).get("items") or []]
+
+
+class Extender:
+    """The three verbs over a :class:`Cluster` and (for bind and resync) an API client."""
+
+    def __init__(self, cluster: Cluster, api: Optional[KubeApi] = None) -> None:
+        self.cluster = cluster
+        self.api = api
+
+    # ---- verbs -------------------------------------------------------------------------------
+
+    def filter(self, args: dict) -> dict:
+        """ExtenderArgs -> ExtenderFilterResult."""
+        args = args or {}
+        pod = args.get("Pod") or {}
+        full = args.get("Nodes") is not None
+        items = (args.get("Nodes") or {}).get("items") or []
+        if full:
+            self.cluster.update_nodes(items)
+            names = _names(args.get("Nodes"))
+        else:
+            names = list(args.get("NodeNames") or [])
+        failed: dict[str, str] = {}
+        never: dict[str, str] = {}
+        try:
+            req = pod_request(pod)
+        except ValueError as exc:
+            req, passing = None, []
+            never = {n: f"flexai: {exc}" for n in names}
+        else:
+            if req is None:
+                passing = names
+            else:
+                uid = (pod.get("metadata") or {}).get("uid") or ""
+                self.cluster.remember(uid, req)
+                passing, failed, never = self.cluster.filter(req.to_request(), names)
+        result: dict[str, Any] = {"FailedNodes": failed, "FailedAndUnresolvableNodes": never,
+                                  "Error": ""}
+        if full:
+            keep = set(passing)
+            result["Nodes"] = {"metadata": {}, "items": [
+                n for n in items if (n.get("metadata") or {}).get("name") in keep]}
+            result["NodeNames"] = None
+        else:
+            result["Nodes"] = None
+            result["NodeNames"] = passing
+        return result
+
+    def prioritize(self, args: dict) -> list[dict]:
+        """ExtenderArgs -> HostPriorityList (integer scores 0..10)."""
+        args = args or {}
+        full = args.get("Nodes") is not None
+        names = _names(args.get("Nodes")) if full else list(args.get("NodeNames") or [])
+        try:
+            req = pod_request(args.get("Pod") or {})
+        except ValueError:
+            req = None
+        if req is None:
+            return [{"Host": n, "Score": 0} for n in names]
+        return [{"Host": n, "Score": int(s)}
+                for n, s in self.cluster.prioritize(req.to_request(), names)]
+
+    def bind(self, args: dict) -> dict:
+        """ExtenderBindingArgs -> ExtenderBindingResult."""
+        args = args or {}
+        name, ns = args.get("PodName") or "", args.get("PodNamespace") or ""
+        uid, node = args.get("PodUID") or "", args.get("Node") or ""
+        if not (name and ns and node):
+            return {"Error": "flexai: bind needs PodName, PodNamespace and Node"}
+        if self.api is None:
+            return {"Error": "flexai: the extender has no API server to bind with "
+                             "(run it in a pod, or pass --kube-api)"}
+        try:
+            req = self.cluster.request_of(uid)
+            if req is None:  # not filtered by this extender (restarted since): read the pod
+                req = pod_request(self.api.get_pod(ns, name))
+            if req is None:
+                self.api.bind(ns, name, uid, node)
+                return {"Error": ""}
+            place = self.cluster.reserve(uid, req.to_request(), node)
+        except (ValueError, KubeApiError) as exc:
+            return {"Error": f"flexai: pod {ns}/{name}: {exc}"}
+        alloc = self.cluster.allocation(ns, name, uid, req, place)
+        try:
+            self.api.patch_pod_metadata(ns, name, annotations={
+                ANNOTATION_ALLOCATION: alloc.to_json(), ANNOTATION_ASSIGNED: "false"},
+                labels={LABEL_ALLOCATED: "true"})
+            self.api.bind(ns, name, uid, node)
+        except KubeApiError as exc:
+            self.cluster.release(uid)
+            return {"Error": f"flexai: pod {ns}/{name}: {exc}"}
+        log.info("bound %s/%s to %s GPU(s) %s", ns, name, node, list(place.gpus))
+        return {"Error": ""}
+
+    # ---- resync from the API server ----------------------------------------------------------
+
+    def resync(self) -> None:
+        """Nodes and placed pods from the API server (every node, every flexai pod)."""
+        if self.api is None:
+            return
+        started = time.time()
+        self.cluster.update_nodes(self.api.list_nodes(), complete=True)
+        self.cluster.sync_pods(self.api.list_pods(label_selector=f"{LABEL_ALLOCATED}=true"),
+                               started)
+
+    def resync_loop(self, stop: threading.Event, every: float) -> None:
+        while True:
+            try:
+                self.resync()
+            except KubeApiError as exc:
+                log.error("resync: %s", exc)
+            if stop.wait(every):
+                return
+
+    # ---- serving -----------------------------------------------------------------------------
+
+    def routes(self, prefix: str = "") -> dict:
+        p = "/" + prefix.strip("/") if prefix.strip("/") else ""
+        return {
+            ("POST", f"{p}/filter"): lambda b: (200, self.filter(b)),
+            ("POST", f"{p}/prioritize"): lambda b: (200, self.prioritize(b)),
+            ("POST", f"{p}/bind"): lambda b: (200, self.bind(b)),
+            ("GET", "/healthz"): lambda b: (200, {"ok": True, **self.cluster.stats()}),
+        }
+
+    def server(self, host: str = "127.0.0.1", port: int = 8888, prefix: str = "") -> JsonServer:
+        """An HTTP server answering the verbs under ``/<prefix>/`` (not started)."""
+        return JsonServer((host, port), self.routes(prefix))
