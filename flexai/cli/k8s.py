@@ -77,7 +77,7 @@ def _device_plugin(args: argparse.Namespace) -> int:
     config = PluginConfig(plugin_dir=args.plugin_dir, socket_name=args.socket,
                           replicas=args.replicas, node_name=node, layout=layout,
                           health_interval=args.health_interval,
-                          watch_interval=args.watch_interval)
+                          watch_interval=args.watch_interval, pod_wait=args.pod_wait)
     plugin = DevicePlugin(config, nvml, api)
     if not plugin.gpus:
         logging.getLogger("flexai.k8s.plugin").warning(
@@ -158,6 +158,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "health checks")
     dp.add_argument("--watch-interval", type=float, default=1.0, help="seconds between checks "
                     "for a restarted kubelet")
+    dp.add_argument("--pod-wait", type=float, default=5.0, help="seconds Allocate waits for "
+                    "the pod's allocation annotation to show")
     dp.add_argument("--log-level", default="info", choices=("debug", "info", "warning",
                                                              "error"))
     dp.set_defaults(k8s_func=_device_plugin)
