@@ -1,0 +1,267 @@
+"""The scheduler extender over HTTP, with JSON in the exact shape kube-scheduler's extender/v1
+sends (PascalCase top-level keys, camelCase Kubernetes objects inside): filter in node-cache
+(``NodeNames``) and full (``Nodes``) mode with failed and unresolvable nodes and their reasons,
+prioritize with integer scores 0..10, bind writing the annotation the device plugin reads,
+reservations given back when a bind fails or a pod finishes, concurrent binds that neither
+overcommit a GPU nor wait on each other's API calls, and TCP_NODELAY on accepted sockets.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from flexai.k8s.cluster import Cluster
+from flexai.k8s.extender import Extender
+from flexai.k8s.httpserve import JsonServer
+from flexai.k8s.kubeapi import KubeApi
+from flexai.k8s.resources import NodeGpu, encode_node_gpus
+
+sys.path.insert(0, str(Path(__file__).parent / "support"))
+from fake_apiserver import FakeApiServer  # noqa: E402
+
+GiB = 1 << 30
+
+
+def node_obj(name: str, gpus: int = 2, memory: int = 16 * GiB, model: str = "H100",
+             annotated: bool = True) -> dict:
+    """A v1.Node as the scheduler sends it (camelCase), with the plugin's annotation."""
+    ann = {}
+    if annotated:
+        ann["flexai.io/gpus"] = encode_node_gpus(
+            [NodeGpu(i, f"GPU-{abs(hash(name)) % 10**8:08d}-0000-0000-0000-{i:012d}", model,
+                     memory) for i in range(gpus)])
+    return {"metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": "1",
+                         "labels": {"kubernetes.io/hostname": name}, "annotations": ann},
+            "spec": {"podCIDR": "10.0.0.0/24"},
+            "status": {"capacity": {"cpu": "64", "flexai.io/gpu": str(gpus * 10)},
+                       "allocatable": {"cpu": "64", "flexai.io/gpu": str(gpus * 10)},
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def pod_obj(name: str, limits: dict | None, ns: str = "default") -> dict:
+    c = {"name": "main", "image": "busybox", "resources": {}}
+    if limits is not None:
+        c["resources"] = {"limits": limits, "requests": dict(limits)}
+    return {"metadata": {"name": name, "namespace": ns, "uid": f"uid-{ns}-{name}",
+                         "creationTimestamp": "2025-01-01T00:00:00Z"},
+            "spec": {"schedulerName": "flexai-scheduler", "containers": [c],
+                     "restartPolicy": "Never"},
+            "status": {"phase": "Pending"}}
+
+
+SLICE = {"flexai.io/gpu": "1", "flexai.io/gpu-memory": "4096", "flexai.io/gpu-compute": "30"}
+
+
+class Client:
+    """kube-scheduler's side: one kept-alive HTTP connection, JSON in and out."""
+
+    def __init__(self, port: int) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def post(self, verb: str, body: dict):
+        self.conn.request("POST", f"/{verb}", json.dumps(body),
+                          {"Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        raw = resp.read()
+        assert resp.status == 200, raw
+        return json.loads(raw), raw
+
+
+@pytest.fixture
+def api():
+    srv = FakeApiServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def served(api):
+    ext = Extender(Cluster(), KubeApi(api.url))
+    server = ext.server("127.0.0.1", 0)
+    server.start()
+    yield ext, Client(server.port), api
+    server.shutdown()
+    server.server_close()
+
+
+def test_filter_node_cache_mode_answers_node_names_with_reasons(served):
+    ext, client, api = served
+    api.add_node("big", {"flexai.io/gpus": node_obj("big")["metadata"]["annotations"][
+        "flexai.io/gpus"]})
+    small = node_obj("small", memory=2 * GiB)
+    api.add_node("small", small["metadata"]["annotations"])
+    api.add_node("cpu-only")
+    ext.resync()
+    args = {"Pod": pod_obj("p", SLICE), "Nodes": None,
+            "NodeNames": ["big", "small", "cpu-only", "unknown"]}
+    res, raw = client.post("filter", args)
+    assert set(res) >= {"NodeNames", "FailedNodes", "FailedAndUnresolvableNodes", "Error"}
+    assert res["NodeNames"] == ["big"] and res["Nodes"] is None and res["Error"] == ""
+    never = res["FailedAndUnresolvableNodes"]
+    assert set(never) == {"small", "cpu-only", "unknown"}
+    assert "can never hold" in never["small"] and "4096 MiB" in never["small"]
+    assert "no GPUs" in never["cpu-only"]
+    assert res["FailedNodes"] == {}
+
+
+def test_filter_full_mode_answers_nodes_and_learns_them(served):
+    ext, client, api = served
+    nodes = [node_obj("a"), node_obj("b", gpus=1), node_obj("c", annotated=False)]
+    res, _ = client.post("filter", {"Pod": pod_obj("p", SLICE),
+                                    "Nodes": {"metadata": {}, "items": nodes},
+                                    "NodeNames": None})
+    assert res["NodeNames"] is None
+    assert [n["metadata"]["name"] for n in res["Nodes"]["items"]] == ["a", "b"]
+    assert res["Nodes"]["items"][0] == nodes[0]  # the objects sent, untouched
+    assert list(res["FailedAndUnresolvableNodes"]) == ["c"]
+    # the nodes learnt in full mode serve node-cache calls too
+    res, _ = client.post("filter", {"Pod": pod_obj("q", SLICE), "NodeNames": ["a", "b"]})
+    assert res["NodeNames"] == ["a", "b"]
+
+
+def test_pod_without_flexai_resources_passes_everywhere_and_malformed_is_refused(served):
+    ext, client, api = served
+    ext.cluster.update_nodes([node_obj("a")])
+    res, _ = client.post("filter", {"Pod": pod_obj("plain", None), "NodeNames": ["a", "x"]})
+    assert res["NodeNames"] == ["a", "x"]
+    bad = dict(SLICE, **{"flexai.io/gpu-compute": "150"})
+    res, _ = client.post("filter", {"Pod": pod_obj("bad", bad), "NodeNames": ["a"]})
+    assert res["NodeNames"] == []
+    assert "1..100" in res["FailedAndUnresolvableNodes"]["a"]
+
+
+def test_prioritize_scores_are_integers_0_to_10_best_node_first(served):
+    ext, client, api = served
+    ext.cluster.update_nodes([node_obj(n) for n in ("a", "b", "c")] + [node_obj("full", 1)])
+    # partly fill node b: packing policies prefer it; "full" gets a whole-card pod
+    ext.cluster.reserve("x1", pod_request_of(SLICE), "b")
+    ext.cluster.reserve("x2", pod_request_of({"flexai.io/gpu": "1"}), "full")
+    res, raw = client.post("prioritize", {"Pod": pod_obj("p", SLICE),
+                                          "NodeNames": ["a", "b", "c", "full", "nowhere"]})
+    assert [r["Host"] for r in res] == ["a", "b", "c", "full", "nowhere"]
+    assert all(type(r["Score"]) is int and 0 <= r["Score"] <= 10 for r in res), raw
+    assert b"Score\":10" in raw and b"." not in raw.split(b"Score")[1][:4]
+    scores = {r["Host"]: r["Score"] for r in res}
+    assert scores["b"] == 10 and scores["full"] == 0 and scores["nowhere"] == 0
+    assert scores["a"] == scores["c"] < 10
+
+
+def pod_request_of(limits: dict):
+    from flexai.k8s.resources import pod_request
+    return pod_request(pod_obj("tmp", limits)).to_request()
+
+
+def test_bind_annotates_then_binds_and_reserves(served):
+    ext, client, api = served
+    api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])
+    ext.resync()
+    names = []
+    for i in range(4):  # 3 slices of 30% fit one card; the 4th does not
+        pod = api.add_pod(pod_obj(f"p{i}", SLICE))
+        res, _ = client.post("filter", {"Pod": pod, "NodeNames": ["n"]})
+        if res["NodeNames"] != ["n"]:
+            assert "no room now" in res["FailedNodes"]["n"]
+            break
+        res, _ = client.post("bind", {"PodName": f"p{i}", "PodNamespace": "default",
+                                      "PodUID": pod["metadata"]["uid"], "Node": "n"})
+        assert res == {"Error": ""}
+        names.append(f"p{i}")
+    assert names == ["p0", "p1", "p2"]
+    assert [b[1:] for b in api.bindings] == [(n, "n") for n in names]
+    p0 = api.pod("default", "p0")
+    alloc = json.loads(p0["metadata"]["annotations"]["flexai.io/allocation"])
+    assert alloc["node"] == "n" and alloc["gpus"] == [0] and alloc["compute"] == 30
+    assert alloc["memory"] == 4096 << 20 and alloc["slice"] == "default.p0"
+    assert p0["metadata"]["labels"]["flexai.io/allocated"] == "true"
+    assert p0["metadata"]["annotations"]["flexai.io/assigned"] == "false"
+    # a finished pod gives its share back at the next resync
+    api.pods[("default", "p1")]["status"]["phase"] = "Succeeded"
+    ext.resync()
+    res, _ = client.post("filter", {"Pod": pod_obj("p9", SLICE), "NodeNames": ["n"]})
+    assert res["NodeNames"] == ["n"]
+
+
+def test_failed_bind_gives_the_reservation_back(served):
+    ext, client, api = served
+    api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])
+    ext.resync()
+    whole = {"flexai.io/gpu": "1"}
+    ghost = pod_obj("ghost", whole)  # never created in the API server: bind fails (404)
+    client.post("filter", {"Pod": ghost, "NodeNames": ["n"]})
+    res, _ = client.post("bind", {"PodName": "ghost", "PodNamespace": "default",
+                                  "PodUID": ghost["metadata"]["uid"], "Node": "n"})
+    assert "not found" in res["Error"]
+    real = api.add_pod(pod_obj("real", whole))
+    res, _ = client.post("filter", {"Pod": real, "NodeNames": ["n"]})
+    assert res["NodeNames"] == ["n"]  # the card is free again
+
+
+def test_concurrent_binds_overlap_their_api_calls_and_never_overcommit(api):
+    api.latency = 0.05
+    for i in range(4):
+        api.add_node(f"n{i}", node_obj(f"n{i}")["metadata"]["annotations"])
+    ext = Extender(Cluster(), KubeApi(api.url))
+    ext.resync()
+    pods = [api.add_pod(pod_obj(f"p{i}", SLICE)) for i in range(40)]  # 24 fit (4 x 2 x 3)
+    inflight, high = [0], [0]
+    lock = threading.Lock()
+    real = ext.api.request
+
+    def counting(*a, **k):
+        with lock:
+            inflight[0] += 1
+            high[0] = max(high[0], inflight[0])
+        try:
+            return real(*a, **k)
+        finally:
+            with lock:
+                inflight[0] -= 1
+
+    ext.api.request = counting
+    for p in pods:
+        ext.filter({"Pod": p, "NodeNames": [f"n{i}" for i in range(4)]})
+
+    def bind(i):
+        p = pods[i]
+        return ext.bind({"PodName": p["metadata"]["name"], "PodNamespace": "default",
+                         "PodUID": p["metadata"]["uid"], "Node": f"n{i % 4}"})
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(bind, range(len(pods))))
+    ok = [r for r in results if r["Error"] == ""]
+    assert len(ok) == 24, results
+    assert all("no room now" in r["Error"] for r in results if r["Error"])
+    assert high[0] >= 4  # API calls of different binds ran at the same time
+    per_gpu: dict = {}
+    for (ns, name), p in api.pods.items():
+        ann = (p["metadata"].get("annotations") or {}).get("flexai.io/allocation")
+        if ann and p["spec"].get("nodeName"):
+            a = json.loads(ann)
+            key = (a["node"], a["gpus"][0])
+            per_gpu[key] = per_gpu.get(key, 0) + a["compute"]
+    assert len(per_gpu) == 8 and max(per_gpu.values()) <= 100
+
+
+def test_accepted_sockets_have_tcp_nodelay():
+    server = JsonServer(("127.0.0.1", 0), {})
+    try:
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        conn, _ = server.get_request()
+        assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        conn.close()
+        client.close()
+    finally:
+        server.server_close()
+
+
+def test_bind_without_an_api_server_is_an_error_not_a_hang():
+    ext = Extender(Cluster(), None)
+    res = ext.bind({"PodName": "p", "PodNamespace": "default", "PodUID": "u", "Node": "n"})
+    assert "no API server" in res["Error"]
