@@ -188,6 +188,33 @@ def test_bind_annotates_then_binds_and_reserves(served):
     assert res["NodeNames"] == ["n"]
 
 
+def test_prioritize_assumes_the_best_place_until_bind_or_refilter(served):
+    ext, client, api = served
+    api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])
+    ext.resync()
+    whole = {"flexai.io/gpu": "1"}
+    first, second = api.add_pod(pod_obj("first", whole)), api.add_pod(pod_obj("second", whole))
+    client.post("filter", {"Pod": first, "NodeNames": ["n"]})
+    res, _ = client.post("prioritize", {"Pod": first, "NodeNames": ["n"]})
+    assert res == [{"Host": "n", "Score": 10}]
+    assert ext.cluster.stats()["assumed"] == 1
+    # before the first pod's bind lands, the next pod no longer counts on its card
+    res, _ = client.post("filter", {"Pod": second, "NodeNames": ["n"]})
+    assert res["NodeNames"] == [] and "no room now" in res["FailedNodes"]["n"]
+    # the first pod scheduled again (its bind never came): the assumption is given back
+    res, _ = client.post("filter", {"Pod": first, "NodeNames": ["n"]})
+    assert res["NodeNames"] == ["n"] and ext.cluster.stats()["assumed"] == 0
+    client.post("prioritize", {"Pod": first, "NodeNames": ["n"]})
+    res, _ = client.post("bind", {"PodName": "first", "PodNamespace": "default",
+                                  "PodUID": first["metadata"]["uid"], "Node": "n"})
+    assert res == {"Error": ""}
+    assert ext.cluster.stats() == {"nodes": 1, "reservations": 1, "assumed": 0}
+    res, _ = client.post("bind", {"PodName": "first", "PodNamespace": "default",
+                                  "PodUID": first["metadata"]["uid"], "Node": "n"})
+    assert "already bound" in res["Error"]
+    assert ext.cluster.stats()["reservations"] == 1
+
+
 def test_failed_bind_gives_the_reservation_back(served):
     ext, client, api = served
     api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])

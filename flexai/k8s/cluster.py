@@ -43,14 +43,20 @@ log = logging.getLogger("flexai.k8s.extender")
 NO_GPUS = "flexai: no GPUs reported for this node (no healthy GPU in its flexai.io/gpus annotation)"
 
 
+#: How long a reservation made at prioritize waits for its bind (kube-scheduler's assume).
+ASSUME_SECONDS = 30.0
+
+
 @dataclass
 class _Held:
-    """A pod's reservation in the state."""
+    """A pod's reservation in the state: ``assumed`` at prioritize (the node the scheduler will
+    most likely bind), ``binding`` while bind writes to the API server, then ``bound``."""
 
     node: str
     gpus: tuple
     request: Request
     since: float
+    phase: str = "bound"
     gen: int = -1
     taken: object = None  # the state's Allocation while gen is current
 
@@ -79,6 +85,7 @@ class Cluster:
         self._requests: "OrderedDict[str, PodRequest]" = OrderedDict()
         self._state: Optional[PoolState] = None
         self._gen = 0
+        self._purged = 0.0
 
     # ---- inputs ------------------------------------------------------------------------------
 
@@ -133,10 +140,14 @@ class Cluster:
         from .resources import pod_request
 
         live: dict[str, _Held] = {}
+        finished = set()
         for pod in pods:
             meta = pod.get("metadata") or {}
             ann = (meta.get("annotations") or {}).get(ANNOTATION_ALLOCATION)
-            if not ann or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                finished.add(meta.get("uid", ""))
+                continue
+            if not ann:
                 continue
             try:
                 a = Allocation.from_json(ann)
@@ -147,9 +158,10 @@ class Cluster:
             if req is not None:
                 live[meta.get("uid", "")] = _Held(a.node, a.gpus, req.to_request(), a.time)
         with self._lock:
-            for uid in [u for u, h in self._held.items() if u not in live and h.since < started]:
-                del self._held[uid]
-                self._state = None
+            for uid, h in list(self._held.items()):
+                if uid in finished or (uid not in live and h.phase == "bound"
+                                       and h.since < started):
+                    self._drop(uid)
             for uid, h in live.items():
                 if uid not in self._held:
                     self._held[uid] = h
@@ -178,62 +190,114 @@ class Cluster:
 
     # ---- decisions ---------------------------------------------------------------------------
 
-    def filter(self, request: Request, names: list[str]) -> tuple[list[str], dict, dict]:
+    def _drop(self, uid: str) -> None:
+        """Give back a reservation; call under the lock."""
+        h = self._held.pop(uid, None)
+        if h is None:
+            return
+        if h.gen == self._gen and self._state is not None and h.taken is not None:
+            self._state.release(h.taken)
+        else:
+            self._state = None
+
+    def _take(self, uid: str, state: PoolState, request: Request, cand, k: int,
+              phase: str) -> Place:
+        """Reserve candidate ``k`` for the pod; call under the lock."""
+        place = state.to_place(request, int(cand.node[k]), int(cand.col[k]))
+        taken = state.place(request, place)
+        self._held[uid] = _Held(place.node, place.gpus, request, time.time(), phase, self._gen,
+                                taken)
+        return place
+
+    def _forget_assumed(self, uid: str) -> None:
+        """A pod filtered again was not bound where assumed: give that back; and, once a
+        second, every assumption older than ``ASSUME_SECONDS``. Call under the lock."""
+        h = self._held.get(uid)
+        if h is not None and h.phase == "assumed":
+            self._drop(uid)
+        now = time.time()
+        if now - self._purged > 1.0:
+            self._purged = now
+            for u in [u for u, h in self._held.items()
+                      if h.phase == "assumed" and now - h.since > ASSUME_SECONDS]:
+                self._drop(u)
+
+    def filter(self, request: Request, names: list[str],
+               uid: str = "") -> tuple[list[str], dict, dict]:
         """``(fitting names, {name: reason} failed, {name: reason} unresolvable)``: a node
         whose GPUs could never hold the request is unresolvable (preemption would not help)."""
         with self._lock:
+            self._forget_assumed(uid)
             state = self._current()
             cand = state.candidates(request, distinct=True)
             fits = np.zeros(len(state.names), bool)
             fits[cand.node] = True
             ok = state.model_mask(request.models) & (state.mtot >= request.memory)
             could = ok.sum(axis=1) >= max(request.gpus, 1)
-            index = state.node_index
-        passing, failed, never = [], {}, {}
+        idx = self._indices(state, names)
+        known = idx >= 0
+        code = np.full(len(names), 3, np.int8)  # 0 fits, 1 busy, 2 too small, 3 no GPUs
+        k = idx[known]
+        code[known] = np.where(fits[k], 0, np.where(could[k], 1, np.where(state.has_gpu[k],
+                                                                           2, 3)))
         busy = f"flexai: no room now, needs {_describe(request)}"
         small = f"flexai: its GPUs can never hold {_describe(request)}" + (
             f" of model {'/'.join(sorted(request.models))}" if request.models else "")
-        for name in names:
-            i = index.get(name)
-            if i is None:
-                never[name] = NO_GPUS
-            elif fits[i]:
+        passing, failed, never = [], {}, {}
+        for name, c in zip(names, code.tolist()):
+            if c == 0:
                 passing.append(name)
-            elif could[i]:
+            elif c == 1:
                 failed[name] = busy
             else:
-                never[name] = small if state.has_gpu[i] else NO_GPUS
+                never[name] = small if c == 2 else NO_GPUS
         return passing, failed, never
 
-    def _scored(self, state: PoolState, request: Request, only: np.ndarray) -> tuple:
-        cand = state.candidates(request, distinct=self.policy.distinct)
-        sel = np.isin(cand.node, only)
-        cand = Candidates(cand.node[sel], cand.col[sel])
+    def _scored(self, state: PoolState, request: Request, only) -> tuple:
+        """Candidates on the nodes ``only`` (an index array, or one node's index) and the
+        policy's score of each (lower is better)."""
+        if isinstance(only, int):
+            cand = state.candidates(request, only=only, distinct=self.policy.distinct)
+        else:
+            cand = state.candidates(request, distinct=self.policy.distinct)
+            keep = np.zeros(len(state.names) + 1, bool)
+            keep[only] = True
+            sel = keep[cand.node]
+            cand = Candidates(cand.node[sel], cand.col[sel])
         if not len(cand):
             return cand, np.zeros(0)
         return cand, np.asarray(self.policy.score(request, state, cand), dtype=np.float64)
 
-    def prioritize(self, request: Request, names: list[str]) -> list[tuple[str, int]]:
-        """An integer 0..10 per name: 10 for the policy's best node, 0 where it does not fit."""
+    def _indices(self, state: PoolState, names: list[str]) -> np.ndarray:
+        get = state.node_index.get
+        return np.fromiter((get(n, -1) for n in names), np.int64, len(names))
+
+    def prioritize(self, request: Request, names: list[str],
+                   uid: str = "") -> list[tuple[str, int]]:
+        """An integer 0..10 per name: 10 for the policy's best node, 0 where it does not fit.
+
+        With the pod's ``uid``, the best place is also reserved (assumed) until the pod's bind
+        or its next filter, so that the pods scheduled before its bind lands do not count on
+        the same capacity."""
         with self._lock:
             state = self._current()
-            idx = np.array([state.node_index.get(n, -1) for n in names], np.int64)
+            idx = self._indices(state, names)
             cand, scores = self._scored(state, request, idx[idx >= 0])
             best = np.full(len(state.names) + 1, np.inf)
             if len(cand):
                 np.minimum.at(best, cand.node, scores)
+                if uid and uid not in self._held:
+                    self._take(uid, state, request, cand, int(np.argmin(scores)), "assumed")
         mine = best[idx]  # -1 -> the extra inf slot
-        finite = mine[np.isfinite(mine)]
-        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-        out = []
-        for name, s in zip(names, mine):
-            if not np.isfinite(s):
-                out.append((name, 0))
-            elif hi <= lo:
-                out.append((name, 10))
+        finite = np.isfinite(mine)
+        out = np.zeros(len(names), np.int64)
+        if finite.any():
+            lo, hi = mine[finite].min(), mine[finite].max()
+            if hi > lo:
+                out[finite] = np.rint(10 * (hi - mine[finite]) / (hi - lo))
             else:
-                out.append((name, int(round(10 * (hi - s) / (hi - lo)))))
-        return out
+                out[finite] = 10
+        return list(zip(names, out.tolist()))
 
     def reserve(self, uid: str, request: Request, node: str) -> Place:
         """Choose the GPU(s) of ``node`` for the pod and take them (idempotent per uid).
@@ -247,32 +311,35 @@ class Cluster:
             state = self._current()
             h = self._held.get(uid)
             if h is not None:
+                if h.node == node and h.phase == "bound":
+                    raise ValueError(f"pod is already bound to {node!r}")
                 if h.node == node:
+                    h.phase, h.since = "binding", time.time()
                     return Place(node, h.gpus, False)
-                raise ValueError(f"pod already holds GPUs on {h.node!r}")
+                if h.phase != "assumed":
+                    raise ValueError(f"pod already holds GPUs on {h.node!r}")
+                self._drop(uid)
+                state = self._current()
             i = state.node_index.get(node)
             if i is None:
                 raise ValueError(f"{node!r}: {NO_GPUS}")
-            cand, scores = self._scored(state, request, np.array([i]))
+            cand, scores = self._scored(state, request, int(i))
             if not len(cand):
                 raise ValueError(f"{node!r} has no room now: the pod needs "
                                  f"{_describe(request)}")
-            k = int(np.argmin(scores))
-            place = state.to_place(request, int(cand.node[k]), int(cand.col[k]))
-            taken = state.place(request, place)
-            self._held[uid] = _Held(node, place.gpus, request, time.time(), self._gen, taken)
-            return place
+            return self._take(uid, state, request, cand, int(np.argmin(scores)), "binding")
+
+    def bound(self, uid: str) -> None:
+        """The pod's bind landed: its reservation lasts until the pod is gone."""
+        with self._lock:
+            h = self._held.get(uid)
+            if h is not None:
+                h.phase, h.since = "bound", time.time()
 
     def release(self, uid: str) -> None:
         """Give back a reservation (a bind that failed)."""
         with self._lock:
-            h = self._held.pop(uid, None)
-            if h is None:
-                return
-            if h.gen == self._gen and self._state is not None and h.taken is not None:
-                self._state.release(h.taken)
-            else:
-                self._state = None
+            self._drop(uid)
 
     def uuids(self, node: str, gpus: tuple) -> tuple:
         with self._lock:
@@ -289,5 +356,7 @@ class Cluster:
 
     def stats(self) -> dict:
         with self._lock:
-            return {"nodes": len(self._nodes), "reservations": len(self._held)}
+            assumed = sum(1 for h in self._held.values() if h.phase == "assumed")
+            return {"nodes": len(self._nodes), "reservations": len(self._held),
+                    "assumed": assumed}
 

@@ -65,7 +65,7 @@ class Extender:
             else:
                 uid = (pod.get("metadata") or {}).get("uid") or ""
                 self.cluster.remember(uid, req)
-                passing, failed, never = self.cluster.filter(req.to_request(), names)
+                passing, failed, never = self.cluster.filter(req.to_request(), names, uid)
         result: dict[str, Any] = {"FailedNodes": failed, "FailedAndUnresolvableNodes": never,
                                   "Error": ""}
         if full:
@@ -83,14 +83,16 @@ class Extender:
         args = args or {}
         full = args.get("Nodes") is not None
         names = _names(args.get("Nodes")) if full else list(args.get("NodeNames") or [])
+        pod = args.get("Pod") or {}
         try:
-            req = pod_request(args.get("Pod") or {})
+            req = pod_request(pod)
         except ValueError:
             req = None
         if req is None:
             return [{"Host": n, "Score": 0} for n in names]
-        return [{"Host": n, "Score": int(s)}
-                for n, s in self.cluster.prioritize(req.to_request(), names)]
+        uid = (pod.get("metadata") or {}).get("uid") or ""
+        return [{"Host": n, "Score": s}
+                for n, s in self.cluster.prioritize(req.to_request(), names, uid)]
 
     def bind(self, args: dict) -> dict:
         """ExtenderBindingArgs -> ExtenderBindingResult."""
@@ -121,6 +123,7 @@ class Extender:
         except KubeApiError as exc:
             self.cluster.release(uid)
             return {"Error": f"flexai: pod {ns}/{name}: {exc}"}
+        self.cluster.bound(uid)
         log.info("bound %s/%s to %s GPU(s) %s", ns, name, node, list(place.gpus))
         return {"Error": ""}
 
