@@ -15,6 +15,9 @@ in which HAMi's extender convoys. Each call is timed round trip, over kept-alive
 cost about two API round trips each, not queue behind each other. ``--full-mode N`` also
 times N filters that carry full Node objects (no node cache).
 
+The extender's own time per answer (``GET /stats``: JSON in, decision, JSON out, including
+the API calls of a bind) is reported beside the round trips.
+
 Pods (seeded): 60% slices (10-50% compute, 2-16 GiB), 30% whole cards, 10% gangs of 2, 4 or
 8 cards. Writes k8s_extender-TAG.json to --out and prints a table.
 """
@@ -223,7 +226,10 @@ def run(args) -> dict:
                 size = len(body)
                 dt, _ = loop.post("filter", body)
                 full.append(dt)
+        probe.c.request("GET", "/stats")
+        served = json.loads(probe.c.getresponse().read())
         result = {
+            "server_ms": served,
             "nodes": args.nodes, "gpus_per_node": 8, "pods": args.pods,
             "binders": args.binders, "api_latency_ms": args.api_latency * 1000,
             "policy": args.policy, "wall_s": wall, "pods_per_s": args.pods / wall, **outcome,
@@ -272,6 +278,9 @@ def main() -> int:
         if f"{k}_ms" in res:
             d = res[f"{k}_ms"]
             print(f"{k:<22}{d['p50']:>9.2f}{d['p99']:>9.2f}{d['max']:>9.2f}{d['n']:>7}")
+    print("the extender's own time per answer (JSON in, decision, JSON out):")
+    for route, d in sorted(res["server_ms"].items()):
+        print(f"  {route:<20}{d['p50']:>9.2f}{d['p99']:>9.2f}{d['max']:>9.2f}{d['n']:>7}")
     print(f"bound {res['bound']}, bind failed {res['bind_failed']}, unschedulable "
           f"{res['unschedulable']}; {res['pods_per_s']:.0f} pods/s")
     return 0

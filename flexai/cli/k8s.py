@@ -95,6 +95,9 @@ def _extender(args: argparse.Namespace) -> int:
     from ..k8s.extender import Extender
 
     host, port = _address(args.listen)
+    # many connection threads share one interpreter: hand the GIL over after 1 ms instead of
+    # Python's 5 ms, so a short filter does not wait behind another thread's work
+    sys.setswitchinterval(0.001)
     ext = Extender(Cluster(args.policy), _api(args.kube_api, required=False))
     stop = _stop_on_signals()
     if ext.api is not None:
