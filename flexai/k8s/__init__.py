@@ -19,6 +19,6 @@ Modules:
 - ``httpserve``: the HTTP(S) server the extender and the webhook share.
 
 Importing this package imports nothing heavy (gRPC and NVML load only in the modules that need
-them). Nothing here may load libflexai.so into its own process or call ``sys.exit``.
+them). Nothing here may preload libflexai.so into its own process or call ``sys.exit``.
 """
 from __future__ import annotations

@@ -5,7 +5,8 @@ directory mounted, and the preload (an ``ld.so.preload`` file mounted over the c
 
 Also installs the library on the host and writes the ``ld.so.preload`` file the mounts point at
 (:func:`prepare_host`). Pure otherwise: this module must never talk to the kubelet or the API
-server, and never load libflexai.so into its own process.
+server, and never preload libflexai.so into its own process (the variables' names are read
+from the library's table through flexai.spec, as everywhere else).
 """
 from __future__ import annotations
 
@@ -124,14 +125,12 @@ def container_response(alloc: Allocation, layout: Layout,
         memory = ",".join(f"{i}:{gpus[u].memory}" for i, u in enumerate(alloc.uuids))
         if len(alloc.uuids) == 1:
             memory = str(gpus[alloc.uuids[0]].memory)
-    envs = {
-        "FLEXAI_GPU_MEMORY": memory,
-        "FLEXAI_GPU_COMPUTE": str(alloc.compute),
-        "FLEXAI_SLICE": alloc.slice,
-        "FLEXAI_PRIORITY": _library_priority(alloc.priority),
-        "FLEXAI_STATE_DIR": layout.container_state_dir,
-        "NVIDIA_VISIBLE_DEVICES": ",".join(alloc.uuids),
-    }
+    from ..spec import env_of  # the contract's names come from the library's own table
+
+    envs = env_of(gpu_memory=memory, gpu_compute=alloc.compute, slice=alloc.slice,
+                  priority=_library_priority(alloc.priority),
+                  state_dir=layout.container_state_dir)
+    envs["NVIDIA_VISIBLE_DEVICES"] = ",".join(alloc.uuids)
     mounts = [(layout.container_lib_dir, layout.host_lib_dir, True),
               (layout.container_state_dir, layout.host_state_dir, False)]
     if layout.preload in ("env", "both"):

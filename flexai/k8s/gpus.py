@@ -6,7 +6,7 @@ information reads. A GPU that fell off the bus answers ``NVML_ERROR_GPU_IS_LOST`
 error) there and is reported unhealthy until it answers again. On the simulated device the
 bundled ``libnvidia-ml.so.1`` answers; its ``FLEXAI_SIM_LOST_FILE`` lists devices to report lost.
 
-This module must never load libflexai.so, never initialize CUDA, and never raise for a node
+This module must never preload libflexai.so, never initialize CUDA, and never raise for a node
 without a GPU (no NVML: no GPUs, and the reason in words).
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ from collections.abc import Mapping
 from .resources import NodeGpu
 
 _lock = threading.Lock()  # pynvml's library handle and init count are process-wide
-_LIBNVML_VARIABLE = "FLEXAI_LIBNVML"  # the contract's variable naming the real NVML library
 
 
 def _text(value: object) -> str:
@@ -29,7 +28,9 @@ def _text(value: object) -> str:
 def _open_named_library(env: Mapping[str, str]) -> None:
     """Open the NVML library named by ``FLEXAI_LIBNVML`` (a path) first, so that pynvml's open
     of ``libnvidia-ml.so.1`` by soname finds it already loaded."""
-    path = env.get(_LIBNVML_VARIABLE, "")
+    from ..spec import variable
+
+    path = env.get(variable("libnvml").name, "")
     if "/" in path and os.path.isfile(path):
         try:
             ctypes.CDLL(path)

@@ -13,7 +13,7 @@ asking for as many devices; the oldest such choice wins (the kubelet admits a no
 a time). The device IDs the kubelet picked do not matter (every device of a GPU is alike);
 ``GetPreferredAllocation`` steers it to the chosen GPU's devices anyway.
 
-This module must never load libflexai.so into its own process, never decide placement (the
+This module must never preload libflexai.so into its own process, never decide placement (the
 extender does), and never answer an empty ``container_responses`` (that fails the pod silently:
 an error with the reason is returned instead).
 """
