@@ -215,6 +215,27 @@ def test_prioritize_assumes_the_best_place_until_bind_or_refilter(served):
     assert ext.cluster.stats()["reservations"] == 1
 
 
+def test_bind_elsewhere_than_assumed_moves_the_reservation(served):
+    ext, client, api = served
+    for name in ("a", "b"):
+        api.add_node(name, node_obj(name, gpus=1)["metadata"]["annotations"])
+    ext.resync()
+    whole = {"flexai.io/gpu": "1"}
+    pod = api.add_pod(pod_obj("p", whole))
+    client.post("filter", {"Pod": pod, "NodeNames": ["a", "b"]})
+    scores, _ = client.post("prioritize", {"Pod": pod, "NodeNames": ["a", "b"]})
+    best = max(scores, key=lambda s: s["Score"])["Host"]
+    other = "b" if best == "a" else "a"
+    # other scores made the scheduler choose the other node
+    res, _ = client.post("bind", {"PodName": "p", "PodNamespace": "default",
+                                  "PodUID": pod["metadata"]["uid"], "Node": other})
+    assert res == {"Error": ""}
+    assert ext.cluster.stats() == {"nodes": 2, "reservations": 1, "assumed": 0}
+    nxt = api.add_pod(pod_obj("q", whole))
+    res, _ = client.post("filter", {"Pod": nxt, "NodeNames": ["a", "b"]})
+    assert res["NodeNames"] == [best]  # the assumed card was given back, the bound one taken
+
+
 def test_failed_bind_gives_the_reservation_back(served):
     ext, client, api = served
     api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])
