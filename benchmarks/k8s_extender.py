@@ -8,12 +8,12 @@ Three processes, as on a cluster: a fake API server (tests/support/fake_apiserve
 the nodes, with the device plugin's ``flexai.io/gpus`` annotation, and the pending pods; the
 real extender (``flexai k8s extender --kube-api ...``) in node-cache mode; and this process
 playing kube-scheduler: one scheduling loop that calls ``filter`` (all node names) and
-``prioritize`` for each pod in turn, and hands each bind to a pool of ``--binders`` threads (the
-scheduler binds asynchronously), so binds run while the next pods are filtered, the situation
-in which HAMi's extender convoys. Each call is timed round trip, over kept-alive connections.
-``--api-latency`` delays every API server answer (a loaded control plane): binds must then
-cost about two API round trips each, not queue behind each other. ``--full-mode N`` also
-times N filters that carry full Node objects (no node cache).
+``prioritize`` for each pod in turn, and hands each bind to a pool of ``--binders`` threads in
+a process of their own (the scheduler binds asynchronously), so binds run while the next pods
+are filtered, the situation in which HAMi's extender convoys. Each call is timed round trip,
+over kept-alive connections. ``--api-latency`` delays every API server answer (a loaded
+control plane): binds must then cost about two API round trips each, not queue behind each
+other. ``--full-mode N`` also times N filters that carry full Node objects (no node cache).
 
 The extender's own time per answer (``GET /stats``: JSON in, decision, JSON out, including
 the API calls of a bind) is reported beside the round trips.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import random
 import socket
@@ -155,6 +156,31 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
+def binders(port: int, jobs, results, threads: int) -> None:
+    """The scheduler's asynchronous binds: ``threads`` at a time, each on its own kept-alive
+    connection; sends back (latencies, bound, failed) when told None."""
+    local = threading.local()
+    lock = threading.Lock()
+    lat: list[float] = []
+    count = {"bound": 0, "failed": 0}
+
+    def bind(body: bytes) -> None:
+        c = getattr(local, "c", None) or Conn(port)
+        local.c = c
+        dt, res = c.post("bind", body)
+        with lock:
+            lat.append(dt)
+            count["bound" if not res["Error"] else "failed"] += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        while True:
+            body = jobs.get()
+            if body is None:
+                break
+            pool.submit(bind, body)
+    results.put((lat, count["bound"], count["failed"]))
+
+
 def run(args) -> dict:
     env = dict(os.environ)
     api = subprocess.Popen([sys.executable, __file__, "--serve-api", "--nodes", str(args.nodes),
@@ -182,39 +208,38 @@ def run(args) -> dict:
             raise RuntimeError("the extender did not learn every node within 120 s")
         all_pods = pods(args.pods, args.seed)
         loop = Conn(port)
-        local = threading.local()
         lat = {"filter": [], "prioritize": [], "bind": []}
-        lock = threading.Lock()
         outcome = {"bound": 0, "bind_failed": 0, "unschedulable": 0}
-
-        def bind(pod: dict, node: str) -> None:
-            c = getattr(local, "c", None) or Conn(port)
-            local.c = c
-            m = pod["metadata"]
-            body = json.dumps({"PodName": m["name"], "PodNamespace": m["namespace"],
-                               "PodUID": m["uid"], "Node": node}).encode()
-            dt, res = c.post("bind", body)
-            with lock:
-                lat["bind"].append(dt)
-                outcome["bound" if not res["Error"] else "bind_failed"] += 1
-
+        # the binders live in a process of their own, so that their threads never hold the
+        # scheduling loop's interpreter while it times a call (kube-scheduler has no GIL)
+        ctx = multiprocessing.get_context("fork")
+        jobs, results = ctx.Queue(), ctx.Queue()
+        binder = ctx.Process(target=binders, args=(port, jobs, results, args.binders))
+        binder.start()
         t0 = time.perf_counter()
-        with ThreadPoolExecutor(args.binders) as pool:
-            for pod in all_pods:
-                args_json = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names}).encode()
-                dt, res = loop.post("filter", args_json)
-                lat["filter"].append(dt)
-                feasible = res["NodeNames"] or []
-                if not feasible:
-                    outcome["unschedulable"] += 1
-                    continue
-                body = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": feasible}).encode()
-                dt, scores = loop.post("prioritize", body)
-                lat["prioritize"].append(dt)
-                best = max(scores, key=lambda s: s["Score"])["Host"]
-                pool.submit(bind, pod, best)
+        for pod in all_pods:
+            args_json = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names}).encode()
+            dt, res = loop.post("filter", args_json)
+            lat["filter"].append(dt)
+            feasible = res["NodeNames"] or []
+            if not feasible:
+                outcome["unschedulable"] += 1
+                continue
+            body = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": feasible}).encode()
+            dt, scores = loop.post("prioritize", body)
+            lat["prioritize"].append(dt)
+            best = max(scores, key=lambda s: s["Score"])["Host"]
+            m = pod["metadata"]
+            jobs.put(json.dumps({"PodName": m["name"], "PodNamespace": m["namespace"],
+                                 "PodUID": m["uid"], "Node": best}).encode())
+        jobs.put(None)
+        lat["bind"], bound, failed = results.get(timeout=600)
+        binder.join(timeout=30)
         wall = time.perf_counter() - t0
+        outcome["bound"], outcome["bind_failed"] = bound, failed
 
+        probe.c.request("GET", "/stats")  # before the full-mode calls: node-cache mode only
+        served = json.loads(probe.c.getresponse().read())
         full = []
         if args.full_mode:
             items = {"metadata": {}, "items": [full_node(n, i) for i, n in enumerate(names)]}
@@ -226,8 +251,6 @@ def run(args) -> dict:
                 size = len(body)
                 dt, _ = loop.post("filter", body)
                 full.append(dt)
-        probe.c.request("GET", "/stats")
-        served = json.loads(probe.c.getresponse().read())
         result = {
             "server_ms": served,
             "nodes": args.nodes, "gpus_per_node": 8, "pods": args.pods,
