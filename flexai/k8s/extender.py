@@ -15,6 +15,7 @@ This module must never decide placement itself (the policy does) nor print.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -26,6 +27,23 @@ from .kubeapi import KubeApi, KubeApiError
 from .resources import ANNOTATION_ALLOCATION, ANNOTATION_ASSIGNED, LABEL_ALLOCATED, pod_request
 
 log = logging.getLogger("flexai.k8s.extender")
+
+
+_ENCODED: dict[str, str] = {}  # node name -> its JSON string, for fast prioritize answers
+
+
+def host_priority_json(pairs: list[tuple[str, int]]) -> bytes:
+    """A HostPriorityList as JSON text, built without a dict per host (1,000 dicts through
+    ``json.dumps`` cost more than the decision)."""
+    parts = []
+    for name, score in pairs:
+        enc = _ENCODED.get(name)
+        if enc is None:
+            enc = json.dumps(name)
+            if len(_ENCODED) < 200_000:
+                _ENCODED[name] = enc
+        parts.append(f'{{"Host":{enc},"Score":{int(score)}}}')
+    return ("[" + ",".join(parts) + "]").encode()
 
 
 def _names(nodes: Optional[dict]) -> list[str]:
@@ -80,6 +98,10 @@ class Extender:
 
     def prioritize(self, args: dict) -> list[dict]:
         """ExtenderArgs -> HostPriorityList (integer scores 0..10)."""
+        return [{"Host": n, "Score": s} for n, s in self.scores(args)]
+
+    def scores(self, args: dict) -> list[tuple[str, int]]:
+        """(host, integer score 0..10) for each node of ExtenderArgs."""
         args = args or {}
         full = args.get("Nodes") is not None
         names = _names(args.get("Nodes")) if full else list(args.get("NodeNames") or [])
@@ -89,10 +111,9 @@ class Extender:
         except ValueError:
             req = None
         if req is None:
-            return [{"Host": n, "Score": 0} for n in names]
+            return [(n, 0) for n in names]
         uid = (pod.get("metadata") or {}).get("uid") or ""
-        return [{"Host": n, "Score": s}
-                for n, s in self.cluster.prioritize(req.to_request(), names, uid)]
+        return self.cluster.prioritize(req.to_request(), names, uid)
 
     def bind(self, args: dict) -> dict:
         """ExtenderBindingArgs -> ExtenderBindingResult."""
@@ -153,7 +174,7 @@ class Extender:
         p = "/" + prefix.strip("/") if prefix.strip("/") else ""
         return {
             ("POST", f"{p}/filter"): lambda b: (200, self.filter(b)),
-            ("POST", f"{p}/prioritize"): lambda b: (200, self.prioritize(b)),
+            ("POST", f"{p}/prioritize"): lambda b: (200, host_priority_json(self.scores(b))),
             ("POST", f"{p}/bind"): lambda b: (200, self.bind(b)),
             ("GET", "/healthz"): lambda b: (200, {"ok": True, **self.cluster.stats()}),
         }

@@ -2,7 +2,8 @@
 HTTP/1.1 keep-alive, TCP_NODELAY on every accepted socket (without it a kept-alive answer
 waits ~40 ms for the peer's delayed ACK), each answer written in one piece.
 
-Routes map a path to ``handler(body) -> (status, obj)``; a handler's exception becomes a 500
+Routes map a path to ``handler(body) -> (status, obj)`` (``obj`` is sent as JSON, or as is when
+it is already ``bytes`` of JSON); a handler's exception becomes a 500
 with its message. The server keeps the time of its last 10,000 answers per route (JSON in,
 handler, JSON out: the server's own share of a round trip) for ``GET /stats``.
 TLS is the deployment's business: pass a certificate and key to serve HTTPS.
@@ -82,7 +83,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
     server: JsonServer
 
     def _answer(self, status: int, obj: Any) -> None:
-        body = json.dumps(obj, separators=(",", ":")).encode()
+        body = obj if isinstance(obj, bytes) else json.dumps(obj, separators=(",", ":")).encode()
         head = (f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
         self.wfile.write(head.encode() + body)
