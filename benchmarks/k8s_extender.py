@@ -240,6 +240,8 @@ def run(args) -> dict:
 
         probe.c.request("GET", "/stats")  # before the full-mode calls: node-cache mode only
         served = json.loads(probe.c.getresponse().read())
+        probe.c.request("GET", "/stats/bind")
+        bind_split = json.loads(probe.c.getresponse().read())
         full = []
         if args.full_mode:
             items = {"metadata": {}, "items": [full_node(n, i) for i, n in enumerate(names)]}
@@ -252,7 +254,7 @@ def run(args) -> dict:
                 dt, _ = loop.post("filter", body)
                 full.append(dt)
         result = {
-            "server_ms": served,
+            "server_ms": served, "bind_split_ms": bind_split,
             "nodes": args.nodes, "gpus_per_node": 8, "pods": args.pods,
             "binders": args.binders, "api_latency_ms": args.api_latency * 1000,
             "policy": args.policy, "wall_s": wall, "pods_per_s": args.pods / wall, **outcome,
@@ -304,6 +306,8 @@ def main() -> int:
     print("the extender's own time per answer (JSON in, decision, JSON out):")
     for route, d in sorted(res["server_ms"].items()):
         print(f"  {route:<20}{d['p50']:>9.2f}{d['p99']:>9.2f}{d['max']:>9.2f}{d['n']:>7}")
+    for part, d in res["bind_split_ms"].items():
+        print(f"  bind: {part:<14}{d['p50']:>9.2f}{d['p99']:>9.2f}{'':>9}{d['n']:>7}")
     print(f"bound {res['bound']}, bind failed {res['bind_failed']}, unschedulable "
           f"{res['unschedulable']}; {res['pods_per_s']:.0f} pods/s")
     return 0

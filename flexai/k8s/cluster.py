@@ -234,7 +234,7 @@ class Cluster:
             fits[cand.node] = True
             ok = state.model_mask(request.models) & (state.mtot >= request.memory)
             could = ok.sum(axis=1) >= max(request.gpus, 1)
-        idx = self._indices(state, names)
+            idx = self._indices(state, names)
         known = idx >= 0
         code = np.full(len(names), 3, np.int8)  # 0 fits, 1 busy, 2 too small, 3 no GPUs
         k = idx[known]
@@ -269,8 +269,18 @@ class Cluster:
         return cand, np.asarray(self.policy.score(request, state, cand), dtype=np.float64)
 
     def _indices(self, state: PoolState, names: list[str]) -> np.ndarray:
-        get = state.node_index.get
-        return np.fromiter((get(n, -1) for n in names), np.int64, len(names))
+        """Row of each name in ``state`` (-1: unknown); the scheduler sends the same lists
+        again and again, so the last few are remembered (per state). Call under the lock."""
+        key = tuple(names)
+        cache = state.cache.setdefault("k8s-indices", {})
+        idx = cache.get(key)
+        if idx is None:
+            get = state.node_index.get
+            idx = np.fromiter((get(n, -1) for n in names), np.int64, len(names))
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[key] = idx
+        return idx
 
     def prioritize(self, request: Request, names: list[str],
                    uid: str = "") -> list[tuple[str, int]]:
