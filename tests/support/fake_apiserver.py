@@ -118,12 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def _send(self, status: int, obj: Any) -> None:
-        body = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        """Answer in one write (headers and body), after the handler let go of the lock."""
+        self._reply = (status, json.dumps(obj).encode())
 
     def _status(self, code: int, message: str) -> None:
         self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
@@ -180,11 +176,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, pod)
             return self._status(404, f"no {method} {path} in the fake API server")
 
+    def _do(self, method: str) -> None:
+        self._reply = (500, b"{}")
+        self._handle(method)
+        status, body = self._reply
+        head = (f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        self.wfile.write(head.encode() + body)
+
     def do_GET(self) -> None:
-        self._handle("GET")
+        self._do("GET")
 
     def do_PATCH(self) -> None:
-        self._handle("PATCH")
+        self._do("PATCH")
 
     def do_POST(self) -> None:
-        self._handle("POST")
+        self._do("POST")
