@@ -82,11 +82,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: JsonServer
 
-    def _answer(self, status: int, obj: Any) -> None:
+    def _answer(self, status: int, obj: Any, start: float = 0.0, route: str = "") -> None:
         body = obj if isinstance(obj, bytes) else json.dumps(obj, separators=(",", ":")).encode()
         head = (f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-        self.wfile.write(head.encode() + body)
+        data = head.encode() + body
+        times = self.server.timings.get(route) if route else None
+        if times is not None:  # up to the write: JSON in, handler, JSON out
+            times.append(time.perf_counter() - start)
+        self.wfile.write(data)
 
     def _route(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
@@ -108,10 +112,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except Exception as exc:  # a handler bug must answer, not hang the scheduler
             log.exception("%s %s failed", method, path)
             status, obj = 500, {"error": f"{type(exc).__name__}: {exc}"}
-        self._answer(status, obj)
-        times = self.server.timings.get(f"{method} {path}")
-        if times is not None:
-            times.append(time.perf_counter() - start)
+        self._answer(status, obj, start, f"{method} {path}")
 
     def do_POST(self) -> None:
         self._route("POST")
