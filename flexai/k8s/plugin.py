@@ -287,9 +287,13 @@ class DevicePlugin:
         server.stop(grace=0.5).wait(5)
 
     def _health_loop(self, stop: threading.Event) -> None:
+        """Check health; publish the node annotation on a change, and every 5 minutes anyway
+        (a node object recreated, or an annotation edited away, is mended)."""
+        last = time.monotonic()
         while not stop.wait(self.config.health_interval):
-            if self.check_health():
+            if self.check_health() or time.monotonic() - last > 300:
                 self.publish()
+                last = time.monotonic()
 
     def run(self, stop: threading.Event) -> None:
         """Serve, register and re-register until ``stop`` is set."""
