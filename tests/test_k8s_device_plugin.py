@@ -266,3 +266,27 @@ def test_registers_again_when_the_kubelet_restarts(rig):
     assert {h for _, h in devices} == {"Healthy"}
     assert "registering again" in _log(rig)
     assert rig["proc"].poll() is None
+
+
+def test_container_response_per_preload_mode_and_whole_cards():
+    from flexai.k8s.allocate import Layout, container_response
+    from flexai.k8s.resources import Allocation, NodeGpu
+
+    gpus = {u: NodeGpu(i, u, "H100", (80 << 30) + i) for i, u in enumerate(("GPU-a", "GPU-b"))}
+    whole = Allocation("n", (0, 1), ("GPU-a", "GPU-b"), 0, 100, "best-effort", "ns.p", "c", 1.0)
+    r = container_response(whole, Layout(preload="file"), gpus)
+    assert "LD_PRELOAD" not in r["envs"]
+    assert ("/etc/ld.so.preload", "/usr/local/flexai/lib/ld.so.preload", True) in r["mounts"]
+    assert r["envs"]["FLEXAI_GPU_MEMORY"] == f"0:{80 << 30},1:{(80 << 30) + 1}"
+    assert r["envs"]["FLEXAI_PRIORITY"] == "low"  # best-effort: the library's lowest
+    assert r["envs"]["NVIDIA_VISIBLE_DEVICES"] == "GPU-a,GPU-b"
+    one = Allocation("n", (1,), ("GPU-b",), 3 * MIB + 1, 20, "high", "ns.q", "c", 1.0)
+    r = container_response(one, Layout(preload="env"), gpus)
+    assert r["envs"]["LD_PRELOAD"] == "/usr/local/flexai/lib/libflexai.so"
+    assert all(m[0] != "/etc/ld.so.preload" for m in r["mounts"])
+    assert r["envs"]["FLEXAI_GPU_MEMORY"] == str(3 * MIB + 1)
+    with pytest.raises(ValueError, match="GPU-z"):
+        container_response(Allocation("n", (0,), ("GPU-z",), 0, 100, "normal", "s", "c", 1.0),
+                           Layout(), gpus)
+    with pytest.raises(ValueError, match="absolute"):
+        Layout(host_lib_dir="lib")
