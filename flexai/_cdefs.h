@@ -118,6 +118,7 @@ typedef struct flexai_usage_row {
     uint32_t burst;
     uint32_t pad;
     uint64_t gpu_ns;
+    uint64_t throttled_ns;
 } flexai_usage_row;
 
 int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap,

@@ -205,7 +205,9 @@ typedef struct flexai_slice_info {
  * One usage row: a slice (pid == 0) or one of its processes (pid > 0) on one device.
  * limit_bytes is the slice's quota on that device (0: none); used_bytes is what is charged.
  * compute/burst are the slice's share and burst in percent (0: none); gpu_ns is the GPU time
- * the slice used on the device while it was scheduled (slice rows only).
+ * the slice used on the device while it was scheduled, throttled_ns the time its launches were
+ * held back by the scheduler (a cap, a higher priority, another slice's lease) (slice rows
+ * only).
  */
 typedef struct flexai_usage_row {
     uint32_t slice_id;
@@ -217,6 +219,7 @@ typedef struct flexai_usage_row {
     uint32_t burst;
     uint32_t pad;
     uint64_t gpu_ns;
+    uint64_t throttled_ns;
 } flexai_usage_row;
 
 /** @brief Copy up to `cap` devices into out. @return the number of devices, or -1. */
