@@ -98,7 +98,8 @@ static void *worker(void *arg)
         pthread_mutex_unlock(&s->mu);
         int64_t end = s->last_end;
         if (o.kind == OP_WORK) {
-            end = fake_sim_kernel(s->physical, o.ns, o.at);
+            /* in stream order: not before it was queued, nor before the work ahead of it */
+            end = fake_sim_kernel(s->physical, o.ns, o.at > s->last_end ? o.at : s->last_end);
             if (o.zero) memset(o.zero, 0, o.zero_len);
         } else {
             int64_t ts = s->last_end > o.at ? s->last_end : o.at;

@@ -3,8 +3,8 @@
  * in its two phases as the documentation gives them. The first phase checks the tensor and
  * makes a single-use executor (no workspace needed); the second queues the work on the stream
  * through the stand-in runtime (fake_acl_submit, not a hooked name) and frees the executor.
- * The operator clears the tensor's bytes when it has run and lasts one nanosecond per byte (the
- * stand-in's HBM moves 1 GB/s), so a test picks an operator's duration by its tensor's size.
+ * The operator clears the tensor's bytes when it has run and lasts 10 ns per byte (the stand-in's
+ * HBM moves 100 MB/s), so a test picks an operator's duration by its tensor's size.
  * Must never be shipped as, or mistaken for, the real operator library.
  */
 #include <stdlib.h>
@@ -79,5 +79,5 @@ FAKE_ACL_EXPORT aclnnStatus aclnnInplaceZero(void *workspace, uint64_t workspace
     if (!executor) return ACLNN_ERR_PARAM_NULLPTR;
     struct aclTensor t = executor->t;
     free(executor); /* single use, as the library's executors are by default */
-    return fake_acl_submit(stream, (int64_t)t.bytes, t.data, (size_t)t.bytes);
+    return fake_acl_submit(stream, (int64_t)t.bytes * 10, t.data, (size_t)t.bytes);
 }
