@@ -5,7 +5,8 @@ tests/test_acl_compute.py only check bounds that hold on a busy machine).
 
 (a) two saturating jobs at 30/70 and 50/50: each one's fraction of the NPU's time and its error
     in points against the share, also against what the same job reaches alone uncapped (a job
-    that waits for a CPU on a busy machine launches less: the load average is recorded);
+    that waits for a CPU on a busy machine launches less: the load average is recorded), and how
+    the NPU time the two used was split between them;
 (b) a high-priority job's step (one 100 us aclnn operator and a synchronize) p50/p99 alone and
     while a low-priority job saturates the NPU with 500 us work;
     (c) resize: a job capped at 10% is resized to 90% while it runs; the delay until its work runs
@@ -100,7 +101,10 @@ def pairs(exe: Path, tmp: Path, seconds: float, reps: int) -> list[dict]:
                         "error_points": [round(100 * x - s, 2)
                                          for x, s in zip(f, (a_share, b_share))],
                         "error_points_of_alone": [round(100 * x - s, 2)
-                                                  for x, s in zip(rel, (a_share, b_share))]})
+                                                  for x, s in zip(rel, (a_share, b_share))],
+                        # how the NPU time the two used was split, against the shares
+                        "split_error_points": [round(100 * x / sum(f) - s, 2)
+                                               for x, s in zip(f, (a_share, b_share))]})
     return out
 
 
@@ -151,7 +155,7 @@ def main() -> int:
             "priority": priority(exe, tmp, args.samples),
             "resize_delay_ms": resize(exe, tmp, args.reps),
         }
-    for key in ("error_points", "error_points_of_alone"):
+    for key in ("error_points", "error_points_of_alone", "split_error_points"):
         errs = [abs(e) for p in result["pairs"] for e in p[key]]
         result[f"pairs_max_{key}"] = max(errs)
         result[f"pairs_mean_{key}"] = round(statistics.mean(errs), 2)
