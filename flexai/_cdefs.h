@@ -61,6 +61,8 @@ typedef struct flexai_config {
     char state_dir[FLEXAI_PATH_MAX];
     char libcuda[FLEXAI_PATH_MAX];
     char libnvml[FLEXAI_PATH_MAX];
+    char libacl[FLEXAI_PATH_MAX];
+    char libopapi[FLEXAI_PATH_MAX];
 } flexai_config;
 
 int flexai_config_parse(const char *const *names, const char *const *values, size_t count,

@@ -78,7 +78,8 @@ FLEXAI_API const char *flexai_error_name(int32_t code);
 /**
  * @brief The effective configuration of one process, as read from FLEXAI_* variables.
  *
- * Quotas are per device index as the program sees it (after CUDA_VISIBLE_DEVICES).
+ * Quotas are per device index as the program sees it (after CUDA_VISIBLE_DEVICES, or
+ * ASCEND_RT_VISIBLE_DEVICES on Ascend NPUs).
  * A value of 0 means "no limit" for that device; the parser rejects an explicit 0.
  * The struct grows at its end only: callers pass the size they know to flexai_config_parse,
  * which fills that much, so a program built against an older header keeps working.
@@ -103,6 +104,8 @@ typedef struct flexai_config {
     char state_dir[FLEXAI_PATH_MAX];      /**< directory of the node's shared state */
     char libcuda[FLEXAI_PATH_MAX];        /**< the real CUDA driver library */
     char libnvml[FLEXAI_PATH_MAX];        /**< the real NVML library */
+    char libacl[FLEXAI_PATH_MAX];         /**< the real Ascend runtime (libascendcl.so) */
+    char libopapi[FLEXAI_PATH_MAX];       /**< the real Ascend operator library (aclnn) */
 } flexai_config;
 
 /**
