@@ -87,7 +87,7 @@ class _View:
 
 
 def timed_replay(nodes: Sequence[TraceNode], pods: Sequence[TracePod], policy_name: str,
-                 preempt: bool = True, retry_limit: int = 32, seed: int = 0) -> TimedResult:
+                 preempt: bool = True, retry_limit: int = 8, seed: int = 0) -> TimedResult:
     """Replay `pods` (with creation and deletion times) on `nodes` under `policy_name`.
 
     After a pod leaves, the queue is retried in its order until `retry_limit` requests in a
@@ -178,14 +178,16 @@ def timed_replay(nodes: Sequence[TraceNode], pods: Sequence[TracePod], policy_na
             else:
                 queue.push(key, by_key[key][1], now)
         misses = 0
-        for key, _req in list(queue.ordered(now)):
+        failed: set = set()  # request shapes that did not fit in this pass: not asked again
+        for key, req in list(queue.ordered(now)):
             new = by_key[key][0].creation == now
-            if not (freed or new):
+            if not (freed or new) or req in failed:
                 continue
             if try_start(key, now, allow_preempt=True):
                 queue.remove(key)
                 misses = 0
             else:
+                failed.add(req)
                 misses += 1
                 if misses >= retry_limit and freed:
                     freed = False  # still look at this instant's arrivals

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.scale = min(args.scale, 60)
         args.latency_decisions = min(args.latency_decisions, 300)
-        args.timed_pods = min(args.timed_pods, 600)
+        args.timed_pods = min(args.timed_pods, 400)
     if args.scale < 1 or args.repeats < 1 or args.inflation < 1:
         return _fail("--scale and --repeats must be >= 1 and --inflation >= 1")
     from flexai.policy import POLICIES
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     res["packing"] = run_packing(nodes, pods, policies, args.seed, args.repeats, args.inflation)
     res["latency"] = run_latency(policies, args.latency_nodes, args.latency_decisions, args.seed)
     if not args.no_timed:
-        sub = nodes if not args.quick else nodes[:40]
+        sub = nodes if not args.quick else nodes[:30]
         res["timed"] = run_timed(sub, pods, policies, args.seed, args.timed_load, args.timed_pods,
                                  real=bool(args.nodes))
     res["seconds"] = time.perf_counter() - t0
