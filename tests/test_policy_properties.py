@@ -214,3 +214,24 @@ def test_preemption_plans_only_take_from_strictly_lower_priorities(view, r):
         return
     _check_preempt(r, view, plan)
     apply_decision(view, r, plan, job="new")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(state=pools(), rs=st.lists(requests(names=("n0", "n1")), min_size=1, max_size=20),
+       name=st.sampled_from([n for n in NAMES if n != "random-fit"]))
+def test_skipping_alike_nodes_and_gpus_changes_no_choice(state, rs, name):
+    """Scans keep one of each class of alike nodes and GPUs: the choice must be the one a scan
+    of every place would make (the lowest score, earliest on ties)."""
+    policy = POLICIES[name](workload=Workload(rs)) if name in ("fgd", "flexai") \
+        else POLICIES[name]()
+    for r in rs * 2:
+        d = policy.choose(r, state)
+        if isinstance(d, Wait) or r.origin is not None:
+            if isinstance(d, Place):
+                state.place(r, d)
+            continue
+        full = state.candidates(r)
+        best = policy.pick(r, state, full, None)
+        assert d == state.to_place(r, int(full.node[best]), int(full.col[best]))
+        state.place(r, d)
+

@@ -51,7 +51,8 @@ class Policy:
             if not len(cand):
                 cand = state.candidates(request, distinct=self.distinct)
         else:
-            cand = state.candidates(request, distinct=self.distinct)
+            cand = state.candidates(request, distinct=self.distinct,
+                                    keep=origin if request.where == "anywhere" else None)
         if not len(cand):
             never = not self._could_ever(request, state,
                                          origin if request.where == "local-only" else None)

@@ -94,6 +94,13 @@ class PoolState:
                     & (self.mtot[:, :j] == self.mtot[:, j:j + 1])
                     & (self.model[:, :j] == self.model[:, j:j + 1]) & self.exists[:, :j])
             self.first[:, j] &= ~same.any(axis=1)
+        # sig[n]: an id shared by nodes alike in everything a policy reads (capacity, models,
+        # free GPU, CPU and memory); scans may keep only the first node of each class
+        self._static = [(self.exists[i].tobytes(), self.model[i].tobytes(),
+                         self.mtot[i].tobytes(), int(self.cpu_cap[i])) for i in range(n)]
+        self._sig_ids: dict = {}
+        self.sig = np.array([self._sig_of(i) for i in range(n)], dtype=np.int64)
+        self._reps: Optional[np.ndarray] = None
         self.cache: dict = {}  # per-policy caches that live with this state (see fgd.py)
         self._model_masks: dict = {}
 
@@ -184,15 +191,35 @@ class PoolState:
             ok &= self.hmem >= r.host_memory
         return ok
 
+    def _sig_of(self, i: int) -> int:
+        key = (self._static[i], self.cfree[i].tobytes(), self.mfree[i].tobytes(),
+               int(self.cpu[i]), int(self.hmem[i]))
+        return self._sig_ids.setdefault(key, len(self._sig_ids))
+
+    def representatives(self) -> np.ndarray:
+        """(nodes,) bool: the first node of each class of alike nodes (see ``sig``)."""
+        if self._reps is None:
+            self._reps = np.zeros(len(self.names), bool)
+            self._reps[np.unique(self.sig, return_index=True)[1]] = True
+        return self._reps
+
     def candidates(self, r: Request, only: Optional[int] = None,
-                   distinct: bool = False) -> Candidates:
-        """Every place the request fits now (all nodes, or only node ``only``); with
-        ``distinct``, only the first of GPUs alike on a node (see ``first``)."""
+                   distinct: bool = False, keep: Optional[int] = None) -> Candidates:
+        """Every place the request fits now (all nodes, or only node ``only``).
+
+        With ``distinct``, only one of places that every policy scores the same: the first
+        node of each class of alike nodes (plus node ``keep``, e.g. the origin, which breaks
+        ties), and on a node the first of GPUs alike (see ``first``).
+        """
         node_ok = self.node_ok(r)
         if only is not None:
-            keep = np.zeros_like(node_ok)
-            keep[only] = node_ok[only]
-            node_ok = keep
+            mask = np.zeros_like(node_ok)
+            mask[only] = node_ok[only]
+            node_ok = mask
+        elif distinct:
+            node_ok &= self.representatives()
+            if keep is not None:
+                node_ok[keep] = self.node_ok(r)[keep]
         if r.gpus == 0:
             nodes = np.flatnonzero(node_ok)
             return Candidates(nodes, np.full(nodes.size, -1))
@@ -288,8 +315,12 @@ class PoolState:
         self._changed(a.node)
 
     def _changed(self, n: int) -> None:
-        """Node ``n`` changed: bump its stamp, recompute its ``first`` row."""
+        """Node ``n`` changed: bump its stamp, recompute its class and ``first`` row."""
         self.stamp[n] += 1
+        sig = self._sig_of(n)
+        if sig != self.sig[n]:
+            self.sig[n] = sig
+            self._reps = None
         seen = set()
         row = self.first[n]
         for j in range(row.size):
