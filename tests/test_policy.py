@@ -59,7 +59,7 @@ def sliced(name, *gpu_slices, model="V100"):
 
 # ---- purity -------------------------------------------------------------------------------------
 
-ALLOWED_IMPORTS = {"__future__", "dataclasses", "typing", "itertools", "math", "numpy",
+ALLOWED_IMPORTS = {"__future__", "bisect", "dataclasses", "typing", "itertools", "math", "numpy",
                    "collections", "functools"}
 
 
