@@ -1,0 +1,249 @@
+"""Replay a GPU-sharing cluster trace under every flexai.policy policy, side by side (issue 10).
+
+    python benchmarks/scheduler_trace.py --nodes openb_node_list_gpu_node.csv \\
+        --pods openb_pod_list_default.csv [--policies first-fit,fgd,...] [--seed 42] \\
+        [--repeats 1] [--out benchmarks/results]
+    python benchmarks/scheduler_trace.py [--synthetic] [--scale 200] [--quick]
+
+The trace is Alibaba's cluster-trace-gpu-v2023 (openb_*.csv; research use only, so it is never
+in this repository: give its paths), or, without paths, a seeded synthetic trace with the same
+columns (benchmarks/gpu_trace.py). Three replays:
+
+1. Packing, as the FGD paper (Weng et al., ATC'23) does it: the trace's nodes; its pods in a
+   seeded random order, then pods drawn again from the trace until the GPUs asked for reach
+   1.3x the cluster's; pods never leave; a pod that does not fit is dropped. Reported: the
+   share of GPU capacity allocated when the first pod fails to fit and at the end, and the GPUs
+   left unallocated at the end (capacity minus allocated GPU shares, in GPUs: the paper's
+   measure), plus a plot of unallocated GPUs against the arrived workload.
+2. Latency: microseconds per placement decision (policy.choose) on a 1,000-node x 8-GPU pool.
+3. Time-based, with priorities from qos (LS high, Burstable normal, BE low): pods arrive and
+   leave at their times, wait in the policy's queue, and may evict lower priorities
+   (benchmarks/sched_timed.py). Reported: high-priority wait p99 and evictions. Synthetic
+   times (offered load --timed-load x capacity) when the trace has none.
+
+Writes scheduler_trace-TAG.json, .md (the table) and .png to --out; prints the table.
+--quick finishes in under a minute on a 2-core machine (a 60-node synthetic trace, 300
+decisions for latency, a short timed replay).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import gpu_trace  # noqa: E402
+import sched_replay as rp  # noqa: E402
+
+EXAMPLE = ("python benchmarks/scheduler_trace.py --nodes /tmp/openb/openb_node_list_gpu_node.csv "
+           "--pods /tmp/openb/openb_pod_list_default.csv")
+
+
+def _fail(msg: str) -> int:
+    print(f"scheduler_trace: {msg} (e.g. {EXAMPLE})", file=sys.stderr)
+    return 2
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, fmt: str = "{:.0f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def load(args) -> tuple[str, list, list]:
+    """(tag, nodes, pods) from the paths or the synthetic generator."""
+    if args.nodes or args.pods:
+        nodes, pods = gpu_trace.read_nodes(args.nodes), gpu_trace.read_pods(args.pods)
+        stem = Path(args.pods).stem.replace("openb_pod_list_", "")
+        return f"openb-{stem}", nodes, pods
+    nodes = gpu_trace.synthetic_nodes(args.scale, seed=args.seed)
+    gpus = sum(n.gpus for n in nodes)
+    pods = gpu_trace.synthetic_pods(max(50, int(gpus * 1.4)), seed=args.seed)
+    return f"synthetic-{args.scale}", nodes, pods
+
+
+def run_packing(nodes, pods, policies, seed, repeats, inflation) -> dict:
+    cap = sum(n.gpus for n in nodes)
+    out: dict = {}
+    for name in policies:
+        runs = []
+        for k in range(repeats):
+            order = rp.workload(pods, cap, seed + k, inflation)
+            t0 = time.perf_counter()
+            r = rp.packing_replay(nodes, order, name, pods, seed=seed + k)
+            runs.append((r, time.perf_counter() - t0))
+        first = [r.at_first_fail() for r, _ in runs if r.at_first_fail() is not None]
+        xs, ys = runs[0][0].curve(upto=inflation)
+        curves = [r.curve(upto=inflation)[1] for r, _ in runs]
+        n = min(len(c) for c in curves)
+        out[name] = {
+            "allocated_at_first_failure": sum(first) / len(first) if first else None,
+            "allocated_at_end": sum(r.final_share() for r, _ in runs) / repeats,
+            "unallocated_gpus_at_end": sum(r.unallocated_gpus() for r, _ in runs) / repeats,
+            "pods_arrived": sum(len(r.arrived) for r, _ in runs) / repeats,
+            "pods_failed": sum(r.failed for r, _ in runs) / repeats,
+            "gpu_pods_failed": sum(r.failed_gpu_pods for r, _ in runs) / repeats,
+            "pods_never_fit_empty_cluster": sum(r.never_fit for r, _ in runs) / repeats,
+            "decision_us_p50": rp.percentile([x for r, _ in runs for x in r.latency_us], 50),
+            "decision_us_p99": rp.percentile([x for r, _ in runs for x in r.latency_us], 99),
+            "seconds": sum(s for _, s in runs),
+            "seeds": [seed + k for k in range(repeats)],
+            "curve_arrived": xs[:n],
+            "curve_unallocated_gpus": [sum(c[i] for c in curves) / repeats for i in range(n)],
+        }
+    return out
+
+
+def run_latency(policies, n_nodes, decisions, seed) -> dict:
+    nodes = gpu_trace.synthetic_nodes(n_nodes, seed=seed, uniform=(8, "G2"))
+    pods = gpu_trace.synthetic_pods(decisions, seed=seed, models=("G2",), spec_share=0.0)
+    out = {}
+    for name in policies:
+        lat = rp.latency_replay(nodes, pods, name, decisions)
+        out[name] = {"p50_us": rp.percentile(lat, 50), "p99_us": rp.percentile(lat, 99),
+                     "max_us": max(lat), "decisions": len(lat)}
+    return {"nodes": n_nodes, "gpus_per_node": 8, "policies": out}
+
+
+def run_timed(nodes, pods, policies, seed, load_x, count, real: bool) -> dict:
+    import sched_timed
+    source = "trace times"
+    if not (real and any(p.creation is not None and p.deletion is not None for p in pods)):
+        cap = sum(n.gpus for n in nodes)
+        probe = gpu_trace.synthetic_pods(2000, seed=seed)
+        mean_gpu = sum(p.gpu_request for p in probe) / len(probe)
+        life = 3600.0
+        gap = life * mean_gpu / (load_x * cap)
+        pods = gpu_trace.synthetic_pods(count, seed=seed + 1, mean_gap_s=gap, mean_life_s=life)
+        source = (f"synthetic times on {len(nodes)} nodes ({cap} GPUs), offered load {load_x}x "
+                  f"capacity, {count} pods")
+    out = {"source": source, "policies": {}}
+    for name in policies:
+        t0 = time.perf_counter()
+        r = sched_timed.timed_replay(nodes, pods, name, seed=seed)
+        out["policies"][name] = dict(r.summary(), seconds=time.perf_counter() - t0)
+    return out
+
+
+def table(tag: str, res: dict) -> str:
+    cap = res["trace"]["gpus"]
+    lines = [f"Trace {tag}: {res['trace']['nodes']} nodes, {cap} GPUs, "
+             f"{res['trace']['pods']} pods; arrivals to {res['inflation']}x capacity, "
+             f"seeds {res['seeds']}. Latency on {res['latency']['nodes']} nodes x 8 GPUs. "
+             f"Priorities: {res.get('timed', {}).get('source', 'not run')}.", "",
+             "| policy | allocated at first failure | allocated at end | GPUs unallocated "
+             "at end | decision p50 / p99 (us), 1000x8 | high-prio wait p99 (s) | evictions |",
+             "|---|---|---|---|---|---|---|"]
+    for name, p in res["packing"].items():
+        lat = res["latency"]["policies"].get(name, {})
+        tm = res.get("timed", {}).get("policies", {}).get(name, {})
+        lines.append(
+            f"| {name} | {_pct(p['allocated_at_first_failure'])} | "
+            f"{_pct(p['allocated_at_end'])} | {_num(p['unallocated_gpus_at_end'])} | "
+            f"{_num(lat.get('p50_us'))} / {_num(lat.get('p99_us'))} | "
+            f"{_num(tm.get('wait_high_p99_s'))} | {_num(tm.get('evictions'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(tag: str, res: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    finals = []
+    for name, p in res["packing"].items():
+        xs = [100 * x for x in p["curve_arrived"]]
+        for ax in axes:
+            ax.plot(xs, p["curve_unallocated_gpus"], label=name, linewidth=1.4)
+        finals.append(p["unallocated_gpus_at_end"])
+    cap = res["trace"]["gpus"]
+    axes[0].set_title(f"{tag}: unallocated GPUs ({cap} GPUs)")
+    axes[1].set_title("the same, from 80% arrived")
+    axes[1].set_xlim(80, 100 * res["inflation"])
+    axes[1].set_ylim(0, max(finals + [1]) * 3)
+    for ax in axes:
+        ax.set_xlabel("arrived workload (% of GPU capacity)")
+        ax.set_ylabel("GPUs unallocated")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nodes", help="openb_node_list_*.csv")
+    ap.add_argument("--pods", help="openb_pod_list_*.csv")
+    ap.add_argument("--synthetic", action="store_true", help="a synthetic trace (the default)")
+    ap.add_argument("--scale", type=int, default=200, help="synthetic nodes (default 200)")
+    ap.add_argument("--policies", default="", help="comma-separated (default: all POLICIES)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--repeats", type=int, default=1, help="packing replays (seeds) per policy")
+    ap.add_argument("--inflation", type=float, default=1.3)
+    ap.add_argument("--latency-nodes", type=int, default=1000)
+    ap.add_argument("--latency-decisions", type=int, default=3000)
+    ap.add_argument("--timed-load", type=float, default=1.3,
+                    help="offered load of the synthetic timed replay, x capacity")
+    ap.add_argument("--timed-pods", type=int, default=3000)
+    ap.add_argument("--timed-nodes", type=int, default=100,
+                    help="the timed replay runs on the first N nodes (default 100)")
+    ap.add_argument("--no-timed", action="store_true", help="skip the priority replay")
+    ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    ap.add_argument("--out", default=str(HERE / "results"))
+    args = ap.parse_args(argv)
+    if bool(args.nodes) != bool(args.pods):
+        return _fail("--nodes and --pods go together")
+    if args.synthetic and args.nodes:
+        return _fail("--synthetic takes no --nodes/--pods")
+    if args.quick:
+        args.scale = min(args.scale, 60)
+        args.latency_decisions = min(args.latency_decisions, 300)
+        args.timed_pods = min(args.timed_pods, 400)
+    if args.scale < 1 or args.repeats < 1 or args.inflation < 1:
+        return _fail("--scale and --repeats must be >= 1 and --inflation >= 1")
+    from flexai.policy import POLICIES
+    policies = [p for p in args.policies.split(",") if p] or list(POLICIES)
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        return _fail(f"unknown policy {unknown[0]!r}; one of {', '.join(POLICIES)}")
+    try:
+        tag, nodes, pods = load(args)
+    except ValueError as e:
+        return _fail(str(e))
+    if args.quick:
+        tag += "-quick"
+    res: dict = {"trace": gpu_trace.summary(nodes, pods), "inflation": args.inflation,
+                 "seeds": [args.seed + k for k in range(args.repeats)]}
+    t0 = time.perf_counter()
+    res["packing"] = run_packing(nodes, pods, policies, args.seed, args.repeats, args.inflation)
+    res["latency"] = run_latency(policies, args.latency_nodes, args.latency_decisions, args.seed)
+    if not args.no_timed:
+        sub = nodes[:30] if args.quick else nodes[:max(1, args.timed_nodes)]
+        res["timed"] = run_timed(sub, pods, policies, args.seed, args.timed_load, args.timed_pods,
+                                 real=bool(args.nodes))
+    res["seconds"] = time.perf_counter() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    text = table(tag, res)
+    (out / f"scheduler_trace-{tag}.md").write_text(text)
+    (out / f"scheduler_trace-{tag}.json").write_text(json.dumps(res, indent=1) + "\n")
+    drew = plot(tag, res, out / f"scheduler_trace-{tag}.png")
+    print(text)
+    print(f"wrote {out}/scheduler_trace-{tag}.json, .md" + (", .png" if drew else
+                                                              " (no matplotlib: no PNG)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
