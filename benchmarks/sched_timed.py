@@ -87,7 +87,7 @@ class _View:
 
 
 def timed_replay(nodes: Sequence[TraceNode], pods: Sequence[TracePod], policy_name: str,
-                 preempt: bool = True, retry_limit: int = 32, seed: int = 0) -> TimedResult:
+                 preempt: bool = True, retry_limit: int = 8, seed: int = 0) -> TimedResult:
     """Replay `pods` (with creation and deletion times) on `nodes` under `policy_name`.
 
     After a pod leaves, the queue is retried in its order until `retry_limit` requests in a
@@ -103,6 +103,8 @@ def timed_replay(nodes: Sequence[TraceNode], pods: Sequence[TracePod], policy_na
     policy = make_policy(policy_name, timed, seed)
     from flexai.policy import Queue  # the queue module may land after the rest
     queue = Queue()
+    empty = empty_state(nodes)
+    never: dict = {}  # request shape -> would not fit even the idle pool
     res = TimedResult(policy_name)
     index = {n.name: i for i, n in enumerate(nodes)}
     running: dict[str, tuple] = {}   # key -> (pod, place, allocation, epoch)
@@ -177,19 +179,34 @@ def timed_replay(nodes: Sequence[TraceNode], pods: Sequence[TracePod], policy_na
                     freed = True
             else:
                 queue.push(key, by_key[key][1], now)
-        misses = 0
-        for key, _req in list(queue.ordered(now)):
+        # The queue's rules (flexai/policy/queue.py): served in effective-priority order; a
+        # request that cannot start stops lower effective priorities behind it this round,
+        # lets equal ones backfill until it has waited `aging` seconds, then stops them too.
+        # A request that would not fit even the idle pool blocks nothing.
+        misses, block, hard = 0, None, False
+        failed: set = set()  # request shapes that did not fit in this pass: not asked again
+        for key, req in list(queue.ordered(now)):
+            rank = queue.effective_rank(key, now)
+            if hard or (block is not None and rank > block):
+                break
             new = by_key[key][0].creation == now
-            if not (freed or new):
+            if not (freed or new) or req in failed:
                 continue
             if try_start(key, now, allow_preempt=True):
                 queue.remove(key)
                 misses = 0
-            else:
-                misses += 1
-                if misses >= retry_limit and freed:
-                    freed = False  # still look at this instant's arrivals
-    for key, _req in queue.ordered(float("inf")):
+                continue
+            failed.add(req)
+            if req not in never:
+                never[req] = len(empty.candidates(req)) == 0
+            if never[req]:
+                continue
+            block = rank if block is None else block
+            hard = now - queue.since(key) >= queue.aging
+            misses += 1
+            if misses >= retry_limit and freed:
+                freed = False  # still look at this instant's arrivals
+    for key, _req in queue.ordered(now if timed else 0.0):
         prio = by_key[key][1].priority
         res.never_started[prio] = res.never_started.get(prio, 0) + 1
     return res

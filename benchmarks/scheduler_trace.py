@@ -121,7 +121,8 @@ def run_timed(nodes, pods, policies, seed, load_x, count, real: bool) -> dict:
         life = 3600.0
         gap = life * mean_gpu / (load_x * cap)
         pods = gpu_trace.synthetic_pods(count, seed=seed + 1, mean_gap_s=gap, mean_life_s=life)
-        source = f"synthetic times, offered load {load_x}x capacity, {count} pods"
+        source = (f"synthetic times on {len(nodes)} nodes ({cap} GPUs), offered load {load_x}x "
+                  f"capacity, {count} pods")
     out = {"source": source, "policies": {}}
     for name in policies:
         t0 = time.perf_counter()
@@ -195,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timed-load", type=float, default=1.3,
                     help="offered load of the synthetic timed replay, x capacity")
     ap.add_argument("--timed-pods", type=int, default=3000)
+    ap.add_argument("--timed-nodes", type=int, default=100,
+                    help="the timed replay runs on the first N nodes (default 100)")
     ap.add_argument("--no-timed", action="store_true", help="skip the priority replay")
     ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -206,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.scale = min(args.scale, 60)
         args.latency_decisions = min(args.latency_decisions, 300)
-        args.timed_pods = min(args.timed_pods, 600)
+        args.timed_pods = min(args.timed_pods, 400)
     if args.scale < 1 or args.repeats < 1 or args.inflation < 1:
         return _fail("--scale and --repeats must be >= 1 and --inflation >= 1")
     from flexai.policy import POLICIES
@@ -226,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     res["packing"] = run_packing(nodes, pods, policies, args.seed, args.repeats, args.inflation)
     res["latency"] = run_latency(policies, args.latency_nodes, args.latency_decisions, args.seed)
     if not args.no_timed:
-        sub = nodes if not args.quick else nodes[:40]
+        sub = nodes[:30] if args.quick else nodes[:max(1, args.timed_nodes)]
         res["timed"] = run_timed(sub, pods, policies, args.seed, args.timed_load, args.timed_pods,
                                  real=bool(args.nodes))
     res["seconds"] = time.perf_counter() - t0

@@ -61,6 +61,8 @@ typedef struct flexai_config {
     char state_dir[FLEXAI_PATH_MAX];
     char libcuda[FLEXAI_PATH_MAX];
     char libnvml[FLEXAI_PATH_MAX];
+    char libacl[FLEXAI_PATH_MAX];
+    char libopapi[FLEXAI_PATH_MAX];
 } flexai_config;
 
 int flexai_config_parse(const char *const *names, const char *const *values, size_t count,
@@ -118,6 +120,7 @@ typedef struct flexai_usage_row {
     uint32_t burst;
     uint32_t pad;
     uint64_t gpu_ns;
+    uint64_t throttled_ns;
 } flexai_usage_row;
 
 int flexai_node_devices(flexai_node *node, flexai_device_info *out, size_t cap,

@@ -78,7 +78,8 @@ FLEXAI_API const char *flexai_error_name(int32_t code);
 /**
  * @brief The effective configuration of one process, as read from FLEXAI_* variables.
  *
- * Quotas are per device index as the program sees it (after CUDA_VISIBLE_DEVICES).
+ * Quotas are per device index as the program sees it (after CUDA_VISIBLE_DEVICES, or
+ * ASCEND_RT_VISIBLE_DEVICES on Ascend NPUs).
  * A value of 0 means "no limit" for that device; the parser rejects an explicit 0.
  * The struct grows at its end only: callers pass the size they know to flexai_config_parse,
  * which fills that much, so a program built against an older header keeps working.
@@ -103,6 +104,8 @@ typedef struct flexai_config {
     char state_dir[FLEXAI_PATH_MAX];      /**< directory of the node's shared state */
     char libcuda[FLEXAI_PATH_MAX];        /**< the real CUDA driver library */
     char libnvml[FLEXAI_PATH_MAX];        /**< the real NVML library */
+    char libacl[FLEXAI_PATH_MAX];         /**< the real Ascend runtime (libascendcl.so) */
+    char libopapi[FLEXAI_PATH_MAX];       /**< the real Ascend operator library (aclnn) */
 } flexai_config;
 
 /**
@@ -205,7 +208,9 @@ typedef struct flexai_slice_info {
  * One usage row: a slice (pid == 0) or one of its processes (pid > 0) on one device.
  * limit_bytes is the slice's quota on that device (0: none); used_bytes is what is charged.
  * compute/burst are the slice's share and burst in percent (0: none); gpu_ns is the GPU time
- * the slice used on the device while it was scheduled (slice rows only).
+ * the slice used on the device while it was scheduled, throttled_ns the time its launches were
+ * held back by the scheduler (a cap, a higher priority, another slice's lease) (slice rows
+ * only).
  */
 typedef struct flexai_usage_row {
     uint32_t slice_id;
@@ -217,6 +222,7 @@ typedef struct flexai_usage_row {
     uint32_t burst;
     uint32_t pad;
     uint64_t gpu_ns;
+    uint64_t throttled_ns;
 } flexai_usage_row;
 
 /** @brief Copy up to `cap` devices into out. @return the number of devices, or -1. */

@@ -60,17 +60,19 @@ def clients(tmp_path_factory) -> dict[str, Path]:
     built = {
         "client": out / "client",
         "wrap_getpid": out / "libwrap_getpid.so",
+        "wrap_clock": out / "libwrap_clock.so",
     }
     subprocess.run(
         [cc, "-O1", "-Wall", str(HERE / "clients" / "client.c"), "-o", str(built["client"]),
          "-ldl", f"-L{SIM_DIR}", "-l:libcuda.so.1"],
         check=True,
     )
-    subprocess.run(
-        [cc, "-O1", "-shared", "-fPIC", str(HERE / "clients" / "wrap_getpid.c"), "-o",
-         str(built["wrap_getpid"]), "-ldl"],
-        check=True,
-    )
+    for wrapper in ("wrap_getpid", "wrap_clock"):
+        subprocess.run(
+            [cc, "-O1", "-shared", "-fPIC", str(HERE / "clients" / f"{wrapper}.c"), "-o",
+             str(built[wrapper]), "-ldl"],
+            check=True,
+        )
     return built
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from conftest import LIBFLEXAI, SIM_DIR
 
 HOOKS_DEF = Path(__file__).parent.parent / "csrc" / "cuda" / "hooks.def"
+ACL_HOOKS_DEF = Path(__file__).parent.parent / "csrc" / "acl" / "acl_hooks.def"
 
 
 def _entries(kind: str) -> set[str]:
@@ -29,7 +30,9 @@ def test_exports_are_exactly_the_hooks_the_api_and_dlsym():
     driver_like = {n for n in exported if n.startswith(("cu", "nvml"))}
     assert driver_like == hooks, "every hooked function is exported, nothing else of the driver"
     assert "dlsym" in exported
-    others = exported - hooks - {"dlsym"}
+    acl = set(re.findall(r"^FX_ACL(?:NN)?_HOOK\((\w+)\)", ACL_HOOKS_DEF.read_text(), flags=re.M))
+    assert {n for n in exported if n.startswith("acl")} == acl, "the same for the ACL hooks"
+    others = exported - hooks - acl - {"dlsym"}
     assert all(n.startswith("flexai_") for n in others), sorted(others)
 
 

@@ -8,12 +8,13 @@ import pytest
 
 from conftest import LIBFLEXAI
 
-# name -> value for layout version 4 (1 had no compute fields, 2 no slice owner, 3 packed
-# each device into 80 bytes, so one holder's lease writes slowed every launch on the node)
+# name -> value for layout version 5 (1 had no compute fields, 2 no slice owner, 3 packed
+# each device into 80 bytes, so one holder's lease writes slowed every launch on the node, 4 no
+# throttled time)
 LAYOUT = {
-    "version": 4,
+    "version": 5,
     "fx_dev": 128,
-    "fx_slice": 1168,
+    "fx_slice": 1296,
     "fx_proc": 152,
     "fx_region.lock": 32,
     "fx_region.devs": 128,
@@ -23,6 +24,7 @@ LAYOUT = {
     "fx_slice.compute": 336,
     "fx_slice.tokens_ns": 464,
     "fx_slice.gpu_ns": 976,
+    "fx_slice.throttled_ns": 1104,
     "fx_proc.mem_used": 16,
     "fx_dev.lease_pid": 64,
     "fx_dev.lease_until_ns": 80,

@@ -39,6 +39,12 @@ MiB = 1 << 20
 GiB = 1 << 30
 OOM = 2            # CUDA_ERROR_OUT_OF_MEMORY
 E_PERMISSION = 8   # FLEXAI_E_PERMISSION
+# A wait that has a bound ends well under this (a lock is waited for at most 2 s, then fails
+# closed), one without a bound never does (the clients' timeout is 20 s). Generous on purpose:
+# on a busy 2-core machine a client that waits nothing can take seconds to run.
+BOUNDED_S = 10
+# What a client that waited for a lock says; one that says nothing of the kind did not wait.
+LOCK_WAITED = ("held for over", "flock")
 SIM_UUID0 = "GPU-f1e5a100-0000-4000-8000-000000000000"  # the simulated device 0
 
 #: Counts over the whole module (see the module's docstring).
@@ -643,6 +649,10 @@ def _culprit(neighbour: Path, state_dir: Path, *ops: str,
     return proc
 
 
+def _waited_for_a_lock(r: Run) -> bool:
+    return any(words in r.proc.stderr for words in LOCK_WAITED)
+
+
 def _timed(fn, *args, **kw):
     start = time.monotonic()
     result = fn(*args, **kw)
@@ -676,20 +686,21 @@ def test_3_stopped_lock_holder_fails_closed_and_the_node_recovers(clients, neigh
         # a newcomer with a quota: refused within the bound, with the reason
         r, took = _timed(_client, clients, state_dir, "init", "ctx", "0", "alloc", "1MiB",
                          timeout=20, **env)
-        assert took < 5, f"the newcomer waited {took:.1f} s"
+        assert took < BOUNDED_S, f"the newcomer waited {took:.1f} s"
         assert r.op("alloc")["rc"] != 0, "a quota that cannot be checked fails closed"
         assert "held for over 2 s by thread" in r.proc.stderr, r.proc.stderr
         # a member already attached: its allocation fails within the bound too
         _send(member)
         out, took = _timed(_read_until, member, '"op":"wait"', timeout=20)
         assert '"op":"wait"' in out, "the member hung on the stopped holder's lock"
-        assert took < 5, f"the member waited {took:.1f} s"
+        assert took < BOUNDED_S, f"the member waited {took:.1f} s"
         assert [line["rc"] for line in _lines(out) if line["op"] == "alloc"] != [0]
         # the culprit goes away: everybody works again, at once
         holder.kill()
         holder.wait()
         r, took = _timed(_client, clients, state_dir, "init", "ctx", "0", "fill", "64MiB", **env)
-        assert took < 1.5, f"after the holder died a newcomer waited {took:.1f} s"
+        assert took < BOUNDED_S and not _waited_for_a_lock(r), \
+            f"after the holder died a newcomer waited {took:.1f} s: {r.proc.stderr}"
         assert r.op("fill")["bytes"] == GiB - 64 * MiB, "the member's 64 MiB stay charged"
         _send(member)
         out = member.communicate(timeout=20)[0]
@@ -715,11 +726,12 @@ def test_3_lock_left_by_a_thread_that_is_gone_is_repaired(clients, neighbour, st
     TALLY["attacks"] += 1
     r, took = _timed(_client, clients, state_dir, "init", "ctx", "0", "fill", "64MiB",
                      timeout=20, **env)
-    assert took < 4, f"waited {took:.1f} s for a lock nobody holds"
+    assert took < BOUNDED_S, f"waited {took:.1f} s for a lock nobody holds"
     assert r.op("fill")["bytes"] == GiB, r.proc.stderr
     assert "repaired the node's state lock" in r.proc.stderr
     r, took = _timed(_client, clients, state_dir, "init", "ctx", "0", "fill", "64MiB", **env)
-    assert took < 1 and r.op("fill")["bytes"] == GiB, "repaired for good"
+    assert took < BOUNDED_S and not _waited_for_a_lock(r), "repaired for good"
+    assert r.op("fill")["bytes"] == GiB
 
 
 def test_3_lock_word_naming_a_live_stranger_is_repaired(clients, neighbour, state_dir, layout):
@@ -743,13 +755,15 @@ def test_3_held_flock_fails_closed_within_the_bound(clients, neighbour, state_di
         TALLY["attacks"] += 1
         r, took = _timed(_client, clients, state_dir, "init", "ctx", "0", "alloc", "1MiB",
                          timeout=20, **env)
-        assert took < 4, f"cuInit waited {took:.1f} s"
+        assert took < BOUNDED_S, f"cuInit waited {took:.1f} s"
         assert r.op("init")["rc"] != 0 and r.op("alloc")["rc"] != 0
         assert "for over 2 s" in r.proc.stderr or "flock" in r.proc.stderr, r.proc.stderr
     finally:
         _end(holder)
     r, took = _timed(_client, clients, state_dir, "init", "ctx", "0", "fill", "64MiB", **env)
-    assert took < 1 and r.op("fill")["bytes"] == GiB, "the node recovers when the holder is gone"
+    assert took < BOUNDED_S and not _waited_for_a_lock(r), \
+        "the node recovers when the holder is gone"
+    assert r.op("fill")["bytes"] == GiB
 
 
 # ---- 4. tables that fill up into "unlimited" ----------------------------------------------------
@@ -1068,17 +1082,18 @@ def test_hostile_neighbour_stopped_holding_the_lock(node):
         out, took = _timed(_read_until, victim, '"op":"wait"', timeout=20)
         if '"op":"wait"' not in out:
             TALLY["wedges"] += 1
-        assert '"op":"wait"' in out and took < 5, f"user a's job waited {took:.1f} s: {out}"
+        assert '"op":"wait"' in out and took < BOUNDED_S, f"user a's job waited {took:.1f} s: {out}"
         _quota_kept(512 * MiB + _op(_lines(out), "fill")["bytes"], GiB, "user a's job")
         r, took = _timed(node.client_run, node.a, state, "init", "ctx", "0", "alloc", "1MiB",
                          FLEXAI_GPU_MEMORY="1GiB", FLEXAI_SLICE="team-a")
-        assert took < 5 and r.op("alloc")["rc"] not in (0, OOM), r.lines
+        assert took < BOUNDED_S and r.op("alloc")["rc"] not in (0, OOM), r.lines
         assert "held for over 2 s by thread" in r.proc.stderr
         holder.kill()  # the administrator kills the culprit: the node recovers at once
         holder.wait()
         r, took = _timed(node.client_run, node.a, state, "init", "ctx", "0", "fill", "64MiB",
                          FLEXAI_GPU_MEMORY="1GiB", FLEXAI_SLICE="team-a")
-        assert took < 1.5 and r.op("fill")["bytes"] == 512 * MiB, (took, r.lines)
+        assert took < BOUNDED_S and not _waited_for_a_lock(r), (took, r.proc.stderr)
+        assert r.op("fill")["bytes"] == 512 * MiB, r.lines
     finally:
         if holder:
             holder.kill()
@@ -1095,7 +1110,7 @@ def test_hostile_neighbour_holding_the_state_lock_file(node):
         TALLY["attacks"] += 1
         r, took = _timed(node.client_run, node.a, state, "init", "ctx", "0", "alloc", "2GiB",
                          FLEXAI_GPU_MEMORY="1GiB", FLEXAI_SLICE="team-a")
-        assert took < 4 and r.op("alloc")["rc"] not in (0, OOM), (took, r.lines)
+        assert took < BOUNDED_S and r.op("alloc")["rc"] not in (0, OOM), (took, r.lines)
         # user a's running job does not need the lock file: it goes on, within its quota
         _send(victim)
         out = _read_until(victim, '"op":"wait"', timeout=10)

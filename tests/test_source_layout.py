@@ -9,7 +9,7 @@ import pytest
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 INCLUDE = Path(__file__).resolve().parent.parent / "include"
-LAYERS = ("core", "interpose", "cuda")
+LAYERS = ("core", "interpose", "cuda", "acl")
 
 
 def _includes(path: Path) -> list[str]:
@@ -31,6 +31,7 @@ def _layer(path: Path) -> str:
     ("core", {"core", "include"}),
     ("interpose", {"interpose", "core", "include"}),
     ("cuda", {"cuda", "interpose", "core", "include"}),
+    ("acl", {"acl", "interpose", "core", "include"}),
 ])
 def test_each_layer_includes_only_what_it_may_know(layer: str, allowed: set[str]) -> None:
     files = _sources()
@@ -46,6 +47,8 @@ def test_each_layer_includes_only_what_it_may_know(layer: str, allowed: set[str]
         text = re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)  # code, not comments
         assert not re.search(r"\bCU(result|stream|event|context)\b|\bcu[A-Z]\w+\(", text), (
             f"{layer}/ mentions the CUDA API")
+        assert not re.search(r"\bacl(rt|op|nn|mdl)?[A-Z]\w*\b|\baclError\b", text), (
+            f"{layer}/ mentions the ACL API")
 
 
 def test_no_include_circles() -> None:

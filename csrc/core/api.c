@@ -132,6 +132,7 @@ static void fx_put_row(flexai_usage_row *out, size_t cap, int *n, const struct f
         row->compute = sl->compute[dev];
         row->burst = sl->burst[dev];
         row->gpu_ns = pid ? 0 : sl->gpu_ns[dev];
+        row->throttled_ns = pid ? 0 : __atomic_load_n(&sl->throttled_ns[dev], __ATOMIC_RELAXED);
     }
     (*n)++;
 }
@@ -146,7 +147,8 @@ int flexai_node_usage(flexai_node *node, flexai_usage_row *out, size_t cap, flex
         const struct fx_slice *sl = &r->slices[s];
         if (!fx_slice_visible(r, s)) continue;
         for (uint32_t d = 0; d < FLEXAI_MAX_DEVICES; d++) {
-            if (!sl->mem_limit[d] && !sl->mem_used[d] && !sl->compute[d] && !sl->gpu_ns[d])
+            if (!sl->mem_limit[d] && !sl->mem_used[d] && !sl->compute[d] && !sl->gpu_ns[d] &&
+                !sl->throttled_ns[d])
                 continue;
             fx_put_row(out, cap, &n, sl, s, d, 0, sl->mem_used[d]);
             for (uint32_t p = 0; p < FX_MAX_PROCS; p++) {
@@ -247,6 +249,7 @@ static const struct fx_layout_entry fx_layout[] = {
     FX_LAYOUT_ENTRY(fx_slice, compute),
     FX_LAYOUT_ENTRY(fx_slice, tokens_ns),
     FX_LAYOUT_ENTRY(fx_slice, gpu_ns),
+    FX_LAYOUT_ENTRY(fx_slice, throttled_ns),
 };
 
 /* Size or offset named "struct.field" (or a struct name), -1 when unknown. */

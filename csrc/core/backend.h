@@ -1,5 +1,5 @@
-/* backend.h - all that the vendor-free core sees of an accelerator vendor (CUDA today; Ascend ACL
- * and the remote client later). A backend is a table of operations; the core calls them and
+/* backend.h - all that the vendor-free core sees of an accelerator vendor (CUDA, Ascend ACL; the
+ * remote client later). A backend is a table of operations; the core calls them and
  * nothing else of the vendor. Required operations are never NULL; optional ones may be, and the
  * core then goes without (no events: no compute gate, only memory quotas).
  *
@@ -25,8 +25,12 @@ typedef void *fx_ctx_t;
 enum fx_event_state { FX_EV_DONE = 0, FX_EV_PENDING = 1, FX_EV_ERROR = -1 };
 
 struct fx_backend {
-    /// @brief Short name for logs ("cuda").
+    /// @brief Short name for logs ("cuda", "acl").
     const char *name;
+
+    /// @brief The environment variable that selects the visible devices, for messages
+    ///        ("CUDA_VISIBLE_DEVICES", "ASCEND_RT_VISIBLE_DEVICES").
+    const char *visible_env;
 
     /// @brief UUIDs of the devices this process sees, in the vendor's ordinal order, from the
     ///        compute driver (it is not initialized by this call).
@@ -67,6 +71,12 @@ struct fx_backend {
     /// @brief 1 when `q` names the calling thread's own queue (CUDA: its per-thread default
     ///        stream): only this thread can record behind work it submitted there. Optional.
     int (*queue_per_thread)(fx_queue_t q, unsigned flags);
+
+    /// @brief Learn what the driver gave back without a call the hooks saw (CUDA: stream-ordered
+    ///        pools release memory at synchronizations) and give it back to the quota; called
+    ///        when an allocation is over the quota, before it is refused.
+    /// @return the bytes given back. Optional (NULL: the driver frees nothing behind our back).
+    uint64_t (*mem_reclaim)(void);
 
     /// @brief The vendor's error code for a core status (FLEXAI_E_*): what a hook returns when
     ///        the core refuses (over quota, unusable state, bad configuration). Required.

@@ -514,7 +514,11 @@ static int32_t fx_admit(uint32_t dev, struct fx_gate *ld)
             if (v.verdict == FX_TS_RELEASE) continue;
         }
         /* wake at least every FX_MAX_WAIT_NS: a resize or a freed lease is noticed within it */
+        uint64_t held_back = fx_now_ns();
         fx_wait(ld, v.retry_after_ns < FX_MAX_WAIT_NS ? v.retry_after_ns : FX_MAX_WAIT_NS);
+        /* statistics for `flexai ps`, metrics and top: added without the region's lock */
+        __atomic_add_fetch(&r->slices[fx_self.slice].throttled_ns[dev], fx_now_ns() - held_back,
+                           __ATOMIC_RELAXED);
     }
     return FLEXAI_OK;
 }

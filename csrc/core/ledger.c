@@ -85,7 +85,7 @@ uint32_t fx_dev_id(struct fx_region *r, const uint8_t uuid[16])
             }
             sl->tokens_ns[free_id] = 0;
             sl->refill_ns[free_id] = sl->vtime_ns[free_id] = sl->active_ns[free_id] = 0;
-            sl->gpu_ns[free_id] = 0;
+            sl->gpu_ns[free_id] = sl->throttled_ns[free_id] = 0;
         }
         r->generation++;
     }

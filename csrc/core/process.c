@@ -52,10 +52,18 @@ void fx_process_configure(void)
     fx_log_level = fx_self.cfg.log_level;
 }
 
-void fx_process_start(const struct fx_backend *backend, int spatial_available)
+int fx_process_start(const struct fx_backend *backend, int spatial_available)
 {
     flexai_error err = {0, ""};
-    fx_backend = backend;
+    /* One vendor per process: its devices are the ones the slice's quotas are indexed by. */
+    const struct fx_backend *none = NULL;
+    if (!__atomic_compare_exchange_n(&fx_backend, &none, backend, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        if (none == backend) return 0;
+        FX_ERROR("this process already uses flexai's %s backend; its %s calls are refused "
+                 "(one accelerator vendor per process)", none->name, backend->name);
+        return -1;
+    }
     fx_self.spatial = fx_self.cfg.sharing == FLEXAI_SHARING_SPATIAL ||
                       (fx_self.cfg.sharing == FLEXAI_SHARING_AUTO && spatial_available);
     if (fx_self.spatial) FX_INFO("spatial sharing (MPS): slices run kernels together");
@@ -69,6 +77,7 @@ void fx_process_start(const struct fx_backend *backend, int spatial_available)
         }
     }
     pthread_atfork(fx_process_prefork, fx_process_postfork_parent, fx_process_postfork_child);
+    return 0;
 }
 
 /* The slice's settings belong to the slice: the process that brings it to life (creates it,
@@ -151,7 +160,8 @@ static void fx_warn_unseen_devices(void)
         if (given & (1u << i))
             FX_WARN("FLEXAI_GPU_MEMORY/FLEXAI_GPU_COMPUTE name device %d, but this process "
                     "sees %d device(s) (0..%d): that entry limits nothing (indices count the "
-                    "devices after CUDA_VISIBLE_DEVICES)", i, fx_self.ndev, fx_self.ndev - 1);
+                    "devices after %s)", i, fx_self.ndev, fx_self.ndev - 1,
+                    fx_backend->visible_env);
 }
 
 /* Fill the device map from the backend. Mutex held. */

@@ -49,8 +49,10 @@ void fx_process_configure(void);
 
 /* With the vendor's backend loaded: decide time or spatial sharing, attach the node's shared
  * region, register the fork handler. A state that cannot be used makes the process broken when
- * it has limits to enforce (fail closed), and is only a warning otherwise. */
-void fx_process_start(const struct fx_backend *backend, int spatial_available);
+ * it has limits to enforce (fail closed), and is only a warning otherwise. The first backend
+ * started is the process's: another one is refused (-1; its hooks then fail), the same one again
+ * is a no-op (0). */
+int fx_process_start(const struct fx_backend *backend, int spatial_available);
 
 /* Make sure this process has a slot and its device map. 0 on success; -1 when nothing can be
  * mapped yet (the driver is not initialized) or the state is unusable. `from_driver`: the

@@ -14,7 +14,8 @@
 #include "flexai.h"
 
 #define FX_MAGIC 0x314d48534941584eULL /* "NXAISHM1" read as little-endian bytes */
-#define FX_LAYOUT_VERSION 4u /* 3: slices record their owner; 4: devices on two lines */
+#define FX_LAYOUT_VERSION 5u /* 3: slices record their owner; 4: devices on two lines;
+                                * 5: slices count their throttled time */
 #define FX_MAX_SLICES 128
 #define FX_MAX_PROCS 1024
 #define FX_NONE 0xffffffffu
@@ -59,6 +60,9 @@ struct fx_slice {
     uint64_t vtime_ns[FLEXAI_MAX_DEVICES];  /* GPU time used / share: fair-share clock */
     uint64_t active_ns[FLEXAI_MAX_DEVICES]; /* last time it wanted to submit work */
     uint64_t gpu_ns[FLEXAI_MAX_DEVICES];    /* GPU time used in all (statistics) */
+    uint64_t throttled_ns[FLEXAI_MAX_DEVICES]; /* time its launches were held back by the
+                                                * scheduler (statistics; added without the
+                                                * lock, atomically) */
     uint32_t owner_uid;                     /* the user who created it: only they (and root)
                                                may join or change it */
     uint32_t pad2;

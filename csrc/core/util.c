@@ -138,7 +138,7 @@ static int fx_hexval(char c)
 int fx_uuid_parse(const char *text, uint8_t out[16])
 {
     const char *p = text;
-    if (strncmp(p, "GPU-", 4) == 0) p += 4;
+    if (strncmp(p, "GPU-", 4) == 0 || strncmp(p, "NPU-", 4) == 0) p += 4;
     int n = 0;
     for (; *p && n < 32; p++) {
         if (*p == '-') continue;
@@ -151,10 +151,16 @@ int fx_uuid_parse(const char *text, uint8_t out[16])
     return (n == 32 && *p == '\0') ? 0 : -1;
 }
 
+int fx_uuid_is_npu(const uint8_t u[16])
+{
+    return u[0] == FX_NPU_TAG0 && u[1] == FX_NPU_TAG1 && u[2] == FX_NPU_TAG2 && u[3] == 0;
+}
+
 void fx_uuid_format(const uint8_t u[16], char out[FLEXAI_UUID_STR])
 {
     snprintf(out, FLEXAI_UUID_STR,
-             "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0],
+             "%s-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             fx_uuid_is_npu(u) ? "NPU" : "GPU", u[0],
              u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
              u[14], u[15]);
 }

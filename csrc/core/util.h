@@ -30,9 +30,18 @@ int fx_parse_size_n(const char *s, size_t len, uint64_t *bytes, int allow_zero, 
  * flip, random or zeroed bytes, never a deliberate forger). A few ns per word. */
 uint64_t fx_hash_words(const uint64_t *w, size_t n, uint64_t seed);
 
-/* "GPU-xxxxxxxx-xxxx-..." (or 32 bare hex digits) to 16 bytes; 0 or -1. */
+/* "GPU-xxxxxxxx-xxxx-..." or "NPU-..." (or 32 bare hex digits) to 16 bytes; 0 or -1. */
 int fx_uuid_parse(const char *text, uint8_t out[16]);
 void fx_uuid_format(const uint8_t uuid[16], char out[FLEXAI_UUID_STR]);
+
+/* Devices are keyed by 16 bytes. A GPU's are its UUID; an NPU has no UUID, so its backend makes
+ * 16 bytes from a stable id that begin with the tag 'N' 'P' 'U' 0 (0x4e505500): such ids are
+ * written "NPU-..." instead of "GPU-..." (a GPU UUID starting with those 4 bytes, 1 in 2^32,
+ * would only be shown as NPU). */
+#define FX_NPU_TAG0 0x4e
+#define FX_NPU_TAG1 0x50
+#define FX_NPU_TAG2 0x55
+int fx_uuid_is_npu(const uint8_t uuid[16]);
 
 /* Which of `n` devices (named uuid_text[i], "GPU-...") a list such as CUDA_VISIBLE_DEVICES makes
  * visible, in order: order[k] = index of the k-th visible device. Entries are indices, whole

@@ -224,6 +224,7 @@ static int fx_cuda_error_code(int32_t status)
 
 static const struct fx_backend fx_cuda_backend = {
     .name = "cuda",
+    .visible_env = "CUDA_VISIBLE_DEVICES",
     .devices = fx_cuda_devices,
     .devices_quiet = fx_cuda_devices_quiet,
     .current_device = fx_cuda_current_device,
@@ -235,6 +236,7 @@ static const struct fx_backend fx_cuda_backend = {
     .queue_capturing = fx_cuda_queue_capturing,
     .queue_context = fx_cuda_queue_context,
     .queue_per_thread = fx_cuda_queue_per_thread,
+    .mem_reclaim = fx_cuda_pools_refresh,
     .error_code = fx_cuda_error_code,
 };
 
@@ -250,6 +252,8 @@ static int fx_mps_present(void)
     return access(path, F_OK) == 0;
 }
 
+static int fx_cuda_refused;
+
 static void fx_cuda_init_once(void)
 {
     fx_dlsym_bootstrap();
@@ -258,7 +262,8 @@ static void fx_cuda_init_once(void)
     void *cuda = dlopen(fx_self.cfg.libcuda, RTLD_NOW | RTLD_LOCAL);
     if (!cuda) FX_WARN("cannot load the CUDA driver %s: %s", fx_self.cfg.libcuda, dlerror());
     fx_hooks_resolve_cuda(cuda);
-    fx_process_start(&fx_cuda_backend, fx_mps_present());
+    /* refused when another vendor's backend runs this process: CUDA calls then fail */
+    fx_cuda_refused = fx_process_start(&fx_cuda_backend, fx_mps_present()) != 0;
 }
 
 static struct fx_once fx_cuda_once = FX_ONCE_INIT(fx_cuda_init_once);
@@ -266,7 +271,7 @@ static struct fx_once fx_cuda_once = FX_ONCE_INIT(fx_cuda_init_once);
 int fx_cuda_init(void)
 {
     if (fx_once_run(&fx_cuda_once) != 0) return -1; /* the driver called back while loading */
-    return fx_self.broken ? -1 : 0;
+    return fx_self.broken || fx_cuda_refused ? -1 : 0;
 }
 
 static void fx_nvml_load_once(void)

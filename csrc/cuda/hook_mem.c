@@ -7,14 +7,13 @@
  * quota, and never more free memory than the device really has. */
 #include <pthread.h>
 
+#include "charge.h"
 #include "gate.h"
 #include "log.h"
 #include "shim.h"
 #include "track.h"
 #include "util.h"
 
-static uint64_t fx_pools_refresh(void);
-static int32_t fx_reserve_retry(uint32_t dev, uint64_t bytes);
 
 /* ---- contexts: what dies with them, and their own memory ----------------------------------
  * Each tracked allocation names its owner, the context it dies with (an opaque handle to the
@@ -79,35 +78,16 @@ static int fx_ordinal_of_dev(uint32_t dev)
     return -1;
 }
 
-/* Charge the primary context's overhead on node device dev unless it is charged. *charged is
- * the device when this call charged it (FX_NONE otherwise), so a failed retain can give it
- * back. */
-static int32_t fx_ctx_charge(uint32_t dev, uint32_t *charged)
-{
-    *charged = FX_NONE;
-    if (dev == FX_NONE || fx_self.cfg.context_memory == 0) return FLEXAI_OK;
-    if (__atomic_load_n(&fx_self.ctx_charged[dev], __ATOMIC_ACQUIRE)) return FLEXAI_OK;
-    if (__atomic_exchange_n(&fx_self.ctx_charged[dev], 1, __ATOMIC_ACQ_REL)) return FLEXAI_OK;
-    int32_t st = fx_reserve_retry(dev, fx_self.cfg.context_memory);
-    if (st != FLEXAI_OK) {
-        __atomic_store_n(&fx_self.ctx_charged[dev], 0, __ATOMIC_RELEASE);
-        return st;
-    }
-    *charged = dev;
-    return FLEXAI_OK;
-}
-
+/* The primary context's overhead (charge.h): charged at its retain, given back when a retain
+ * fails. */
 static CUresult fx_ctx_begin(CUdevice ordinal, uint32_t *charged)
 {
-    return fx_cuda_error(fx_ctx_charge(fx_dev_of_ordinal(ordinal), charged));
+    return fx_cuda_error(fx_overhead_charge(fx_dev_of_ordinal(ordinal), charged));
 }
 
 static CUresult fx_ctx_end(CUresult rc, uint32_t charged)
 {
-    if (rc != CUDA_SUCCESS && charged != FX_NONE) {
-        fx_release(charged, fx_self.cfg.context_memory);
-        __atomic_store_n(&fx_self.ctx_charged[charged], 0, __ATOMIC_RELEASE);
-    }
+    if (rc != CUDA_SUCCESS) fx_overhead_undo(charged);
     return rc;
 }
 
@@ -118,8 +98,7 @@ static void fx_ctx_idle(int ordinal, uint32_t dev)
 {
     if (dev == FX_NONE || ordinal < 0) return;
     if (fx_primary_state(ordinal) != 0) return;
-    if (__atomic_exchange_n(&fx_self.ctx_charged[dev], 0, __ATOMIC_ACQ_REL))
-        fx_release(dev, fx_self.cfg.context_memory);
+    fx_overhead_release(dev);
 }
 
 /* The driver answered a teardown whose owner's entries were marked before the call: `ended`
@@ -136,20 +115,11 @@ static CUresult fx_teardown_end(CUresult rc, uint64_t owner, int ended, int ordi
             if (freed[d]) fx_release(d, freed[d]);
     }
     fx_ctx_idle(ordinal, dev);
-    fx_pools_refresh(); /* pools gave back what the context's allocations held */
+    fx_cuda_pools_refresh(); /* pools gave back what the context's allocations held */
     return rc;
 }
 
 /* ---- bookkeeping shared by the allocation paths ------------------------------------------ */
-
-/* Reserve; over the quota, first learn what pools gave back behind our back (at a
- * synchronization) and try again. */
-static int32_t fx_reserve_retry(uint32_t dev, uint64_t bytes)
-{
-    int32_t st = fx_reserve(dev, bytes);
-    if (st == FLEXAI_E_QUOTA && fx_pools_refresh() > 0) st = fx_reserve(dev, bytes);
-    return st;
-}
 
 /* Whether `owner` (the calling thread's current context) is one cuCtxCreate made (it carries
  * its own overhead), not the primary one. */
@@ -165,7 +135,7 @@ static int fx_is_created(uint64_t owner)
 static int32_t fx_reserve_alloc(uint32_t dev, uint64_t bytes, uint64_t owner)
 {
     uint32_t charged;
-    int32_t st = fx_is_created(owner) ? FLEXAI_OK : fx_ctx_charge(dev, &charged);
+    int32_t st = fx_is_created(owner) ? FLEXAI_OK : fx_overhead_charge(dev, &charged);
     return st != FLEXAI_OK ? st : fx_reserve_retry(dev, bytes);
 }
 
@@ -181,44 +151,18 @@ static int32_t fx_reserve_alloc(uint32_t dev, uint64_t bytes, uint64_t owner)
         if (st_ != FLEXAI_OK) return fx_cuda_error(st_);                                       \
     } while (0)
 
-/* Remember an allocation; a key the driver handed out again was freed behind our back (a
- * teardown racing with this allocation): its old charge goes back. */
-static void fx_remember(int kind, uint64_t key, uint64_t size, uint32_t dev, uint64_t owner)
-{
-    struct fx_charge old = fx_track_add(kind, key, size, dev, owner);
-    if (old.size) fx_release(old.dev, old.size);
-}
-
 /* After the driver answered an allocation: remember it, or give the reservation back. */
-static CUresult fx_alloc_done(CUresult rc, int kind, uint64_t key, uint64_t size, uint32_t dev,
-                              uint64_t owner)
+static CUresult fx_cu_alloc_done(CUresult rc, int kind, uint64_t key, uint64_t size,
+                                 uint32_t dev, uint64_t owner)
 {
-    if (rc == CUDA_SUCCESS) fx_remember(kind, key, size, dev, owner);
-    else fx_release(dev, size);
+    fx_alloc_done(rc == CUDA_SUCCESS, kind, key, size, dev, owner);
     return rc;
 }
 
-/* Frees: forget the entry *before* the driver frees (after it, another thread could get the
- * same address and its entry would be taken instead); put it back if the free fails. */
-struct fx_taken {
-    int found;
-    uint64_t size;
-    uint32_t dev;
-    uint64_t owner;
-};
-
-static struct fx_taken fx_free_begin(int kind, uint64_t key)
+/* After the driver answered a free begun with fx_free_begin (charge.h). */
+static CUresult fx_cu_free_end(CUresult rc, int kind, uint64_t key, struct fx_taken t)
 {
-    struct fx_taken t = {0, 0, FX_NONE, 0};
-    t.found = fx_track_take(kind, key, &t.size, &t.dev, &t.owner) == 0;
-    return t;
-}
-
-static CUresult fx_free_end(CUresult rc, int kind, uint64_t key, struct fx_taken t)
-{
-    if (!t.found) return rc;
-    if (rc == CUDA_SUCCESS) fx_release(t.dev, t.size);
-    else fx_remember(kind, key, t.size, t.dev, t.owner);
+    fx_free_end(rc == CUDA_SUCCESS, kind, key, t);
     return rc;
 }
 
@@ -336,7 +280,7 @@ FX_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes)
 {
     uint64_t limit, used;
     FX_ENTER(cuMemGetInfo_v2);
-    fx_pools_refresh(); /* what pools gave back at synchronizations */
+    fx_cuda_pools_refresh(); /* what pools gave back at synchronizations */
     CUresult rc = fx_cu.cuMemGetInfo_v2(free_bytes, total_bytes);
     if (rc == CUDA_SUCCESS && fx_quota(fx_current_dev(), &limit, &used)) {
         /* The quota's room, but never more than the device really has free: slices packed up
@@ -367,8 +311,8 @@ FX_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     uint64_t owner = fx_owner_current();
     FX_RESERVE(dev, bytesize, owner);
     CUresult rc = fx_cu.cuMemAlloc_v2(dptr, bytesize);
-    return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev,
-                         owner);
+    return fx_cu_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev,
+                            owner);
 }
 
 FX_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags)
@@ -379,8 +323,8 @@ FX_EXPORT CUresult cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigne
     uint64_t owner = fx_owner_current();
     FX_RESERVE(dev, bytesize, owner);
     CUresult rc = fx_cu.cuMemAllocManaged(dptr, bytesize, flags);
-    return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev,
-                         owner);
+    return fx_cu_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, bytesize, dev,
+                            owner);
 }
 
 FX_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes,
@@ -396,7 +340,7 @@ FX_EXPORT CUresult cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t 
     uint64_t owner = fx_owner_current();
     FX_RESERVE(dev, guess, owner);
     CUresult rc = fx_cu.cuMemAllocPitch_v2(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
-    if (rc != CUDA_SUCCESS) return fx_alloc_done(rc, FX_T_PTR, 0, guess, dev, 0);
+    if (rc != CUDA_SUCCESS) return fx_cu_alloc_done(rc, FX_T_PTR, 0, guess, dev, 0);
     uint64_t actual = fx_mul_sat(*pPitch, Height);
     if (actual > guess && fx_reserve(dev, actual - guess) != FLEXAI_OK) {
         if (fx_cu.cuMemFree_v2) fx_cu.cuMemFree_v2(*dptr);
@@ -412,9 +356,9 @@ FX_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     FX_ENTER(cuMemFree_v2);
     struct fx_taken t = fx_free_begin(FX_T_PTR, dptr);
-    CUresult rc = fx_free_end(fx_cu.cuMemFree_v2(dptr), FX_T_PTR, dptr, t);
+    CUresult rc = fx_cu_free_end(fx_cu.cuMemFree_v2(dptr), FX_T_PTR, dptr, t);
     /* A stream-ordered allocation: the driver synchronized, pools may have given memory back. */
-    if (!t.found && rc == CUDA_SUCCESS) fx_pools_refresh();
+    if (!t.found && rc == CUDA_SUCCESS) fx_cuda_pools_refresh();
     return rc;
 }
 
@@ -467,7 +411,7 @@ static uint64_t fx_pool_settle(CUmemoryPool pool)
 }
 
 /* Settle every tracked pool; returns the bytes released. */
-static uint64_t fx_pools_refresh(void)
+uint64_t fx_cuda_pools_refresh(void)
 {
     uint64_t keys[64], freed = 0;
     pthread_mutex_lock(&fx_pool_mu);
@@ -584,8 +528,8 @@ static CUresult fx_pool_end(CUresult rc, struct fx_pool_op *op, CUdeviceptr *dpt
     if (op->dev == FX_NONE) return rc;
     if (!op->pool) {
         /* charged per allocation: remembered, freed like any other */
-        return fx_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, op->held, op->dev,
-                             rc == CUDA_SUCCESS ? owner : 0);
+        return fx_cu_alloc_done(rc, FX_T_PTR, rc == CUDA_SUCCESS ? *dptr : 0, op->held, op->dev,
+                                rc == CUDA_SUCCESS ? owner : 0);
     }
     uint64_t after = op->before, old;
     if (fx_pool_attr(op->pool, FX_CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &after) != 0)
@@ -645,14 +589,14 @@ FX_EXPORT CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
 {
     FX_ENTER(cuMemFreeAsync);
     struct fx_taken t = fx_free_begin(FX_T_PTR, dptr);
-    return fx_free_end(fx_cu.cuMemFreeAsync(dptr, hStream), FX_T_PTR, dptr, t);
+    return fx_cu_free_end(fx_cu.cuMemFreeAsync(dptr, hStream), FX_T_PTR, dptr, t);
 }
 
 FX_EXPORT CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
 {
     FX_ENTER(cuMemFreeAsync_ptsz);
     struct fx_taken t = fx_free_begin(FX_T_PTR, dptr);
-    return fx_free_end(fx_cu.cuMemFreeAsync_ptsz(dptr, hStream), FX_T_PTR, dptr, t);
+    return fx_cu_free_end(fx_cu.cuMemFreeAsync_ptsz(dptr, hStream), FX_T_PTR, dptr, t);
 }
 
 /* Pools made here are remembered with their location: a host pool is never charged. */
@@ -716,7 +660,7 @@ FX_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size
     FX_RESERVE_DEVICE(dev, size);
     CUresult rc = fx_cu.cuMemCreate(handle, size, prop, flags);
     /* Physical memory belongs to the device, not to a context: no teardown frees it. */
-    return fx_alloc_done(rc, FX_T_VMM, rc == CUDA_SUCCESS ? *handle : 0, size, dev, 0);
+    return fx_cu_alloc_done(rc, FX_T_VMM, rc == CUDA_SUCCESS ? *handle : 0, size, dev, 0);
 }
 
 /* Physical memory lives until its handle is released *and* its last mapping is gone (PyTorch's
@@ -734,7 +678,7 @@ FX_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
     if (rc == CUDA_SUCCESS && t.found && fx_track_count_ref(FX_T_MAP, handle) > 0)
         fx_remember(FX_T_VMM_MAPPED, handle, t.size, t.dev, 0);
     else
-        fx_free_end(rc, FX_T_VMM, handle, t);
+        fx_cu_free_end(rc, FX_T_VMM, handle, t);
     pthread_mutex_unlock(&fx_vmm_mu);
     return rc;
 }
@@ -805,8 +749,8 @@ FX_EXPORT CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTO
     uint64_t owner = fx_owner_current();
     FX_RESERVE(dev, size, owner);
     CUresult rc = fx_cu.cuArrayCreate_v2(pHandle, desc);
-    return fx_alloc_done(rc, FX_T_ARRAY, rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0,
-                         size, dev, owner);
+    uint64_t key = rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0;
+    return fx_cu_alloc_done(rc, FX_T_ARRAY, key, size, dev, owner);
 }
 
 FX_EXPORT CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *desc)
@@ -819,8 +763,8 @@ FX_EXPORT CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCR
     uint64_t owner = fx_owner_current();
     FX_RESERVE(dev, size, owner);
     CUresult rc = fx_cu.cuArray3DCreate_v2(pHandle, desc);
-    return fx_alloc_done(rc, FX_T_ARRAY, rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0,
-                         size, dev, owner);
+    uint64_t key = rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0;
+    return fx_cu_alloc_done(rc, FX_T_ARRAY, key, size, dev, owner);
 }
 
 FX_EXPORT CUresult cuArrayDestroy(CUarray hArray)
@@ -828,7 +772,7 @@ FX_EXPORT CUresult cuArrayDestroy(CUarray hArray)
     FX_ENTER(cuArrayDestroy);
     uint64_t key = (uint64_t)(uintptr_t)hArray;
     struct fx_taken t = fx_free_begin(FX_T_ARRAY, key);
-    return fx_free_end(fx_cu.cuArrayDestroy(hArray), FX_T_ARRAY, key, t);
+    return fx_cu_free_end(fx_cu.cuArrayDestroy(hArray), FX_T_ARRAY, key, t);
 }
 
 FX_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle,
@@ -850,8 +794,8 @@ FX_EXPORT CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle,
     uint64_t owner = fx_owner_current();
     FX_RESERVE(dev, size, owner);
     CUresult rc = fx_cu.cuMipmappedArrayCreate(pHandle, desc, numMipmapLevels);
-    return fx_alloc_done(rc, FX_T_MIPMAP, rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0,
-                         size, dev, owner);
+    uint64_t key = rc == CUDA_SUCCESS ? (uint64_t)(uintptr_t)*pHandle : 0;
+    return fx_cu_alloc_done(rc, FX_T_MIPMAP, key, size, dev, owner);
 }
 
 FX_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray h)
@@ -859,5 +803,5 @@ FX_EXPORT CUresult cuMipmappedArrayDestroy(CUmipmappedArray h)
     FX_ENTER(cuMipmappedArrayDestroy);
     uint64_t key = (uint64_t)(uintptr_t)h;
     struct fx_taken t = fx_free_begin(FX_T_MIPMAP, key);
-    return fx_free_end(fx_cu.cuMipmappedArrayDestroy(h), FX_T_MIPMAP, key, t);
+    return fx_cu_free_end(fx_cu.cuMipmappedArrayDestroy(h), FX_T_MIPMAP, key, t);
 }

@@ -8,9 +8,9 @@
 #include "shim.h"
 
 static const struct fx_hook fx_hooks[] = {
-#define FX_CUDA_HOOK(n, base, since) {#n, (void *)&n, (void **)&fx_cu.n, #base, since},
+#define FX_CUDA_HOOK(n, base, since) {#n, (void *)&n, (void **)&fx_cu.n, #base, since, 0},
 #define FX_CUDA_REAL(n)
-#define FX_NVML_HOOK(n) {#n, (void *)&n, (void **)&fx_nv.n, #n, 0},
+#define FX_NVML_HOOK(n) {#n, (void *)&n, (void **)&fx_nv.n, #n, 0, 0},
 #define FX_NVML_REAL(n)
 #include "hooks.def"
 #undef FX_CUDA_HOOK
@@ -21,12 +21,16 @@ static const struct fx_hook fx_hooks[] = {
 
 #define FX_NHOOKS (sizeof fx_hooks / sizeof fx_hooks[0])
 
-const struct fx_hook *fx_hook_find(const char *name)
+static const struct fx_hook *fx_cuda_hook_find(const char *name)
 {
     for (size_t i = 0; i < FX_NHOOKS; i++)
         if (strcmp(fx_hooks[i].name, name) == 0) return &fx_hooks[i];
     return NULL;
 }
+
+/* The CUDA layer's names, for the dlsym hook (interpose/hooks.c). */
+static const struct fx_hookset fx_cuda_hookset = {fx_cuda_hook_find};
+FX_HOOKSET(fx_cuda_hookset);
 
 #define FX_PER_THREAD_DEFAULT_STREAM 0x2 /* CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM */
 
@@ -45,10 +49,10 @@ const struct fx_hook *fx_hook_for_request(const char *symbol, int version, cuuin
     const char *name = best ? best->name : symbol;
     if (flags & FX_PER_THREAD_DEFAULT_STREAM) {
         snprintf(buf, sizeof buf, "%s_ptsz", name);
-        const struct fx_hook *h = fx_hook_find(buf);
+        const struct fx_hook *h = fx_cuda_hook_find(buf);
         if (h) return h;
     }
-    return best ? best : fx_hook_find(name);
+    return best ? best : fx_cuda_hook_find(name);
 }
 
 void *fx_hook_by_real(void *real)

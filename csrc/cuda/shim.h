@@ -45,6 +45,10 @@ int fx_cuda_init(void);
 /* The CUresult for a core status (FLEXAI_E_*; FLEXAI_OK is CUDA_SUCCESS). */
 CUresult fx_cuda_error(int32_t status);
 
+/* Settle every stream-ordered pool's charge to what the driver holds (hook_mem.c): the backend's
+ * mem_reclaim. Returns the bytes given back. */
+uint64_t fx_cuda_pools_refresh(void);
+
 /* Load NVML and resolve its functions, once, the first time flexai needs them (an NVML hook,
  * or mapping devices through NVML): a CUDA program that never touches NVML never loads it. */
 void fx_nvml_load(void);

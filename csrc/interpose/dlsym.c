@@ -6,8 +6,8 @@
  * caller's own return address still on the stack. glibc resolves RTLD_NEXT relative to that
  * return address, so RTLD_NEXT keeps meaning "after the caller", not "after flexai"; a C
  * wrapper that calls the real dlsym would break other preloaded interposers. Every dlsym of
- * the process passes here (Python's extension loading too), so the common path is two byte
- * compares and never initializes CUDA.
+ * the process passes here (Python's extension loading too), so the common path is a few byte
+ * compares and never initializes a driver.
  *
  * The real dlsym can only be found with dlvsym, which needs the symbol's version name, and
  * that name depends on the glibc and the architecture. fx_dlsym_bootstrap tries the known
@@ -125,7 +125,10 @@ FX_UNINSTRUMENTED __attribute__((used, visibility("hidden"))) void *
 fx_dlsym_lookup(void *handle, const char *name)
 {
     fx_dlsym_bootstrap(); /* the entry jumps to fx_real_dlsym whatever we answer: never NULL */
-    if (!name || !((name[0] == 'c' && name[1] == 'u') || (name[0] == 'n' && name[1] == 'v')))
+    /* the first letters of every hooked name (cuda/: cu*, nvml*; acl/: acl*); the hook
+     * layers' own lists (interpose/hooks.c) decide the rest */
+    if (!name || !((name[0] == 'c' && name[1] == 'u') || (name[0] == 'n' && name[1] == 'v') ||
+                   (name[0] == 'a' && name[1] == 'c')))
         return NULL;
     if (fx_in_init) return NULL;
     const struct fx_hook *h = fx_hook_find(name);
@@ -134,6 +137,7 @@ fx_dlsym_lookup(void *handle, const char *name)
      * RTLD_NEXT here would mean "after flexai": ask the global scope instead. */
     void *real = fx_real_dlsym(handle == RTLD_NEXT ? RTLD_DEFAULT : handle, name);
     if (!real || real == h->wrapper) return real;
+    if (h->late) __atomic_store_n(h->real, real, __ATOMIC_RELEASE); /* the caller's library */
     FX_DEBUG("dlsym(%s) -> flexai", name);
     return h->wrapper;
 }

@@ -10,17 +10,31 @@
 #define FX_EXPORT __attribute__((visibility("default")))
 
 /* One hooked function: its name, our wrapper, where the real one is kept, and the versioned
- * name it answers for (`base` from ABI version `since`; since 0: the only variant). */
+ * name it answers for (`base` from ABI version `since`; since 0: the only variant). `late`: the
+ * real function is the one the caller's own dlsym finds (a library flexai does not open itself,
+ * e.g. ACL's operator library): the dlsym hook stores it in *real before handing out wrapper. */
 struct fx_hook {
     const char *name;
     void *wrapper;
     void **real;
     const char *base;
     int since;
+    int late;
 };
 
-/* The hook named `name`, or NULL (defined by the hook tables, cuda/hook_table.c). */
+/* The hook named `name`, or NULL: asks every hook layer's table (interpose/hooks.c). */
 const struct fx_hook *fx_hook_find(const char *name);
+
+/* One hook layer's names (cuda/, acl/), registered with FX_HOOKSET in its table's file: the
+ * interpose layer finds them through a linker section and so never names a vendor. `find`: its
+ * hook for a name, or NULL; cheap and allocation-free, as every dlsym of the process may ask
+ * (after the first-letters filter of dlsym.c). */
+struct fx_hookset {
+    const struct fx_hook *(*find)(const char *name);
+};
+#define FX_HOOKSET(var)                                                                        \
+    static const struct fx_hookset *const var##_registered                                     \
+        __attribute__((used, section("fx_hooksets"))) = &var
 
 /* The real dlsym (resolved with dlvsym, never through our own). */
 extern void *(*fx_real_dlsym)(void *, const char *);

@@ -121,7 +121,7 @@ def _targets(device: str | None, snap: NodeSnapshot, used: list[int]) -> list[st
         return [uuids[i] for i in ids if i in uuids]
     if device.isdigit() and int(device) in uuids:
         return [uuids[int(device)]]
-    if device.startswith("GPU-"):
+    if device.startswith(("GPU-", "NPU-")):  # a GPU UUID, or an NPU id (docs/ascend.md)
         return [device]
     raise NotFoundError(f"resize: unknown device {device!r} (expected e.g. "
                         "GPU-5ca1ab1e-0000-4000-8000-000000000000)")

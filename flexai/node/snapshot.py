@@ -38,6 +38,9 @@ class SliceDevice:
         Compute share and burst in percent (0: none).
     gpu_ns : int
         GPU time the slice used on the device while it was scheduled.
+    throttled_ns : int
+        Time the slice's launches on the device were held back by the scheduler (its cap, a
+        higher priority, another slice's lease).
     processes : tuple of ProcessUsage
         The slice's processes charged on this device.
     """
@@ -50,6 +53,7 @@ class SliceDevice:
     burst: int
     gpu_ns: int
     processes: tuple[ProcessUsage, ...] = ()
+    throttled_ns: int = 0
 
     @property
     def gpu_seconds(self) -> float:
@@ -138,7 +142,8 @@ class NodeSnapshot:
                 if r.pid == 0:
                     per_device.append(SliceDevice(
                         uuids.get(r.device_id, f"#{r.device_id}"), r.device_id, r.limit_bytes,
-                        r.used_bytes, r.compute, r.burst, r.gpu_ns))
+                        r.used_bytes, r.compute, r.burst, r.gpu_ns,
+                        throttled_ns=r.throttled_ns))
                     procs.append([])
                 elif procs:
                     procs[-1].append(ProcessUsage(r.pid, r.used_bytes))
@@ -170,6 +175,7 @@ class NodeSnapshot:
                 "devices": [{"device": d.device, "limit_bytes": d.limit_bytes,
                              "used_bytes": d.used_bytes, "compute": d.compute,
                              "burst": d.burst, "gpu_seconds": d.gpu_seconds,
+                             "throttled_seconds": d.throttled_ns / 1e9,
                              "processes": [{"pid": p.pid, "used_bytes": p.used_bytes}
                                            for p in d.processes]}
                             for d in s.devices]}

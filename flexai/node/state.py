@@ -49,7 +49,8 @@ class UsageRow:
     """Usage of a slice (``pid == 0``) or of one of its processes on one device.
 
     ``limit_bytes``/``used_bytes`` are memory; ``compute``/``burst`` the slice's share and burst
-    in percent (0: none); ``gpu_ns`` the GPU time the slice used while scheduled.
+    in percent (0: none); ``gpu_ns`` the GPU time the slice used while scheduled;
+    ``throttled_ns`` the time its launches were held back by the scheduler.
     """
 
     slice_id: int
@@ -60,6 +61,7 @@ class UsageRow:
     compute: int = 0
     burst: int = 0
     gpu_ns: int = 0
+    throttled_ns: int = 0
 
 
 class Node:
@@ -146,7 +148,7 @@ class Node:
             _ffi.load()[1].flexai_node_usage, "flexai_usage_row",
             lambda r: UsageRow(int(r.slice_id), int(r.device_id), int(r.pid),
                                int(r.limit_bytes), int(r.used_bytes), int(r.compute),
-                               int(r.burst), int(r.gpu_ns)))
+                               int(r.burst), int(r.gpu_ns), int(r.throttled_ns)))
 
     def set_memory_limit(self, slice: str, uuid: str, bytes: int) -> None:
         """Set a slice's memory quota on one device, creating the slice if needed.

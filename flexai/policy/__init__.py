@@ -23,32 +23,41 @@ field and showing an accepted example):
   (compute 1..100 percent, memory bytes, 0 allowed); ``gpus>1`` that many whole free GPUs on
   one node, all or none (compute must be 100); ``gpus=0`` CPU/host memory only (memory and
   compute 0). ``where``: ``prefer-local`` | ``local-only`` | ``anywhere``.
-- Decisions: ``Place(node, gpus, remote)``, ``Wait(reason)``,
-  ``Preempt(actions, then=Place)`` with actions ``Shrink(node, gpu, job, compute)`` (resize
-  to ``compute``) and ``Evict(node, job)``.
+- Decisions: ``Place(node, gpus, remote)``, ``Wait(reason, never=False)`` (``never``: it would
+  not fit even an idle pool), ``Preempt(actions, then=Place)`` with actions
+  ``Shrink(node, gpu, job, compute)`` (resize to ``compute``) and ``Evict(node, job)``.
 
 Deciding (``decide``):
 
-- ``decide(request, view, policy="flexai", state=None) -> Place | Wait | Preempt``: a request
-  that fits is placed, never queued; otherwise the least disturbing preemption of strictly
-  lower priorities (shrink burst first, then evict ``low``/``best-effort``), else ``Wait``.
+- ``decide(request, view, policy="flexai", state=None) -> Decision`` (``Place | Wait |
+  Preempt``): a request that fits is placed, never queued; otherwise the least disturbing
+  preemption of strictly lower priorities (shrink burst first, then evict ``low`` /
+  ``best-effort``), else ``Wait``.
 - ``apply_decision(view, request, decision, job, guarantee=None) -> PoolView``: the view once a
   decision is carried out (the new slice gets the request's priority).
 - ``make_policy(name_or_policy, **options) -> Policy``.
 - ``plan_preemption(request, view) -> Preempt | None`` (``preempt``); ``EVICTABLE``.
 
-Policies (``POLICIES``: name -> class, ``DEFAULT_POLICY = "flexai"``): ``first-fit``,
-``best-fit``, ``dot-product``, ``random-fit`` (``seed=``), ``gpu-packing``, ``fgd`` and
-``flexai`` (``workload=``: the expected mix of task types, see ``Workload``). Every policy has
-``choose(request, state) -> Place | Wait`` (never changes the state) and handles locality the
-same way: ``local-only`` only the origin; ``prefer-local`` the origin whenever the request fits
-there, else the best remote place (a GPU-less origin always goes remote); ``anywhere`` the best
-place, the origin breaking ties.
+Policies (``POLICIES``: name -> class, ``DEFAULT_POLICY = "flexai"``): ``first-fit``
+(``FirstFit``), ``best-fit`` (``BestFit``), ``dot-product`` (``DotProduct``), ``random-fit``
+(``RandomFit(seed=0)``), ``gpu-packing`` (``GpuPacking``), ``fgd`` (``FGD(workload=None)``) and
+``flexai`` (``Flexai(workload=None, pack=1.0)``: FGD plus a packing term that breaks its ties).
+``Workload(tasks, max_types=64)`` is the expected mix of task types FGD weighs (sample
+``Request``s or ``(Request, weight)`` pairs, e.g. the trace's pods); ``DEFAULT_WORKLOAD`` when
+none is given; ``FGD.fragmentation(state)`` is the pool's expected fragmentation. Every policy
+is a ``Policy`` with ``choose(request, state) -> Place | Wait`` (never changes the state) and
+handles locality the same way: ``local-only`` only the origin; ``prefer-local`` the origin
+whenever the request fits there, else the best remote place (a GPU-less origin always goes
+remote); ``anywhere`` the best place, the origin breaking ties.
 
 Fast state for large pools (``state``): ``PoolState.from_view(view)`` or
 ``PoolState.empty(names, gpus, models, memory_per_gpu, cpu_milli=None, host_memory=None)``;
-``alloc = state.place(request, place)`` (ValueError if it does not fit), ``state.release(alloc)``,
-``state.copy()``, ``state.compute_allocated()``, ``state.compute_capacity()``.
+``alloc = state.place(request, place)`` (an ``Allocation``; ValueError if it does not fit),
+``state.release(alloc)``, ``state.copy()``, ``state.compute_allocated()``,
+``state.compute_capacity()``. A scan skips nodes alike in everything a policy reads and GPUs
+alike on a node (the choice is the one a full scan makes); FGD's per-node terms live in
+``state.cache`` and follow each ``place``/``release`` of a node, so a decision costs about
+0.1 ms (p50) and 0.3-0.5 ms (p99) of CPU at 1,000 nodes x 8 GPUs.
 
 Queueing (``queue``): ``Queue(aging=AGING_SECONDS)`` (300 s per level) with
 ``push(key, request, now)``, ``remove(key)``, ``ordered(now) -> [(key, request)]``,

@@ -75,6 +75,8 @@ def decide(request: Request, view: PoolView, policy: Union[str, Policy] = "flexa
     plan = plan_preemption(request, view)
     if plan is not None:
         return plan
+    if chosen.never:
+        return chosen
     return Wait(chosen.reason + "; and no lower-priority capacity can be taken")
 
 

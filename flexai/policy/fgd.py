@@ -111,11 +111,12 @@ DEFAULT_WORKLOAD = Workload([(Request(0, 10), 2), (Request(0, 25), 3), (Request(
 
 class _Frag:
     """FGD's cached per-node terms for one (state, workload) pair, per GPU shape s:
-    ``fit`` (which GPUs could hold one GPU's share of s), ``cnt`` (how many), ``unusable`` (free
-    compute on the GPUs that cannot); per node ``total`` free compute and ``frag``.
+    ``fit`` (which GPUs could hold one GPU's share of s), ``cnt`` (how many), ``ut`` (free
+    compute on the GPUs that cannot, minus the node's free compute); per node ``total`` free
+    compute and ``frag``.
 
     With host_m = "type m can run on the node", sum_m p_m F_n(m) = total + sum_s
-    [cnt_s >= k_s] * reach_s(cpu, hm) * (unusable_s - total), which is what ``_frag`` computes.
+    [cnt_s >= k_s] * reach_s(cpu, hm) * ut_s, which is what ``_frag`` computes.
     """
 
     def __init__(self, state: PoolState, w: Workload) -> None:
@@ -125,10 +126,17 @@ class _Frag:
         self.model_ok = np.stack(masks, axis=2) if masks else np.zeros((n, g, 0), bool)
         self.fit = np.zeros((n, g, len(w.shapes)), bool)
         self.cnt = np.zeros((n, len(w.shapes)), np.int64)
-        self.unusable = np.zeros((n, len(w.shapes)), np.int64)
+        self.ut = np.zeros((n, len(w.shapes)), np.int64)
         self.total = np.zeros(n, np.int64)
         self.frag = np.zeros(n)
         self.stamp = np.full(n, -1, np.int64)
+        # a gang shape never fits a GPU that holds anything: its compute bar is out of reach
+        self.bar = np.where(w.gang, 2 * COMPUTE_FULL + 1, w.d)
+
+    def node_changed(self, s: PoolState, n: int) -> None:
+        """Called by the state when node ``n`` changes: recompute its row now."""
+        self._rows(s, np.array([n]))
+        self.stamp[n] = s.stamp[n]
 
     def refresh(self, s: PoolState) -> None:
         rows = np.flatnonzero(s.stamp != self.stamp)
@@ -142,42 +150,48 @@ class _Frag:
         fit = self.model_ok[rows] & (f[:, :, None] >= w.d)
         full_mem = (m >= mt)[:, :, None] & (mt[:, :, None] >= w.mem)
         fit &= np.where(w.gang, full_mem, m[:, :, None] >= w.mem)
-        self.fit[rows] = fit
-        self.cnt[rows] = fit.sum(axis=1)
-        self.unusable[rows] = np.where(fit, 0, f[:, :, None]).sum(axis=1)
-        self.total[rows] = f.sum(axis=1)
-        self.frag[rows] = self._frag(self.cnt[rows], self.unusable[rows], self.total[rows],
-                                     s.cpu[rows], s.hmem[rows])
+        total = f.sum(axis=1)
+        cnt = fit.sum(axis=1)
+        ut = np.where(fit, 0, f[:, :, None]).sum(axis=1) - total[:, None]
+        self.fit[rows], self.cnt[rows], self.ut[rows], self.total[rows] = fit, cnt, ut, total
+        self.frag[rows] = self._frag(cnt, ut, total, s.cpu[rows], s.hmem[rows])
 
-    def _frag(self, cnt, unusable, total, cpu, hmem) -> np.ndarray:
+    def _frag(self, cnt, ut, total, cpu, hmem) -> np.ndarray:
         """Expected fragmentation from the per-shape terms (rows x shapes -> rows)."""
         w = self.w
-        gain = (cnt >= w.k) * w.reach(cpu, hmem) * (unusable - total[:, None])
-        return total + gain.sum(axis=1)
+        return total + ((cnt >= w.k) * w.reach(cpu, hmem) * ut).sum(axis=1)
 
     def delta(self, s: PoolState, r: Request, cand: Candidates) -> np.ndarray:
-        """The growth of each candidate node's expected fragmentation if ``r`` went there."""
+        """The growth of each candidate node's expected fragmentation if ``r`` went there.
+
+        For one GPU with free compute f0 taking c: the shapes it fitted and no longer fits
+        (``lost``) leave the count, and ut grows by f0 for those and by c for the shapes it
+        still fits (a GPU that did not fit stays unusable: ut is unchanged).
+        """
         w, n = self.w, cand.node
-        cnt, unusable, total = self.cnt[n], self.unusable[n], self.total[n]
+        cnt, ut, total = self.cnt[n], self.ut[n], self.total[n]
         if r.gpus == 1:
-            c = cand.col
-            f0, m0 = s.cfree[n, c], s.mfree[n, c]
-            f1, m1 = f0 - r.compute, m0 - r.memory
-            fit0 = self.fit[n, c]
-            fit1 = self.model_ok[n, c] & (f1[:, None] >= w.d) & (m1[:, None] >= w.mem)
-            fit1 &= ~w.gang  # a used GPU is never whole again
-            cnt = cnt - fit0 + fit1
-            unusable = unusable + np.where(fit0, 0, -f0[:, None]) + np.where(fit1, 0, f1[:, None])
+            f0 = s.cfree[n, cand.col]
+            fit0 = self.fit[n, cand.col]
+            fit1 = fit0 & ((f0 - r.compute)[:, None] >= self.bar)  # fewer fit, never more
+            if r.memory:
+                fit1 &= (s.mfree[n, cand.col] - r.memory)[:, None] >= w.mem
+            lost = fit0 ^ fit1
+            cnt = cnt - lost
+            ut = ut + lost * f0[:, None] + fit1 * r.compute
             total = total - r.compute
         elif r.gpus > 1:
             taken = self._gang_taken(s, r, n)  # (cand, gpus) bool
-            fit_taken = (self.fit[n] & taken[:, :, None]).sum(axis=1)
-            cnt = cnt - fit_taken
-            unusable = unusable - (r.gpus - fit_taken) * COMPUTE_FULL
+            lost = (self.fit[n] & taken[:, :, None]).sum(axis=1)
+            cnt = cnt - lost
+            ut = ut + lost * COMPUTE_FULL
             total = total - r.gpus * COMPUTE_FULL
-        after = self._frag(cnt, unusable, total, s.cpu[n] - r.cpu_milli,
-                           s.hmem[n] - r.host_memory)
-        return after - self.frag[n]
+        cpu, hmem = s.cpu[n], s.hmem[n]
+        if r.cpu_milli:
+            cpu = cpu - r.cpu_milli
+        if r.host_memory:
+            hmem = hmem - r.host_memory
+        return self._frag(cnt, ut, total, cpu, hmem) - self.frag[n]
 
     @staticmethod
     def _gang_taken(s: PoolState, r: Request, n: np.ndarray) -> np.ndarray:
@@ -254,7 +268,7 @@ class Flexai(FGD):
             return delta
         n = cand.node
         take = request.gpus * (COMPUTE_FULL if request.gpus > 1 else request.compute)
-        node_left = (state.cfree[n].sum(axis=1) - take) / state.gpu_cap[n]
+        node_left = (self.frag(state).total[n] - take) / state.gpu_cap[n]
         if request.gpus == 1:
             gpu_left = (state.cfree[n, cand.col] - request.compute) / COMPUTE_FULL
         else:

@@ -43,7 +43,7 @@ class Policy:
                             "is local-only")
             if request.gpus and not state.has_gpu[origin]:
                 return Wait(f"origin node {request.origin!r} has no GPU and the request is "
-                            "local-only")
+                            "local-only", never=True)
             cand = state.candidates(request, only=origin, distinct=self.distinct)
         elif request.where == "prefer-local" and origin is not None and (
                 state.has_gpu[origin] or not request.gpus):
@@ -51,9 +51,13 @@ class Policy:
             if not len(cand):
                 cand = state.candidates(request, distinct=self.distinct)
         else:
-            cand = state.candidates(request, distinct=self.distinct)
+            cand = state.candidates(request, distinct=self.distinct,
+                                    keep=origin if request.where == "anywhere" else None)
         if not len(cand):
-            return Wait(self._why(request, state, origin))
+            never = not self._could_ever(request, state,
+                                         origin if request.where == "local-only" else None)
+            why = self._why(request, state, origin)
+            return Wait(("never fits: " + why) if never else why, never=never)
         pick = self.pick(request, state, cand, origin if request.where == "anywhere" else None)
         return state.to_place(request, int(cand.node[pick]), int(cand.col[pick]))
 
@@ -71,6 +75,18 @@ class Policy:
     def score(self, request: Request, state: PoolState, cand: Candidates) -> np.ndarray:
         """One score per candidate, lower is better."""
         raise NotImplementedError
+
+    @staticmethod
+    def _could_ever(r: Request, state: PoolState, only: Optional[int]) -> bool:
+        """Whether ``r`` would fit the pool (or node ``only``) with nothing running on it
+        (GPU count, model and memory size; CPU totals are not known, so CPU-only requests
+        always could)."""
+        if r.gpus == 0:
+            return True
+        ok = state.model_mask(r.models) & (state.mtot >= r.memory)
+        if only is not None:
+            ok = ok[only:only + 1]
+        return bool((ok.sum(axis=1) >= r.gpus).any())
 
     @staticmethod
     def _why(r: Request, state: PoolState, origin: Optional[int]) -> str:
@@ -106,11 +122,7 @@ class FirstFit(Policy):
     name = "first-fit"
 
     def pick(self, request, state, cand, origin):
-        if origin is not None:
-            local = np.flatnonzero(cand.node == origin)
-            if local.size:
-                return int(local[0])
-        return 0
+        return 0  # candidates come in node order, then GPU order
 
     def score(self, request, state, cand):
         return np.arange(len(cand), dtype=np.float64)
@@ -155,10 +167,6 @@ class RandomFit(Policy):
         self.rng = np.random.default_rng(seed)
 
     def pick(self, request, state, cand, origin):
-        if origin is not None:
-            local = np.flatnonzero(cand.node == origin)
-            if local.size:
-                return int(local[self.rng.integers(local.size)])
         return int(self.rng.integers(len(cand)))
 
     def score(self, request, state, cand):

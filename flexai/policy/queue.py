@@ -13,7 +13,8 @@ Rules (docs/scheduler.md restates them):
   never jumps a waiting higher one), while requests of the same effective priority may fill in
   behind it (backfill) until it has waited ``aging`` seconds; from then on it blocks everything
   behind it, so it starts as soon as capacity frees for it. Every request thus reaches the
-  head: none waits forever while capacity keeps freeing.
+  head: none waits forever while capacity keeps freeing. A request that could not start even
+  on an idle pool (``Wait.never``) blocks nothing; the caller should reject it.
 
 Pure: no clocks of its own (``now`` is passed in), no I/O, Ray or Kubernetes.
 """
@@ -113,6 +114,8 @@ def schedule_queue(queue: Queue, view: PoolView, now: float,
             view = apply_decision(view, request, decision, job=str(key))
             continue
         assert isinstance(decision, Wait)
+        if decision.never:
+            continue  # it can never start here: it must not hold the others back
         starving = now - queue.since(key) >= queue.aging
         block_below = min(block_below, rank if starving else rank + 1)
     return started

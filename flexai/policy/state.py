@@ -10,6 +10,7 @@ priorities (preemption works on the :class:`~flexai.policy.types.PoolView`).
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -94,6 +95,23 @@ class PoolState:
                     & (self.mtot[:, :j] == self.mtot[:, j:j + 1])
                     & (self.model[:, :j] == self.model[:, j:j + 1]) & self.exists[:, :j])
             self.first[:, j] &= ~same.any(axis=1)
+        # sig[n]: an id shared by nodes alike in everything a policy reads (capacity, models,
+        # free GPU, CPU and memory); scans may keep only the first node of each class
+        self._static = [(self.exists[i].tobytes(), self.model[i].tobytes(),
+                         self.mtot[i].tobytes(), int(self.cpu_cap[i])) for i in range(n)]
+        self._sig_ids: dict = {}
+        self.sig = np.array([self._sig_of(i) for i in range(n)], dtype=np.int64)
+        self._members: dict[int, list[int]] = {}
+        for i in range(n):  # in order, so each list is sorted
+            self._members.setdefault(int(self.sig[i]), []).append(i)
+        self.reps = np.zeros(n, bool)  # reps[n]: n is the first node of its class
+        for members in self._members.values():
+            self.reps[members[0]] = True
+        # per node: the most compute / memory free on one GPU, and how many GPUs are whole
+        # (upper bounds that let a scan skip nodes before looking at their GPUs)
+        self.maxfree = self.cfree.max(axis=1)
+        self.maxmem = self.mfree.max(axis=1)
+        self.nfull = self.full().sum(axis=1)
         self.cache: dict = {}  # per-policy caches that live with this state (see fgd.py)
         self._model_masks: dict = {}
 
@@ -184,31 +202,52 @@ class PoolState:
             ok &= self.hmem >= r.host_memory
         return ok
 
+    def _sig_of(self, i: int) -> int:
+        key = (self._static[i], self.cfree[i].tobytes(), self.mfree[i].tobytes(),
+               int(self.cpu[i]), int(self.hmem[i]))
+        return self._sig_ids.setdefault(key, len(self._sig_ids))
+
     def candidates(self, r: Request, only: Optional[int] = None,
-                   distinct: bool = False) -> Candidates:
-        """Every place the request fits now (all nodes, or only node ``only``); with
-        ``distinct``, only the first of GPUs alike on a node (see ``first``)."""
+                   distinct: bool = False, keep: Optional[int] = None) -> Candidates:
+        """Every place the request fits now (all nodes, or only node ``only``).
+
+        With ``distinct``, only one of places that every policy scores the same: the first
+        node of each class of alike nodes (plus node ``keep``, e.g. the origin, which breaks
+        ties), and on a node the first of GPUs alike (see ``first``).
+        """
         node_ok = self.node_ok(r)
         if only is not None:
-            keep = np.zeros_like(node_ok)
-            keep[only] = node_ok[only]
-            node_ok = keep
+            mask = np.zeros_like(node_ok)
+            mask[only] = node_ok[only]
+            node_ok = mask
+        elif distinct:
+            ok_keep = keep is not None and node_ok[keep]
+            node_ok &= self.reps
+            if ok_keep:
+                node_ok[keep] = True
         if r.gpus == 0:
             nodes = np.flatnonzero(node_ok)
             return Candidates(nodes, np.full(nodes.size, -1))
-        mask = self.model_mask(r.models)
         if r.gpus == 1:
-            fit = mask & (self.cfree >= r.compute) & node_ok[:, None]
-            if distinct:
-                fit &= self.first
+            node_ok &= self.maxfree >= r.compute
             if r.memory:
-                fit &= self.mfree >= r.memory
+                node_ok &= self.maxmem >= r.memory
+        else:
+            node_ok &= self.nfull >= r.gpus
+        rows = np.flatnonzero(node_ok)
+        mask = self.model_mask(r.models)[rows]
+        if r.gpus == 1:
+            fit = mask & (self.cfree[rows] >= r.compute)
+            if distinct:
+                fit &= self.first[rows]
+            if r.memory:
+                fit &= self.mfree[rows] >= r.memory
             nodes, cols = np.nonzero(fit)
-            return Candidates(nodes, cols)
-        fit = mask & self.full() & node_ok[:, None]
+            return Candidates(rows[nodes], cols)
+        fit = mask & self.full()[rows] if rows.size else mask
         if r.memory:
-            fit &= self.mtot >= r.memory
-        nodes = np.flatnonzero(fit.sum(axis=1) >= r.gpus)
+            fit &= self.mtot[rows] >= r.memory
+        nodes = rows[fit.sum(axis=1) >= r.gpus]
         return Candidates(nodes, np.full(nodes.size, -1))
 
     def gang_cols(self, node: int, r: Request) -> tuple[int, ...]:
@@ -288,8 +327,29 @@ class PoolState:
         self._changed(a.node)
 
     def _changed(self, n: int) -> None:
-        """Node ``n`` changed: bump its stamp, recompute its ``first`` row."""
+        """Node ``n`` changed: bump its stamp, recompute its class and ``first`` row."""
         self.stamp[n] += 1
+        sig, old = self._sig_of(n), int(self.sig[n])
+        if sig != old:
+            self.sig[n] = sig
+            members = self._members[old]
+            members.remove(n)
+            if members:
+                self.reps[members[0]] = True
+            else:
+                del self._members[old]
+            members = self._members.setdefault(sig, [])
+            bisect.insort(members, n)
+            if members[0] != n:
+                self.reps[n] = False
+            else:
+                self.reps[n] = True
+                if len(members) > 1:
+                    self.reps[members[1]] = False
+        self.maxfree[n] = self.cfree[n].max()
+        self.maxmem[n] = self.mfree[n].max()
+        self.nfull[n] = int((self.exists[n] & (self.cfree[n] >= COMPUTE_FULL)
+                             & (self.mfree[n] >= self.mtot[n])).sum())
         seen = set()
         row = self.first[n]
         for j in range(row.size):
@@ -298,6 +358,10 @@ class PoolState:
                        int(self.model[n, j]))
                 row[j] = key not in seen
                 seen.add(key)
+        for cache in self.cache.values():  # policies' caches follow the node now
+            changed = getattr(cache, "node_changed", None)
+            if changed is not None:
+                changed(self, n)
 
     # ---- totals (for reports and tests) ----------------------------------------------------------
 

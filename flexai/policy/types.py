@@ -290,9 +290,12 @@ class Place:
 
 @dataclass(frozen=True)
 class Wait:
-    """The request cannot start now; ``reason`` says why (one line)."""
+    """The request cannot start now; ``reason`` says why (one line). ``never`` is True when it
+    could not start even on an idle pool (no node has the GPUs, models or memory it asks for):
+    a queue should reject it rather than let it wait."""
 
     reason: str
+    never: bool = False
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,8 @@
     X(EventCreate, cuEventCreate, "cuEventCreate")                                             \
     X(EventRecord, cuEventRecord, "cuEventRecord")                                             \
     X(EventQuery, cuEventQuery, "cuEventQuery")                                                \
+    X(EventElapsedTime, cuEventElapsedTime, "cuEventElapsedTime")                              \
+    X(EventDestroy, cuEventDestroy_v2, "cuEventDestroy")                                       \
     X(StreamDestroy, cuStreamDestroy_v2, "cuStreamDestroy")                                    \
     X(StreamSynchronize, cuStreamSynchronize, "cuStreamSynchronize")                           \
     X(StreamIsCapturing, cuStreamIsCapturing, "cuStreamIsCapturing")                           \
@@ -664,6 +666,52 @@ int main(int argc, char **argv)
                    n ? d[n - 1] : 0.0, stalled);
             free(d);
             i += 3;
+        } else if (strcmp(op, "mixed") == 0) {
+            /* mixed BIG_US SMALL_US N MS: work of mixed sizes, as a training step with CUDA
+             * graphs: for MS ms, one graph of 4 BIG_US-us kernels, then N SMALL_US-us kernels.
+             * Before each step an event goes on the legacy stream: the device reaches it when the
+             * work queued before the step is done, so its time on the device against the host's
+             * time of the step's start tells how much work the process had queued ahead (the
+             * first step starts on an idle device). Reports the steps done, the device time they
+             * represent, and the queued-ahead time p50/p99/max in us. */
+            NEED(4);
+            uint32_t big = (uint32_t)atoi(ARG(1)), small = (uint32_t)atoi(ARG(2));
+            int n = atoi(ARG(3)), cap = 8192;
+            double start = now_us(), until = start + atof(ARG(4)) * 1000.0;
+            CUevent *ev = calloc((size_t)cap, sizeof *ev);
+            double *host = calloc((size_t)cap, sizeof *host), *ahead = calloc((size_t)cap,
+                                                                             sizeof *ahead);
+            long steps = 0;
+            rc = 0;
+            while (rc == 0 && now_us() < until && steps < cap) {
+                rc = cu.EventCreate(&ev[steps], CU_EVENT_DEFAULT);
+                host[steps] = now_us();
+                if (rc == 0) rc = cu.EventRecord(ev[steps], NULL);
+                kernel_us = big; /* the graph is captured once, with its kernels' length */
+                if (rc == 0) rc = launch_one("graph");
+                kernel_us = small;
+                for (int k = 0; k < n && rc == 0; k++) rc = launch_one("kernel");
+                if (rc == 0) steps++;
+            }
+            CUresult sync = cu.CtxSynchronize();
+            double wall = now_us() - start, busy = (double)steps * (4.0 * big + (double)n * small);
+            for (long k = 0; k < steps; k++) {
+                float ms = 0;
+                CUresult e = cu.EventElapsedTime(&ms, ev[0], ev[k]);
+                ahead[k] = e == 0 ? ms * 1000.0 - (host[k] - host[0]) : -1e9;
+            }
+            for (long k = steps - 1; k >= 0; k--) cu.EventDestroy(ev[k]);
+            qsort(ahead, (size_t)steps, sizeof *ahead, cmp_double);
+            long last = steps > 0 ? steps - 1 : 0;
+            printf("{\"op\":\"mixed\",\"rc\":%d,\"sync\":%d,\"steps\":%ld,"
+                   "\"busy_us\":%.0f,\"wall_us\":%.0f,\"fraction\":%.4f,\"ahead_p50_us\":%.0f,"
+                   "\"ahead_p99_us\":%.0f,\"ahead_max_us\":%.0f}\n",
+                   rc, sync, steps, busy, wall, busy / wall, ahead[steps / 2],
+                   ahead[(steps * 99) / 100], ahead[last]);
+            free(ev);
+            free(host);
+            free(ahead);
+            i += 4;
         } else if (strcmp(op, "latency") == 0) {
             /* latency US N GAP_US: N times launch one US-us kernel and wait for it; the delay
              * is the wall time beyond US. Reports p50 and p99 in us. */

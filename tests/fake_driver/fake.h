@@ -51,7 +51,7 @@ FAKE_HIDDEN int fake_uuid_parse(const char *s, unsigned char out[16]);
 /* ---- the simulated node's shared files (fake_common.c) ---------------------------------
  * What every process on the simulated machine sees alike lives in small files under
  * $FLEXAI_SIM_STATE_DIR (default: a folder of the user's in the flexai node's state directory,
- * else /dev/shm/flexai-sim-<uid>): the device timeline (fake_cuda_sim.c, dev<N>) and the device
+ * else /dev/shm/flexai-sim-<uid>): the device timeline (fake_sim.c, dev<N>) and the device
  * memory (below, memory). Each file starts with struct fake_shared_header; locks in it are
  * robust process-shared mutexes. */
 struct fake_shared_header {
@@ -80,5 +80,18 @@ FAKE_HIDDEN void fake_robust_lock(pthread_mutex_t *m);
 FAKE_HIDDEN int fake_node_mem_charge(int physical, size_t bytes, size_t total);
 FAKE_HIDDEN void fake_node_mem_uncharge(int physical, size_t bytes);
 FAKE_HIDDEN size_t fake_node_mem_used(int physical);
+
+/* ---- the simulated device's time (fake_sim.c) ------------------------------------------
+ * Occupies physical device dev for ns nanoseconds of device time, shared with every process on
+ * the node, no earlier than `floor` (when the work reached the device's queue); returns when it
+ * has ended, with its exact end. */
+FAKE_HIDDEN int64_t fake_sim_kernel(int dev, int64_t ns, int64_t floor);
+FAKE_HIDDEN int64_t fake_now_ns(void);
+
+/* The state files of one library's devices start with this (the NPUs' with "npu-"), so that a
+ * simulated node can have GPUs and NPUs side by side. */
+#ifndef FAKE_STATE_PREFIX
+#define FAKE_STATE_PREFIX ""
+#endif
 
 #endif /* FLEXAI_FAKE_H */

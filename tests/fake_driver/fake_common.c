@@ -329,7 +329,8 @@ static void node_mem_init(void *region) {
 }
 
 static void node_mem_map(void) {
-    node_mem = fake_state_map("memory", sizeof(*node_mem), NODE_MEM_MAGIC, node_mem_init);
+    node_mem = fake_state_map(FAKE_STATE_PREFIX "memory", sizeof(*node_mem), NODE_MEM_MAGIC,
+                              node_mem_init);
     if (node_mem == NULL) {
         fprintf(stderr, "flexai fake driver: cannot use the memory state file "
                         "(FLEXAI_SIM_STATE_DIR); device memory is not shared between processes\n");

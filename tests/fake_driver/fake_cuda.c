@@ -4,7 +4,7 @@
  *
  * Contexts are in fake_cuda_ctx.c, linear memory, pools and arrays in fake_cuda_mem.c, the
  * virtual memory management API in fake_cuda_vmm.c; streams in fake_cuda_exec.c, events in
- * fake_cuda_event.c, the shared simulated device time in fake_cuda_sim.c, modules and launches
+ * fake_cuda_event.c, the shared simulated device time in fake_sim.c, modules and launches
  * in fake_cuda_launch.c, stream capture and graphs in fake_cuda_graph.c.
  *
  * Destroyed handles are remembered here (the graveyard, fake_cuda_internal.h), so that their

@@ -3,7 +3,7 @@
  *
  * Every stream is an in-order queue served by a worker thread of its own, started on the first
  * submission: launches return at once, as on a GPU, and the worker runs the queue (kernels take
- * device time through fake_cuda_sim.c). A queue holds up to QUEUE_MAX operations; a submission
+ * device time through fake_sim.c). A queue holds up to QUEUE_MAX operations; a submission
  * to a full queue blocks until there is room, like the real driver's pushbuffer.
  *
  * The default streams are created on first use, as with the real driver: the legacy stream (NULL,

@@ -12,7 +12,7 @@
  * exported names: shared logic lives in static or hidden helpers, and cuGetProcAddress hands out
  * the hidden aliases declared here (fake_local_<name>), which always bind inside this library.
  *
- * Execution (fake_cuda_exec.c, fake_cuda_event.c, fake_cuda_sim.c, fake_cuda_launch.c,
+ * Execution (fake_cuda_exec.c, fake_cuda_event.c, fake_sim.c, fake_cuda_launch.c,
  * fake_cuda_graph.c): each
  * stream is an in-order queue of fake_op served by a worker thread of its own. Stream and event
  * queues have their own locks, taken after fake_cuda_lock when both are held; worker threads never
@@ -243,12 +243,7 @@ FAKE_HIDDEN void fake_event_fork_child(void);
 /* A dying context's events are destroyed with it. */
 FAKE_HIDDEN void fake_event_release_ctx_locked(const struct CUctx_st *ctx);
 
-/* The simulated device (fake_cuda_sim.c): occupies physical device dev for ns nanoseconds of
- * device time, shared with every process on the node; returns when the kernel has ended. */
-/* Run a kernel of `ns` on the device no earlier than `floor` (when it reached the device's queue)
- * and return its exact end. */
-FAKE_HIDDEN int64_t fake_sim_kernel(int dev, int64_t ns, int64_t floor);
-FAKE_HIDDEN int64_t fake_now_ns(void);
+/* The simulated device's time: fake_sim_kernel and fake_now_ns, declared in fake.h. */
 
 /* Modules and functions die with their context (fake_cuda_launch.c). */
 FAKE_HIDDEN void fake_launch_release_ctx_locked(const struct CUctx_st *ctx);

@@ -1,11 +1,14 @@
 /*
- * fake_cuda_sim.c - the simulated device's time, shared by every process on the node.
+ * fake_sim.c - the simulated device's time, shared by every process on the node; the same model
+ * for the simulated GPUs (libcuda.so.1) and NPUs (libascendcl.so, tests/fake_driver/acl/), each
+ * library with its own devices (the state files' names start with FAKE_STATE_PREFIX).
  *
  * Model (time-slicing without MPS): a physical device runs one kernel at a time, whichever
  * process or stream submitted it, in submission order. A kernel lasts exactly its duration of
  * device time; the stream worker that submitted it returns when it has ended.
  *
- * The schedule lives in a small shared file per physical device ($FLEXAI_SIM_STATE_DIR/dev<N>;
+ * The schedule lives in a small shared file per physical device ($FLEXAI_SIM_STATE_DIR/dev<N>,
+ * npu-dev<N> for the NPUs;
  * for the default directory see fake.h): a table of submitted kernels, each in a slot whose
  * robust mutex the submitting worker thread holds until its kernel has ended. A kernel starts
  * when every earlier kernel it conflicts with has ended (its start is that moment, not the
@@ -27,13 +30,14 @@
  * node's device memory.)
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "fake_cuda_internal.h"
+#include "fake.h"
 
 #define SIM_MAGIC 0x31564544534d5846ull /* "FXMSDEV1" */
 #define SIM_SLOTS 256
@@ -122,8 +126,8 @@ static struct sim_dev *sim_dev_get(int dev) {
     pthread_mutex_lock(&map_lock);
     d = atomic_load(&devs[dev]);
     if (d == NULL) {
-        char name[16];
-        snprintf(name, sizeof(name), "dev%d", dev);
+        char name[32];
+        snprintf(name, sizeof(name), FAKE_STATE_PREFIX "dev%d", dev);
         d = fake_state_map(name, sizeof(*d), SIM_MAGIC, dev_init);
         if (d == NULL) {
             fprintf(stderr, "flexai fake driver: cannot use the device state file for device %d "
