@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     from ..remote.server import RemoteServer
 
     try:
-        host, port = parse_address(args.listen)
+        host, port = parse_address(args.listen, any_port=not args.status)
     except FlexaiError as exc:
         return fail(exc)
     if args.status:

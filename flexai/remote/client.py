@@ -32,9 +32,10 @@ def client_library() -> Path:
     return client_dir() / "libcuda.so.1"
 
 
-def parse_address(text: str, default_host: str | None = None) -> tuple[str, int]:
+def parse_address(text: str, default_host: str | None = None,
+                  any_port: bool = False) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` for IPv6; ``:PORT`` when a default host is given) as a
-    (host, port) pair.
+    (host, port) pair; port 0 (a free port, for a server) only with ``any_port``.
 
     Raises
     ------
@@ -45,7 +46,7 @@ def parse_address(text: str, default_host: str | None = None) -> tuple[str, int]
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if not sep or (not host and default_host is None) or not port.isdigit() \
-            or not 0 < int(port) < 65536:
+            or not (0 if any_port else 1) <= int(port) < 65536:
         raise BadValueError(f"{text!r}: expected HOST:PORT, e.g. {_EXAMPLE}")
     return host or str(default_host), int(port)
 
