@@ -193,8 +193,15 @@ class RemoteServer:
             conn.settimeout(HANDSHAKE_TIMEOUT_S)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._handshake_and_start(conn, f"{peer[0]}:{peer[1]}")
-        except (wire.HandshakeError, OSError) as exc:
+        except wire.HandshakeError as exc:
             log.info("client %s:%s refused: %s", peer[0], peer[1], exc)
+            if exc.reply:
+                try:
+                    conn.sendall(wire.frame(wire.WELCOME, str(exc).encode()[:1024], a=1))
+                except OSError:
+                    pass
+        except OSError as exc:
+            log.info("client %s:%s gone: %s", peer[0], peer[1], exc)
         finally:
             conn.close()
             self._slots.release()

@@ -9,6 +9,7 @@ tests: it loads whatever ``libcuda.so.1`` the dynamic loader finds (flexai's rem
     python driver_program.py hold BYTES         allocate, print, then wait on stdin (killable)
     python driver_program.py stream BYTES       host-to-device copies in a loop (killable)
     python driver_program.py calls SECONDS      synchronous calls until one fails
+    python driver_program.py echo               one 1 MiB round trip per line read on stdin
 
 It must never need a GPU's real code: the only kernel is the simulated device's "sleep_us".
 """
@@ -145,6 +146,17 @@ def main() -> None:
         print(json.dumps({"streaming": n}), flush=True)
         while True:
             check(cu.cuMemcpyHtoD(d, buf.ctypes.data, n))
+    elif mode == "echo":
+        setup()
+        n = 1 << 20
+        d = check(cu.cuMemAlloc(n))
+        print(json.dumps({"ready": True}), flush=True)
+        for i, _line in enumerate(sys.stdin):
+            data = np.full(n, i % 251, dtype=np.uint8)
+            back = np.zeros(n, dtype=np.uint8)
+            rcs = [code(cu.cuMemcpyHtoD(d, data.ctypes.data, n)),
+                   code(cu.cuMemcpyDtoH(back.ctypes.data, d, n))]
+            print(json.dumps({"rcs": rcs, "equal": bool((back == data).all())}), flush=True)
     elif mode == "calls":
         setup()
         print(json.dumps({"calling": True}), flush=True)
