@@ -145,3 +145,39 @@ def test_unsupported_calls_say_so_once_and_return_not_supported(remoted):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[801, 801, 801]"  # CUDA_ERROR_NOT_SUPPORTED
     assert proc.stderr.count("cuMemAllocManaged is not supported") == 1
+
+
+PROTOCOL_H = API_DEF.with_name("protocol.h")
+TOOLKITS = [p for p in ("/usr/local/cuda/include", "/usr/include") if Path(p, "cuda.h").is_file()]
+
+
+def test_python_handshake_constants_agree_with_protocol_h():
+    from flexai.remote import wire
+
+    text = PROTOCOL_H.read_text()
+
+    def define(name: str) -> int:
+        m = re.search(rf"#define {name} \(?\(?(?:uint32_t\)\()?(0x[0-9a-f]+|\d+)u?", text)
+        assert m, name
+        return int(m.group(1), 0)
+
+    assert define("FX_R_MAGIC") == wire.MAGIC and define("FX_R_VERSION") == wire.VERSION
+    assert define("FX_R_NONCE") == wire.NONCE and define("FX_R_MAC") == wire.MAC
+    assert define("FX_R_MAX_AUTH") == wire.MAX_AUTH and define("FX_ROP_FIRST") == wire.OP_FIRST
+    assert define("FX_R_HEADER") == wire.HEADER.size
+    for name, value in (("HELLO", wire.HELLO), ("CHALLENGE", wire.CHALLENGE),
+                        ("AUTH", wire.AUTH), ("WELCOME", wire.WELCOME), ("ERROR", wire.ERROR),
+                        ("DATA", wire.DATA), ("BYE", wire.BYE)):
+        assert re.search(rf"FX_RMSG_{name} = {value},", text), name
+    assert f'"{wire.CLIENT_LABEL.decode()}"' in text and f'"{wire.SERVER_LABEL.decode()}"' in text
+
+
+@pytest.mark.skipif(not TOOLKITS, reason="no CUDA toolkit headers here")
+@pytest.mark.parametrize("source", sorted(str(p.relative_to(API_DEF.parent)) for p in
+                                          API_DEF.parent.glob("*/*.c")))
+def test_remote_sources_agree_with_nvidias_header(source):
+    """Every prototype the client exports or the worker calls, checked by NVIDIA's cuda.h."""
+    root = API_DEF.parent
+    subprocess.run(["cc", "-fsyntax-only", "-std=gnu11", "-D_GNU_SOURCE", "-Werror", "-Wall",
+                    "-Wextra", "-DFX_CUDA_API_FROM_TOOLKIT", f"-I{TOOLKITS[0]}", f"-I{root}",
+                    f"-I{root.parent / 'cuda'}", str(root / source)], check=True)

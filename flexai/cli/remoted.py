@@ -13,6 +13,7 @@ import time
 
 from .._ffi import FlexaiError
 from ..remote.client import DEFAULT_PORT, parse_address, token_from_env
+from ..spec import variable
 from ._output import EXIT_BAD_VALUE, columns, error, fail
 
 
@@ -42,12 +43,13 @@ def _status(host: str, port: int) -> int:
     print(f"flexai remoted on {data['listen']} (pid {data['pid']}), "
           f"{len(data['sessions'])} session(s)")
     if data["sessions"]:
+        memory, compute = variable("gpu_memory").name, variable("gpu_compute").name
         rows = [["SESSION", "PID", "PEER", "SLICE", "MEMORY", "COMPUTE", "AGE"]]
         now = time.time()
         for s in data["sessions"]:
             req = s.get("request", {})
             rows.append([s["id"], str(s["pid"]), s["peer"], s["slice"],
-                         req.get("FLEXAI_GPU_MEMORY", "-"), req.get("FLEXAI_GPU_COMPUTE", "-"),
+                         req.get(memory, "-"), req.get(compute, "-"),
                          f"{now - s['started']:.0f}s"])
         print(columns(rows))
     return 0

@@ -13,12 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .._ffi import BadValueError, lib_dir, library_path
-from .wire import TOKEN_VARIABLE
+from .wire import ADDRESS_VARIABLE, TOKEN_VARIABLE
 
 #: The port ``flexai remoted`` listens on unless told otherwise.
 DEFAULT_PORT = 7470
-#: The variable the client library reads the server's address from.
-ADDRESS_VARIABLE = "FLEXAI_REMOTE"
 _EXAMPLE = "gpu-node-3:7470"
 
 

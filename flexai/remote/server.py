@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .._ffi import FlexaiError
 from ..node.launch import slice_env, without_flexai
-from ..spec import parse_config, variables
+from ..spec import parse_config, variable, variables
 from . import wire
 from .client import client_dir
 
@@ -46,8 +46,8 @@ def run_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where servers keep their sessions files (``FLEXAI_REMOTE_RUN_DIR``, else a per-user
     directory under ``XDG_RUNTIME_DIR`` or /tmp)."""
     env = os.environ if env is None else env
-    if env.get("FLEXAI_REMOTE_RUN_DIR"):
-        return Path(env["FLEXAI_REMOTE_RUN_DIR"])
+    if env.get(wire.RUN_DIR_VARIABLE):
+        return Path(env[wire.RUN_DIR_VARIABLE])
     base = env.get("XDG_RUNTIME_DIR") or "/tmp"
     return Path(base) / f"flexai-remoted-{os.getuid()}"
 
@@ -88,8 +88,9 @@ def slice_variables(request: Mapping[str, str], session_id: str) -> dict[str, st
         raise ValueError(f"{bad[0]}: a remote client may only ask for "
                          f"{', '.join(sorted(allowed))}")
     out = dict(request)
-    name = out.get("FLEXAI_SLICE") or session_id
-    out["FLEXAI_SLICE"] = name if name.startswith(SLICE_PREFIX) else SLICE_PREFIX + name
+    slice_var = variable("slice").name
+    name = out.get(slice_var) or session_id
+    out[slice_var] = name if name.startswith(SLICE_PREFIX) else SLICE_PREFIX + name
     return out
 
 
@@ -219,12 +220,13 @@ class RemoteServer:
         except (ValueError, FlexaiError) as exc:
             conn.sendall(wire.frame(wire.WELCOME, str(exc).encode()[:1024], a=1))
             raise wire.HandshakeError(str(exc)) from None
-        env["FLEXAI_REMOTE_SESSION"] = session_id
+        env[wire.SESSION_VARIABLE] = session_id
         proof = wire.server_proof(self.token, client_nonce, server_nonce)
         conn.settimeout(None)
         proc = subprocess.Popen([str(worker_path()), str(conn.fileno())], env=env,
                                 pass_fds=(conn.fileno(),), stdin=subprocess.DEVNULL)
-        session = Session(session_id, proc.pid, peer, variables_["FLEXAI_SLICE"], request)
+        session = Session(session_id, proc.pid, peer, variables_[variable("slice").name],
+                          request)
         with self._lock:
             self._procs[proc.pid] = proc
             self.sessions[proc.pid] = session

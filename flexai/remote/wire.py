@@ -16,6 +16,14 @@ import struct
 
 #: The shared secret, on both sides.
 TOKEN_VARIABLE = "FLEXAI_REMOTE_TOKEN"
+#: The server a client library connects to (``HOST:PORT``).
+ADDRESS_VARIABLE = "FLEXAI_REMOTE"
+#: Where servers keep their sessions files (``flexai remoted --status`` reads them).
+RUN_DIR_VARIABLE = "FLEXAI_REMOTE_RUN_DIR"
+#: A session worker's id, in its environment.
+SESSION_VARIABLE = "FLEXAI_REMOTE_SESSION"
+#: The remote variables: flexai's, but not the slice contract's (the library never reads them).
+REMOTE_VARIABLES = (TOKEN_VARIABLE, ADDRESS_VARIABLE, RUN_DIR_VARIABLE, SESSION_VARIABLE)
 
 MAGIC = 0x52584C46
 VERSION = 1

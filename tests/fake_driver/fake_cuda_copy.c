@@ -99,15 +99,15 @@ CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdevi
     if (!found)
         return CUDA_ERROR_INVALID_VALUE;
     unsigned u;
-    switch (attribute) {
+    int a = (int)attribute;
+    switch (a) {
     case PTR_CONTEXT:
         *(CUcontext *)data = (CUcontext)(uintptr_t)ctx;
         return CUDA_SUCCESS;
     case PTR_MEMORY_TYPE:
     case PTR_IS_MANAGED:
     case PTR_DEVICE_ORDINAL:
-        u = attribute == PTR_MEMORY_TYPE ? 2u : attribute == PTR_IS_MANAGED ? 0u
-                                                                             : (unsigned)ctx->device;
+        u = a == PTR_MEMORY_TYPE ? 2u : a == PTR_IS_MANAGED ? 0u : (unsigned)ctx->device;
         memcpy(data, &u, sizeof(u));
         return CUDA_SUCCESS;
     case PTR_DEVICE_POINTER:

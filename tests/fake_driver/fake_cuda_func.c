@@ -78,9 +78,10 @@ CUresult cuFuncGetAttribute(int *pi, CUfunction_attribute attrib, CUfunction hfu
     CUresult rc = function_sleeps(hfunc, &sleeps);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (pi == NULL || attrib < 0 || attrib >= ATTR_COUNT)
+    int a = (int)attrib;
+    if (pi == NULL || a < 0 || a >= ATTR_COUNT)
         return CUDA_ERROR_INVALID_VALUE;
-    *pi = values[attrib];
+    *pi = values[a];
     return CUDA_SUCCESS;
 }
 
@@ -89,7 +90,7 @@ CUresult cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int v
     CUresult rc = function_sleeps(hfunc, &sleeps);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (attrib != ATTR_MAX_DYNAMIC_SHARED && attrib != ATTR_PREFERRED_CARVEOUT)
+    if ((int)attrib != ATTR_MAX_DYNAMIC_SHARED && (int)attrib != ATTR_PREFERRED_CARVEOUT)
         return CUDA_ERROR_INVALID_VALUE;
     return value < -1 ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
 }
