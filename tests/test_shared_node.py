@@ -256,7 +256,7 @@ class SharedNode:
             "import json, os, sys\n"
             "import flexai, flexai._ffi, flexai.cli, flexai.node.control, flexai.node.state\n"
             "import flexai.node.snapshot, flexai.cli.ps, flexai.cli.resize, flexai.cli.run\n"
-            "import flexai.cli.demo, flexai.cli.mps, argparse, gettext\n"
+            "import flexai.cli.demo, flexai.cli.mps, flexai.cli.remoted, argparse, gettext\n"
             "flexai._ffi.load()\n"
             "uid, gid = int(sys.argv[1]), int(sys.argv[2])\n"
             "if uid:\n"
