@@ -26,8 +26,8 @@ DRIVER_VARIABLES = ("FLEXAI_LIBCUDA", "FLEXAI_LIBNVML")
 #: The knobs the simulated driver reads, each as ``FLEXAI_SIM_<KNOB>`` (see docs/cli.md):
 #: number of devices, memory per device, their UUIDs, the duration of every kernel, whether
 #: kernels of different processes may overlap (as under MPS), where the simulated devices keep
-#: their shared clock, and whether cuGetProcAddress hands out thunks.
-KNOBS = ("devices", "memory", "uuids", "kernel_us", "mps", "state_dir", "proc_thunks")
+#: their shared clock, whether cuGetProcAddress hands out thunks, and the devices' model name.
+KNOBS = ("devices", "memory", "uuids", "kernel_us", "mps", "state_dir", "proc_thunks", "name")
 
 
 def sim_dir() -> Path:
