@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support import prometheus
-from support.prometheus import MetricsServer, Prometheus
+from support.prometheus import Agent, MetricsServer, Prometheus
 
 from conftest import base_env, loads_library_in_process
 from flexai import sim
@@ -198,24 +198,44 @@ def test_serve_answers_and_refuses_a_port_in_use() -> None:
 
 @pytest.mark.skipif(prometheus.binary() is None,
                     reason="prometheus is not installed (.ci/run installs it)")
-def test_prometheus_scrapes_a_slice_memory_use(clients, state_dir, tmp_path) -> None:
-    proc = start_client(clients, state_dir, "alloc", "1536MiB", FLEXAI_SLICE="job-p",
-                        FLEXAI_GPU_MEMORY="3GiB", FLEXAI_PRIORITY="high")
+def test_prometheus_scrapes_the_agents(clients, tmp_path) -> None:
+    """Two nodes, each a `flexai agent` with its own simulated device and state directory, one
+    slice on each; a real Prometheus scrapes both agents and answers queries about the slices."""
+    nodes = {"node-a": ("job-p", "1536MiB", 1536 * MiB, "3GiB", "high", "flexai sim A"),
+             "node-b": ("job-q", "256MiB", 256 * MiB, "1GiB", "low", "flexai sim B")}
+    procs, agents = [], {}
     try:
-        with MetricsServer(server_env(state_dir)) as server, \
-                Prometheus(tmp_path, [server.target]) as prom:
-            expr = 'flexai_slice_memory_used_bytes{slice="job-p"}'
-            (result,) = prom.wait_for(expr, lambda r: len(r) == 1, timeout=60)
-            assert float(result["value"][1]) == 1536 * MiB
-            assert result["metric"]["priority"] == "high"
-            assert result["metric"]["gpu"] == UUID0
-            (limit,) = prom.query('flexai_slice_memory_limit_bytes{slice="job-p"}')
-            assert float(limit["value"][1]) == 3 * GiB
+        for node, (job, alloc, _, limit, priority, model) in nodes.items():
+            state = tmp_path / node / "state"
+            state.mkdir(parents=True)
+            procs.append(start_client(clients, state, "alloc", alloc, FLEXAI_SLICE=job,
+                                      FLEXAI_GPU_MEMORY=limit, FLEXAI_PRIORITY=priority))
+            env = server_env(state)
+            env["FLEXAI_SIM_NAME"] = model
+            agents[node] = Agent(env, state, tmp_path / node / "logs", node)
+        with Prometheus(tmp_path, [a.target for a in agents.values()]) as prom:
+            result = prom.wait_for("flexai_slice_memory_used_bytes",
+                                   lambda r: len(r) == 2, timeout=60)
+            got = {(r["metric"]["instance"], r["metric"]["slice"]): float(r["value"][1])
+                   for r in result}
+            assert got == {(agents[n].target, job): used
+                           for n, (job, _, used, *_) in nodes.items()}
+            (p,) = prom.query('flexai_slice_memory_used_bytes{priority="high"}')
+            assert p["metric"]["slice"] == "job-p" and p["metric"]["gpu"] == UUID0
+            assert p["metric"]["model"] == "flexai sim A"
+            (limit,) = prom.query('flexai_slice_memory_limit_bytes{slice="job-q"}')
+            assert float(limit["value"][1]) == 1 * GiB
+            by_model = prom.query("sum by (model) (flexai_gpu_memory_total_bytes)")
+            assert {r["metric"]["model"]: float(r["value"][1]) for r in by_model} == {
+                "flexai sim A": 16 * GiB, "flexai sim B": 16 * GiB}
             pid = prom.proc.pid
     finally:
-        finish(proc)
-    assert prom.proc.returncode is not None
-    assert not os.path.exists(f"/proc/{pid}") or _zombie_or_gone(pid)
+        for a in agents.values():
+            a.stop()
+        for proc in procs:
+            finish(proc)
+    assert [a.proc.returncode for a in agents.values()] == [0, 0]  # SIGTERM: a clean exit
+    assert prom.proc.returncode is not None and _zombie_or_gone(pid)
 
 
 def _zombie_or_gone(pid: int) -> bool:

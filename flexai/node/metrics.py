@@ -42,6 +42,8 @@ through :class:`~flexai.node.NodeSnapshot`.
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import socket
 import threading
 from collections import Counter
@@ -77,7 +79,10 @@ _nvml_ready = False
 def read_gpus() -> list[Gpu] | None:
     """The devices NVML reports, or None when NVML does not answer (no driver, no device).
 
-    NVML is initialized once per process, on the first call that succeeds.
+    NVML is initialized once per process, on the first call that succeeds. pynvml opens
+    ``libnvidia-ml.so.1`` by name; when the contract's NVML variable (``FLEXAI_LIBNVML``) names a
+    file, that file is opened first, so that the open by name finds it (the simulated device's
+    NVML without ``LD_LIBRARY_PATH``).
     """
     global _nvml_ready
     try:
@@ -87,6 +92,7 @@ def read_gpus() -> list[Gpu] | None:
     with _nvml_lock:
         try:
             if not _nvml_ready:
+                _open_named_nvml()
                 pynvml.nvmlInit()
                 _nvml_ready = True
             out = []
@@ -99,6 +105,20 @@ def read_gpus() -> list[Gpu] | None:
             return out
         except pynvml.NVMLError:
             return None
+
+
+def _open_named_nvml() -> None:
+    from ..spec import variable
+
+    try:
+        path = os.environ.get(variable("libnvml").name, "")
+    except FlexaiError:  # no library, no contract: pynvml's open by name alone
+        return
+    if "/" in path and os.path.isfile(path):
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            pass  # pynvml's own open then says what is wrong
 
 
 def _text(value: str | bytes) -> str:

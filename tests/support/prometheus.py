@@ -5,7 +5,8 @@ installs it) on a free loopback port with a private storage directory and a scra
 given targets every second, waits until it is ready, queries it through its HTTP API, and stops
 it (its whole process group; it also dies with the test process, through PR_SET_PDEATHSIG).
 :class:`MetricsServer` serves ``flexai.node.metrics`` from a child process started in the
-simulated device's environment (NVML answers there, not in the test process).
+simulated device's environment (NVML answers there, not in the test process); :class:`Agent`
+runs ``flexai agent --metrics-port 0``, which serves the same collector.
 
 Every wait here is bounded. This module must never leave a process running after ``stop`` or
 the ``with`` block, and never touch a port other than the ones it picked on 127.0.0.1.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -189,11 +191,9 @@ class MetricsServer:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.proc = subprocess.Popen([sys.executable, "-c", self.CODE], env=dict(env),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True,
-                                     preexec_fn=_die_with_parent)
+                                     stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
         try:
-            line = _readline(self.proc, timeout=30)
-            self.port = int(line)
+            self.port = int(read_until(self.proc, r"^(\d+)\n", timeout=30)[1])
         except BaseException:
             self.stop()
             raise
@@ -223,16 +223,68 @@ class MetricsServer:
         self.stop()
 
 
-def _readline(proc: subprocess.Popen, timeout: float) -> str:
-    """One line of ``proc``'s stdout within ``timeout`` seconds (its stderr in the error)."""
+class Agent:
+    """``flexai agent --metrics-port 0`` for the node in ``state_dir``, in a child process; its
+    metrics address is read from the line it prints when it is up. Stopped with SIGTERM (the
+    agent's own clean exit), then SIGKILL after a grace period.
+
+    Parameters
+    ----------
+    env : Mapping[str, str]
+        The agent's environment (``flexai.sim.sim_env(...)``, without ``LD_PRELOAD``).
+    state_dir, log_dir : Path
+        The node's state directory and where jobs' logs go.
+    name : str
+        The node's name.
+    """
+
+    def __init__(self, env: Mapping[str, str], state_dir: Path, log_dir: Path,
+                 name: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flexai", "agent", "--state-dir", str(state_dir),
+             "--log-dir", str(log_dir), "--name", name, "--metrics-port", "0"],
+            env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+        try:
+            found = read_until(self.proc, r"metrics on http://([0-9.]+):(\d+)/metrics", 60)
+        except BaseException:
+            self.stop()
+            raise
+        self.target = f"{found[1]}:{found[2]}"
+        self.url = f"http://{self.target}/metrics"
+
+    def stop(self) -> int | None:
+        """Stop the agent and reap it; its exit status."""
+        _stop(self.proc, grace=15)
+        return self.proc.returncode
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def read_until(proc: subprocess.Popen, pattern: str, timeout: float) -> re.Match:
+    """Read ``proc``'s stdout (a binary pipe) until ``pattern`` matches it, within ``timeout``
+    seconds; the match. Raw reads, so that no buffer hides output from the wait."""
     import selectors
 
+    out = b""
+    deadline = time.monotonic() + timeout
     with selectors.DefaultSelector() as sel:
         sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            raise TimeoutError(f"no output within {timeout:.0f} s")
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait(10)
-        raise RuntimeError(f"exited ({proc.returncode}): {proc.stderr.read()[-2000:]}")
-    return line.strip()
+        while True:
+            found = re.search(pattern, out.decode(errors="replace"))
+            if found:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise TimeoutError(f"no {pattern!r} within {timeout:.0f} s: {out!r}")
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                proc.wait(10)
+                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                raise RuntimeError(f"exited ({proc.returncode}) before {pattern!r}: "
+                                   f"{out!r} {err[-2000:]}")
+            out += chunk
