@@ -211,6 +211,27 @@ def test_a_node_without_nvml_has_no_gpu(state_dir, tmp_path):
         a.shutdown()
 
 
+NAME_PROBE = """
+import ctypes
+cuda = ctypes.CDLL("libcuda.so.1")
+rc = cuda.cuInit(0)
+name = ctypes.create_string_buffer(100)
+print(rc, cuda.cuDeviceGetName(name, 100, 0), name.value.decode())
+"""
+
+
+@pytest.mark.parametrize("name, expected", [
+    (None, "0 0 flexai simulated GPU"), ("A100 80GB", "0 0 A100 80GB"),
+    ("x" * 64, "1 3 "), ("bad\tname", "1 3 ")])
+def test_simulated_model_name_in_the_cuda_driver(name, expected):
+    env = sim.sim_env(without_flexai(os.environ, keep=("FLEXAI_LIB_DIR",)), name=name)
+    run = subprocess.run([sys.executable, "-c", NAME_PROBE], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert run.stdout.rstrip("\n") == expected.rstrip("\n"), run.stderr
+    if expected.startswith("1"):  # the fake driver refuses to start, and says why
+        assert "FLEXAI_SIM_NAME" in run.stderr and "e.g. H100-80GB" in run.stderr
+
+
 # ---- jobs in slices -----------------------------------------------------------------------------
 
 def test_job_quota_shows_in_view_and_snapshot(agent, clients, state_dir):
