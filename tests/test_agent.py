@@ -383,6 +383,8 @@ def test_bad_input_is_refused_with_an_example(agent):
         (dict(memory="8XB"), "8XB"),
         (dict(memory=-1), "expected e.g."),
         (dict(compute=101), "FLEXAI_GPU_COMPUTE"),
+        (dict(compute="30"), "compute '30' is not a percent"),
+        (dict(compute=30, burst=20), "FLEXAI_GPU_COMPUTE_BURST"),
         (dict(argv=[]), "empty command"),
     ]
     for change, message in bad:

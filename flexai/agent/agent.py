@@ -38,6 +38,12 @@ def _priorities() -> tuple[str, ...]:
     return (*variable("priority").choices, BEST_EFFORT)
 
 
+def _lowest_priority() -> str:
+    """The library's lowest priority, which best-effort jobs run at."""
+    choices = variable("priority").choices
+    return "low" if "low" in choices else choices[0]
+
+
 def _host_memory() -> tuple[int, int]:
     """(total, available) bytes of host memory from /proc/meminfo; (0, 0) where unreadable."""
     values: dict[str, int] = {}
@@ -197,7 +203,7 @@ class NodeAgent:
         base = without_flexai(self._env, keep=keep)
         base.update(extra or {})
         base["CUDA_VISIBLE_DEVICES"] = ",".join(uuids)
-        lib_priority = priority if priority != BEST_EFFORT else variable("priority").choices[0]
+        lib_priority = priority if priority != BEST_EFFORT else _lowest_priority()
         slice_vars = env_of(slice=job_id, priority=lib_priority, state_dir=self.state_dir,
                             gpu_memory=memory or None, gpu_compute=compute or None,
                             gpu_compute_burst=burst or None)
@@ -252,6 +258,10 @@ class NodeAgent:
         if not isinstance(memory, int) or memory < 0:
             raise BadValueError(f"start: memory {memory!r} is not a size in bytes "
                                 "(expected e.g. 8589934592 or '8GiB')")
+        for label, value in (("compute", compute), ("burst", burst)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise BadValueError(f"start: {label} {value!r} is not a percent "
+                                    "(expected e.g. 30)")
         if priority not in _priorities():
             raise BadValueError(f"start: priority {priority!r} is not one of "
                                 f"{', '.join(_priorities())} (expected e.g. high)")
