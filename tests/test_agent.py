@@ -189,6 +189,19 @@ def test_info_reports_the_gpus_by_uuid_and_model(agent):
             for g in view["gpus"]] == [(MODEL, 16 * GiB, 100, [])] * 2
 
 
+def test_nvml_found_through_the_contract_variable(state_dir):
+    """A process started without the simulated directory on LD_LIBRARY_PATH (a Ray worker's)
+    still finds the simulated NVML through the driver variable of the contract."""
+    env = node_env(state_dir, name="L40S")
+    env["LD_LIBRARY_PATH"] = ""
+    a = AgentProcess(env, name="node-b")
+    try:
+        assert [(d["uuid"], d["model"]) for d in a.info()["devices"]] == [
+            (u, "L40S") for u in UUIDS]
+    finally:
+        a.shutdown()
+
+
 def test_a_node_without_nvml_has_no_gpu(state_dir, tmp_path):
     if sim.real_gpu_present():
         pytest.skip("a real NVIDIA driver answers here")

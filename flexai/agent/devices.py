@@ -59,7 +59,7 @@ def _preload_named_library(env: dict[str, str] | os._Environ[str]) -> None:
     path = env.get(variable("libnvml").name, "")
     if "/" in path and os.path.isfile(path):
         try:
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            ctypes.CDLL(path)  # kept loaded by the dynamic loader for the process's life
         except OSError:
             pass  # pynvml reports the failure its own way below
 
