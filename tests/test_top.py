@@ -117,6 +117,12 @@ def test_bad_interval_is_a_one_line_error(state_dir, interval: str) -> None:
     assert res.stderr.count("\n") == 1 and "e.g. --interval 0.5" in res.stderr
 
 
+def test_address_needs_the_pool_view(state_dir) -> None:
+    res = top(["--once", "--address", "127.0.0.1:6379"], top_env(state_dir))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.count("\n") == 1 and "flexai top --pool --address" in res.stderr
+
+
 def test_unusable_state_dir(state_dir, tmp_path) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")

@@ -1,9 +1,10 @@
-"""``flexai top [--once] [--pool] [--state-dir DIR] [--interval S]``: a live terminal view (rich)
-of the node or of the pool: GPUs with memory and compute bars, slices with priority and usage,
-the queue. ``--once`` prints one frame (no terminal codes when stdout is not a terminal).
+"""``flexai top [--once] [--pool [--address A]] [--state-dir DIR] [--interval S]``: a live view
+(rich) of the node or of the pool: GPUs with memory and compute bars, slices with priority and
+usage, the queue. ``--once`` prints one frame (no terminal codes when stdout is not a terminal).
 
 Node mode reads ``flexai.node.metrics.node_status`` (NodeSnapshot + NVML); pool mode calls
-``flexai.pool.status()``. Both give plain data of one shape, which is all this module draws::
+``flexai.pool.status(address)`` (flexai/pool/status.py builds it; extra keys are ignored).
+Both give plain data of one shape, which is all this module draws::
 
     {"nodes":  [{"name": str, "alive": bool,
                  "gpus": [{"index": int, "uuid": str, "model": str, "memory_total": int,
@@ -48,6 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--once", action="store_true", help="print one frame and exit (for scripts)")
     p.add_argument("--pool", action="store_true",
                    help="show the whole pool (flexai.pool.status()) instead of this node")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="with --pool: the pool to show (default: the one this machine is in)")
     p.add_argument("--state-dir", metavar="DIR",
                    help=f"node state directory (default: ${state.name} or {state.default})")
     p.add_argument("--interval", metavar="S", default="2",
@@ -191,7 +194,7 @@ def _source(args: argparse.Namespace) -> Callable[[], dict[str, Any]] | None:
             from .. import pool
         except ImportError:
             return None
-        return pool.status
+        return lambda: pool.status(args.address)
     from ..node.metrics import node_status
 
     return lambda: node_status(args.state_dir)
@@ -210,6 +213,9 @@ def _console() -> Any:
 
 def main(args: argparse.Namespace) -> int:
     """Print one frame (``--once``) or redraw every interval until Ctrl-C (exit 0)."""
+    if args.address and not args.pool:
+        return error("--address is for the pool view: flexai top --pool --address "
+                     "10.0.0.5:6379", EXIT_BAD_VALUE)
     interval = _interval(args.interval)
     if interval is None:
         return error(f"--interval {args.interval!r}: expected seconds from 0.05 to 3600, "
