@@ -14,13 +14,13 @@ from collections.abc import Sequence
 
 def _parser() -> argparse.ArgumentParser:
     from .. import __version__
-    from . import agent, demo, mps, ps, resize, run, top
+    from . import agent, demo, mps, pool, ps, resize, run, submit, top
 
     p = argparse.ArgumentParser(prog="flexai", description="GPU slicing: run programs with "
                                 "memory and compute quotas on a shared GPU.")
     p.add_argument("--version", action="version", version=f"flexai {__version__}")
     sub = p.add_subparsers(dest="subcommand", metavar="COMMAND")
-    for command in (run, resize, mps, ps, demo, agent, top):
+    for command in (run, resize, mps, ps, demo, agent, top, pool, submit):
         command.add_parser(sub)
     return p
 

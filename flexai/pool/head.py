@@ -1,0 +1,450 @@
+"""The pool's head: :class:`PoolHead`, a detached Ray actor (``flexai-head``) on the head node
+that keeps the job table and the queue, places jobs through ``flexai.pool.placement.decide``,
+starts and stops them through the node agents, and watches the agents' heartbeats.
+
+One thread (the loop) does everything that talks to the agents: every heartbeat it asks each
+agent for a report (heartbeat, view, jobs), notes exits, declares nodes lost that stopped
+answering (within :data:`LOST_AFTER` seconds, their jobs reported lost), and places what
+waits. Client calls (submit, cancel, wait, status) only touch the tables under a lock and wake
+the loop. This module must never print, never exec a job itself, and never block a client
+call on an agent for longer than :data:`CALL_TIMEOUT`.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from . import placement as pl
+from .member import agent_actor_name, model_key
+
+#: Seconds between heartbeats.
+HEARTBEAT = 1.0
+#: A node that has not answered for this long is lost (its jobs too).
+LOST_AFTER = 6.0
+#: The longest the head waits for one agent call.
+CALL_TIMEOUT = 10.0
+#: Job states after which nothing changes.
+FINAL = ("exited", "killed", "failed", "cancelled", "evicted", "lost")
+
+
+class _Node:
+    """A member as the head sees it."""
+
+    def __init__(self, name: str, handle: Any, info: dict[str, Any]) -> None:
+        self.name, self.handle, self.info = name, handle, info
+        self.view: dict[str, Any] | None = None
+        self.state, self.reason = "alive", ""
+        self.last_seen = time.monotonic()
+        self.pending: Any = None
+        self.pending_sent = 0.0
+        self.last_start = 0.0
+        self.heartbeat: dict[str, Any] = {}
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "alive"
+
+
+class PoolHead:
+    """The head actor (``ray.remote(PoolHead)``, threaded; every method returns plain data).
+
+    Parameters
+    ----------
+    address : str
+        The pool's address, shown by status.
+    metrics_port : int, optional
+        Serve the pool's counters (queue, placements, preemptions, evictions) as Prometheus
+        metrics on this port.
+    """
+
+    def __init__(self, address: str, metrics_port: int | None = None,
+                 metrics_addr: str = "127.0.0.1") -> None:
+        from ..node.metrics import PoolCounters
+
+        self.address = address
+        self.counters = PoolCounters()
+        self.server = None
+        if metrics_port is not None:
+            from ..node import metrics
+
+            self.server = metrics.serve(metrics_port, metrics_addr, node=False, nvml=False,
+                                        pool=self.counters)
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._nodes: dict[str, _Node] = {}
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._queue = pl.Queue()
+        self._ids = itertools.count(1)
+        self._stats = {"lost": 0, "started": 0}
+        self._thread = threading.Thread(target=self._loop, name="flexai-head", daemon=True)
+        self._thread.start()
+
+    # ---- members ------------------------------------------------------------------------------
+
+    def register(self, name: str, info: dict[str, Any]) -> None:
+        """Add (or re-add) the node ``name``, whose agent actor is running."""
+        import ray
+
+        handle = ray.get_actor(agent_actor_name(name))
+        with self._lock:
+            self._nodes[name] = _Node(name, handle, info)
+        self._wake.set()
+
+    def leave(self, name: str) -> None:
+        """The node ``name`` leaves the pool (``flexai pool down``): its jobs are lost."""
+        with self._lock:
+            node = self._nodes.pop(name, None)
+            if node is not None:
+                self._lose_jobs(name, f"node {name} left the pool")
+
+    def metrics_port(self) -> int | None:
+        """The port of the counters' metrics server, or None."""
+        return None if self.server is None else self.server.server_port
+
+    # ---- jobs ---------------------------------------------------------------------------------
+
+    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Queue a job. ``spec``: argv, memory, compute, gpus, priority, models, origin,
+        where, env, cwd. Returns ``{"ok": True, "job": id}`` or ``{"ok": False, "error":
+        one line, "bad_value": bool}``."""
+        with self._lock:
+            try:
+                request = self._request(spec)
+            except ValueError as exc:
+                return {"ok": False, "error": str(exc), "bad_value": True}
+            job_id = f"job-{next(self._ids)}"
+            now = time.time()
+            self._jobs[job_id] = {
+                "id": job_id, "argv": list(spec["argv"]), "memory": request.memory,
+                "compute": request.compute, "gpus_wanted": request.gpus,
+                "priority": request.priority,
+                "models": sorted(request.models) if request.models else None,
+                "origin": request.origin, "where": request.where,
+                "env": dict(spec.get("env") or {}), "cwd": spec.get("cwd"),
+                "state": "queued", "node": None, "gpus": [], "pid": None, "returncode": None,
+                "reason": "", "wait_reason": "", "submitted_at": now, "started_at": None,
+                "ended_at": None, "cancel": False}
+            self._queue.push(job_id, request, now)
+            self._changed.notify_all()
+        self._wake.set()
+        return {"ok": True, "job": job_id}
+
+    def _request(self, spec: dict[str, Any]) -> Any:
+        """The policy request for ``spec``; ValueError (one line, with an example) when it
+        can never run in this pool."""
+        memory, compute = int(spec.get("memory") or 0), int(spec.get("compute") or 0)
+        gpus = int(spec.get("gpus", 1 if (memory or compute) else 0))
+        if gpus == 1 and not compute:
+            compute = 100
+        alive = [n for n in self._nodes.values() if n.alive and n.view is not None]
+        all_gpus = [(n.name, g) for n in alive for g in n.view["gpus"]]
+        models = spec.get("models")
+        if models:
+            known = {g["model"]: g["model"] for _, g in all_gpus}
+            known.update({model_key(m): m for m in list(known)})
+            unknown = [m for m in models if m not in known]
+            if unknown:
+                have = ", ".join(sorted({g["model"] for _, g in all_gpus})) or "none"
+                raise ValueError(f"--gpu-model {unknown[0]!r}: no such GPU model in the pool "
+                                 f"(models: {have}; e.g. --gpu-model '{have.split(', ')[0]}')")
+            models = frozenset(known[m] for m in models)
+            all_gpus = [(n, g) for n, g in all_gpus if g["model"] in models]
+        if gpus >= 1:
+            if not all_gpus:
+                raise ValueError("the pool has no GPU (start a node with one, or submit "
+                                 "without --gpu-memory/--gpu-compute for a CPU-only job)")
+            largest = max(g["memory_total"] for _, g in all_gpus)
+            if memory > largest:
+                raise ValueError(f"--gpu-memory {memory / 2**30:.3g}GiB is more than any GPU "
+                                 f"in the pool has (largest {largest / 2**30:.3g}GiB; e.g. "
+                                 f"--gpu-memory {max(1, largest // 2**31)}GiB)")
+        origin = spec.get("origin")
+        if origin is not None and origin not in self._nodes:
+            origin = None
+        where = spec.get("where") or "prefer-local"
+        if where == "local-only" and origin is None:
+            raise ValueError("--local-only: this machine is not a member of the pool (join it "
+                             "with flexai pool join ADDRESS, or submit without --local-only)")
+        return pl.Request(memory=memory, compute=compute, gpus=gpus,
+                          priority=spec.get("priority") or "normal", models=models or None,
+                          origin=origin, where=where)
+
+    def cancel(self, job_id: str, reason: str = "cancelled") -> dict[str, Any]:
+        """Cancel a queued or running job. Returns ``{"ok": bool, "error": ...}``."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return {"ok": False, "bad_value": True,
+                        "error": f"no job {job_id!r} in the pool (see flexai jobs; e.g. job-1)"}
+            if job["state"] in FINAL:
+                return {"ok": True, "state": job["state"]}
+            job["cancel"], job["reason"] = True, reason
+            if job["state"] == "queued":
+                self._queue.remove(job_id)
+                self._finish(job, "cancelled", None)
+                return {"ok": True, "state": "cancelled"}
+        self._wake.set()
+        return {"ok": True, "state": "cancelling"}
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        """The job's record, or None."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return None if job is None else dict(job)
+
+    def wait(self, job_id: str, state: str, timeout: float = 5.0) -> dict[str, Any] | None:
+        """Block up to ``timeout`` seconds until the job's state is no longer ``state``;
+        return its record (None for an unknown job)."""
+        deadline = time.monotonic() + min(timeout, 30.0)
+        with self._changed:
+            while True:
+                job = self._jobs.get(job_id)
+                if job is None or job["state"] != state:
+                    return None if job is None else dict(job)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return dict(job)
+                self._changed.wait(left)
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job's record, oldest first."""
+        with self._lock:
+            return [dict(j) for j in self._jobs.values()]
+
+    # ---- the loop -----------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:  # the loop must survive anything one tick does
+                traceback.print_exc(file=sys.stderr)
+            self._wake.wait(HEARTBEAT)
+            self._wake.clear()
+
+    def _tick(self) -> None:
+        import ray
+
+        now = time.monotonic()
+        with self._lock:
+            nodes = [n for n in self._nodes.values() if n.alive]
+        for n in nodes:
+            if n.pending is None and now - n.pending_sent >= HEARTBEAT * 0.5:
+                n.pending, n.pending_sent = n.handle.report.remote(), time.monotonic()
+        pending = [n.pending for n in nodes if n.pending is not None]
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=0.5)
+        for n in nodes:
+            if n.pending is None:
+                continue
+            ready, _ = ray.wait([n.pending], timeout=0)
+            if ready:
+                ref, sent, n.pending = n.pending, n.pending_sent, None
+                try:
+                    self._apply_report(n, ray.get(ref), sent)
+                except ray.exceptions.RayError as exc:
+                    self._lose_node(n, f"node {n.name}'s agent died ({type(exc).__name__})")
+            elif time.monotonic() - n.last_seen > LOST_AFTER:
+                self._lose_node(n, f"node {n.name} stopped answering for {LOST_AFTER:.0f} s")
+        self._place()
+
+    def _apply_report(self, node: _Node, report: dict[str, Any], sent: float) -> None:
+        with self._lock:
+            node.last_seen = time.monotonic()
+            node.heartbeat = report["heartbeat"]
+            if sent >= node.last_start:  # else the view predates a start: keep ours
+                node.view = report["view"]
+            by_id = {j["job_id"]: j for j in report["jobs"]}
+            for job in self._jobs.values():
+                if job["node"] != node.name or job["state"] != "running":
+                    continue
+                seen = by_id.get(job["id"])
+                if seen is None or seen["state"] == "running":
+                    continue
+                rc = seen["returncode"]
+                if job["cancel"]:
+                    state = "evicted" if job["reason"].startswith("evicted") else "cancelled"
+                else:
+                    state = "exited" if seen["state"] == "exited" else "killed"
+                self._finish(job, state, rc, seen.get("ended_at"))
+
+    def _finish(self, job: dict[str, Any], state: str, rc: int | None,
+                ended: float | None = None) -> None:
+        job["state"], job["returncode"] = state, rc
+        job["ended_at"] = ended or time.time()
+        self._changed.notify_all()
+        self._wake.set()
+
+    def _lose_node(self, node: _Node, reason: str) -> None:
+        import ray
+
+        with self._lock:
+            if not node.alive:
+                return
+            node.state, node.reason, node.pending = "lost", reason, None
+            self._lose_jobs(node.name, reason)
+        try:
+            ray.kill(node.handle, no_restart=True)
+        except Exception:
+            pass
+
+    def _lose_jobs(self, name: str, reason: str) -> None:
+        for job in self._jobs.values():
+            if job["node"] == name and job["state"] not in FINAL:
+                job["reason"] = reason
+                self._stats["lost"] += 1
+                self._finish(job, "lost", None)
+
+    def _pool_view(self) -> Any:
+        with self._lock:
+            views = [n.view for n in self._nodes.values() if n.alive and n.view is not None]
+        return pl.view_from_dict(views)
+
+    def _place(self) -> None:
+        with self._lock:
+            order = self._queue.ordered(time.time())
+        if not order:
+            self._count_queue()
+            return
+        view = self._pool_view()
+        for job_id, request in order:
+            with self._lock:
+                job = self._jobs.get(job_id)
+                if job is None or job["state"] != "queued":
+                    self._queue.remove(job_id)
+                    continue
+            decision = pl.decide(request, view)
+            if isinstance(decision, pl.Wait):
+                with self._lock:
+                    if not job["wait_reason"]:
+                        self.counters.count_placement("queued")
+                    job["wait_reason"] = decision.reason
+                continue
+            if isinstance(decision, pl.Preempt):
+                self._preempt(job, decision)
+                continue  # it starts on a later tick, when the view shows the room
+            self._start(job, decision)
+            view = self._pool_view()
+        self._count_queue()
+
+    def _start(self, job: dict[str, Any], place: Any) -> None:
+        import ray
+
+        with self._lock:
+            node = self._nodes.get(place.node)
+            if node is None or not node.alive:
+                return
+            self._queue.remove(job["id"])
+            job["state"], job["node"], job["gpus"] = "starting", place.node, list(place.gpus)
+            node.last_start = time.monotonic()
+            self._reserve(node, job, place.gpus)
+        try:
+            pid = ray.get(node.handle.start.remote(
+                job["id"], job["argv"], memory=job["memory"], compute=job["compute"],
+                priority=job["priority"], gpus=list(place.gpus), env=job["env"],
+                cwd=job["cwd"]), timeout=CALL_TIMEOUT)
+        except Exception as exc:  # a bad command, or the agent is gone
+            with self._lock:
+                job["reason"] = f"could not start on {place.node}: {_cause(exc)}"
+                self._finish(job, "failed", None)
+            return
+        with self._lock:
+            job["state"], job["pid"], job["started_at"] = "running", pid, time.time()
+            self._stats["started"] += 1
+            self.counters.count_placement("placed")
+            self._changed.notify_all()
+            cancel = job["cancel"]
+        if cancel:
+            node.handle.stop.remote(job["id"], 5.0, job["reason"] or "cancelled")
+
+    def _reserve(self, node: _Node, job: dict[str, Any], gpus: Any) -> None:
+        """Count a job just placed in the node's view until the agent's own view has it."""
+        if node.view is None:
+            return
+        for g in node.view["gpus"]:
+            if g["index"] in gpus:
+                g["memory_free"] = max(0, g["memory_free"] - job["memory"])
+                g["compute_free"] = max(0, g["compute_free"] - job["compute"])
+                g["slices"] = list(g["slices"]) + [{
+                    "job": job["id"], "priority": job["priority"], "memory": job["memory"],
+                    "compute": job["compute"], "guarantee": job["compute"]}]
+
+    def _preempt(self, job: dict[str, Any], plan: Any) -> None:
+        with self._lock:
+            if job.get("preempting"):
+                return
+            job["preempting"] = True
+            self.counters.count_placement("preempted")
+        for action in plan.actions:
+            node = self._nodes.get(action.node)
+            if node is None or not node.alive:
+                continue
+            self.counters.count_preemption()
+            if isinstance(action, pl.Evict):
+                self.counters.count_eviction()
+                with self._lock:
+                    victim = self._jobs.get(action.job)
+                    if victim is not None and victim["state"] not in FINAL:
+                        victim["cancel"] = True
+                        victim["reason"] = (f"evicted by {job['id']} ({job['priority']} "
+                                            "priority) to make room")
+                node.handle.stop.remote(action.job, 5.0, f"evicted by {job['id']}")
+            else:
+                node.handle.resize.remote(action.job, compute=action.compute)
+
+    def _count_queue(self) -> None:
+        with self._lock:
+            waiting: dict[str, int] = {p: 0 for p in pl.PRIORITIES}
+            for j in self._jobs.values():
+                if j["state"] == "queued":
+                    waiting[j["priority"]] = waiting.get(j["priority"], 0) + 1
+        self.counters.set_queue(waiting)
+
+    # ---- status -------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The pool as plain data (see ``flexai.pool.status``)."""
+        import ray
+
+        from .status import build_status
+
+        with self._lock:
+            nodes = list(self._nodes.values())
+        refs = {n.name: n.handle.status.remote() for n in nodes if n.alive}
+        details: dict[str, Any] = {}
+        for name, ref in refs.items():
+            try:
+                details[name] = ray.get(ref, timeout=3.0)
+            except Exception:
+                details[name] = None
+        with self._lock:
+            return build_status(self.address, nodes, details, list(self._jobs.values()),
+                                self.counters.values(), self._stats, pl.POLICY)
+
+    def ping(self) -> dict[str, Any]:
+        """Cheap liveness of the head."""
+        with self._lock:
+            return {"time": time.time(), "nodes": len(self._nodes), "jobs": len(self._jobs)}
+
+    def shutdown(self) -> None:
+        """Stop the loop and the metrics server (before the actor is killed)."""
+        self._stop.set()
+        self._wake.set()
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+def _cause(exc: BaseException) -> str:
+    """The one-line reason of a failed agent call (the agent's own error where there is
+    one)."""
+    cause = getattr(exc, "cause", None)
+    text = str(cause if cause is not None else exc).strip().splitlines()
+    return (text[-1] if text else type(exc).__name__)[:300]
