@@ -363,6 +363,15 @@ def test_stop_kills_a_job_that_ignores_sigterm(agent):
     agent.stop("stubborn")  # stopping an ended job changes nothing
     assert agent.poll()[0]["reason"] == "evicted"
     assert agent.read_logs("stubborn")[2] is True
+    # without waiting: stop() returns at once, the first call after the grace kills
+    agent.start("stubborn-2", [sys.executable, "-c", ignore])
+    wait_for(lambda: log_lines(agent, "stubborn-2") == ["ready"], "the second job to start")
+    agent.stop("stubborn-2", grace_s=0.5, reason="cancelled", wait=False)
+    assert agent.poll()[-1]["state"] == "running"  # SIGTERM is ignored, the grace runs
+    last = wait_for(lambda: agent.poll()[-1]["state"] != "running" and agent.poll()[-1],
+                    "the SIGKILL after the grace")
+    assert (last["job_id"], last["returncode"], last["reason"]) == (
+        "stubborn-2", -signal.SIGKILL, "cancelled")
     # no thread of the agent's own is left behind by starting, reaping or stopping
     assert agent.call("_threads") == ["MainThread"]
 

@@ -25,7 +25,9 @@ API (every method returns plain picklable data)::
                           ended_at, reason, gpus, memory, compute, burst, priority, argv}]
     agent.read_logs(job_id, stream="stdout", offset=0, limit=65536)
                       -> (bytes, next_offset, finished)
-    agent.stop(job_id, grace_s=5.0, reason="")     SIGTERM the group, grace, SIGKILL
+    agent.stop(job_id, grace_s=5.0, reason="", wait=True)
+                         SIGTERM the group, grace, SIGKILL; wait=False returns at once and
+                         the first call after the grace sends the SIGKILL (no thread)
     agent.resize(job_id, compute=None, memory=None, burst=None) -> the job's poll() dict
     agent.heartbeat() -> {name, time, load, running, jobs, uptime}
     agent.snapshot()  -> flexai.node.NodeSnapshot (the node's state now)

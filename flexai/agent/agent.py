@@ -324,17 +324,21 @@ class NodeAgent:
         """
         return self._jobs.read_log(job_id, stream, offset, limit)
 
-    def stop(self, job_id: str, grace_s: float = 5.0, reason: str = "") -> None:
+    def stop(self, job_id: str, grace_s: float = 5.0, reason: str = "",
+             wait: bool = True) -> None:
         """Stop a job: SIGTERM to its process group, up to ``grace_s`` seconds, then SIGKILL.
         ``reason`` (e.g. ``"cancelled"``, ``"evicted"``) is shown by :meth:`poll`. Stopping a
         job that has ended changes nothing.
+
+        With ``wait=False`` it returns at once (a single-threaded Ray actor stays responsive):
+        the first call of any method after the grace sends the SIGKILL.
 
         Raises
         ------
         NotFoundError
             No such job.
         """
-        self._jobs.stop([self._jobs.get(job_id)], grace_s, reason or "stopped")
+        self._jobs.stop([self._jobs.get(job_id)], grace_s, reason or "stopped", wait)
 
     def resize(self, job_id: str, *, compute: int | None = None,
                memory: int | str | None = None, burst: int | None = None) -> dict[str, Any]:

@@ -49,6 +49,7 @@ class Job:
     returncode: int | None = None
     reason: str = ""
     stopping: bool = False
+    kill_at: float | None = None  # time.monotonic() when a stop's grace ends (SIGKILL then)
 
     @property
     def pid(self) -> int:
@@ -130,6 +131,9 @@ class JobTable:
         except ChildProcessError:
             exited = True  # reaped elsewhere (Popen.poll below knows)
         if exited is None:
+            if job.kill_at is not None and time.monotonic() >= job.kill_at:
+                job.kill_at = None  # a stop that did not wait: its grace is over
+                _kill_group(job.pid, signal.SIGKILL)
             return
         _kill_group(job.pid, signal.SIGKILL)  # the leader is a zombie: the group id is ours
         rc = job.proc.poll()
@@ -217,10 +221,18 @@ class JobTable:
                 return False
             time.sleep(0.02)
 
-    def stop(self, jobs: Sequence[Job], grace_s: float, reason: str) -> None:
+    def stop(self, jobs: Sequence[Job], grace_s: float, reason: str, wait: bool = True) -> None:
         """SIGTERM the jobs' groups, wait up to ``grace_s``, then SIGKILL what is left and wait
-        for it (a process the kernel cannot kill at once is left to a later reap)."""
+        for it (a process the kernel cannot kill at once is left to a later reap). Without
+        ``wait``, return at once: the first reap after the grace sends the SIGKILL."""
+        if not wait:
+            with self._lock:
+                for job in jobs:
+                    if job.running and job.kill_at is None:
+                        job.kill_at = time.monotonic() + max(0.0, grace_s)
         self.signal_all(jobs, signal.SIGTERM, reason)
+        if not wait:
+            return
         if not self.wait_all(jobs, grace_s):
             self.signal_all(jobs, signal.SIGKILL)
             self.wait_all(jobs, 5.0)
