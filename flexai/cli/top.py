@@ -66,7 +66,7 @@ def _interval(text: str) -> float | None:
     return value if 0.05 <= value <= 3600 else None
 
 
-def _bar(part: float, whole: float, width: int = 16) -> Any:
+def _bar(part: float, whole: float, width: int = 12) -> Any:
     """A bar of ``part`` out of ``whole``: green, yellow above 75%, red above 90%."""
     from rich.text import Text
 
@@ -135,16 +135,17 @@ def render(data: dict[str, Any], *, pool: bool, now: float | None = None) -> Any
     # the GPU column of a slice names the GPU by index where the node knows it
     index_of = {(g["node"], g.get("uuid")): g.get("index") for g in gpus}
     t = Table(title="GPUs", title_justify="left", expand=False, box=None, pad_edge=False)
-    for col in (["NODE"] if pool else []) + ["GPU", "MODEL", "MEMORY USED", "", "GRANTED",
-                                             "COMPUTE GRANTED", "", "SLICES"]:
-        t.add_column(col, no_wrap=True)
+    for col in (["NODE"] if pool else []) + ["GPU", "UUID", "MODEL", "MEMORY USED", "",
+                                             "GRANTED", "COMPUTE GRANTED", "", "SLICES"]:
+        # in a narrow terminal the UUID gives way first (cut with an ellipsis)
+        t.add_column(col, no_wrap=col != "UUID", overflow="ellipsis")
     for g in gpus:
         total, used = g["memory_total"], g.get("memory_used")
         on_gpu = sum(1 for s in slices if s.get("node", g["node"]) == g["node"]
                      and str(s.get("gpu")) in (g.get("uuid"), str(g.get("index"))))
         label = str(g["index"]) if g.get("index", -1) >= 0 else "?"
         row = ([g["node"] + ("" if g["alive"] else " (down)")] if pool else []) + [
-            f"{label} {g.get('uuid', '')}", g.get("model") or "-",
+            label, g.get("uuid", ""), g.get("model") or "-",
             _bar(used if used is not None else g["memory_granted"], total),
             f"{_size(used)} / {_size(total) if total else '?'}",
             _size(g["memory_granted"]), _bar(g["compute_granted"], 100),
