@@ -245,6 +245,48 @@ def test_simulated_model_name_in_the_cuda_driver(name, expected):
         assert "FLEXAI_SIM_NAME" in run.stderr and "e.g. H100-80GB" in run.stderr
 
 
+def test_view_of_made_up_node():
+    """gpu_views on a made-up snapshot: what each kind of slice holds."""
+    from types import SimpleNamespace
+
+    from flexai.agent.devices import Gpu
+    from flexai.agent.view import gpu_views
+    from flexai.node import DeviceInfo, NodeSnapshot, SliceDevice, SliceUsage
+
+    gpus = [Gpu(i, UUIDS[i], MODEL, 16 * GiB) for i in range(2)]
+
+    def on(i, limit, used, compute=0):
+        uuid = UUIDS[i].upper()  # matched to NVML's whatever the case
+        return SliceDevice(uuid, i, limit, used, compute, 0, 0)
+
+    snap = NodeSnapshot("/x", tuple(DeviceInfo(i, UUIDS[i]) for i in range(2)), (
+        SliceUsage(1, "limited", "high", 1, (on(0, 4 * GiB, GiB, 20),)),
+        SliceUsage(2, "unlimited", "low", 2, (on(0, 0, 3 * GiB),)),
+        SliceUsage(3, "idle", "normal", 0, (on(1, 8 * GiB, 0, 50),)),
+        SliceUsage(4, "mine", "low", 1, (on(1, 2 * GiB, GiB, 10),)),
+    ))
+    jobs = [SimpleNamespace(job_id="mine", gpus=(1,), priority="best-effort", memory=GiB,
+                            compute=30, guarantee=0),
+            SimpleNamespace(job_id="pending", gpus=(0, 1), priority="normal", memory=GiB,
+                            compute=5, guarantee=5)]
+    g0, g1 = gpu_views(gpus, snap, jobs)
+    assert g0["slices"] == [
+        {"job": "limited", "priority": "high", "memory": 4 * GiB, "compute": 20,
+         "guarantee": 20},
+        {"job": "unlimited", "priority": "low", "memory": 3 * GiB, "compute": 0,
+         "guarantee": 0},
+        {"job": "pending", "priority": "normal", "memory": GiB, "compute": 5, "guarantee": 5}]
+    assert (g0["memory_free"], g0["compute_free"]) == (8 * GiB, 75)
+    assert g1["slices"] == [
+        {"job": "mine", "priority": "best-effort", "memory": 2 * GiB, "compute": 30,
+         "guarantee": 0},
+        {"job": "pending", "priority": "normal", "memory": GiB, "compute": 5, "guarantee": 5}]
+    assert (g1["memory_free"], g1["compute_free"]) == (13 * GiB, 65)
+    full = [SimpleNamespace(job_id="big", gpus=(0,), priority="high", memory=20 * GiB,
+                            compute=100, guarantee=100)]
+    assert gpu_views(gpus, snap, full)[0]["memory_free"] == 0  # never negative
+
+
 # ---- jobs in slices -----------------------------------------------------------------------------
 
 def test_job_quota_shows_in_view_and_snapshot(agent, clients, state_dir):

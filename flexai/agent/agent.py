@@ -27,6 +27,7 @@ from ..sim import SIM_PREFIX
 from ..spec import env_of, parse_config, variable, variables
 from .devices import Gpu, read_gpus
 from .jobs import JobTable
+from .view import gpu_views
 
 #: The priority below the library's lowest: a job that any other may take compute from. The
 #: slice runs at the library's lowest priority.
@@ -147,41 +148,7 @@ class NodeAgent:
             the compute it may not be shrunk below (the share, 0 for best-effort jobs).
         """
         snap = self.snapshot()
-        jobs = {j.job_id: j for j in self._jobs.jobs() if j.running}
-        gpus = []
-        for gpu in self._gpus:
-            uuid = gpu.uuid.lower()
-            slices: dict[str, dict[str, Any]] = {}
-            for s in snap.slices:
-                job = jobs.get(s.name)
-                if job is None and s.nprocs == 0:
-                    continue  # an idle slice (its processes gone) holds nothing
-                for d in s.devices:
-                    if d.device.lower() != uuid:
-                        continue
-                    memory, compute = d.limit_bytes or d.used_bytes, d.compute
-                    if job is not None:
-                        if gpu.index not in job.gpus:
-                            continue
-                        slices[s.name] = {"job": s.name, "priority": job.priority,
-                                          "memory": max(memory, job.memory),
-                                          "compute": max(compute, job.compute),
-                                          "guarantee": job.guarantee}
-                    else:
-                        slices[s.name] = {"job": s.name, "priority": s.priority,
-                                          "memory": memory, "compute": compute,
-                                          "guarantee": compute}
-            for job in jobs.values():  # started, not attached here yet
-                if gpu.index in job.gpus and job.job_id not in slices:
-                    slices[job.job_id] = {"job": job.job_id, "priority": job.priority,
-                                          "memory": job.memory, "compute": job.compute,
-                                          "guarantee": job.guarantee}
-            held = list(slices.values())
-            gpus.append({
-                "index": gpu.index, "model": gpu.model, "memory_total": gpu.memory_total,
-                "memory_free": max(0, gpu.memory_total - sum(s["memory"] for s in held)),
-                "compute_free": max(0, 100 - sum(s["compute"] for s in held)),
-                "slices": held})
+        gpus = gpu_views(self._gpus, snap, [j for j in self._jobs.jobs() if j.running])
         return {"name": self.name, "gpus": gpus, "cpu_milli_free": 1000 * _cpus(),
                 "host_memory_free": _host_memory()[1]}
 
