@@ -245,6 +245,14 @@ def test_simulated_model_name_in_the_cuda_driver(name, expected):
         assert "FLEXAI_SIM_NAME" in run.stderr and "e.g. H100-80GB" in run.stderr
 
 
+def test_the_agent_imports_neither_ray_nor_the_pool():
+    probe = ("import sys, flexai.agent, flexai.cli.agent; "
+             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('flexai.pool')))")
+    run = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stderr
+
+
 def test_view_of_made_up_node():
     """gpu_views on a made-up snapshot: what each kind of slice holds."""
     from types import SimpleNamespace
