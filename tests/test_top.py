@@ -7,6 +7,7 @@ import os
 import selectors
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -132,8 +133,8 @@ def test_unusable_state_dir(state_dir, tmp_path) -> None:
 
 
 def test_pool_frame_from_plain_data() -> None:
-    """The pool's frame: nodes (one down), GPUs given as the policy's free figures with their
-    slices inside, and the queue."""
+    """The pool's frame: nodes (one down), GPUs given as the policy's free figures with the
+    slices granted on them inside, the slices the nodes' state shows, and the queue."""
     from rich.console import Console
 
     from flexai.cli.top import render
@@ -145,9 +146,14 @@ def test_pool_frame_from_plain_data() -> None:
                 {"index": 0, "uuid": "GPU-a0", "model": "H100", "memory_total": 80 * GiB,
                  "memory_free": 72 * GiB, "compute_free": 70,
                  "slices": [{"job": "train-1", "priority": "high", "memory": 8 * GiB,
-                             "compute": 30, "guarantee": 30}]}]},
+                             "compute": 30, "guarantee": 30},
+                            {"job": "job-2", "priority": "low", "memory": 2 * GiB,
+                             "compute": 10, "guarantee": 10}]}]},
             {"name": "node-b", "alive": False, "gpus": []},
             {"name": "cpu-only", "alive": True, "gpus": []}],
+        "slices": [{"name": "job-2", "node": "node-a", "gpu": "GPU-a0", "priority": "low",
+                    "nprocs": 2, "memory_limit": 2 * GiB, "memory_used": GiB // 2,
+                    "compute": 10, "burst": 0, "gpu_seconds": 1.5}],
         "queue": [{"job": "big-1", "priority": "normal", "memory": 96 * GiB, "compute": 50,
                    "waiting_s": 12.4, "reason": "no GPU has 96 GiB free"}],
     }
@@ -156,13 +162,19 @@ def test_pool_frame_from_plain_data() -> None:
         console.print(render(data, pool=True))
     out = cap.get()
     head = out.splitlines()[0]
-    assert "pool · 3 node(s), 2 up · 1 GPU(s) · 1 slice(s) · 1 queued" in head
+    assert "pool · 3 node(s), 2 up · 1 GPU(s) · 2 slice(s) · 1 queued" in head
     gpu = next(line for line in out.splitlines() if "GPU-a0" in line)
     assert gpu.split()[:4] == ["node-a", "0", "GPU-a0", "H100"]
     assert "- / 80 GiB  8 GiB" in gpu and "30%" in gpu  # granted = total - free
+    assert gpu.split()[-1] == "2"  # slices on the GPU
+    # granted by the pool, not in the node's state yet: what the pool knows
     train = next(line for line in out.splitlines() if "train-1" in line)
-    assert train.split()[:3] == ["node-a", "train-1", "high"]
-    assert "8 GiB" in train and "30%" in train
+    assert train.split()[:5] == ["node-a", "train-1", "high", "-", "0"]
+    assert train.split()[-5:] == ["-", "8", "GiB", "30%", "-"]  # used unknown, limit, share
+    # in the node's state: once, with its usage
+    (job2,) = [line for line in out.splitlines() if "job-2" in line]
+    assert job2.split()[:5] == ["node-a", "job-2", "low", "2", "0"]
+    assert "512 MiB  2 GiB  10%" in job2 and "1.50s" in job2
     big = line_of(out, "big-1")
     assert "normal" in big and "96 GiB" in big and "12s" in big and "no GPU has" in big
 
@@ -234,3 +246,47 @@ def test_live_view_in_a_terminal(clients, state_dir, tmp_path) -> None:
         finish(a)
         if b is not None:
             finish(b)
+
+
+# ---- the pool's view of a real pool -------------------------------------------------------------
+
+@pytest.mark.slow
+def test_pool_once_on_a_real_pool(clients, request) -> None:
+    """`flexai top --pool --once` on the pool tests' Ray cluster (tests/test_pool.py: n0 "Sim T4",
+    n1 2 x "Sim A100", n2 without GPU; one cluster per session, whoever asks first builds it):
+    a job submitted through the pool shows on the node it runs on, with its slice's usage."""
+    pytest.importorskip("ray")
+    import test_pool
+    from support import raycluster
+
+    cluster = raycluster.shared(request, test_pool._start)
+    job = cluster.popen("n0", "submit", "--gpu-memory", "2GiB", "--gpu-compute", "20",
+                        "--priority", "high", "--gpu-model", "Sim A100", "--",
+                        str(clients["client"]), "init", "ctx", "0", "alloc", "512MiB",
+                        "sleep", "120000", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline, out, row = time.monotonic() + 90, "", None
+        while row is None and time.monotonic() < deadline:
+            res = cluster.flexai("n0", "top", "--pool", "--once", timeout=60)
+            assert res.returncode == 0, res.stderr
+            out = res.stdout
+            row = next((line for line in out.splitlines()  # a slice row, not the GPU's
+                        if line.split()[:1] == ["n1"] and line.split()[1].startswith("job-")
+                        and "512 MiB" in line), None)
+            if row is None:
+                time.sleep(1)
+        assert row is not None, f"no slice with 512 MiB on n1 within 90 s:\n{out}"
+        node, name, priority, procs, gpu = row.split()[:5]
+        assert priority == "high" and procs == "1" and gpu in ("0", "1")
+        assert "512 MiB  2 GiB  20%" in row
+        assert "\x1b" not in out and out.splitlines()[0].startswith("flexai top · pool · ")
+        gpus = [line for line in out.splitlines() if "GPU-" in line]  # the GPUs table
+        assert any(line.startswith("n0 ") and "Sim T4" in line for line in gpus), out
+        assert sum(line.startswith("n1 ") and "Sim A100" in line for line in gpus) == 2, out
+    finally:
+        job.send_signal(signal.SIGINT)  # Ctrl-C cancels the job on its node
+        try:
+            job.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            job.kill()
+            job.communicate()

@@ -17,8 +17,9 @@ Both give plain data of one shape, which is all this module draws::
                  "waiting_s": float, "reason": str}]}
 
 Sizes are bytes, compute percent. Where a GPU gives ``memory_free``/``compute_free`` (the
-policy's view) instead of the granted figures, granted = total - free; where slices are listed
-inside their GPU (``job``, ``memory``) instead of at the top, they are read from there.
+policy's view) instead of the granted figures, granted = total - free; slices listed inside
+their GPU (``job``, ``memory``: what the pool granted) are shown too when the top-level list
+(what the nodes' state shows) lacks them.
 
 This module only draws: it must never change a slice or the pool, and never compute a figure
 that the node or the pool did not report (beyond the two conversions above).
@@ -99,14 +100,19 @@ def gpus_of(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def slices_of(data: dict[str, Any]) -> list[dict[str, Any]]:
-    """The slices: the top-level list, else those listed inside their GPUs."""
-    if data.get("slices") is not None:
-        return list(data["slices"])
-    out = []
+    """The slices: the top-level list (what the nodes' state shows), then those listed inside
+    their GPUs (what the pool granted) that the state does not show yet, e.g. a job whose
+    processes have not started CUDA."""
+    out = list(data.get("slices") or [])
+    shown = {(s.get("node", ""), s.get("name", "")) for s in out}
     for g in gpus_of(data):
         for s in g.get("slices") or []:
-            out.append({"name": s.get("job", s.get("name", "")), "node": g["node"],
-                        "gpu": str(g.get("index", "")), "priority": s.get("priority", ""),
+            name = s.get("job", s.get("name", ""))
+            if (g["node"], name) in shown:
+                continue
+            out.append({"name": name, "node": g["node"],
+                        "gpu": g.get("uuid") or str(g.get("index", "")),
+                        "priority": s.get("priority", ""),
                         "memory_limit": s.get("memory", s.get("memory_limit", 0)),
                         "compute": s.get("compute", 0)})
     return out
