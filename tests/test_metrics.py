@@ -244,3 +244,30 @@ def _zombie_or_gone(pid: int) -> bool:
             return f.read().split(") ")[1].startswith("Z")
     except FileNotFoundError:
         return True
+
+
+def test_node_status_joins_nvml_and_the_state_by_uuid() -> None:
+    """Plain data for `flexai top` and the pool: NVML's GPU and the state's slices on it are one
+    GPU even when the UUIDs differ in case; a device NVML does not show is kept (index -1)."""
+    from flexai.node import DeviceInfo, NodeSnapshot, SliceDevice, SliceUsage
+    from flexai.node.metrics import Gpu, node_status
+
+    other = "GPU-00000000-0000-4000-8000-00000000000b"
+    snap = NodeSnapshot("/x", (DeviceInfo(0, UUID0), DeviceInfo(1, other)), (
+        SliceUsage(1, "job-a", "high", 1, (SliceDevice(UUID0, 0, 4 * GiB, GiB, 30, 0, 2 * 10**9),)),
+        SliceUsage(2, "job-b", "low", 1, (SliceDevice(UUID0, 0, 0, 512 * MiB, 20, 60, 0),
+                                          SliceDevice(other, 1, 2 * GiB, 0, 0, 0, 0))),
+        SliceUsage(3, "idle", "normal", 0, ())))
+    status = node_status(snapshot=snap, name="n0",
+                         gpus=[Gpu(0, UUID0.upper(), "Sim", 16 * GiB, 3 * GiB)])
+    (node,) = status["nodes"]
+    assert node["name"] == "n0" and [g["index"] for g in node["gpus"]] == [0, -1]
+    g0, g1 = node["gpus"]
+    assert (g0["model"], g0["memory_total"], g0["memory_used"]) == ("Sim", 16 * GiB, 3 * GiB)
+    assert g0["memory_granted"] == 4 * GiB + 512 * MiB  # a limit, or the use where none
+    assert g0["compute_granted"] == 50 and g0["busy_seconds"] == 2.0
+    assert (g1["uuid"], g1["memory_granted"], g1["model"]) == (other, 2 * GiB, "")
+    assert [(s["name"], s["gpu"], s["memory_used"]) for s in status["slices"]] == [
+        ("job-a", UUID0, GiB), ("job-b", UUID0, 512 * MiB), ("job-b", other, 0),
+        ("idle", "", 0)]
+    assert status["queue"] == []

@@ -139,7 +139,7 @@ def render(data: dict[str, Any], *, pool: bool, now: float | None = None) -> Any
     parts: list[Any] = [Text(head, style="bold")]
 
     # the GPU column of a slice names the GPU by index where the node knows it
-    index_of = {(g["node"], g.get("uuid")): g.get("index") for g in gpus}
+    index_of = {(g["node"], str(g.get("uuid")).lower()): g.get("index") for g in gpus}
     t = Table(title="GPUs", title_justify="left", expand=False, box=None, pad_edge=False)
     for col in (["NODE"] if pool else []) + ["GPU", "UUID", "MODEL", "MEMORY USED", "",
                                              "GRANTED", "COMPUTE GRANTED", "", "SLICES"]:
@@ -148,7 +148,8 @@ def render(data: dict[str, Any], *, pool: bool, now: float | None = None) -> Any
     for g in gpus:
         total, used = g["memory_total"], g.get("memory_used")
         on_gpu = sum(1 for s in slices if s.get("node", g["node"]) == g["node"]
-                     and str(s.get("gpu")) in (g.get("uuid"), str(g.get("index"))))
+                     and str(s.get("gpu")).lower() in (str(g.get("uuid")).lower(),
+                                                       str(g.get("index"))))
         label = str(g["index"]) if g.get("index", -1) >= 0 else "?"
         row = ([g["node"] + ("" if g["alive"] else " (down)")] if pool else []) + [
             label, g.get("uuid", ""), g.get("model") or "-",
@@ -166,7 +167,7 @@ def render(data: dict[str, Any], *, pool: bool, now: float | None = None) -> Any
     for s in slices:
         limit, used = s.get("memory_limit") or 0, s.get("memory_used")
         gpu = s.get("gpu") or ""
-        index = index_of.get((s.get("node", ""), gpu))
+        index = index_of.get((s.get("node", ""), gpu.lower()))
         compute = f"{s['compute']}%" if s.get("compute") else "-"
         if s.get("burst"):
             compute += f" (burst {s['burst']}%)"

@@ -162,20 +162,14 @@ def node_status(state_dir: str | None = None, *, snapshot: NodeSnapshot | None =
     node = name or socket.gethostname()
     rows: dict[str, dict[str, Any]] = {}
     for g in gpus or ():
-        rows[g.uuid] = {"index": g.index, "uuid": g.uuid, "model": g.model,
-                        "memory_total": g.memory_total, "memory_used": g.memory_used,
-                        "memory_granted": 0, "compute_granted": 0, "busy_seconds": 0.0}
+        rows[g.uuid.lower()] = _gpu_row(g.uuid, g.index, g.model, g.memory_total,
+                                        g.memory_used)
     for d in sorted(snap.devices, key=lambda d: d.id):
-        rows.setdefault(d.uuid, {"index": -1, "uuid": d.uuid, "model": "", "memory_total": 0,
-                                 "memory_used": 0, "memory_granted": 0, "compute_granted": 0,
-                                 "busy_seconds": 0.0})
+        rows.setdefault(d.uuid.lower(), _gpu_row(d.uuid))
     slices = []
     for s in snap.slices:
         for d in s.devices:
-            gpu = rows.setdefault(d.device, {"index": -1, "uuid": d.device, "model": "",
-                                             "memory_total": 0, "memory_used": 0,
-                                             "memory_granted": 0, "compute_granted": 0,
-                                             "busy_seconds": 0.0})
+            gpu = rows.setdefault(d.device.lower(), _gpu_row(d.device))
             gpu["memory_granted"] += d.limit_bytes or d.used_bytes
             gpu["compute_granted"] += d.compute
             gpu["busy_seconds"] += d.gpu_seconds
@@ -193,6 +187,14 @@ def node_status(state_dir: str | None = None, *, snapshot: NodeSnapshot | None =
     ordered = sorted(rows.values(), key=lambda g: (g["index"] < 0, g["index"], g["uuid"]))
     return {"nodes": [{"name": node, "alive": True, "gpus": ordered}], "slices": slices,
             "queue": []}
+
+
+def _gpu_row(uuid: str, index: int = -1, model: str = "", total: int = 0,
+             used: int = 0) -> dict[str, Any]:
+    """A GPU of :func:`node_status`, nothing granted yet (index -1: NVML does not know it)."""
+    return {"index": index, "uuid": uuid, "model": model, "memory_total": total,
+            "memory_used": used, "memory_granted": 0, "compute_granted": 0,
+            "busy_seconds": 0.0}
 
 
 class PoolCounters:
@@ -288,10 +290,7 @@ class MetricsCollector:
 
     def collect(self) -> Iterator[Any]:
         """Read the node (and the pool's counters) and yield the metric families."""
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-        )
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         if self.node:
             yield from self._node_families(GaugeMetricFamily, CounterMetricFamily)
         if self.pool is not None:
@@ -319,7 +318,7 @@ class MetricsCollector:
         models = {}
         for g in status["nodes"][0]["gpus"]:
             key = [g["uuid"], g["model"]]
-            models[g["uuid"]] = g["model"]
+            models[g["uuid"].lower()] = g["model"]
             if g["index"] >= 0:  # NVML knows the device
                 total.add_metric(key, g["memory_total"])
                 used.add_metric(key, g["memory_used"])
@@ -348,7 +347,7 @@ class MetricsCollector:
                 procs.add_metric([s["name"], s["priority"]], s["nprocs"])
             if not s["gpu"]:
                 continue
-            key = [s["name"], s["gpu"], models.get(s["gpu"], ""), s["priority"]]
+            key = [s["name"], s["gpu"], models.get(s["gpu"].lower(), ""), s["priority"]]
             limit.add_metric(key, s["memory_limit"])
             mem.add_metric(key, s["memory_used"])
             share.add_metric(key, s["compute"])
