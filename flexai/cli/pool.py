@@ -30,7 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--port", type=_port, default=6379,
                     help="the pool's TCP port (Ray's GCS; default 6379)")
     _node_options(up)
-    up.add_argument("--temp-dir", metavar="DIR", help="Ray's temporary directory")
     up.add_argument("--pool-metrics-port", type=_port, metavar="N",
                     help="serve the pool's counters (queue, placements, preemptions) as "
                          "Prometheus metrics on this port (0: a free one)")
@@ -64,6 +63,9 @@ def _node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=int, metavar="N", help="CPUs offered to Ray tasks")
     p.add_argument("--object-store-memory", metavar="SIZE",
                    help="Ray's object store size on this node (e.g. 512MiB)")
+    p.add_argument("--temp-dir", metavar="DIR",
+                   help="Ray's temporary directory on this node (default Ray's, /tmp/ray; "
+                        "give each node on one machine its own)")
     p.add_argument("--metrics-port", type=_port, metavar="N",
                    help="serve this node's Prometheus metrics on this port (0: a free one)")
 
@@ -105,7 +107,7 @@ def _join(args: argparse.Namespace) -> int:
     try:
         record = lifecycle.join(args.address, name=args.name, node_ip=args.node_ip,
                                 num_cpus=args.num_cpus, object_store_memory=_store(args),
-                                metrics_port=args.metrics_port)
+                                temp_dir=args.temp_dir, metrics_port=args.metrics_port)
     except FlexaiError as exc:
         return fail(exc)
     print(f"flexai pool: node {record.name} joined the pool at {record.address}")

@@ -10,7 +10,7 @@ same from Python.
 Modules: ``placement`` (the policy's interface; a first-fit until flexai.policy is installed),
 ``member`` (this machine's node: pool directory, ``ray start``), ``lifecycle`` (up, join,
 down), ``head`` and ``agent_actor`` (the Ray actors), ``client`` (submit, Job, status),
-``status`` (the status dict). Importing this package imports no Ray: names are resolved on
+``overview`` (the status dict). Importing this package imports no Ray: names are resolved on
 first use. This package must never print and never stop a Ray process it did not start.
 """
 from __future__ import annotations

@@ -331,7 +331,7 @@ def status(address: str | None = None) -> dict[str, Any]:
 
 def jobs(address: str | None = None) -> list[dict[str, Any]]:
     """Every job's record, oldest first (see :meth:`Job.status`)."""
-    from .status import public_job
+    from .overview import public_job
 
     connect(address)
     return [public_job(j) for j in _call(_head().jobs.remote())]

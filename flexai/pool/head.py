@@ -189,6 +189,9 @@ class PoolHead:
                 self._queue.remove(job_id)
                 self._finish(job, "cancelled", None)
                 return {"ok": True, "state": "cancelled"}
+            node = self._nodes.get(job["node"]) if job["state"] == "running" else None
+        if node is not None:  # (a job still starting is stopped by _start when it returns)
+            node.handle.stop.remote(job_id, 5.0, reason)
         self._wake.set()
         return {"ok": True, "state": "cancelling"}
 
@@ -412,7 +415,7 @@ class PoolHead:
         """The pool as plain data (see ``flexai.pool.status``)."""
         import ray
 
-        from .status import build_status
+        from .overview import build_status
 
         with self._lock:
             nodes = list(self._nodes.values())

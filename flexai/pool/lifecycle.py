@@ -199,7 +199,8 @@ def _start_actors_head(record: NodeRecord, env: Mapping[str, str], metrics_port:
 
 def join(address: str, *, name: str | None = None, node_ip: str | None = None,
          num_cpus: int | None = None, object_store_memory: int | None = None,
-         metrics_port: int | None = None, env: Mapping[str, str] | None = None) -> NodeRecord:
+         temp_dir: str | None = None, metrics_port: int | None = None,
+         env: Mapping[str, str] | None = None) -> NodeRecord:
     """Add this machine to the pool at ``address`` (see ``flexai pool join``).
 
     Raises
@@ -211,11 +212,15 @@ def join(address: str, *, name: str | None = None, node_ip: str | None = None,
         Ray or the agent did not start.
     """
     parse_address(address)
+    record = read_record(env)
+    if record is not None and record.alive() and record.address == address and \
+            record.name == (name or record.name):
+        return _repair(record, dict(os.environ if env is None else env), metrics_port)
     env, name = _prepare(env, name)
     facts = probe(address)
     check_versions(address, facts)
     d = pool_dir(env)
-    args = ["--address", address]
+    args = ["--address", address] + (["--temp-dir", temp_dir] if temp_dir else [])
     args += node_start_args(name, _devices(env), num_cpus=num_cpus,
                             object_store_memory=object_store_memory, node_ip=node_ip)
     log = d / "ray.log"
@@ -238,6 +243,26 @@ def join(address: str, *, name: str | None = None, node_ip: str | None = None,
     except BaseException:
         _stop_local(record, env)
         raise
+    return record
+
+
+def _repair(record: NodeRecord, env: Mapping[str, str], metrics_port: int | None
+            ) -> NodeRecord:
+    """``join`` again on a node that is in the pool: start its agent when it is gone (killed),
+    and register it with the head again; nothing when it answers."""
+    import ray
+
+    connect_ray(record.address)
+    agent = _actor(agent_actor_name(record.name))
+    if agent is not None:
+        try:
+            ray.get(agent.info.remote(), timeout=10)
+            return record
+        except Exception:
+            _kill_quietly(agent)
+    head = ray.get_actor(HEAD_ACTOR, namespace=NAMESPACE)
+    info = _start_agent(record.name, _node_id(record.name), env, metrics_port)
+    ray.get(head.register.remote(record.name, info), timeout=ACTOR_TIMEOUT)
     return record
 
 

@@ -274,6 +274,8 @@ def _ray_command() -> str:
 
 def start_ray(args: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
     """Start ``ray start --block ARGS`` in a session of its own; return when the node runs.
+    Ray gives a raylet 30 s to register, which a loaded machine can miss: that is tried once
+    more.
 
     Raises
     ------
@@ -281,6 +283,15 @@ def start_ray(args: list[str], env: Mapping[str, str], log: Path) -> subprocess.
         When ``ray start`` fails or does not come up in :data:`START_TIMEOUT` seconds; the
         message is the last line Ray wrote about it.
     """
+    try:
+        return _start_ray(args, env, log)
+    except PoolError as exc:
+        if "timed out during startup" not in str(exc):
+            raise
+        return _start_ray(args, env, log)
+
+
+def _start_ray(args: list[str], env: Mapping[str, str], log: Path) -> subprocess.Popen:
     ports = _free_ports(6)
     aux = ["--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
            "--dashboard-agent-listen-port", str(ports[2]),
@@ -301,6 +312,7 @@ def start_ray(args: list[str], env: Mapping[str, str], log: Path) -> subprocess.
         if "block forever" in text:
             return proc
         if proc.poll() is not None:
+            stop_process_group(proc.pid, 5.0)  # what it started before failing
             raise PoolError(f"ray start failed: {_last_error(text)} (log: {log})")
         time.sleep(0.1)
     stop_process_group(proc.pid, 5.0)
