@@ -3,7 +3,7 @@
 usage, the queue. ``--once`` prints one frame (no terminal codes when stdout is not a terminal).
 
 Node mode reads ``flexai.node.metrics.node_status`` (NodeSnapshot + NVML); pool mode calls
-``flexai.pool.status(address)`` (flexai/pool/status.py builds it; extra keys are ignored).
+``flexai.pool.status(address)`` (the pool head builds it; extra keys are ignored).
 Both give plain data of one shape, which is all this module draws::
 
     {"nodes":  [{"name": str, "alive": bool,
