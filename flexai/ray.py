@@ -3,11 +3,12 @@ gpu_compute=30)`` and ``flexai.ray.options(...)`` for Ray tasks and actors.
 
 Ray only books a GPU fraction; nothing stops a task from taking the whole card. Here a task or
 actor gets (1) a GPU fraction (``num_gpus``) of at least its compute share and of its memory
-over the smallest card's memory, so Ray never packs more onto a card than it holds, (2) flexai's
-memory resource (``flexai_gpu_memory_mib``, declared by ``flexai pool up|join``) so Ray does not
-overbook a node, and (3) a ``runtime_env`` whose env_vars preload the installed libflexai.so
-with the slice's ``FLEXAI_*`` settings, so inside the worker the quota holds: allocating past
-it gets the driver's out-of-memory error. Each worker process is a slice of its own.
+over the smallest card that holds it, so Ray never packs more onto a card than it holds, (2)
+flexai's memory resource (``flexai_gpu_memory_mib``, declared by ``flexai pool up|join``) so
+Ray does not overbook a node, and (3) a ``runtime_env`` whose env_vars preload the installed
+libflexai.so with the slice's ``FLEXAI_*`` settings, so inside the worker the quota holds:
+allocating past it gets the driver's out-of-memory error. Each worker process is a slice of
+its own.
 
     @flexai.ray.remote(gpu_memory="8GiB", gpu_compute=30, priority="high")
     def train(...): ...
@@ -55,9 +56,9 @@ def _slice_variables(gpu_memory: int | str | None, gpu_compute: int | None,
     return values, int(memory or 0), int(gpu_compute or 0)
 
 
-def _card_memory(model: str | None) -> int | None:
-    """The smallest GPU's memory (bytes) among the live nodes that declared flexai's
-    resources (of ``model`` when given); None when Ray is not connected or none did."""
+def _card_sizes(model: str | None) -> list[int] | None:
+    """The GPU memory sizes (bytes) of the live nodes that declared flexai's resources (of
+    ``model`` when given); None when Ray is not connected or no node did."""
     import ray
 
     from .pool.member import LABEL_MODEL, RESOURCE_MEMORY, model_key
@@ -72,7 +73,27 @@ def _card_memory(model: str | None) -> int | None:
         if model is not None and labels.get(LABEL_MODEL) != model_key(model):
             continue
         sizes.append(int(res[RESOURCE_MEMORY] / res["GPU"]) * _MIB)
-    return min(sizes) if sizes else None
+    return sorted(set(sizes)) or None
+
+
+def _card_memory(memory: int, model: str | None) -> int | None:
+    """The smallest card that holds ``memory`` bytes (None when unknown): the fraction of it
+    is the most a task may take of any card it can land on.
+
+    Raises
+    ------
+    BadValueError
+        When Ray knows the cards and none is that large.
+    """
+    sizes = _card_sizes(model)
+    if not sizes:
+        return None
+    fitting = [s for s in sizes if s >= memory]
+    if not fitting:
+        raise BadValueError(f"flexai.ray: gpu_memory {memory / 2**30:.3g}GiB is more than any "
+                            f"GPU has (largest {sizes[-1] / 2**30:.3g}GiB; e.g. gpu_memory="
+                            f"'{max(1, sizes[-1] // 2**31)}GiB')")
+    return fitting[0]
 
 
 def options(gpu_memory: int | str | None = None, gpu_compute: int | None = None,
@@ -111,12 +132,8 @@ def options(gpu_memory: int | str | None = None, gpu_compute: int | None = None,
     from .pool.member import RESOURCE_MEMORY, RESOURCE_MODEL, model_key
 
     values, memory, compute = _slice_variables(gpu_memory, gpu_compute, priority, burst)
-    card = _card_memory(gpu_model)
+    card = _card_memory(memory, gpu_model)
     fraction = max(compute / 100, memory / card if card else 0.0)
-    if card is not None and memory > card:
-        raise BadValueError(f"flexai.ray: gpu_memory {memory / 2**30:.3g}GiB is more than the "
-                            f"smallest GPU has ({card / 2**30:.3g}GiB; e.g. gpu_memory="
-                            f"'{max(1, card // 2**31)}GiB')")
     num_gpus = min(1.0, math.ceil(max(fraction, 0.0001) * 10000) / 10000)
     out = dict(ray_options)
     resources = dict(out.pop("resources", None) or {})
@@ -152,7 +169,7 @@ class _Remote:
 
         if self._resolved is None or (self._resolved[0] is None and ray.is_initialized()):
             opts = options(**self._flexai, **self._ray)
-            known = _card_memory(self._flexai.get("gpu_model"))
+            known = _card_sizes(self._flexai.get("gpu_model"))
             self._resolved = (known, ray.remote(**opts)(self._target))
         return self._resolved[1]
 

@@ -4,9 +4,10 @@ policy chose, output and exit status streamed back, a job that does not fit wait
 when capacity frees, cancel (``flexai cancel`` and Ctrl-C), bad input (exit 2, one line),
 and an agent killed or a node removed noticed within 10 s with its jobs reported lost.
 
-Nodes: n0 the head (1 simulated GPU, 16 GiB, "Sim T4"), n1 (2 GPUs, 40 GiB, "Sim A100"), n2
-(no GPU); n3 (1 GPU, 8 GiB, "Sim L4") joins for the loss tests. No verdict depends on speed:
-waits have generous bounds, and the 10 s of the issue is measured, not slept.
+Nodes (raycluster.start_default): n0 the head (1 simulated GPU, 16 GiB, "Sim T4"), n1 (2 GPUs,
+40 GiB, "Sim A100"), n2 (no GPU); n3 (1 GPU, 8 GiB, "Sim L4") joins for the loss tests. No
+verdict depends on speed: waits have generous bounds, and the 10 s of the issue is measured,
+not slept.
 """
 from __future__ import annotations
 
@@ -25,23 +26,9 @@ from support import raycluster  # noqa: E402
 from flexai.pool import placement  # noqa: E402
 
 
-def _start(cluster: raycluster.RayCluster) -> None:
-    cluster.up("n0", port=raycluster_port(), gpus=1, memory="16GiB", model="Sim T4")
-    cluster.join_many([
-        {"name": "n1", "gpus": 2, "memory": "40GiB", "model": "Sim A100"},
-        {"name": "n2", "gpus": 0, "memory": None},
-    ])
-
-
-def raycluster_port() -> int:
-    from flexai.pool.member import _free_ports
-
-    return _free_ports(1)[0]
-
-
 @pytest.fixture(scope="session")
 def cluster(request) -> raycluster.RayCluster:
-    return raycluster.shared(request, _start)
+    return raycluster.shared(request, raycluster.start_default)
 
 
 @pytest.fixture

@@ -222,6 +222,18 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
+def start_default(cluster: RayCluster) -> None:
+    """The tests' cluster: n0 the head (1 simulated GPU, 16 GiB, "Sim T4"), n1 (2 GPUs, 40 GiB,
+    "Sim A100") and n2 (no GPU)."""
+    from flexai.pool.member import _free_ports
+
+    cluster.up("n0", port=_free_ports(1)[0], gpus=1, memory="16GiB", model="Sim T4")
+    cluster.join_many([
+        {"name": "n1", "gpus": 2, "memory": "40GiB", "model": "Sim A100"},
+        {"name": "n2", "gpus": 0, "memory": None},
+    ])
+
+
 _shared: RayCluster | None = None
 
 
