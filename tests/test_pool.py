@@ -5,7 +5,7 @@ when capacity frees, cancel (``flexai cancel`` and Ctrl-C), bad input (exit 2, o
 and an agent killed or a node removed noticed within 10 s with its jobs reported lost.
 
 Nodes (raycluster.start_default): n0 the head (1 simulated GPU, 16 GiB, "Sim T4"), n1 (2 GPUs,
-40 GiB, "Sim A100"), n2 (no GPU); n3 (1 GPU, 8 GiB, "Sim L4") joins for the loss tests. No
+40 GiB, "Sim A100"), n2 (no GPU), n3 (1 GPU, 8 GiB, "Sim L4", taken away by the loss tests). No
 verdict depends on speed: waits have generous bounds, and the 10 s of the issue is measured,
 not slept.
 """
@@ -67,17 +67,23 @@ def one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
 
 # ---- membership ------------------------------------------------------------------------------
 
-def test_status_lists_every_node_with_its_gpus(cluster):
-    proc = cluster.flexai("n0", "pool", "status", "--json", check=True)
-    status = json.loads(proc.stdout)
+def test_status_lists_every_node_with_its_gpus_and_top_draws_it(cluster):
+    as_json, text, top = cluster.flexai_many([("n0", "pool", "status", "--json"),
+                                              ("n2", "pool", "status"),
+                                              ("n2", "top", "--pool", "--once")])
+    assert as_json.returncode == text.returncode == top.returncode == 0, (
+        as_json.stderr, text.stderr, top.stderr)
+    status = json.loads(as_json.stdout)
     nodes = {n["name"]: n for n in status["nodes"]}
     assert set(nodes) >= {"n0", "n1", "n2"}
     assert [g["model"] for g in nodes["n0"]["gpus"]] == ["Sim T4"]
     assert [g["memory_total"] for g in nodes["n1"]["gpus"]] == [40 * 2**30] * 2
     assert nodes["n2"]["gpus"] == [] and nodes["n2"]["alive"]
     assert all(g["compute_free"] == 100 for g in nodes["n1"]["gpus"])
-    text = cluster.flexai("n2", "pool", "status", check=True).stdout
-    assert "Sim A100" in text and "(no GPU)" in text and "queue: 0 waiting" in text
+    assert "Sim A100" in text.stdout and "(no GPU)" in text.stdout
+    assert "queue: 0 waiting" in text.stdout
+    for word in ("n0", "n1", "Sim A100", "Sim T4"):
+        assert word in top.stdout, top.stdout
 
 
 def test_nodes_declare_flexai_resources_and_labels_to_ray(cluster, api):
@@ -188,22 +194,13 @@ def test_ctrl_c_cancels_the_job_on_its_node(cluster, api):
 
 
 def test_bad_input_is_one_line_and_exit_2(cluster):
-    procs = {
-        "model": cluster.popen("n0", "submit", "--gpu-model", "H100", "--gpu-memory", "1GiB",
-                               "--", "true", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True),
-        "too big": cluster.popen("n0", "submit", "--gpu-memory", "100GiB", "--", "true",
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        "malformed": cluster.popen("n0", "submit", "--gpu-memory", "8 gigs", "--", "true",
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-        "priority": cluster.popen("n0", "submit", "--priority", "urgent", "--gpu-memory", "1GiB",
-                                  "--", "true", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True),
-    }
-    results = {}
-    for what, p in procs.items():
-        out, err = p.communicate(timeout=90)
-        results[what] = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    model, too_big, malformed, priority = cluster.flexai_many([
+        ("n0", "submit", "--gpu-model", "H100", "--gpu-memory", "1GiB", "--", "true"),
+        ("n0", "submit", "--gpu-memory", "100GiB", "--", "true"),
+        ("n0", "submit", "--gpu-memory", "8 gigs", "--", "true"),
+        ("n0", "submit", "--priority", "urgent", "--gpu-memory", "1GiB", "--", "true")])
+    results = {"model": model, "too big": too_big, "malformed": malformed,
+               "priority": priority}
     one_line_error(results["model"], "H100", "Sim A100")
     one_line_error(results["too big"], "100GiB", "40GiB")
     one_line_error(results["malformed"], "8 gigs", "e.g.")
@@ -219,10 +216,11 @@ def test_join_wrong_address_version_mismatch_and_port_in_use(cluster, api, tmp_p
 
     env = cluster.node_env("x", gpus=0)
     nowhere = f"127.0.0.1:{_free_ports(1)[0]}"
-    wrong = cluster.flexai("n0", "pool", "join", nowhere, "--name", "x", env=env, timeout=60)
+    wrong, in_use = cluster.flexai_many([
+        ("n0", "pool", "join", nowhere, "--name", "x"),
+        ("n0", "pool", "up", "--name", "x", "--port", cluster.address.rsplit(":", 1)[1])],
+        env=env, timeout=60)
     one_line_error(wrong, nowhere, "e.g.")
-    in_use = cluster.flexai("n0", "pool", "up", "--name", "x", "--port",
-                            cluster.address.rsplit(":", 1)[1], env=env, timeout=60)
     one_line_error(in_use, "in use", "--port")
     facts = _internal_kv_get(KV_KEY, namespace="flexai")
     try:
@@ -241,7 +239,6 @@ def test_join_wrong_address_version_mismatch_and_port_in_use(cluster, api, tmp_p
 def test_agent_killed_then_node_removed_are_noticed_and_jobs_lost(cluster, api):
     import ray
 
-    cluster.join("n3", gpus=1, memory="8GiB", model="Sim L4")
     # 1. the agent's process is killed: its jobs are lost within 10 s, a waiting client ends
     follower = cluster.popen("n0", "submit", "--gpu-model", "Sim L4", "--gpu-memory", "1GiB",
                              "--", "sh", "-c", "echo up; exec sleep 120",
@@ -302,3 +299,53 @@ def _kill(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
+
+
+# ---- metrics, top, the embedded pool -----------------------------------------------------------
+
+def _scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def test_agent_metrics_and_pool_counters_are_served(cluster, api):
+    job = api.submit(["true"], gpu_memory="1GiB", gpu_compute=5, gpu_model="Sim A100")
+    assert job.wait(timeout=60)["state"] == "exited"
+    status = api.status()
+    n1 = next(n for n in status["nodes"] if n["name"] == "n1")
+    node_text = _scrape(n1["metrics_port"])
+    assert 'flexai_gpu_memory_total_bytes{' in node_text and 'model="Sim A100"' in node_text
+    pool_text = _scrape(status["pool"]["metrics_port"])
+    placed = [ln for ln in pool_text.splitlines()
+              if ln.startswith('flexai_pool_placements_total{outcome="placed"}')]
+    assert placed and float(placed[0].split()[-1]) >= 1
+    assert "flexai_pool_queue_length" in pool_text
+
+
+def test_local_only_on_a_node_without_gpu_is_bad_input(cluster):
+    proc, cpu = cluster.flexai_many([
+        ("n2", "submit", "--local-only", "--gpu-memory", "1GiB", "--", "true"),
+        ("n2", "submit", "--local-only", "--", "sh", "-c", "echo cpu-only")])
+    one_line_error(proc, "n2 has no GPU")
+    assert cpu.returncode == 0 and cpu.stdout == "cpu-only\n", cpu.stderr
+
+
+def test_submit_without_a_pool_starts_the_embedded_one(cluster):
+    """The submit was started with the cluster (raycluster.start_default), on machine "e"
+    that has no pool."""
+    alone = cluster.others[0]
+    proc = cluster.background["embedded"]
+    out, err = proc.communicate(timeout=raycluster.START_TIMEOUT)
+    alone.track("e")
+    assert proc.returncode == 0 and out == "embedded\n", err
+    assert "started a local pool" in err and "flexai pool down" in err
+    record = alone.nodes["e"].read_record()
+    assert record["embedded"] and record["role"] == "head"
+    again = alone.flexai("e", "submit", "--", "true")  # the same pool, no new start
+    assert again.returncode == 0 and "started" not in again.stderr, again.stderr
+    down = alone.flexai("e", "pool", "down", check=True)
+    assert "down" in down.stdout
+    assert not (alone.nodes["e"].pool_dir / "node.json").exists()
+    assert not _alive(record["pid"])

@@ -62,8 +62,9 @@ def connect(address: str | None = None, *, start: bool = False,
         if record is not None and record.alive():
             address = record.address
         elif start:
-            address = up(embedded=True, port=_free_port(), node_ip="127.0.0.1",
-                         env=env).address
+            d = pool_dir(env) / "ray"  # Ray's socket paths must stay short
+            address = up(embedded=True, port=_free_port(), node_ip="127.0.0.1", env=env,
+                         temp_dir=str(d) if len(str(d)) <= 40 else None).address
         else:
             raise PoolError(f"no pool runs on this machine ({pool_dir(env)}); start one with "
                             "`flexai pool up`, or give its address (e.g. --address "

@@ -19,7 +19,8 @@ import traceback
 from typing import Any
 
 from . import placement as pl
-from .member import agent_actor_name, model_key
+from .admit import admit
+from .member import agent_actor_name
 
 #: Seconds between heartbeats.
 HEARTBEAT = 1.0
@@ -136,44 +137,8 @@ class PoolHead:
         return {"ok": True, "job": job_id}
 
     def _request(self, spec: dict[str, Any]) -> Any:
-        """The policy request for ``spec``; ValueError (one line, with an example) when it
-        can never run in this pool."""
-        memory, compute = int(spec.get("memory") or 0), int(spec.get("compute") or 0)
-        gpus = int(spec.get("gpus", 1 if (memory or compute) else 0))
-        if gpus == 1 and not compute:
-            compute = 100
-        alive = [n for n in self._nodes.values() if n.alive and n.view is not None]
-        all_gpus = [(n.name, g) for n in alive for g in n.view["gpus"]]
-        models = spec.get("models")
-        if models:
-            known = {g["model"]: g["model"] for _, g in all_gpus}
-            known.update({model_key(m): m for m in list(known)})
-            unknown = [m for m in models if m not in known]
-            if unknown:
-                have = ", ".join(sorted({g["model"] for _, g in all_gpus})) or "none"
-                raise ValueError(f"--gpu-model {unknown[0]!r}: no such GPU model in the pool "
-                                 f"(models: {have}; e.g. --gpu-model '{have.split(', ')[0]}')")
-            models = frozenset(known[m] for m in models)
-            all_gpus = [(n, g) for n, g in all_gpus if g["model"] in models]
-        if gpus >= 1:
-            if not all_gpus:
-                raise ValueError("the pool has no GPU (start a node with one, or submit "
-                                 "without --gpu-memory/--gpu-compute for a CPU-only job)")
-            largest = max(g["memory_total"] for _, g in all_gpus)
-            if memory > largest:
-                raise ValueError(f"--gpu-memory {memory / 2**30:.3g}GiB is more than any GPU "
-                                 f"in the pool has (largest {largest / 2**30:.3g}GiB; e.g. "
-                                 f"--gpu-memory {max(1, largest // 2**31)}GiB)")
-        origin = spec.get("origin")
-        if origin is not None and origin not in self._nodes:
-            origin = None
-        where = spec.get("where") or "prefer-local"
-        if where == "local-only" and origin is None:
-            raise ValueError("--local-only: this machine is not a member of the pool (join it "
-                             "with flexai pool join ADDRESS, or submit without --local-only)")
-        return pl.Request(memory=memory, compute=compute, gpus=gpus,
-                          priority=spec.get("priority") or "normal", models=models or None,
-                          origin=origin, where=where)
+        views = {n.name: n.view for n in self._nodes.values() if n.alive and n.view is not None}
+        return admit(spec, views, set(self._nodes))
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> dict[str, Any]:
         """Cancel a queued or running job. Returns ``{"ok": bool, "error": ...}``."""
@@ -428,7 +393,8 @@ class PoolHead:
                 details[name] = None
         with self._lock:
             return build_status(self.address, nodes, details, list(self._jobs.values()),
-                                self.counters.values(), self._stats, pl.POLICY)
+                                self.counters.values(), self._stats, pl.POLICY,
+                                self.metrics_port())
 
     def ping(self) -> dict[str, Any]:
         """Cheap liveness of the head."""

@@ -4,7 +4,7 @@ reports and its job table.
 
 Shape (sizes in bytes, compute in percent)::
 
-    {"pool": {"address", "policy", "flexai_version"},
+    {"pool": {"address", "policy", "flexai_version", "metrics_port"},
      "nodes": [{"name", "alive", "state", "reason", "hostname", "cpus", "last_seen_s",
                 "metrics_port",
                 "gpus": [{"index", "uuid", "model", "memory_total", "memory_free",
@@ -32,7 +32,8 @@ from typing import Any
 
 def build_status(address: str, nodes: Iterable[Any], details: Mapping[str, Any],
                  jobs: list[dict[str, Any]], counters: Mapping[str, Any],
-                 stats: Mapping[str, int], policy: str) -> dict[str, Any]:
+                 stats: Mapping[str, int], policy: str,
+                 metrics_port: int | None = None) -> dict[str, Any]:
     """Assemble the status dict (see the module's docstring).
 
     Parameters
@@ -80,7 +81,8 @@ def build_status(address: str, nodes: Iterable[Any], details: Mapping[str, Any],
               "waiting_s": round(wall - j["submitted_at"], 3), "reason": j["wait_reason"],
               "argv": list(j["argv"])}
              for j in jobs if j["state"] == "queued"]
-    return {"pool": {"address": address, "policy": policy, "flexai_version": __version__},
+    return {"pool": {"address": address, "policy": policy, "flexai_version": __version__,
+                     "metrics_port": metrics_port},
             "nodes": out_nodes, "slices": slices, "queue": queue,
             "jobs": [public_job(j) for j in jobs],
             "counters": {**counters, **stats}}

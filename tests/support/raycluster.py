@@ -5,14 +5,16 @@ and one node with no GPU at all.
 
 Every node is a ``ray start --block`` process group of its own (flexai.pool.member); the
 cluster records their ids in a file that a watchdog process reads: if the test process dies
-without tearing down, the watchdog kills them. :meth:`RayCluster.stop` takes every node down
-(members first), then kills whatever is left of the groups it started. Every wait is bounded.
+without tearing down, the watchdog kills them. :meth:`RayCluster.stop` kills the groups and
+every process running with one of the cluster's directories in its environment (the agents'
+jobs), then removes the directory. Every wait is bounded.
 This module must never stop a Ray it did not start (no ``ray stop``).
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +33,7 @@ START_TIMEOUT = 150.0
 
 _WATCHDOG = r"""
 import os, signal, sys, time
-parent, path = int(sys.argv[1]), sys.argv[2]
+parent, path, root = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 while True:
     time.sleep(1)
     try:
@@ -46,6 +48,14 @@ while True:
     for g in pgids:
         try:
             os.killpg(g, signal.SIGKILL)
+        except OSError:
+            pass
+    marks = [f"{k}={root}".encode() for k in ("FLEXAI_STATE_DIR", "FLEXAI_POOL_DIR")]
+    for entry in os.listdir("/proc"):
+        try:
+            env = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+            if entry.isdigit() and any(v.startswith(m) for v in env for m in marks):
+                os.kill(int(entry), signal.SIGKILL)
         except OSError:
             pass
     break
@@ -81,11 +91,16 @@ class RayCluster:
         self.root = Path(root or tempfile.mkdtemp(prefix="fxray-", dir="/tmp"))
         self.nodes: dict[str, Node] = {}
         self.address: str | None = None
+        #: Other clusters started alongside (e.g. the embedded pool), stopped with this one.
+        self.others: list[RayCluster] = []
+        #: Commands started in the background by :func:`start_default`, by name.
+        self.background: dict[str, subprocess.Popen] = {}
         self._pgids: list[int] = []
         self._pgid_file = self.root / "pgids"
         self._pgid_file.write_text("")
         self._watchdog = subprocess.Popen(
-            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self._pgid_file)],
+            [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self._pgid_file),
+             str(self.root)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
 
@@ -119,6 +134,25 @@ class RayCluster:
                                  f"({proc.returncode}): {proc.stderr}{proc.stdout}")
         return proc
 
+    def flexai_many(self, calls: Sequence[tuple[str, ...]], timeout: float = 90,
+                    env: Mapping[str, str] | None = None) -> list[subprocess.CompletedProcess]:
+        """Run several ``flexai`` commands at once, each ``(node, *args)``; their results in
+        order (a 2-core machine runs CLI start-ups side by side well)."""
+        procs = [subprocess.Popen([sys.executable, "-m", "flexai", *args],
+                                  env={**self.nodes[node].env, **(env or {})},
+                                  cwd=str(self.root), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for node, *args in calls]
+        out = []
+        for p in procs:
+            try:
+                stdout, stderr = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                stdout, stderr = p.communicate()
+            out.append(subprocess.CompletedProcess(p.args, p.returncode, stdout, stderr))
+        return out
+
     def popen(self, node: str, *args: str, **kwargs: Any) -> subprocess.Popen:
         """Start ``python -m flexai ARGS`` as a process of ``node`` without waiting."""
         return subprocess.Popen([sys.executable, "-m", "flexai", *args], env=self.nodes[node].env,
@@ -131,15 +165,28 @@ class RayCluster:
         self._pgids.append(pid)
         self._pgid_file.write_text(" ".join(map(str, self._pgids)))
 
-    def up(self, name: str, *, port: int, gpus: int = 1, memory: str | None = "16GiB",
-           model: str | None = None, num_cpus: int = 1) -> Node:
-        """``flexai pool up`` as node ``name`` (the head)."""
+    def add(self, name: str, *, gpus: int = 1, memory: str | None = "16GiB",
+            model: str | None = None) -> Node:
+        """A node's environment and directories, without starting anything (see
+        :meth:`track`)."""
         node = Node(name, self.node_env(name, gpus=gpus, memory=memory, model=model), gpus,
                     memory, model)
         self.nodes[name] = node
+        return node
+
+    def track(self, name: str) -> None:
+        """Stop node ``name`` with the cluster: it was started outside :meth:`up`/:meth:`join`
+        (e.g. the embedded pool of ``flexai submit``)."""
+        if (self.nodes[name].pool_dir / "node.json").exists():
+            self._remember(self.nodes[name])
+
+    def up(self, name: str, *, port: int, gpus: int = 1, memory: str | None = "16GiB",
+           model: str | None = None, num_cpus: int = 1, args: Sequence[str] = ()) -> Node:
+        """``flexai pool up`` as node ``name`` (the head)."""
+        node = self.add(name, gpus=gpus, memory=memory, model=model)
         self.flexai(node, "pool", "up", "--name", name, "--port", str(port), "--num-cpus",
                     str(num_cpus), "--object-store-memory", "80MiB", "--temp-dir",
-                    str(self.root / f"r-{name}"), timeout=START_TIMEOUT, check=True)
+                    str(self.root / f"r-{name}"), *args, timeout=START_TIMEOUT, check=True)
         self._remember(node)
         self.address = node.record["address"]
         return node
@@ -152,12 +199,11 @@ class RayCluster:
         for spec in specs:
             spec = dict(spec)
             name, cpus = spec.pop("name"), spec.pop("num_cpus", 1)
-            node = Node(name, self.node_env(name, **spec), spec.get("gpus", 1),
-                        spec.get("memory"), spec.get("model"))
-            self.nodes[name] = node
+            args = spec.pop("args", ())
+            node = self.add(name, **spec)
             proc = self.popen(name, "pool", "join", self.address, "--name", name, "--num-cpus",
                               str(cpus), "--object-store-memory", "80MiB", "--temp-dir",
-                              str(self.root / f"r-{name}"), stdout=subprocess.PIPE,
+                              str(self.root / f"r-{name}"), *args, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
             started.append((node, proc))
         failures = []
@@ -189,29 +235,48 @@ class RayCluster:
             pass
 
     def stop(self) -> None:
-        """Take every node down (members first, the head last), then kill what is left."""
-        members = [n for n in self.nodes.values() if n.record.get("role") != "head"]
-        heads = [n for n in self.nodes.values() if n.record.get("role") == "head"]
-        for group in (members, heads):  # members at once, then the head
-            downs = [self.popen(n.name, "pool", "down", stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-                     for n in group if (n.pool_dir / "node.json").exists()]
-            for p in downs:
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        deadline = time.monotonic() + 10
+        """Kill every node's process group, then every process that runs with one of this
+        cluster's directories in its environment (the agents' jobs, in sessions of their own),
+        and remove the cluster's directory. ``flexai pool down`` is tested on its own; a
+        teardown need not be graceful."""
+        for other in self.others:
+            other.stop()
+        for proc in self.background.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
         for pgid in self._pgids:
-            while time.monotonic() < deadline and _group_alive(pgid):
-                time.sleep(0.1)
             try:
                 os.killpg(pgid, signal.SIGKILL)
             except OSError:
                 pass
+        _kill_strays(str(self.root))
+        deadline = time.monotonic() + 10
+        for pgid in self._pgids:
+            while time.monotonic() < deadline and _group_alive(pgid):
+                time.sleep(0.05)
         self._watchdog.kill()
         self._watchdog.wait(timeout=10)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _kill_strays(root: str) -> None:
+    """SIGKILL the processes (but this one) whose FLEXAI_STATE_DIR or FLEXAI_POOL_DIR lies
+    under ``root``."""
+    marks = [f"{k}={root}".encode() for k in ("FLEXAI_STATE_DIR", "FLEXAI_POOL_DIR")]
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(v.startswith(m) for v in env for m in marks):
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -223,15 +288,29 @@ def _group_alive(pgid: int) -> bool:
 
 
 def start_default(cluster: RayCluster) -> None:
-    """The tests' cluster: n0 the head (1 simulated GPU, 16 GiB, "Sim T4"), n1 (2 GPUs, 40 GiB,
-    "Sim A100") and n2 (no GPU)."""
+    """The tests' cluster: n0 the head (1 simulated GPU, 16 GiB, "Sim T4"; the pool's counters
+    on a metrics port), n1 (2 GPUs, 40 GiB, "Sim A100"; the node's metrics on a port), n2 (no
+    GPU) and n3 (1 GPU, 8 GiB, "Sim L4"; the one the loss tests take away); and, in the
+    background, ``flexai submit`` on a machine "e" without a pool (``cluster.others[0]``,
+    ``cluster.background["embedded"]``)."""
     from flexai.pool.member import _free_ports
 
-    cluster.up("n0", port=_free_ports(1)[0], gpus=1, memory="16GiB", model="Sim T4")
+    cluster.up("n0", port=_free_ports(1)[0], gpus=1, memory="16GiB", model="Sim T4",
+               args=("--pool-metrics-port", "0"))
     cluster.join_many([
-        {"name": "n1", "gpus": 2, "memory": "40GiB", "model": "Sim A100"},
+        {"name": "n1", "gpus": 2, "memory": "40GiB", "model": "Sim A100",
+         "args": ("--metrics-port", "0")},
         {"name": "n2", "gpus": 0, "memory": None},
+        {"name": "n3", "gpus": 1, "memory": "8GiB", "model": "Sim L4"},
     ])
+    # `flexai submit` on a machine without a pool starts the embedded one: that takes as long
+    # as a node's start, so it runs in the background while the tests use the cluster
+    alone = RayCluster()
+    cluster.others.append(alone)
+    alone.add("e", gpus=1, memory="8GiB")
+    cluster.background["embedded"] = alone.popen(
+        "e", "submit", "--gpu-memory", "1GiB", "--", "sh", "-c", "echo embedded",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 _shared: RayCluster | None = None
