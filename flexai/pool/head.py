@@ -12,6 +12,7 @@ call on an agent for longer than :data:`CALL_TIMEOUT`.
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 import threading
 import time
@@ -83,8 +84,11 @@ class PoolHead:
         self._queue = pl.Queue()
         self._ids = itertools.count(1)
         self._stats = {"lost": 0, "started": 0}
-        self._thread = threading.Thread(target=self._loop, name="flexai-head", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._loop, args=(f, w), daemon=True,
+                                          name=f"flexai-head-{f.__name__.strip('_')}")
+                         for f, w in ((self._watch, False), (self._place, True))]
+        for t in self._threads:
+            t.start()
 
     # ---- members ------------------------------------------------------------------------------
 
@@ -93,8 +97,12 @@ class PoolHead:
         import ray
 
         handle = ray.get_actor(agent_actor_name(name))
+        node = _Node(name, handle, info)
+        sent = time.monotonic()
+        report = ray.get(handle.report.remote(), timeout=CALL_TIMEOUT)  # its view, at once
         with self._lock:
-            self._nodes[name] = _Node(name, handle, info)
+            self._nodes[name] = node
+        self._apply_report(node, report, sent)
         self._wake.set()
 
     def leave(self, name: str) -> None:
@@ -187,27 +195,33 @@ class PoolHead:
 
     # ---- the loop -----------------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, step: Any, on_wake: bool) -> None:
+        """Run ``step`` every heartbeat (and, for placement, as soon as something changed)
+        until shutdown; it must survive anything one step does."""
         while not self._stop.is_set():
+            if on_wake:
+                self._wake.wait(HEARTBEAT)
+                self._wake.clear()
             try:
-                self._tick()
-            except Exception:  # the loop must survive anything one tick does
+                step()
+            except Exception:
                 traceback.print_exc(file=sys.stderr)
-            self._wake.wait(HEARTBEAT)
-            self._wake.clear()
+            if not on_wake:
+                self._stop.wait(HEARTBEAT / 2)
 
-    def _tick(self) -> None:
+    def _watch(self) -> None:
+        """One heartbeat: ask every live agent for a report, apply those that came, declare
+        lost the nodes silent for :data:`LOST_AFTER` seconds (or whose agent died)."""
         import ray
 
-        now = time.monotonic()
         with self._lock:
             nodes = [n for n in self._nodes.values() if n.alive]
         for n in nodes:
-            if n.pending is None and now - n.pending_sent >= HEARTBEAT * 0.5:
+            if n.pending is None:
                 n.pending, n.pending_sent = n.handle.report.remote(), time.monotonic()
         pending = [n.pending for n in nodes if n.pending is not None]
         if pending:
-            ray.wait(pending, num_returns=len(pending), timeout=0.5)
+            ray.wait(pending, num_returns=len(pending), timeout=HEARTBEAT / 2)
         for n in nodes:
             if n.pending is None:
                 continue
@@ -220,7 +234,6 @@ class PoolHead:
                     self._lose_node(n, f"node {n.name}'s agent died ({type(exc).__name__})")
             elif time.monotonic() - n.last_seen > LOST_AFTER:
                 self._lose_node(n, f"node {n.name} stopped answering for {LOST_AFTER:.0f} s")
-        self._place()
 
     def _apply_report(self, node: _Node, report: dict[str, Any], sent: float) -> None:
         with self._lock:
@@ -323,6 +336,7 @@ class PoolHead:
                 self._finish(job, "failed", None)
             return
         with self._lock:
+            node.last_start = time.monotonic()  # reports begun before now may not show it
             job["state"], job["pid"], job["started_at"] = "running", pid, time.time()
             self._stats["started"] += 1
             self.counters.count_placement("placed")
@@ -399,7 +413,8 @@ class PoolHead:
     def ping(self) -> dict[str, Any]:
         """Cheap liveness of the head."""
         with self._lock:
-            return {"time": time.time(), "nodes": len(self._nodes), "jobs": len(self._jobs)}
+            return {"time": time.time(), "nodes": len(self._nodes), "jobs": len(self._jobs),
+                    "pid": os.getpid()}
 
     def shutdown(self) -> None:
         """Stop the loop and the metrics server (before the actor is killed)."""
