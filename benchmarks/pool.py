@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results" / "pool-sim.json")
     args = p.parse_args(argv)
 
+    load = os.getloadavg()[0]
     cluster = raycluster.RayCluster()
     try:
         t0 = time.monotonic()
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if ray.is_initialized():
             ray.shutdown()  # before the pool goes: a driver without its pool ends its process
         cluster.stop()
-    result["machine"] = {"cpus": os.cpu_count(), "load_before": os.getloadavg()[0]}
+    result["machine"] = {"cpus": os.cpu_count(), "load_before": load}
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

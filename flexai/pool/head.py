@@ -2,12 +2,13 @@
 that keeps the job table and the queue, places jobs through ``flexai.pool.placement.decide``,
 starts and stops them through the node agents, and watches the agents' heartbeats.
 
-One thread (the loop) does everything that talks to the agents: every heartbeat it asks each
-agent for a report (heartbeat, view, jobs), notes exits, declares nodes lost that stopped
-answering (within :data:`LOST_AFTER` seconds, their jobs reported lost), and places what
-waits. Client calls (submit, cancel, wait, status) only touch the tables under a lock and wake
-the loop. This module must never print, never exec a job itself, and never block a client
-call on an agent for longer than :data:`CALL_TIMEOUT`.
+Two threads do everything that talks to the agents: the watch thread asks each agent for a
+report every heartbeat (heartbeat, view, jobs), notes exits and declares lost the nodes that
+stopped answering (within :data:`LOST_AFTER` seconds, their jobs reported lost); the placement
+thread (``flexai.pool.dispatch``) places what waits as soon as something changes. Client calls
+(submit, cancel, wait, status) only touch the tables under a lock and wake them. This module
+must never print, never exec a job itself, and never block a client call on an agent for
+longer than :data:`CALL_TIMEOUT`.
 """
 from __future__ import annotations
 
@@ -21,16 +22,13 @@ from typing import Any
 
 from . import placement as pl
 from .admit import admit
+from .dispatch import CALL_TIMEOUT, FINAL, Dispatcher
 from .member import agent_actor_name
 
 #: Seconds between heartbeats.
 HEARTBEAT = 1.0
 #: A node that has not answered for this long is lost (its jobs too).
 LOST_AFTER = 6.0
-#: The longest the head waits for one agent call.
-CALL_TIMEOUT = 10.0
-#: Job states after which nothing changes.
-FINAL = ("exited", "killed", "failed", "cancelled", "evicted", "lost")
 
 
 class _Node:
@@ -51,7 +49,7 @@ class _Node:
         return self.state == "alive"
 
 
-class PoolHead:
+class PoolHead(Dispatcher):
     """The head actor (``ray.remote(PoolHead)``, threaded; every method returns plain data).
 
     Parameters
@@ -159,7 +157,7 @@ class PoolHead:
                 return {"ok": True, "state": job["state"]}
             job["cancel"], job["reason"] = True, reason
             if job["state"] == "queued":
-                self._queue.remove(job_id)
+                self._dequeue(job_id)
                 self._finish(job, "cancelled", None)
                 return {"ok": True, "state": "cancelled"}
             node = self._nodes.get(job["node"]) if job["state"] == "running" else None
@@ -282,112 +280,6 @@ class PoolHead:
                 self._stats["lost"] += 1
                 self._finish(job, "lost", None)
 
-    def _pool_view(self) -> Any:
-        with self._lock:
-            views = [n.view for n in self._nodes.values() if n.alive and n.view is not None]
-        return pl.view_from_dict(views)
-
-    def _place(self) -> None:
-        with self._lock:
-            order = self._queue.ordered(time.time())
-        if not order:
-            self._count_queue()
-            return
-        view = self._pool_view()
-        for job_id, request in order:
-            with self._lock:
-                job = self._jobs.get(job_id)
-                if job is None or job["state"] != "queued":
-                    self._queue.remove(job_id)
-                    continue
-            decision = pl.decide(request, view)
-            if isinstance(decision, pl.Wait):
-                with self._lock:
-                    if not job["wait_reason"]:
-                        self.counters.count_placement("queued")
-                    job["wait_reason"] = decision.reason
-                continue
-            if isinstance(decision, pl.Preempt):
-                self._preempt(job, decision)
-                continue  # it starts on a later tick, when the view shows the room
-            self._start(job, decision)
-            view = self._pool_view()
-        self._count_queue()
-
-    def _start(self, job: dict[str, Any], place: Any) -> None:
-        import ray
-
-        with self._lock:
-            node = self._nodes.get(place.node)
-            if node is None or not node.alive:
-                return
-            self._queue.remove(job["id"])
-            job["state"], job["node"], job["gpus"] = "starting", place.node, list(place.gpus)
-            node.last_start = time.monotonic()
-            self._reserve(node, job, place.gpus)
-        try:
-            pid = ray.get(node.handle.start.remote(
-                job["id"], job["argv"], memory=job["memory"], compute=job["compute"],
-                priority=job["priority"], gpus=list(place.gpus), env=job["env"],
-                cwd=job["cwd"]), timeout=CALL_TIMEOUT)
-        except Exception as exc:  # a bad command, or the agent is gone
-            with self._lock:
-                job["reason"] = f"could not start on {place.node}: {_cause(exc)}"
-                self._finish(job, "failed", None)
-            return
-        with self._lock:
-            node.last_start = time.monotonic()  # reports begun before now may not show it
-            job["state"], job["pid"], job["started_at"] = "running", pid, time.time()
-            self._stats["started"] += 1
-            self.counters.count_placement("placed")
-            self._changed.notify_all()
-            cancel = job["cancel"]
-        if cancel:
-            node.handle.stop.remote(job["id"], 5.0, job["reason"] or "cancelled")
-
-    def _reserve(self, node: _Node, job: dict[str, Any], gpus: Any) -> None:
-        """Count a job just placed in the node's view until the agent's own view has it."""
-        if node.view is None:
-            return
-        for g in node.view["gpus"]:
-            if g["index"] in gpus:
-                g["memory_free"] = max(0, g["memory_free"] - job["memory"])
-                g["compute_free"] = max(0, g["compute_free"] - job["compute"])
-                g["slices"] = list(g["slices"]) + [{
-                    "job": job["id"], "priority": job["priority"], "memory": job["memory"],
-                    "compute": job["compute"], "guarantee": job["compute"]}]
-
-    def _preempt(self, job: dict[str, Any], plan: Any) -> None:
-        with self._lock:
-            if job.get("preempting"):
-                return
-            job["preempting"] = True
-            self.counters.count_placement("preempted")
-        for action in plan.actions:
-            node = self._nodes.get(action.node)
-            if node is None or not node.alive:
-                continue
-            self.counters.count_preemption()
-            if isinstance(action, pl.Evict):
-                self.counters.count_eviction()
-                with self._lock:
-                    victim = self._jobs.get(action.job)
-                    if victim is not None and victim["state"] not in FINAL:
-                        victim["cancel"] = True
-                        victim["reason"] = (f"evicted by {job['id']} ({job['priority']} "
-                                            "priority) to make room")
-                node.handle.stop.remote(action.job, 5.0, f"evicted by {job['id']}")
-            else:
-                node.handle.resize.remote(action.job, compute=action.compute)
-
-    def _count_queue(self) -> None:
-        with self._lock:
-            waiting: dict[str, int] = {p: 0 for p in pl.PRIORITIES}
-            for j in self._jobs.values():
-                if j["state"] == "queued":
-                    waiting[j["priority"]] = waiting.get(j["priority"], 0) + 1
-        self.counters.set_queue(waiting)
-
     # ---- status -------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -424,11 +316,3 @@ class PoolHead:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
-
-
-def _cause(exc: BaseException) -> str:
-    """The one-line reason of a failed agent call (the agent's own error where there is
-    one)."""
-    cause = getattr(exc, "cause", None)
-    text = str(cause if cause is not None else exc).strip().splitlines()
-    return (text[-1] if text else type(exc).__name__)[:300]

@@ -173,6 +173,9 @@ except ModuleNotFoundError as exc:
         def __len__(self) -> int:
             return len(self._items)
 
+        def __contains__(self, key: Any) -> bool:
+            return key in self._items
+
         def ordered(self, now: float) -> list[tuple[Any, Request]]:
             def rank(item: tuple[Any, tuple[Request, float]]) -> tuple[float, float]:
                 request, since = item[1]
