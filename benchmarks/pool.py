@@ -96,7 +96,7 @@ def run(cluster: raycluster.RayCluster, args: argparse.Namespace) -> dict:
 
     import flexai.pool
 
-    os.environ["FLEXAI_POOL_DIR"] = cluster.nodes["n0"].env["FLEXAI_POOL_DIR"]
+    os.environ["FLEXAI_STATE_DIR"] = cluster.nodes["n0"].env["FLEXAI_STATE_DIR"]  # origin n0
     flexai.pool.connect(cluster.address)
     agents = {name: ray.get(ray.get_actor(f"flexai-agent-{name}", namespace="flexai")
                             .exec_env.remote([]))["pid"] for name in ("n0", "n1")}

@@ -38,7 +38,7 @@ def api(cluster, monkeypatch, request):
 
     import flexai.pool
 
-    monkeypatch.setenv("FLEXAI_POOL_DIR", cluster.nodes["n0"].env["FLEXAI_POOL_DIR"])
+    monkeypatch.setenv("FLEXAI_STATE_DIR", cluster.nodes["n0"].env["FLEXAI_STATE_DIR"])
     if not ray.is_initialized():
         request.session.config.add_cleanup(ray.shutdown)  # runs before the cluster stops
     flexai.pool.connect(cluster.address)

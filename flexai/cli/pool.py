@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           description="The accelerator pool: one head (flexai pool up) and "
                                       "any number of members (flexai pool join ADDRESS), each "
                                       "running Ray and a node agent. The node's record lives "
-                                      "in $FLEXAI_POOL_DIR (default /tmp/flexai-pool-UID).")
+                                      "in /tmp/flexai-pool-UID (one per flexai state "
+                                      "directory).")
     cmds = pool.add_subparsers(dest="pool_command", metavar="COMMAND")
     up = cmds.add_parser("up", help="start a pool with this machine as its head",
                          description="Start Ray's head here (ray start --head) with flexai's "

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from .._ffi import BadValueError, FlexaiError
-from ..spec import format_bytes
+from ..spec import format_bytes, variable
 from ._output import EXIT_BAD_VALUE, EXIT_FAILURE, columns, error, fail, warn
 
 
@@ -32,11 +32,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "waits in the queue. Ctrl-C cancels it. With no pool "
                                    "running, a local one is started (stop it with flexai pool "
                                    "down).")
-    s.add_argument("--gpu-memory", metavar="SIZE", help="GPU memory quota (e.g. 8GiB)")
-    s.add_argument("--gpu-compute", metavar="PERCENT", type=_percent,
-                   help="compute share of one GPU, 1..100 (default 100 with a GPU)")
-    s.add_argument("--priority", default="normal", metavar="P",
-                   help="high, normal, low or best-effort (default normal)")
+    # the options flexai run has too keep their names from the library's table
+    s.add_argument(variable("gpu_memory").option, dest="gpu_memory", metavar="SIZE",
+                   help=f"GPU memory quota (e.g. {variable('gpu_memory').example})")
+    s.add_argument(variable("gpu_compute").option, dest="gpu_compute", metavar="PERCENT",
+                   type=_percent, help="compute share of one GPU, 1..100 (default 100 with a "
+                                       "GPU)")
+    s.add_argument(variable("priority").option, dest="priority", default="normal",
+                   metavar="P", help="high, normal, low or best-effort (default normal)")
     s.add_argument("--gpu-model", metavar="NAME", action="append",
                    help="accept only this GPU model (repeatable; see flexai pool status)")
     s.add_argument("--gpus", type=int, metavar="N",

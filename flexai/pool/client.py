@@ -123,7 +123,9 @@ def request_spec(argv: Sequence[str], *, gpu_memory: int | str | None = None,
     if not argv:
         raise BadValueError("missing the command (e.g. flexai submit --gpu-memory 8GiB -- "
                             "python train.py)")
-    memory = _size("--gpu-memory", gpu_memory)
+    from ..spec import variable
+
+    memory = _size(variable("gpu_memory").option or "gpu_memory", gpu_memory)
     if gpu_compute is not None and (isinstance(gpu_compute, bool) or
                                     not isinstance(gpu_compute, int) or
                                     not 1 <= gpu_compute <= 100):

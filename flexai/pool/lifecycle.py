@@ -58,12 +58,11 @@ def _prepare(env: Mapping[str, str], name: str | None) -> tuple[dict[str, str], 
     env = dict(os.environ if env is None else env)
     name = check_name(name or default_name())
     d = pool_dir(env)
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     old = read_record(env)
     if old is not None and old.alive():
         raise BadValueError(f"node {old.name} ({old.role} of {old.address}) already runs from "
                             f"{d}; stop it with `flexai pool down` first (or use another "
-                            "pool directory, e.g. FLEXAI_POOL_DIR=/tmp/pool2)")
+                            "node with another state directory, e.g. FLEXAI_STATE_DIR=/tmp/n2)")
     return env, name
 
 
@@ -155,6 +154,7 @@ def up(*, name: str | None = None, port: int = DEFAULT_PORT, node_ip: str | None
         args += ["--temp-dir", temp_dir]
     args += node_start_args(name, _devices(env), num_cpus=num_cpus,
                             object_store_memory=object_store_memory, node_ip=node_ip)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     log = d / "ray.log"
     proc = start_ray(args, node_env(env), log)
     address = _ray_address(log.read_text(errors="replace"), node_ip, port)
@@ -223,6 +223,7 @@ def join(address: str, *, name: str | None = None, node_ip: str | None = None,
     args = ["--address", address] + (["--temp-dir", temp_dir] if temp_dir else [])
     args += node_start_args(name, _devices(env), num_cpus=num_cpus,
                             object_store_memory=object_store_memory, node_ip=node_ip)
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     log = d / "ray.log"
     proc = start_ray(args, node_env(env), log)
     record = NodeRecord(name=name, role="member", address=address, pid=proc.pid,

@@ -15,6 +15,7 @@ must never print (the CLI does) and never kill a process it did not start.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -30,8 +31,6 @@ from typing import Any
 
 from .._ffi import BadValueError, FlexaiError
 
-#: The variable naming this machine's pool directory (the node record, ray start's log).
-POOL_DIR_VARIABLE = "FLEXAI_POOL_DIR"
 #: The Ray namespace of flexai's named actors.
 NAMESPACE = "flexai"
 #: The head actor's name.
@@ -61,9 +60,18 @@ def agent_actor_name(node: str) -> str:
 
 
 def pool_dir(env: Mapping[str, str] | None = None) -> Path:
-    """This machine's pool directory: ``$FLEXAI_POOL_DIR``, else ``/tmp/flexai-pool-<uid>``."""
+    """This node's pool directory (its record, ``ray start``'s log): a node is a machine and a
+    flexai state directory, so ``/tmp/flexai-pool-<uid>`` for the default state directory and
+    ``/tmp/flexai-pool-<uid>-<hash of the state directory>`` for another one."""
+    from ..spec import variable
+
     env = os.environ if env is None else env
-    return Path(env.get(POOL_DIR_VARIABLE) or f"/tmp/flexai-pool-{os.getuid()}")
+    var = variable("state_dir")
+    state = os.path.abspath(env.get(var.name) or var.default)
+    base = f"/tmp/flexai-pool-{os.getuid()}"
+    if state == os.path.abspath(var.default):
+        return Path(base)
+    return Path(f"{base}-{hashlib.sha1(state.encode()).hexdigest()[:10]}")
 
 
 def check_name(name: str) -> str:

@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on this machine for the pool tests, made with flexai's own
 commands: ``flexai pool up`` for the head and ``flexai pool join`` for each member, every node
-with its own simulated device (count, memory, model name), state directory and pool directory,
-and one node with no GPU at all.
+with its own simulated device (count, memory, model name), state directory (hence its own pool
+directory) and Ray temporary directory, and one node with no GPU at all.
 
 Every node is a ``ray start --block`` process group of its own (flexai.pool.member); the
 cluster records their ids in a file that a watchdog process reads: if the test process dies
@@ -50,7 +50,7 @@ while True:
             os.killpg(g, signal.SIGKILL)
         except OSError:
             pass
-    marks = [f"{k}={root}".encode() for k in ("FLEXAI_STATE_DIR", "FLEXAI_POOL_DIR")]
+    marks = [f"FLEXAI_STATE_DIR={root}".encode()]
     for entry in os.listdir("/proc"):
         try:
             env = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
@@ -75,7 +75,9 @@ class Node:
 
     @property
     def pool_dir(self) -> Path:
-        return Path(self.env["FLEXAI_POOL_DIR"])
+        from flexai.pool.member import pool_dir
+
+        return pool_dir(self.env)
 
     def read_record(self) -> dict[str, Any]:
         self.record = json.loads((self.pool_dir / "node.json").read_text())
@@ -108,8 +110,8 @@ class RayCluster:
 
     def node_env(self, name: str, *, gpus: int = 1, memory: str | None = "16GiB",
                  model: str | None = None) -> dict[str, str]:
-        """The environment of node ``name``: its own state and pool directories and, with
-        ``gpus`` > 0, its own simulated device; with ``gpus=0`` no GPU library at all."""
+        """The environment of node ``name``: its own state directory (hence pool directory)
+        and, with ``gpus`` > 0, its own simulated device; with ``gpus=0`` no GPU library."""
         base = without_flexai(os.environ, keep=("FLEXAI_LIB_DIR",))
         for k in ("CUDA_VISIBLE_DEVICES", "RAY_ADDRESS", "LD_LIBRARY_PATH"):
             base.pop(k, None)
@@ -117,7 +119,7 @@ class RayCluster:
         (d / "state").mkdir(parents=True, exist_ok=True)
         if gpus:
             base = sim.sim_env(base, devices=gpus, memory=memory, name=model)
-        base.update(FLEXAI_STATE_DIR=str(d / "state"), FLEXAI_POOL_DIR=str(d / "pool"),
+        base.update(FLEXAI_STATE_DIR=str(d / "state"),
                     FLEXAI_CONTEXT_MEMORY="0", RAY_USAGE_STATS_ENABLED="0")
         return base
 
@@ -257,13 +259,15 @@ class RayCluster:
                 time.sleep(0.05)
         self._watchdog.kill()
         self._watchdog.wait(timeout=10)
+        for node in self.nodes.values():  # pool directories are /tmp/flexai-pool-<uid>-<hash>
+            shutil.rmtree(node.pool_dir, ignore_errors=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _kill_strays(root: str) -> None:
-    """SIGKILL the processes (but this one) whose FLEXAI_STATE_DIR or FLEXAI_POOL_DIR lies
-    under ``root``."""
-    marks = [f"{k}={root}".encode() for k in ("FLEXAI_STATE_DIR", "FLEXAI_POOL_DIR")]
+    """SIGKILL the processes (but this one) whose FLEXAI_STATE_DIR lies under ``root`` (every
+    node's processes and its jobs: each node has its state directory there)."""
+    marks = [f"FLEXAI_STATE_DIR={root}".encode()]
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
