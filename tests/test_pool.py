@@ -25,6 +25,9 @@ from support import raycluster  # noqa: E402
 
 from flexai.pool import placement  # noqa: E402
 
+#: The cluster's layout, for other modules that share the session's cluster (test_top).
+_start = raycluster.start_default
+
 
 @pytest.fixture(scope="session")
 def cluster(request) -> raycluster.RayCluster:
