@@ -133,7 +133,10 @@ def options(gpu_memory: int | str | None = None, gpu_compute: int | None = None,
 
     values, memory, compute = _slice_variables(gpu_memory, gpu_compute, priority, burst)
     card = _card_memory(memory, gpu_model)
-    fraction = max(compute / 100, memory / card if card else 0.0)
+    if card is None and not compute:
+        fraction = 1.0  # memory alone, cards unknown (Ray not connected): a whole GPU is safe
+    else:
+        fraction = max(compute / 100, memory / card if card else 0.0)
     num_gpus = min(1.0, math.ceil(max(fraction, 0.0001) * 10000) / 10000)
     out = dict(ray_options)
     resources = dict(out.pop("resources", None) or {})
@@ -191,7 +194,8 @@ def remote(*args: Any, gpu_memory: int | str | None = None, gpu_compute: int | N
            **ray_options: Any) -> Callable[[Any], _Remote] | _Remote:
     """Like ``ray.remote``, for a function or class that runs in a flexai slice (see
     :func:`options` for the parameters). The values are checked at once; the GPU fraction is
-    settled at the first ``.remote()``, when Ray is connected.
+    settled at the first ``.remote()`` after Ray is connected (before that, the compute share
+    alone decides it, and a memory-only request books a whole GPU).
 
     Examples
     --------

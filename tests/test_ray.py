@@ -134,3 +134,17 @@ def test_bad_values_fail_at_decoration(kwargs, words):
 def test_memory_larger_than_any_card(connected):
     with pytest.raises(flexai.BadValueError, match="more than any GPU"):
         flexai.ray.options(gpu_memory="64GiB")
+
+
+def test_fraction_before_ray_is_connected_never_overpacks():
+    """Without Ray the cards' sizes are unknown: the compute share decides, and memory alone
+    books a whole GPU (run in a child: this process may be connected)."""
+    import subprocess
+    import sys
+
+    code = ("import flexai.ray as r; print(r.options(gpu_memory='1GiB')['num_gpus'], "
+            "r.options(gpu_memory='1GiB', gpu_compute=30)['num_gpus'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1.0", "0.3"]
