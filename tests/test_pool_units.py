@@ -133,3 +133,22 @@ def test_a_preemption_plan_evicts_and_shrinks_and_says_why():
     counted = head.counters.values()
     assert counted["evictions"] == 1 and counted["preemptions"] == 2
     assert counted["placements"]["preempted"] == 1
+
+
+def test_ray_s_cluster_messages_never_reach_the_job_s_stdout(capsys):
+    # Ray's driver prints "node ... marked dead" to stdout, where `flexai submit` streams the
+    # job's output (seen under load: a job's "cpu-only" line followed by Ray's warning)
+    from ray._private import worker
+
+    from flexai.pool.lifecycle import _ray_messages_to_stderr
+
+    original = worker.print_to_stdstream
+    try:
+        _ray_messages_to_stderr()
+        _ray_messages_to_stderr()  # once only
+        worker.print_to_stdstream({"lines": ["node x marked dead"], "pid": "raylet",
+                                   "is_err": False}, ignore_prefix=False)
+        out, err = capsys.readouterr()
+        assert out == "" and "node x marked dead" in err
+    finally:
+        worker.print_to_stdstream = original

@@ -74,6 +74,26 @@ def connect_ray(address: str) -> None:
         return
     ray.init(address=address, namespace=NAMESPACE, logging_level="ERROR",
              log_to_driver=False, configure_logging=True)
+    _ray_messages_to_stderr()
+
+
+def _ray_messages_to_stderr() -> None:
+    """Ray's driver prints the cluster's error messages ("node ... marked dead") to stdout even
+    with ``log_to_driver=False``, where ``flexai submit`` streams the job's own output: send them
+    to stderr. (Ray's private printer; left alone if a Ray version has none.)"""
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "flexai_stderr", False):
+        return
+
+    def to_stderr(data, ignore_prefix):
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.flexai_stderr = True
+    worker.print_to_stdstream = to_stderr
 
 
 def _node_id(name: str, timeout: float = 30.0) -> str:
