@@ -1,9 +1,10 @@
 """The scheduler extender over HTTP, with JSON in the exact shape kube-scheduler's extender/v1
 sends (PascalCase top-level keys, camelCase Kubernetes objects inside): filter in node-cache
 (``NodeNames``) and full (``Nodes``) mode with failed and unresolvable nodes and their reasons,
-prioritize with integer scores 0..10, bind writing the annotation the device plugin reads,
-reservations given back when a bind fails or a pod finishes, concurrent binds that neither
-overcommit a GPU nor wait on each other's API calls, and TCP_NODELAY on accepted sockets.
+prioritize with integer scores 0..10, bind writing the annotation the device plugin reads in
+the one Binding it posts, resync reading back the pods of its scheduler, reservations given
+back when a bind fails or a pod finishes, concurrent binds that neither overcommit a GPU nor
+wait on each other's API calls, and TCP_NODELAY on accepted sockets.
 """
 from __future__ import annotations
 
@@ -158,10 +159,11 @@ def pod_request_of(limits: dict):
     return pod_request(pod_obj("tmp", limits)).to_request()
 
 
-def test_bind_annotates_then_binds_and_reserves(served):
+def test_bind_is_one_write_carrying_the_annotation_and_reserves(served):
     ext, client, api = served
     api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])
     ext.resync()
+    writes = api.writes
     names = []
     for i in range(4):  # 3 slices of 30% fit one card; the 4th does not
         pod = api.add_pod(pod_obj(f"p{i}", SLICE))
@@ -175,12 +177,13 @@ def test_bind_annotates_then_binds_and_reserves(served):
         names.append(f"p{i}")
     assert names == ["p0", "p1", "p2"]
     assert [b[1:] for b in api.bindings] == [(n, "n") for n in names]
+    assert api.writes - writes == 3 and api.calls.get("PATCH", 0) == 0  # one write per bind
     p0 = api.pod("default", "p0")
     alloc = json.loads(p0["metadata"]["annotations"]["flexai.io/allocation"])
     assert alloc["node"] == "n" and alloc["gpus"] == [0] and alloc["compute"] == 30
     assert alloc["memory"] == 4096 << 20 and alloc["slice"] == "default.p0"
-    assert p0["metadata"]["labels"]["flexai.io/allocated"] == "true"
     assert p0["metadata"]["annotations"]["flexai.io/assigned"] == "false"
+    assert p0["spec"]["nodeName"] == "n"
     # a finished pod gives its share back at the next resync
     api.pods[("default", "p1")]["status"]["phase"] = "Succeeded"
     ext.resync()
@@ -313,3 +316,47 @@ def test_bind_without_an_api_server_is_an_error_not_a_hang():
     ext = Extender(Cluster(), None)
     res = ext.bind({"PodName": "p", "PodNamespace": "default", "PodUID": "u", "Node": "n"})
     assert "no API server" in res["Error"]
+
+
+def test_resync_reads_back_bound_pods_of_its_scheduler_only(api):
+    api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])
+    first = Extender(Cluster(), KubeApi(api.url))
+    first.resync()
+    whole = {"flexai.io/gpu": "1"}
+    pod = api.add_pod(pod_obj("p", whole))
+    first.filter({"Pod": pod, "NodeNames": ["n"]})
+    assert first.bind({"PodName": "p", "PodNamespace": "default",
+                       "PodUID": pod["metadata"]["uid"], "Node": "n"}) == {"Error": ""}
+    # a pod of another scheduler carrying a stale copy of the annotation counts for nothing
+    other = pod_obj("other", whole)
+    other["spec"]["schedulerName"] = "default-scheduler"
+    other["spec"]["nodeName"] = "n"
+    other["metadata"]["annotations"] = api.pod("default", "p")["metadata"]["annotations"]
+    api.add_pod(other)
+    # a restarted extender learns the bound pod from the API server alone
+    again = Extender(Cluster(), KubeApi(api.url))
+    again.resync()
+    assert again.cluster.stats()["reservations"] == 1
+    nxt = api.add_pod(pod_obj("q", whole))
+    res = again.filter({"Pod": nxt, "NodeNames": ["n"]})
+    assert res["NodeNames"] == [] and "no room now" in res["FailedNodes"]["n"]
+    # ... and a profile of another name reads none of them back
+    third = Extender(Cluster(), KubeApi(api.url), scheduler_name="elsewhere")
+    third.resync()
+    assert third.cluster.stats()["reservations"] == 0
+
+
+def test_bind_of_a_pod_bound_meanwhile_fails_and_gives_the_card_back(served):
+    ext, client, api = served
+    api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])
+    ext.resync()
+    whole = {"flexai.io/gpu": "1"}
+    pod = api.add_pod(pod_obj("p", whole))
+    client.post("filter", {"Pod": pod, "NodeNames": ["n"]})
+    api.pods[("default", "p")]["spec"]["nodeName"] = "elsewhere"  # another binder won
+    res, _ = client.post("bind", {"PodName": "p", "PodNamespace": "default",
+                                  "PodUID": pod["metadata"]["uid"], "Node": "n"})
+    assert "409" in res["Error"] and "already assigned" in res["Error"]
+    assert "flexai.io/allocation" not in (api.pod("default", "p")["metadata"].get(
+        "annotations") or {})  # nothing half-written
+    assert ext.cluster.stats()["reservations"] == 0

@@ -8,8 +8,8 @@ at each resync, so a restarted extender and finished pods are caught up).
 
 No lock convoys (HAMi's bind timeouts with thousands of pending pods): one lock guards the
 in-memory state and is held only for array work (tens of microseconds); the API server is
-never called under it. A bind reserves its GPU under the lock, then writes the pod's annotation
-and the binding outside it, and gives the reservation back if either fails.
+never called under it. A bind reserves its GPU under the lock, then posts the Binding (which
+carries the pod's annotation) outside it, and gives the reservation back if that fails.
 
 This module must never decide with anything but flexai.policy, and never call the API server
 while holding its lock.

@@ -9,8 +9,11 @@ whole answer). In node-cache mode (``nodeCacheCapable: true``) the scheduler sen
 ``NodeNames`` and the answer is ``NodeNames`` (only names it sent); otherwise it sends full
 ``Nodes`` and gets ``Nodes`` back. Answers are written with TCP_NODELAY (``httpserve``).
 
-Bind writes the pod's ``flexai.io/allocation`` annotation (the device plugin reads it) and then
-the binding; see ``cluster`` for why nothing here waits on a lock while the API server answers.
+Bind makes one API write: a ``Binding`` whose ``metadata.annotations`` carry the pod's
+``flexai.io/allocation`` (the device plugin reads it from the pod), which the API server merges
+into the pod in the same update that sets its node. Resync finds the placed pods by the
+scheduler's name (field selector ``spec.schedulerName``), as labels on a Binding are not copied
+to the pod. See ``cluster`` for why nothing here waits on a lock while the API server answers.
 This module must never decide placement itself (the policy does) nor print.
 """
 from __future__ import annotations
@@ -25,7 +28,12 @@ from typing import Any, Optional
 from .cluster import Cluster
 from .httpserve import JsonServer
 from .kubeapi import KubeApi, KubeApiError
-from .resources import ANNOTATION_ALLOCATION, ANNOTATION_ASSIGNED, LABEL_ALLOCATED, pod_request
+from .resources import (
+    ANNOTATION_ALLOCATION,
+    ANNOTATION_ASSIGNED,
+    DEFAULT_SCHEDULER,
+    pod_request,
+)
 
 log = logging.getLogger("flexai.k8s.extender")
 
@@ -54,11 +62,14 @@ def _names(nodes: Optional[dict]) -> list[str]:
 
 
 class Extender:
-    """The three verbs over a :class:`Cluster` and (for bind and resync) an API client."""
+    """The three verbs over a :class:`Cluster` and (for bind and resync) an API client;
+    ``scheduler_name`` is the profile whose pods resync reads back."""
 
-    def __init__(self, cluster: Cluster, api: Optional[KubeApi] = None) -> None:
+    def __init__(self, cluster: Cluster, api: Optional[KubeApi] = None,
+                 scheduler_name: str = DEFAULT_SCHEDULER) -> None:
         self.cluster = cluster
         self.api = api
+        self.scheduler_name = scheduler_name
         # seconds of each successful bind spent in the API server / in the extender itself
         self.bind_times: deque = deque(maxlen=10000)
 
@@ -143,11 +154,9 @@ class Extender:
             return {"Error": f"flexai: pod {ns}/{name}: {exc}"}
         alloc = self.cluster.allocation(ns, name, uid, req, place)
         api_start = time.perf_counter()
-        try:
-            self.api.patch_pod_metadata(ns, name, annotations={
-                ANNOTATION_ALLOCATION: alloc.to_json(), ANNOTATION_ASSIGNED: "false"},
-                labels={LABEL_ALLOCATED: "true"})
-            self.api.bind(ns, name, uid, node)
+        try:  # one write: the Binding carries the annotations onto the pod
+            self.api.bind(ns, name, uid, node, annotations={
+                ANNOTATION_ALLOCATION: alloc.to_json(), ANNOTATION_ASSIGNED: "false"})
         except KubeApiError as exc:
             self.cluster.release(uid)
             return {"Error": f"flexai: pod {ns}/{name}: {exc}"}
@@ -160,13 +169,15 @@ class Extender:
     # ---- resync from the API server ----------------------------------------------------------
 
     def resync(self) -> None:
-        """Nodes and placed pods from the API server (every node, every flexai pod)."""
+        """Nodes and placed pods from the API server: every node, and every pod of this
+        scheduler that is bound (those carrying the allocation annotation count)."""
         if self.api is None:
             return
         started = time.time()
         self.cluster.update_nodes(self.api.list_nodes(), complete=True)
-        self.cluster.sync_pods(self.api.list_pods(label_selector=f"{LABEL_ALLOCATED}=true"),
-                               started)
+        self.cluster.sync_pods(self.api.list_pods(
+            field_selector=f"spec.schedulerName={self.scheduler_name},spec.nodeName!="),
+            started)
 
     def resync_loop(self, stop: threading.Event, every: float) -> None:
         while True:
@@ -190,7 +201,7 @@ class Extender:
         }
 
     def bind_stats(self) -> dict:
-        """Milliseconds of the last successful binds spent in the API server (two writes) and
+        """Milliseconds of the last successful binds spent in the API server (one write) and
         in the extender's own work (decision, reservation), p50/p99."""
         out = {}
         for k, name in ((0, "api"), (1, "own")):
