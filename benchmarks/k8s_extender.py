@@ -13,10 +13,14 @@ a process of their own (the scheduler binds asynchronously), so binds run while 
 are filtered, the situation in which HAMi's extender convoys. Each call is timed round trip,
 over kept-alive connections. ``--api-latency`` delays every API server answer (a loaded
 control plane): binds must then cost about two API round trips each, not queue behind each
-other. ``--full-mode N`` also times N filters that carry full Node objects (no node cache).
+other (each bind is one API write: the Binding carrying the pod's annotation). ``--full-mode
+N`` also times N filters that carry full Node objects (no node cache).
 
-The extender's own time per answer (``GET /stats``: JSON in, decision, JSON out, including
-the API calls of a bind) is reported beside the round trips.
+Beside the round trips, the extender's own time per answer (``GET /stats``: JSON in,
+decision, JSON out, including the API call of a bind) in wall time and in the CPU time of the
+thread that answered: on a loaded machine the wall times include waiting for a CPU, the CPU
+times do not, so they say what the extender costs wherever it runs. The load average before
+and after the run is recorded with the numbers.
 
 Pods (seeded): 60% slices (10-50% compute, 2-16 GiB), 30% whole cards, 10% gangs of 2, 4 or
 8 cards. Writes k8s_extender-TAG.json to --out and prints a table.
@@ -183,6 +187,7 @@ def binders(port: int, jobs, results, threads: int) -> None:
 
 def run(args) -> dict:
     env = dict(os.environ)
+    load_before = os.getloadavg()
     api = subprocess.Popen([sys.executable, __file__, "--serve-api", "--nodes", str(args.nodes),
                             "--pods", str(args.pods), "--seed", str(args.seed),
                             "--api-latency", str(args.api_latency)],
@@ -254,6 +259,9 @@ def run(args) -> dict:
                 dt, _ = loop.post("filter", body)
                 full.append(dt)
         result = {
+            "load_avg_before": [round(x, 2) for x in load_before],
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+            "cpus": os.cpu_count(), "nice": os.nice(0),
             "server_ms": served, "bind_split_ms": bind_split,
             "nodes": args.nodes, "gpus_per_node": 8, "pods": args.pods,
             "binders": args.binders, "api_latency_ms": args.api_latency * 1000,
@@ -303,13 +311,16 @@ def main() -> int:
         if f"{k}_ms" in res:
             d = res[f"{k}_ms"]
             print(f"{k:<22}{d['p50']:>9.2f}{d['p99']:>9.2f}{d['max']:>9.2f}{d['n']:>7}")
-    print("the extender's own time per answer (JSON in, decision, JSON out):")
+    print("the extender's own time per answer (JSON in, decision, JSON out), wall | thread CPU:")
     for route, d in sorted(res["server_ms"].items()):
-        print(f"  {route:<20}{d['p50']:>9.2f}{d['p99']:>9.2f}{d['max']:>9.2f}{d['n']:>7}")
+        print(f"  {route:<20}{d['p50']:>9.2f}{d['p99']:>9.2f}{d['max']:>9.2f}{d['n']:>7}"
+              f"  |{d['cpu_p50']:>8.2f}{d['cpu_p99']:>8.2f}{d['cpu_max']:>8.2f}")
     for part, d in res["bind_split_ms"].items():
         print(f"  bind: {part:<14}{d['p50']:>9.2f}{d['p99']:>9.2f}{'':>9}{d['n']:>7}")
     print(f"bound {res['bound']}, bind failed {res['bind_failed']}, unschedulable "
-          f"{res['unschedulable']}; {res['pods_per_s']:.0f} pods/s")
+          f"{res['unschedulable']}; {res['pods_per_s']:.0f} pods/s; load average "
+          f"{res['load_avg_before']} before, {res['load_avg_after']} after, "
+          f"{res['cpus']} CPUs, nice {res['nice']}")
     return 0
 
 

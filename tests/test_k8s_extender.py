@@ -360,3 +360,69 @@ def test_bind_of_a_pod_bound_meanwhile_fails_and_gives_the_card_back(served):
     assert "flexai.io/allocation" not in (api.pod("default", "p")["metadata"].get(
         "annotations") or {})  # nothing half-written
     assert ext.cluster.stats()["reservations"] == 0
+
+
+def test_alike_nodes_all_pass_filter_and_score_alike(served):
+    """The policy scans one node per class of alike nodes; the answers must still name every
+    node of a class (a scheduler filtering out the one scanned must find the others)."""
+    ext, client, api = served
+    names = [f"n{i}" for i in range(6)]
+    ext.cluster.update_nodes([node_obj(n) for n in names])
+    res, _ = client.post("filter", {"Pod": pod_obj("p", SLICE), "NodeNames": names})
+    assert res["NodeNames"] == names and res["FailedNodes"] == {}
+    # n1 half used: the others stay alike; the scheduler sends a list without the first node
+    ext.cluster.reserve("x1", pod_request_of(SLICE), "n1")
+    sent = names[2:] + ["n1"]
+    res, _ = client.post("filter", {"Pod": pod_obj("q", SLICE), "NodeNames": sent})
+    assert res["NodeNames"] == sent
+    scores, _ = client.post("prioritize", {"Pod": pod_obj("q", SLICE), "NodeNames": sent})
+    got = {s["Host"]: s["Score"] for s in scores}
+    assert got["n1"] == 10 and len({got[n] for n in names[2:]}) == 1 and got["n2"] < 10
+    # whole cards: every empty node fits, the half-used one still has a free card
+    whole = {"flexai.io/gpu": "2"}
+    res, _ = client.post("filter", {"Pod": pod_obj("g", whole), "NodeNames": sent})
+    assert res["NodeNames"] == names[2:] and "no room now" in res["FailedNodes"]["n1"]
+    scores, _ = client.post("prioritize", {"Pod": pod_obj("g", whole), "NodeNames": sent})
+    assert {s["Host"]: s["Score"] for s in scores}["n1"] == 0
+    assert len({s["Score"] for s in scores if s["Host"] != "n1"}) == 1
+    # the place assumed for the pod is on a node it was sent
+    assert ext.cluster._held["uid-default-g"].node in names[2:]
+
+
+def test_filter_json_answers_what_filter_answers(api):
+    ext = Extender(Cluster(), KubeApi(api.url))
+    ext.cluster.update_nodes([node_obj("a"), node_obj("b", gpus=1), node_obj("tiny", memory=GiB),
+                              node_obj("bare", annotated=False), node_obj('odd"name')])
+    ext.cluster.reserve("x", pod_request_of({"flexai.io/gpu": "1"}), "b")
+    names = ["a", "b", "tiny", "bare", "ghost", 'odd"name']
+    for limits in (SLICE, {"flexai.io/gpu": "1"}, {"flexai.io/gpu": "2"}, None,
+                   dict(SLICE, **{"flexai.io/gpu-memory": "lots"})):
+        args = {"Pod": pod_obj("p", limits), "Nodes": None, "NodeNames": names}
+        assert json.loads(ext.filter_json(args)) == ext.filter(args), limits
+    res = json.loads(ext.filter_json({"Pod": pod_obj("p", {"flexai.io/gpu": "1"}),
+                                      "NodeNames": names}))
+    assert res["NodeNames"] == ["a", "tiny", 'odd"name']  # a whole card: any size
+    assert list(res["FailedNodes"]) == ["b"] and "no room now" in res["FailedNodes"]["b"]
+    assert set(res["FailedAndUnresolvableNodes"]) == {"bare", "ghost"}
+
+
+def test_prioritize_json_answers_what_prioritize_answers(api):
+    ext = Extender(Cluster(), KubeApi(api.url))
+    ext.cluster.update_nodes([node_obj("a"), node_obj("b", gpus=1), node_obj('odd"name')])
+    ext.cluster.reserve("x", pod_request_of(SLICE), "b")
+    names = ["a", "b", "ghost", 'odd"name']
+    for limits in (SLICE, {"flexai.io/gpu": "2"}, None, {"flexai.io/gpu-compute": "0"}):
+        args = {"Pod": pod_obj("p", limits), "Nodes": None, "NodeNames": names}
+        assert json.loads(ext.prioritize_json(args)) == ext.prioritize(args), limits
+
+
+def test_stats_report_wall_and_thread_cpu_per_route(served):
+    ext, client, api = served
+    ext.cluster.update_nodes([node_obj("a")])
+    for _ in range(3):
+        client.post("filter", {"Pod": pod_obj("p", SLICE), "NodeNames": ["a"]})
+    client.conn.request("GET", "/stats")
+    stats = json.loads(client.conn.getresponse().read())
+    d = stats["POST /filter"]
+    assert d["n"] == 3
+    assert all(d[k] >= 0 for k in ("p50", "p99", "max", "cpu_p50", "cpu_p99", "cpu_max"))

@@ -16,11 +16,13 @@ while holding its lock.
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Optional
 
 import numpy as np
@@ -200,10 +202,11 @@ class Cluster:
         else:
             self._state = None
 
-    def _take(self, uid: str, state: PoolState, request: Request, cand, k: int,
+    def _take(self, uid: str, state: PoolState, request: Request, node: int, col: int,
               phase: str) -> Place:
-        """Reserve candidate ``k`` for the pod; call under the lock."""
-        place = state.to_place(request, int(cand.node[k]), int(cand.col[k]))
+        """Reserve GPU column ``col`` of node row ``node`` (-1 for a gang: its first whole
+        GPUs) for the pod; call under the lock."""
+        place = state.to_place(request, node, col)
         taken = state.place(request, place)
         self._held[uid] = _Held(place.node, place.gpus, request, time.time(), phase, self._gen,
                                 taken)
@@ -222,51 +225,92 @@ class Cluster:
                       if h.phase == "assumed" and now - h.since > ASSUME_SECONDS]:
                 self._drop(u)
 
-    def filter(self, request: Request, names: list[str],
-               uid: str = "") -> tuple[list[str], dict, dict]:
-        """``(fitting names, {name: reason} failed, {name: reason} unresolvable)``: a node
-        whose GPUs could never hold the request is unresolvable (preemption would not help)."""
+    #: filter's verdict per node: fits, no room now, GPUs too small / of another model, none.
+    FITS, BUSY, SMALL, NO_GPU = 0, 1, 2, 3
+
+    def _best(self, state: PoolState, cand: Candidates, values: np.ndarray,
+              distinct: bool) -> np.ndarray:
+        """Per node row (plus one last slot, for names the state lacks) the least of
+        ``values`` over the node's candidates, inf where it has none. Scans with ``distinct``
+        keep one node per class of alike nodes: its value is every node of its class's."""
+        n = len(state.names)
+        out = np.full(n + 1, np.inf)
+        if len(cand):
+            if distinct:
+                per = np.full(int(state.sig.max()) + 1, np.inf)
+                np.minimum.at(per, state.sig[cand.node], values)
+                out[:n] = per[state.sig]
+            else:
+                np.minimum.at(out, cand.node, values)
+        return out
+
+    def _could(self, state: PoolState, request: Request) -> np.ndarray:
+        """Per node row: whether its GPUs could ever hold the request (cached per state)."""
+        cache = state.cache.setdefault("k8s-could", {})
+        key = (request.models, request.memory, max(request.gpus, 1))
+        could = cache.get(key)
+        if could is None:
+            ok = state.model_mask(request.models) & (state.mtot >= request.memory)
+            could = ok.sum(axis=1) >= max(request.gpus, 1)
+            if len(cache) >= 64:
+                cache.pop(next(iter(cache)))
+            cache[key] = could
+        return could
+
+    def filter_codes(self, request: Request, names: list[str],
+                     uid: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each name its verdict (:attr:`FITS`, :attr:`BUSY`, :attr:`SMALL`,
+        :attr:`NO_GPU`), its row in the state (-1: unknown) and the state's row names as JSON
+        strings (an object array, for answers built without encoding each name again)."""
         with self._lock:
             self._forget_assumed(uid)
             state = self._current()
             cand = state.candidates(request, distinct=True)
-            fits = np.zeros(len(state.names), bool)
-            fits[cand.node] = True
-            ok = state.model_mask(request.models) & (state.mtot >= request.memory)
-            could = ok.sum(axis=1) >= max(request.gpus, 1)
+            fits = np.isfinite(self._best(state, cand, np.zeros(len(cand)), True))
+            could = self._could(state, request)
             idx = self._indices(state, names)
+            encoded = self._encoded(state)
+        code = np.full(len(names), self.NO_GPU, np.int8)
         known = idx >= 0
-        code = np.full(len(names), 3, np.int8)  # 0 fits, 1 busy, 2 too small, 3 no GPUs
         k = idx[known]
-        code[known] = np.where(fits[k], 0, np.where(could[k], 1, np.where(state.has_gpu[k],
-                                                                           2, 3)))
-        busy = f"flexai: no room now, needs {_describe(request)}"
+        code[known] = np.where(fits[k], self.FITS, np.where(
+            could[k], self.BUSY, np.where(state.has_gpu[k], self.SMALL, self.NO_GPU)))
+        return code, idx, encoded
+
+    def reasons(self, request: Request) -> dict[int, str]:
+        """The words of each verdict but :attr:`FITS` for ``request``."""
         small = f"flexai: its GPUs can never hold {_describe(request)}" + (
             f" of model {'/'.join(sorted(request.models))}" if request.models else "")
+        return {self.BUSY: f"flexai: no room now, needs {_describe(request)}",
+                self.SMALL: small, self.NO_GPU: NO_GPUS}
+
+    def filter(self, request: Request, names: list[str],
+               uid: str = "") -> tuple[list[str], dict, dict]:
+        """``(fitting names, {name: reason} failed, {name: reason} unresolvable)``: a node
+        whose GPUs could never hold the request is unresolvable (preemption would not help)."""
+        code, _, _ = self.filter_codes(request, names, uid)
+        words = self.reasons(request)
         passing, failed, never = [], {}, {}
         for name, c in zip(names, code.tolist()):
-            if c == 0:
+            if c == self.FITS:
                 passing.append(name)
-            elif c == 1:
-                failed[name] = busy
+            elif c == self.BUSY:
+                failed[name] = words[c]
             else:
-                never[name] = small if c == 2 else NO_GPUS
+                never[name] = words[c]
         return passing, failed, never
 
-    def _scored(self, state: PoolState, request: Request, only) -> tuple:
-        """Candidates on the nodes ``only`` (an index array, or one node's index) and the
-        policy's score of each (lower is better)."""
-        if isinstance(only, int):
-            cand = state.candidates(request, only=only, distinct=self.policy.distinct)
-        else:
-            cand = state.candidates(request, distinct=self.policy.distinct)
-            keep = np.zeros(len(state.names) + 1, bool)
-            keep[only] = True
-            sel = keep[cand.node]
-            cand = Candidates(cand.node[sel], cand.col[sel])
-        if not len(cand):
-            return cand, np.zeros(0)
-        return cand, np.asarray(self.policy.score(request, state, cand), dtype=np.float64)
+    def _encoded(self, state: PoolState, key: str = "k8s-encoded",
+                 form: str = "{}") -> np.ndarray:
+        """The state's row names as JSON strings put in ``form`` (an object array, cached per
+        state, whose last slot stands for names the state lacks); call under the lock."""
+        enc = state.cache.get(key)
+        if enc is None:
+            enc = np.empty(len(state.names) + 1, dtype=object)
+            enc[:-1] = [form.format(json.dumps(n)) for n in state.names]
+            enc[-1] = form.format('""')
+            state.cache[key] = enc
+        return enc
 
     def _indices(self, state: PoolState, names: list[str]) -> np.ndarray:
         """Row of each name in ``state`` (-1: unknown); the scheduler sends the same lists
@@ -275,8 +319,8 @@ class Cluster:
         cache = state.cache.setdefault("k8s-indices", {})
         idx = cache.get(key)
         if idx is None:
-            get = state.node_index.get
-            idx = np.fromiter((get(n, -1) for n in names), np.int64, len(names))
+            idx = np.array(list(map(state.node_index.get, names, repeat(-1, len(names)))),
+                           np.int64)
             if len(cache) >= 8:
                 cache.pop(next(iter(cache)))
             cache[key] = idx
@@ -286,19 +330,34 @@ class Cluster:
                    uid: str = "") -> list[tuple[str, int]]:
         """An integer 0..10 per name: 10 for the policy's best node, 0 where it does not fit.
 
-        With the pod's ``uid``, the best place is also reserved (assumed) until the pod's bind
-        or its next filter, so that the pods scheduled before its bind lands do not count on
-        the same capacity."""
+        With the pod's ``uid``, the best place among ``names`` is also reserved (assumed) until
+        the pod's bind or its next filter, so that the pods scheduled before its bind lands do
+        not count on the same capacity."""
+        out, _, _ = self.prioritize_scores(request, names, uid)
+        return list(zip(names, out.tolist()))
+
+    def prioritize_scores(self, request: Request, names: list[str],
+                          uid: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`prioritize`'s scores as an array, with each name's row in the state (-1:
+        unknown) and the state's rows as ``{"Host":"NAME","Score":`` JSON heads (an object
+        array whose last slot stands for unknown names)."""
+        distinct = self.policy.distinct
         with self._lock:
             state = self._current()
             idx = self._indices(state, names)
-            cand, scores = self._scored(state, request, idx[idx >= 0])
-            best = np.full(len(state.names) + 1, np.inf)
-            if len(cand):
-                np.minimum.at(best, cand.node, scores)
-                if uid and uid not in self._held:
-                    self._take(uid, state, request, cand, int(np.argmin(scores)), "assumed")
-        mine = best[idx]  # -1 -> the extra inf slot
+            heads = self._encoded(state, "k8s-heads", '{{"Host":{},"Score":')
+            cand = state.candidates(request, distinct=distinct)
+            scores = (np.asarray(self.policy.score(request, state, cand), dtype=np.float64)
+                      if len(cand) else np.zeros(0))
+            best = self._best(state, cand, scores, distinct)
+            mine = best[idx]  # -1 -> the extra inf slot
+            if uid and uid not in self._held and np.isfinite(mine).any():
+                node = int(idx[int(np.argmin(mine))])
+                # the candidate scored for that node's class (alike nodes: same GPU columns)
+                same = (state.sig[cand.node] == state.sig[node]) if distinct else (
+                    cand.node == node)
+                k = int(np.flatnonzero(same)[int(np.argmin(scores[same]))])
+                self._take(uid, state, request, node, int(cand.col[k]), "assumed")
         finite = np.isfinite(mine)
         out = np.zeros(len(names), np.int64)
         if finite.any():
@@ -307,7 +366,7 @@ class Cluster:
                 out[finite] = np.rint(10 * (hi - mine[finite]) / (hi - lo))
             else:
                 out[finite] = 10
-        return list(zip(names, out.tolist()))
+        return out, idx, heads
 
     def reserve(self, uid: str, request: Request, node: str) -> Place:
         """Choose the GPU(s) of ``node`` for the pod and take them (idempotent per uid).
@@ -333,11 +392,14 @@ class Cluster:
             i = state.node_index.get(node)
             if i is None:
                 raise ValueError(f"{node!r}: {NO_GPUS}")
-            cand, scores = self._scored(state, request, int(i))
+            cand = state.candidates(request, only=int(i), distinct=self.policy.distinct)
             if not len(cand):
                 raise ValueError(f"{node!r} has no room now: the pod needs "
                                  f"{_describe(request)}")
-            return self._take(uid, state, request, cand, int(np.argmin(scores)), "binding")
+            scores = np.asarray(self.policy.score(request, state, cand), dtype=np.float64)
+            k = int(np.argmin(scores))
+            return self._take(uid, state, request, int(cand.node[k]), int(cand.col[k]),
+                              "binding")
 
     def bound(self, uid: str) -> None:
         """The pod's bind landed: its reservation lasts until the pod is gone."""
@@ -363,6 +425,11 @@ class Cluster:
         return Allocation(place.node, place.gpus, self.uuids(place.node, place.gpus),
                           r.memory if r.gpus == 1 else 0, r.compute, r.priority,
                           slice_name(namespace, name, uid), pod.container, time.time())
+
+    def warm(self) -> None:
+        """Build the state now (after a resync) rather than in the next filter's time."""
+        with self._lock:
+            self._current()
 
     def stats(self) -> dict:
         with self._lock:
