@@ -314,11 +314,14 @@ class Cluster:
 
     def _indices(self, state: PoolState, names: list[str]) -> np.ndarray:
         """Row of each name in ``state`` (-1: unknown); the scheduler sends the same lists
-        again and again, so the last few are remembered (per state). Call under the lock."""
+        again and again (filter: every node), so the last few used are remembered (per
+        state). Call under the lock."""
         key = tuple(names)
         cache = state.cache.setdefault("k8s-indices", {})
-        idx = cache.get(key)
-        if idx is None:
+        idx = cache.pop(key, None)
+        if idx is not None:
+            cache[key] = idx  # the most recently used last
+        else:
             idx = np.array(list(map(state.node_index.get, names, repeat(-1, len(names)))),
                            np.int64)
             if len(cache) >= 8:
