@@ -202,11 +202,12 @@ def run(args) -> dict:
                                 "--log-level", "warning"], env=env, cwd="/")
         wait_port(port)
         names = node_names(args.nodes)
-        # wait for the extender's first resync to know every node
+        # wait for the extender's first resync to know every node and build its state
         probe, deadline = Conn(port), time.monotonic() + 120
         while time.monotonic() < deadline:
             probe.c.request("GET", "/healthz")
-            if json.loads(probe.c.getresponse().read()).get("nodes") == args.nodes:
+            health = json.loads(probe.c.getresponse().read())
+            if health.get("nodes") == args.nodes and health.get("ready"):
                 break
             time.sleep(0.1)
         else:

@@ -426,3 +426,42 @@ def test_stats_report_wall_and_thread_cpu_per_route(served):
     d = stats["POST /filter"]
     assert d["n"] == 3
     assert all(d[k] >= 0 for k in ("p50", "p99", "max", "cpu_p50", "cpu_p99", "cpu_max"))
+
+
+def test_node_changes_rebuild_the_state_without_stopping_decisions(monkeypatch):
+    """While the state is rebuilt after a node change (slow at scale), filter, prioritize and
+    bind go on with the previous state; what they reserve or give back meanwhile is carried
+    into the new state."""
+    cluster = Cluster()
+    cluster.update_nodes([node_obj("a", gpus=1), node_obj("b", gpus=1)])
+    whole = pod_request_of({"flexai.io/gpu": "1"})
+    cluster.reserve("gone", whole, "a")
+    building, finish = threading.Event(), threading.Event()
+    real = Cluster._build
+
+    def slow(self, nodes, held):
+        out = real(self, nodes, held)
+        building.set()
+        assert finish.wait(10)
+        return out
+
+    monkeypatch.setattr(Cluster, "_build", slow)
+    changer = threading.Thread(target=cluster.update_nodes,
+                               args=([node_obj("c", gpus=1)],), daemon=True)
+    changer.start()
+    assert building.wait(10)
+    # decisions while the new state is being built: not blocked, on the previous state
+    worker = threading.Thread(target=lambda: (cluster.release("gone"),
+                                              cluster.reserve("new", whole, "b")), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert not cluster.ready
+    passing, _, _ = cluster.filter(whole, ["a", "b", "c"])
+    assert passing == ["a"]  # c is not known yet
+    finish.set()
+    changer.join(10)
+    assert cluster.ready
+    passing, failed, _ = cluster.filter(whole, ["a", "b", "c"])
+    assert passing == ["a", "c"] and list(failed) == ["b"]  # "gone" released, "new" kept
+    assert cluster.stats()["reservations"] == 1

@@ -1,15 +1,16 @@
-"""The extender's view of the cluster and its decisions: which nodes a pod fits (filter), how
-good each is (prioritize), and which GPU(s) of the chosen node it gets (bind), all through
-:mod:`flexai.policy` on one incremental :class:`~flexai.policy.PoolState`.
-
-The view is built from the node annotation ``flexai.io/gpus`` the device plugins write and from
-the pods the extender placed (its own binds at once; every pod carrying ``flexai.io/allocation``
-at each resync, so a restarted extender and finished pods are caught up).
+"""The extender's decisions: which nodes a pod fits (filter), how good each is (prioritize), and
+which GPU(s) of the chosen node it gets (bind), all through :mod:`flexai.policy` on the
+:class:`~flexai.policy.PoolState` of :class:`~flexai.k8s.view.ClusterView` (nodes and
+reservations), with kube-scheduler's "assume" for the pods between prioritize and bind.
 
 No lock convoys (HAMi's bind timeouts with thousands of pending pods): one lock guards the
-in-memory state and is held only for array work (tens of microseconds); the API server is
+in-memory state and is held only for array work (well under a millisecond); the API server is
 never called under it. A bind reserves its GPU under the lock, then posts the Binding (which
 carries the pod's annotation) outside it, and gives the reservation back if that fails.
+
+The policy scans one node per class of alike nodes; every answer here still names each node
+(a class's verdict and score are each of its nodes'). Answers come with the state's node names
+already encoded as JSON, so the extender joins strings instead of encoding 1,000 names per call.
 
 This module must never decide with anything but flexai.policy, and never call the API server
 while holding its lock.
@@ -18,27 +19,15 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from itertools import repeat
-from typing import Optional
 
 import numpy as np
 
-from ..policy import GpuView, NodeView, Place, PoolState, PoolView, Request, make_policy
+from ..policy import Place, PoolState, Request, make_policy
 from ..policy.state import Candidates
-from .resources import (
-    ANNOTATION_ALLOCATION,
-    ANNOTATION_NODE_GPUS,
-    MIB,
-    Allocation,
-    NodeGpu,
-    PodRequest,
-    decode_node_gpus,
-    slice_name,
-)
+from .resources import MIB, Allocation, PodRequest, slice_name
+from .view import ClusterView, Held
 
 log = logging.getLogger("flexai.k8s.extender")
 
@@ -49,20 +38,6 @@ NO_GPUS = "flexai: no GPUs reported for this node (no healthy GPU in its flexai.
 ASSUME_SECONDS = 30.0
 
 
-@dataclass
-class _Held:
-    """A pod's reservation in the state: ``assumed`` at prioritize (the node the scheduler will
-    most likely bind), ``binding`` while bind writes to the API server, then ``bound``."""
-
-    node: str
-    gpus: tuple
-    request: Request
-    since: float
-    phase: str = "bound"
-    gen: int = -1
-    taken: object = None  # the state's Allocation while gen is current
-
-
 def _describe(r: Request) -> str:
     mem = f"{r.memory // MIB} MiB" if r.memory else "all its memory"
     if r.gpus > 1:
@@ -70,8 +45,8 @@ def _describe(r: Request) -> str:
     return f"a GPU with {r.compute}% compute and {mem} free"
 
 
-class Cluster:
-    """Nodes, reservations and the policy (thread-safe).
+class Cluster(ClusterView):
+    """The decisions over a :class:`~flexai.k8s.view.ClusterView` (thread-safe).
 
     Parameters
     ----------
@@ -80,127 +55,11 @@ class Cluster:
     """
 
     def __init__(self, policy: str = "flexai") -> None:
+        super().__init__()
         self.policy = make_policy(policy)
-        self._lock = threading.Lock()
-        self._nodes: dict[str, tuple[str, tuple[NodeGpu, ...]]] = {}
-        self._held: dict[str, _Held] = {}
-        self._requests: "OrderedDict[str, PodRequest]" = OrderedDict()
-        self._state: Optional[PoolState] = None
-        self._gen = 0
         self._purged = 0.0
 
-    # ---- inputs ------------------------------------------------------------------------------
-
-    def update_nodes(self, nodes: list[dict], complete: bool = False) -> None:
-        """Take node objects (annotations read); ``complete``: the list is every node, so
-        nodes not in it are forgotten."""
-        fresh = {}
-        for node in nodes:
-            meta = node.get("metadata") or {}
-            name = meta.get("name")
-            raw = (meta.get("annotations") or {}).get(ANNOTATION_NODE_GPUS)
-            if not name:
-                continue
-            old = self._nodes.get(name)
-            if old is not None and old[0] == raw:
-                fresh[name] = old
-                continue
-            try:
-                gpus = decode_node_gpus(raw) if raw else ()
-            except ValueError as exc:
-                log.error("node %s: %s", name, exc)
-                gpus = ()
-            fresh[name] = (raw, gpus)
-        with self._lock:
-            changed = False
-            for name, entry in fresh.items():
-                if self._nodes.get(name) is not entry:
-                    self._nodes[name] = entry
-                    changed = True
-            if complete:
-                for name in set(self._nodes) - set(fresh):
-                    del self._nodes[name]
-                    changed = True
-            if changed:
-                self._state = None
-
-    def remember(self, uid: str, request: PodRequest) -> None:
-        """Keep a pod's request from its filter call for its bind call (which carries none)."""
-        with self._lock:
-            self._requests[uid] = request
-            self._requests.move_to_end(uid)
-            while len(self._requests) > 20000:
-                self._requests.popitem(last=False)
-
-    def request_of(self, uid: str) -> Optional[PodRequest]:
-        with self._lock:
-            return self._requests.get(uid)
-
-    def sync_pods(self, pods: list[dict], started: float) -> None:
-        """Reservations from the pods' ``flexai.io/allocation`` annotations (a list taken at
-        ``started``): pods gone or finished are released, unknown ones are taken."""
-        from .resources import pod_request
-
-        live: dict[str, _Held] = {}
-        finished = set()
-        for pod in pods:
-            meta = pod.get("metadata") or {}
-            ann = (meta.get("annotations") or {}).get(ANNOTATION_ALLOCATION)
-            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-                finished.add(meta.get("uid", ""))
-                continue
-            if not ann:
-                continue
-            try:
-                a = Allocation.from_json(ann)
-                req = pod_request(pod)
-            except ValueError as exc:
-                log.error("pod %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
-                continue
-            if req is not None:
-                live[meta.get("uid", "")] = _Held(a.node, a.gpus, req.to_request(), a.time)
-        with self._lock:
-            for uid, h in list(self._held.items()):
-                if uid in finished or (uid not in live and h.phase == "bound"
-                                       and h.since < started):
-                    self._drop(uid)
-            for uid, h in live.items():
-                if uid not in self._held:
-                    self._held[uid] = h
-                    self._state = None
-
-    # ---- the state ---------------------------------------------------------------------------
-
-    def _current(self) -> PoolState:
-        """The state (rebuilt after node or reservation changes); call under the lock."""
-        if self._state is not None:
-            return self._state
-        views = []
-        for name, (_, gpus) in sorted(self._nodes.items()):
-            views.append(NodeView(name, tuple(
-                GpuView(g.index, g.model, g.memory, g.memory, 100) for g in gpus if g.healthy)))
-        state = PoolState.from_view(PoolView(tuple(views)))
-        self._gen += 1
-        for uid, h in self._held.items():
-            try:
-                h.taken, h.gen = state.place(h.request, Place(h.node, h.gpus, False)), self._gen
-            except ValueError as exc:
-                log.warning("reservation of pod %s on %s no longer fits: %s", uid, h.node, exc)
-                h.taken, h.gen = None, -1
-        self._state = state
-        return state
-
     # ---- decisions ---------------------------------------------------------------------------
-
-    def _drop(self, uid: str) -> None:
-        """Give back a reservation; call under the lock."""
-        h = self._held.pop(uid, None)
-        if h is None:
-            return
-        if h.gen == self._gen and self._state is not None and h.taken is not None:
-            self._state.release(h.taken)
-        else:
-            self._state = None
 
     def _take(self, uid: str, state: PoolState, request: Request, node: int, col: int,
               phase: str) -> Place:
@@ -208,7 +67,7 @@ class Cluster:
         GPUs) for the pod; call under the lock."""
         place = state.to_place(request, node, col)
         taken = state.place(request, place)
-        self._held[uid] = _Held(place.node, place.gpus, request, time.time(), phase, self._gen,
+        self._held[uid] = Held(place.node, place.gpus, request, time.time(), phase, self._gen,
                                 taken)
         return place
 
@@ -416,11 +275,6 @@ class Cluster:
         with self._lock:
             self._drop(uid)
 
-    def uuids(self, node: str, gpus: tuple) -> tuple:
-        with self._lock:
-            by_index = {g.index: g.uuid for g in self._nodes.get(node, ("", ()))[1]}
-        return tuple(by_index.get(i, "") for i in gpus)
-
     def allocation(self, namespace: str, name: str, uid: str, pod: PodRequest,
                    place: Place) -> Allocation:
         """The ``flexai.io/allocation`` annotation for a reserved pod."""
@@ -428,15 +282,3 @@ class Cluster:
         return Allocation(place.node, place.gpus, self.uuids(place.node, place.gpus),
                           r.memory if r.gpus == 1 else 0, r.compute, r.priority,
                           slice_name(namespace, name, uid), pod.container, time.time())
-
-    def warm(self) -> None:
-        """Build the state now (after a resync) rather than in the next filter's time."""
-        with self._lock:
-            self._current()
-
-    def stats(self) -> dict:
-        with self._lock:
-            assumed = sum(1 for h in self._held.values() if h.phase == "assumed")
-            return {"nodes": len(self._nodes), "reservations": len(self._held),
-                    "assumed": assumed}
-

@@ -252,7 +252,8 @@ class Extender:
             ("POST", f"{p}/filter"): lambda b: (200, self.filter_json(b)),
             ("POST", f"{p}/prioritize"): lambda b: (200, self.prioritize_json(b)),
             ("POST", f"{p}/bind"): lambda b: (200, self.bind(b)),
-            ("GET", "/healthz"): lambda b: (200, {"ok": True, **self.cluster.stats()}),
+            ("GET", "/healthz"): lambda b: (200, {"ok": True, "ready": self.cluster.ready,
+                                                  **self.cluster.stats()}),
             ("GET", "/stats/bind"): lambda b: (200, self.bind_stats()),
         }
 
