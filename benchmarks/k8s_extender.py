@@ -2,7 +2,8 @@
 (issue 13; targets: filter <= 10 ms p99, bind <= 5 ms p99).
 
     python benchmarks/k8s_extender.py [--nodes 1000] [--pods 1000] [--binders 16]
-        [--api-latency 0] [--full-mode 100] [--policy flexai] [--out benchmarks/results]
+        [--api-latency 0] [--full-mode 100] [--churn 0] [--policy flexai]
+        [--out benchmarks/results]
 
 Three processes, as on a cluster: a fake API server (tests/support/fake_apiserver.py) holding
 the nodes, with the device plugin's ``flexai.io/gpus`` annotation, and the pending pods; the
@@ -14,7 +15,9 @@ are filtered, the situation in which HAMi's extender convoys. Each call is timed
 over kept-alive connections. ``--api-latency`` delays every API server answer (a loaded
 control plane): binds must then cost about two API round trips each, not queue behind each
 other (each bind is one API write: the Binding carrying the pod's annotation). ``--full-mode
-N`` also times N filters that carry full Node objects (no node cache).
+N`` also times N filters that carry full Node objects (no node cache). ``--churn S`` changes a
+node every S seconds (a GPU's health) and runs the extender with ``--resync 1``, so that its
+state is rebuilt while the pods are scheduled.
 
 Beside the round trips, the extender's own time per answer (``GET /stats``: JSON in,
 decision, JSON out, including the API call of a bind) in wall time and in the CPU time of the
@@ -52,12 +55,30 @@ def node_names(n: int) -> list[str]:
     return [f"node-{i:04d}" for i in range(n)]
 
 
-def gpus_annotation(i: int) -> str:
+def gpus_annotation(i: int, sick: int = -1) -> str:
+    """Node ``i``'s ``flexai.io/gpus`` annotation (GPU ``sick`` reported unhealthy)."""
     from flexai.k8s.resources import NodeGpu, encode_node_gpus
 
     model, mem = ("H100", 80 * GiB) if i % 3 else ("A100", 40 * GiB)
-    return encode_node_gpus([NodeGpu(g, f"GPU-{i:08d}-0000-4000-8000-{g:012d}", model, mem)
-                             for g in range(8)])
+    return encode_node_gpus([NodeGpu(g, f"GPU-{i:08d}-0000-4000-8000-{g:012d}", model, mem,
+                                     g != sick) for g in range(8)])
+
+
+def churn(api_port: int, every: float, stop: threading.Event, nodes: int, seed: int) -> int:
+    """Every ``every`` seconds one node's GPU 7 turns unhealthy or healthy again (a device
+    plugin's report), so that the extender's resyncs rebuild its state during the run."""
+    rng, sick, changes = random.Random(seed), {}, 0
+    conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=30)
+    while not stop.wait(every):
+        i = rng.randrange(nodes)
+        sick[i] = not sick.get(i, False)
+        body = json.dumps({"metadata": {"annotations": {
+            "flexai.io/gpus": gpus_annotation(i, 7 if sick[i] else -1)}}})
+        conn.request("PATCH", f"/api/v1/nodes/{node_names(nodes)[i]}", body,
+                     {"Content-Type": "application/merge-patch+json"})
+        conn.getresponse().read()
+        changes += 1
+    return changes
 
 
 def pods(n: int, seed: int) -> list[dict]:
@@ -198,7 +219,8 @@ def run(args) -> dict:
         port = free_port()
         ext = subprocess.Popen([sys.executable, "-m", "flexai", "k8s", "extender", "--listen",
                                 f"127.0.0.1:{port}", "--kube-api", f"http://127.0.0.1:{api_port}",
-                                "--policy", args.policy, "--resync", "3600",
+                                "--policy", args.policy,
+                                "--resync", str(args.resync if args.churn else 3600),
                                 "--log-level", "warning"], env=env, cwd="/")
         wait_port(port)
         names = node_names(args.nodes)
@@ -222,6 +244,11 @@ def run(args) -> dict:
         jobs, results = ctx.Queue(), ctx.Queue()
         binder = ctx.Process(target=binders, args=(port, jobs, results, args.binders))
         binder.start()
+        stop, churned = threading.Event(), []
+        if args.churn:
+            changer = threading.Thread(target=lambda: churned.append(churn(
+                api_port, args.churn, stop, args.nodes, args.seed)), daemon=True)
+            changer.start()
         t0 = time.perf_counter()
         for pod in all_pods:
             args_json = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names}).encode()
@@ -240,6 +267,9 @@ def run(args) -> dict:
                                  "PodUID": m["uid"], "Node": best}).encode())
         jobs.put(None)
         lat["bind"], bound, failed = results.get(timeout=600)
+        if args.churn:
+            stop.set()
+            changer.join(timeout=30)
         binder.join(timeout=30)
         wall = time.perf_counter() - t0
         outcome["bound"], outcome["bind_failed"] = bound, failed
@@ -266,7 +296,9 @@ def run(args) -> dict:
             "server_ms": served, "bind_split_ms": bind_split,
             "nodes": args.nodes, "gpus_per_node": 8, "pods": args.pods,
             "binders": args.binders, "api_latency_ms": args.api_latency * 1000,
-            "policy": args.policy, "wall_s": wall, "pods_per_s": args.pods / wall, **outcome,
+            "policy": args.policy, "node_changes": churned[0] if churned else 0,
+            "resync_s": args.resync if args.churn else 3600, "wall_s": wall,
+            "pods_per_s": args.pods / wall, **outcome,
             **{f"{k}_ms": {"p50": pct(v, 50), "p99": pct(v, 99), "max": pct(v, 100),
                            "n": len(v)} for k, v in lat.items()},
         }
@@ -293,6 +325,10 @@ def main() -> int:
     p.add_argument("--api-latency", type=float, default=0.0, help="seconds per API answer")
     p.add_argument("--full-mode", type=int, default=100, help="filters timed in full mode")
     p.add_argument("--policy", default="flexai")
+    p.add_argument("--churn", type=float, default=0.0, help="seconds between node changes "
+                   "(a GPU turning unhealthy or healthy again); 0: none")
+    p.add_argument("--resync", type=float, default=1.0, help="the extender's resync period "
+                   "with --churn (without it 3600: no resync during the run)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--tag", default="")
@@ -301,12 +337,14 @@ def main() -> int:
     if args.serve_api:
         return serve_api(args)
     res = run(args)
-    tag = args.tag or f"{args.nodes}n-{args.pods}p-lat{int(args.api_latency * 1000)}ms"
+    tag = args.tag or (f"{args.nodes}n-{args.pods}p-lat{int(args.api_latency * 1000)}ms"
+                       + (f"-churn{args.churn:g}s" if args.churn else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"k8s_extender-{tag}.json").write_text(json.dumps(res, indent=2) + "\n")
     print(f"{args.nodes} nodes x 8 GPUs, {args.pods} pending pods, policy {args.policy}, "
-          f"{args.binders} binders, API latency {args.api_latency * 1000:.0f} ms")
+          f"{args.binders} binders, API latency {args.api_latency * 1000:.0f} ms, "
+          f"{res['node_changes']} node changes (resync every {res['resync_s']:g} s)")
     print(f"{'call':<22}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'n':>7}")
     for k in ("filter", "prioritize", "bind", "filter_full_mode"):
         if f"{k}_ms" in res:
