@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from ._ffi import FlexaiError, library_path
 from .cli._output import fail, warn
 from .node.launch import preload_value
+from .remote.client import client_library
 from .spec import (
     Config,
     add_options,
@@ -40,6 +41,7 @@ def _table(cfg: Config) -> str:
         ("state dir", cfg.state_dir),
         ("libcuda", cfg.libcuda),
         ("libnvml", cfg.libnvml),
+        ("remote client", f"{client_library()} (libcuda.so.1 of `flexai run --remote`)"),
         ("context memory", f"{format_bytes(cfg.context_memory)} per process and device"),
     ]
     width = max(len(k) for k, _ in rows)
@@ -81,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.export:
         print(_export(env))
     elif args.json:
-        print(json.dumps({"library": str(library_path()), **cfg.to_dict()}, indent=2))
+        print(json.dumps({"library": str(library_path()), "remote_client": str(client_library()),
+                          **cfg.to_dict()}, indent=2))
     else:
         print(_table(cfg))
     return 0

@@ -1,8 +1,10 @@
 """Compute shares, priorities and resize on Ascend NPUs: the compute tests of the CUDA side
 (test_compute.py) through the ACL client on the stand-in runtime, whose work takes the NPU for
 its simulated duration, one piece at a time across processes. Every launch path goes through the
-same gate as CUDA kernels: aclrtLaunchKernel, aclopExecuteV2, and the aclnn operators' second
-phase (by name when linked, and through the wrappers made for dlsym lookups).
+same gate as CUDA kernels: aclrtLaunchKernel and its V2, WithConfig and WithHostArgs forms,
+aclopExecuteV2, offline models (aclmdlExecute, synchronous, and aclmdlExecuteAsync), captured
+model run instances (aclmdlRIExecuteAsync), and the aclnn operators' second phase (by name when
+linked, and through the wrappers made for dlsym lookups).
 
 As in test_compute.py, pass/fail must not depend on an idle machine: upper bounds (a cap holds)
 are tight, lower bounds loose or relative. The exact figures (30/70 and 50/50 within 2 points, a
@@ -57,7 +59,11 @@ def saturate(acl_client, env, ms: int, kind: str = "kernel", via: str = "link"):
 
 
 @pytest.mark.parametrize("kind,via", [("kernel", "link"), ("op", "link"), ("aclnn", "link"),
-                                      ("kernel", "dlsym"), ("op", "dlsym"), ("aclnn", "dlsym")])
+                                      ("kernel", "dlsym"), ("op", "dlsym"), ("aclnn", "dlsym"),
+                                      ("kernelv2", "link"), ("kernelcfg", "link"),
+                                      ("kernelhost", "link"), ("model", "link"),
+                                      ("modelasync", "link"), ("ri", "link"),
+                                      ("kernelcfg", "dlsym"), ("model", "dlsym")])
 def test_every_launch_path_is_capped(acl_client, npu_env, kind, via):
     r = finish(saturate(acl_client, npu_env(FLEXAI_GPU_COMPUTE="30"), 1500, kind, via))
     assert r.op("saturate")["rc"] == 0 and r.op("saturate")["sync"] == 0

@@ -152,13 +152,14 @@ def _string_constants() -> dict[str, set[str]]:
 def test_the_contract_is_not_restated_in_python():
     from flexai import sim
     from flexai._ffi import LIB_DIR_VARIABLE, constants
+    from flexai.remote.wire import REMOTE_VARIABLES
     from flexai.spec import variables
     from flexai.torch import REEXEC_MARK
 
     table = variables()
     names = {v.name for v in table}
     options = {v.option for v in table if v.option}
-    python_only = {LIB_DIR_VARIABLE, REEXEC_MARK} | set(constants())
+    python_only = {LIB_DIR_VARIABLE, REEXEC_MARK} | set(constants()) | set(REMOTE_VARIABLES)
     # sim.py names the driver variables itself: it must not load the library (see its docstring)
     allowed = {"flexai.sim": set(sim.DRIVER_VARIABLES)}
     assert set(sim.DRIVER_VARIABLES) <= names

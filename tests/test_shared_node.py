@@ -256,8 +256,9 @@ class SharedNode:
             "import json, os, sys\n"
             "import flexai, flexai._ffi, flexai.cli, flexai.node.control, flexai.node.state\n"
             "import flexai.node.snapshot, flexai.cli.ps, flexai.cli.resize, flexai.cli.run\n"
-            "import flexai.cli.demo, flexai.cli.mps, argparse, gettext\n"
+            "import argparse, gettext\n"
             "flexai._ffi.load()\n"
+            "flexai.cli._parser()\n"  # imports every command module, whatever they import
             "uid, gid = int(sys.argv[1]), int(sys.argv[2])\n"
             "if uid:\n"
             "    os.setgroups([]); os.setresgid(gid, gid, gid); os.setresuid(uid, uid, uid)\n"

@@ -1,8 +1,13 @@
 /* acl_hook_launch.c - every way work reaches an NPU through ACL passes the compute gate
- * (core/gate.c), as CUDA launches do: kernels (aclrtLaunchKernel), single operators
- * (aclopExecuteV2) and aclnn operators (the second phase, aclnnXxx after
- * aclnnXxxGetWorkspaceSize: the first phase only sizes the workspace and queues nothing).
- * Wrappers only: which stream.
+ * (core/gate.c), as CUDA launches do: kernels (aclrtLaunchKernel, aclrtLaunchKernelV2,
+ * aclrtLaunchKernelWithConfig, aclrtLaunchKernelWithHostArgs), single operators
+ * (aclopExecuteV2), aclnn operators (the second phase, aclnnXxx after aclnnXxxGetWorkspaceSize:
+ * the first phase only sizes the workspace and queues nothing) and models: offline models
+ * (aclmdlExecuteAsync on a stream; aclmdlExecute, synchronous, is a launch on the current
+ * context's default stream followed by a wait: the gate counts it before and marks it after,
+ * when it is done) and captured ones (aclmdlRIExecuteAsync). A model is many kernels: the gate
+ * estimates it as a graph (FX_WORK_GRAPH), apart from single kernels. Wrappers only: which
+ * stream, what kind of work.
  *
  * aclnn operators are hundreds of functions in libopapi.so with one signature (workspace, its
  * size, the executor, the stream). Those in acl_hooks.def are exported by name for programs
@@ -21,13 +26,14 @@
 #include "log.h"
 
 /* One launch through the gate; `real` is called between enter and leave (unlocked). */
-#define FX_ACL_LAUNCH(stream, call)                                                            \
+#define FX_ACL_LAUNCH_KIND(stream, call, kind)                                                 \
     int32_t st_;                                                                               \
     struct fx_gate *gate_ = fx_gate_enter((stream), 0u, &st_);                                 \
     if (st_ != FLEXAI_OK) return fx_acl_error(st_);                                            \
     aclError rc = (call);                                                                      \
-    fx_gate_leave(gate_, rc == ACL_SUCCESS, (stream), 0u, FX_WORK_KERNEL);                     \
+    fx_gate_leave(gate_, rc == ACL_SUCCESS, (stream), 0u, (kind));                             \
     return rc
+#define FX_ACL_LAUNCH(stream, call) FX_ACL_LAUNCH_KIND(stream, call, FX_WORK_KERNEL)
 
 FX_EXPORT aclError aclrtLaunchKernel(aclrtFuncHandle funcHandle, uint32_t numBlocks,
                                      const void *argsData, size_t argsSize, aclrtStream stream)
@@ -35,6 +41,60 @@ FX_EXPORT aclError aclrtLaunchKernel(aclrtFuncHandle funcHandle, uint32_t numBlo
     FX_ACL_ENTER(aclrtLaunchKernel);
     FX_ACL_LAUNCH(stream, fx_acl.aclrtLaunchKernel(funcHandle, numBlocks, argsData, argsSize,
                                                     stream));
+}
+
+FX_EXPORT aclError aclrtLaunchKernelV2(aclrtFuncHandle funcHandle, uint32_t numBlocks,
+                                       const void *argsData, size_t argsSize,
+                                       aclrtLaunchKernelCfg *cfg, aclrtStream stream)
+{
+    FX_ACL_ENTER(aclrtLaunchKernelV2);
+    FX_ACL_LAUNCH(stream, fx_acl.aclrtLaunchKernelV2(funcHandle, numBlocks, argsData, argsSize,
+                                                      cfg, stream));
+}
+
+FX_EXPORT aclError aclrtLaunchKernelWithConfig(aclrtFuncHandle funcHandle, uint32_t numBlocks,
+                                               aclrtStream stream, aclrtLaunchKernelCfg *cfg,
+                                               aclrtArgsHandle argsHandle, void *reserve)
+{
+    FX_ACL_ENTER(aclrtLaunchKernelWithConfig);
+    FX_ACL_LAUNCH(stream, fx_acl.aclrtLaunchKernelWithConfig(funcHandle, numBlocks, stream, cfg,
+                                                              argsHandle, reserve));
+}
+
+FX_EXPORT aclError aclrtLaunchKernelWithHostArgs(aclrtFuncHandle funcHandle, uint32_t numBlocks,
+                                                 aclrtStream stream, aclrtLaunchKernelCfg *cfg,
+                                                 void *hostArgs, size_t argsSize,
+                                                 aclrtPlaceHolderInfo *placeHolderArray,
+                                                 size_t placeHolderNum)
+{
+    FX_ACL_ENTER(aclrtLaunchKernelWithHostArgs);
+    FX_ACL_LAUNCH(stream, fx_acl.aclrtLaunchKernelWithHostArgs(funcHandle, numBlocks, stream, cfg,
+                                                                hostArgs, argsSize,
+                                                                placeHolderArray,
+                                                                placeHolderNum));
+}
+
+/* Synchronous: counted on the default stream of the current context, marked once it returned
+ * (its work is then done: the mark's time is the model's). */
+FX_EXPORT aclError aclmdlExecute(uint32_t modelId, const aclmdlDataset *input,
+                                 aclmdlDataset *output)
+{
+    FX_ACL_ENTER(aclmdlExecute);
+    FX_ACL_LAUNCH_KIND(NULL, fx_acl.aclmdlExecute(modelId, input, output), FX_WORK_GRAPH);
+}
+
+FX_EXPORT aclError aclmdlExecuteAsync(uint32_t modelId, const aclmdlDataset *input,
+                                      aclmdlDataset *output, aclrtStream stream)
+{
+    FX_ACL_ENTER(aclmdlExecuteAsync);
+    FX_ACL_LAUNCH_KIND(stream, fx_acl.aclmdlExecuteAsync(modelId, input, output, stream),
+                       FX_WORK_GRAPH);
+}
+
+FX_EXPORT aclError aclmdlRIExecuteAsync(aclmdlRI modelRI, aclrtStream stream)
+{
+    FX_ACL_ENTER(aclmdlRIExecuteAsync);
+    FX_ACL_LAUNCH_KIND(stream, fx_acl.aclmdlRIExecuteAsync(modelRI, stream), FX_WORK_GRAPH);
 }
 
 FX_EXPORT aclError aclopExecuteV2(const char *opType, int numInputs, aclTensorDesc *inputDesc[],

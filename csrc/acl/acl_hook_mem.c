@@ -5,61 +5,20 @@
  *
  * The virtual-memory family: aclrtReserveMemAddress only reserves addresses and aclrtMapMem only
  * maps physical memory already charged, so the charge is at aclrtMallocPhysical and goes back at
- * aclrtFreePhysical (which the runtime only allows once the memory is unmapped). Neither
- * aclrtResetDevice nor anything else frees memory behind the program's back here: what is not
- * freed stays charged until the process exits (more, never less, than the device holds).
- * Using a device costs its default context's memory (FLEXAI_CONTEXT_MEMORY), charged at the
- * process's first aclrtSetDevice of it and given back at its last aclrtResetDevice.
+ * aclrtFreePhysical (which the runtime only allows once the memory is unmapped).
+ *
+ * Linear allocations die with the context current when they were made (a context "manages the
+ * lifetime of device memory", CANN guide): each is remembered with that context as its owner,
+ * and the context's teardown (acl_hook_ctx.c: the last aclrtResetDevice of a device, its
+ * aclrtDestroyContext) gives their charges back. Physical memory is tied to no context: it
+ * stays charged until aclrtFreePhysical or the process's exit (more, never less, than the
+ * device holds).
  */
 #include "acl_shim.h"
 #include "acl_sizes.h"
 #include "charge.h"
 #include "gate.h"
 #include "track.h"
-
-/* ---- initialization and devices ---------------------------------------------------------- */
-
-FX_EXPORT aclError aclInit(const char *configPath)
-{
-    FX_ACL_ENTER(aclInit);
-    aclError rc = fx_acl.aclInit(configPath);
-    if (rc == ACL_SUCCESS || rc == ACL_ERROR_REPEAT_INITIALIZE)
-        fx_attach(1); /* map the NPUs, join the slice */
-    return rc;
-}
-
-/* aclrtSetDevice calls per ordinal that a reset has not undone yet (the runtime counts them
- * too: the last reset releases the device). */
-static int fx_set_count[FLEXAI_MAX_DEVICES];
-
-FX_EXPORT aclError aclrtSetDevice(int32_t deviceId)
-{
-    uint32_t charged;
-    FX_ACL_ENTER(aclrtSetDevice);
-    int32_t st = fx_overhead_charge(fx_dev_of_ordinal(deviceId), &charged);
-    if (st != FLEXAI_OK) return fx_acl_error(st);
-    aclError rc = fx_acl.aclrtSetDevice(deviceId);
-    if (rc != ACL_SUCCESS) fx_overhead_undo(charged);
-    else if (deviceId >= 0 && deviceId < FLEXAI_MAX_DEVICES)
-        __atomic_add_fetch(&fx_set_count[deviceId], 1, __ATOMIC_ACQ_REL);
-    return rc;
-}
-
-FX_EXPORT aclError aclrtResetDevice(int32_t deviceId)
-{
-    FX_ACL_ENTER(aclrtResetDevice);
-    int last = deviceId >= 0 && deviceId < FLEXAI_MAX_DEVICES &&
-               __atomic_load_n(&fx_set_count[deviceId], __ATOMIC_ACQUIRE) == 1;
-    /* the device's default context goes with the last reset, the gate's events in it */
-    if (last) fx_gate_forget_context((fx_ctx_t)(uintptr_t)(deviceId + 1), 1);
-    aclError rc = fx_acl.aclrtResetDevice(deviceId);
-    if (rc == ACL_SUCCESS && deviceId >= 0 && deviceId < FLEXAI_MAX_DEVICES &&
-        __atomic_sub_fetch(&fx_set_count[deviceId], 1, __ATOMIC_ACQ_REL) <= 0) {
-        __atomic_store_n(&fx_set_count[deviceId], 0, __ATOMIC_RELEASE);
-        fx_overhead_release(fx_dev_of_ordinal(deviceId));
-    }
-    return rc;
-}
 
 /* ---- linear allocations ------------------------------------------------------------------- */
 
@@ -73,7 +32,7 @@ FX_EXPORT aclError aclrtResetDevice(int32_t deviceId)
     aclError rc = fx_acl.fn call_args;                                                         \
     fx_alloc_done(rc == ACL_SUCCESS && devPtr, FX_T_PTR,                                       \
                   rc == ACL_SUCCESS && devPtr ? (uint64_t)(uintptr_t)*devPtr : 0, charge, dev, \
-                  0);                                                                          \
+                  fx_acl_owner_current());                                                     \
     return rc
 
 FX_EXPORT aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy)

@@ -46,6 +46,10 @@ aclError fx_acl_unusable(void);
         if (!fx_acl.fn) return ACL_ERROR_API_NOT_SUPPORT;                                      \
     } while (0)
 
+/* The calling thread's current context as an owner of allocations (track.h): what its
+ * teardown frees. 0 when the runtime cannot say (then only a free gives the charge back). */
+uint64_t fx_acl_owner_current(void);
+
 /* A wrapper of an aclnn operator's second phase made on demand for a dlsym lookup, or NULL
  * (acl_hook_launch.c; called by the ACL hook table's lookup). */
 const struct fx_hook *fx_aclnn_hook_for(const char *name);

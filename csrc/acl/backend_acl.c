@@ -91,12 +91,16 @@ static int fx_acl_current_device(void)
 
 /* ---- events and capture ------------------------------------------------------------------- */
 
-/* A process has one context per device it set (its default context): the gate's "context" of a
- * launch is that device, as ordinal + 1 (0 would read as none). aclrtResetDevice ends it. */
+/* The gate's "context" of a launch is the calling thread's current context (the device's
+ * default one or an explicit one): the gate's events are made there, and the context's teardown
+ * (acl_hook_ctx.c) ends them. A runtime that cannot say is taken to have one context per
+ * device, named by ordinal + 1 (0 would read as none). */
 static fx_ctx_t fx_acl_queue_context(fx_queue_t q, unsigned flags)
 {
     (void)q;
     (void)flags;
+    uint64_t owner = fx_acl_owner_current();
+    if (owner) return (fx_ctx_t)(uintptr_t)owner;
     int d = fx_acl_current_device();
     return d < 0 ? NULL : (fx_ctx_t)(uintptr_t)(d + 1);
 }

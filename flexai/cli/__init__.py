@@ -1,5 +1,6 @@
-"""The ``flexai`` command: one small module per subcommand (run, ps, resize, mps, demo) and
-their shared output helpers (``_output``).
+"""The ``flexai`` command: one small module per subcommand (run, resize, mps, ps, demo, agent,
+top, pool, submit with jobs and cancel, remoted, k8s) and their shared output helpers
+(``_output``).
 
 ``main`` assembles the parser from the command modules; it imports them when called, so that
 importing ``flexai.cli`` (or a module that uses ``flexai.cli.ps``) runs nothing. Commands never
@@ -14,13 +15,13 @@ from collections.abc import Sequence
 
 def _parser() -> argparse.ArgumentParser:
     from .. import __version__
-    from . import demo, k8s, mps, ps, resize, run
+    from . import agent, demo, k8s, mps, pool, ps, remoted, resize, run, submit, top
 
     p = argparse.ArgumentParser(prog="flexai", description="GPU slicing: run programs with "
                                 "memory and compute quotas on a shared GPU.")
     p.add_argument("--version", action="version", version=f"flexai {__version__}")
     sub = p.add_subparsers(dest="subcommand", metavar="COMMAND")
-    for command in (run, resize, mps, ps, demo, k8s):
+    for command in (run, resize, mps, ps, demo, agent, top, pool, submit, remoted, k8s):
         command.add_parser(sub)
     return p
 

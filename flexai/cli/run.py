@@ -11,6 +11,7 @@ import os
 
 from .._ffi import FlexaiError
 from ..node.launch import exec_command, run_slice_name, slice_env
+from ..remote.client import remote_env
 from ..spec import add_options, options_env, parse_config, unknown_variable_warnings, variable
 from ..spec import variables as contract_variables
 from ._output import error, fail, warn
@@ -27,6 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                      "the command gets its own (run-<pid>). The exit status is "
                                      "CMD's.")
     add_options(run)
+    run.add_argument("--remote", metavar="HOST:PORT",
+                     help="run CMD here, its CUDA driver calls on a slice of the GPU node "
+                          "serving `flexai remoted` at HOST:PORT (needs FLEXAI_REMOTE_TOKEN; "
+                          "e.g. gpu-node-3:7470)")
     run.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     run.set_defaults(func=main, parser=run)
 
@@ -39,8 +44,11 @@ def main(args: argparse.Namespace) -> int:
     if not command:
         args.parser.error("missing the command to run, e.g. flexai run --gpu-memory 8GiB -- "
                           "python train.py")
-    env = slice_env(os.environ, options_env(args), default_slice=run_slice_name())
     try:
+        if args.remote:  # the quota is enforced by the server's slice; values are checked here
+            env = remote_env(os.environ, args.remote, options_env(args))
+        else:
+            env = slice_env(os.environ, options_env(args), default_slice=run_slice_name())
         cfg = parse_config(env)
     except FlexaiError as exc:
         return fail(exc)

@@ -4,10 +4,14 @@
  *   link      direct calls to the functions it was linked against (-lascendcl -lopapi)
  *   dlsym     dlopen("libascendcl.so") and dlopen("libopapi.so") + dlsym(handle) (torch_npu)
  *   default   dlsym(RTLD_DEFAULT)
- * Work: KIND is kernel (aclrtLaunchKernel of "sleep_us", its duration in its arguments), op
- * (aclopExecuteV2, FLEXAI_SIM_KERNEL_US long on the stand-in) or aclnn (aclnnInplaceZero over a
- * tensor of US * 100 bytes: the stand-in's operator lasts 10 ns per byte). Written for the
- * stand-in runtime: "device" memory is written from the host.
+ * Work: KIND is kernel (aclrtLaunchKernel of "sleep_us", its duration in its arguments),
+ * kernelv2 / kernelcfg / kernelhost (the same kernel through aclrtLaunchKernelV2,
+ * aclrtLaunchKernelWithConfig, aclrtLaunchKernelWithHostArgs), op (aclopExecuteV2,
+ * FLEXAI_SIM_KERNEL_US long on the stand-in), model / modelasync (an offline model through
+ * aclmdlExecute or aclmdlExecuteAsync: FLEXAI_SIM_KERNEL_US long on the stand-in), ri (a model
+ * run instance captured from one sleep_us kernel, through aclmdlRIExecuteAsync) or aclnn
+ * (aclnnInplaceZero over a tensor of US * 100 bytes: the stand-in's operator lasts 10 ns per
+ * byte). Written for the stand-in runtime: "device" memory is written from the host.
  */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -27,7 +31,13 @@
     X(aclrtCreateStream) X(aclrtDestroyStream) X(aclrtSynchronizeStream)                       \
     X(aclrtSynchronizeDevice) X(aclrtCreateEvent) X(aclrtRecordEvent) X(aclrtSynchronizeEvent) \
     X(aclrtEventElapsedTime) X(aclrtDestroyEvent) X(aclrtBinaryLoadFromData)                   \
-    X(aclrtBinaryGetFunction) X(aclrtLaunchKernel) X(aclopExecuteV2)
+    X(aclrtBinaryGetFunction) X(aclrtLaunchKernel) X(aclopExecuteV2) X(aclrtResetDeviceForce)  \
+    X(aclrtCreateContext) X(aclrtDestroyContext) X(aclrtSetCurrentContext)                     \
+    X(aclrtLaunchKernelV2) X(aclrtLaunchKernelWithConfig) X(aclrtLaunchKernelWithHostArgs)      \
+    X(aclrtKernelArgsInit) X(aclrtKernelArgsAppend) X(aclrtKernelArgsFinalize)                 \
+    X(aclmdlLoadFromMem) X(aclmdlExecute) X(aclmdlExecuteAsync) X(aclmdlRICaptureBegin)        \
+    X(aclmdlRICaptureEnd) X(aclmdlRIExecuteAsync) X(aclrtMemPoolCreate) X(aclrtMemPoolDestroy) \
+    X(aclrtMemPoolMallocAsync) X(aclrtMemPoolFreeAsync) X(aclrtMemPoolTrimTo)
 #define OPAPI(X) X(aclCreateTensor) X(aclDestroyTensor) X(aclnnInplaceZeroGetWorkspaceSize)   \
     X(aclnnInplaceZero)
 
@@ -96,6 +106,11 @@ struct held {
 };
 static struct held held[8192];
 static int nheld;
+static aclrtContext ctxs[16]; /* made by the ctx operation */
+static int nctx;
+static aclrtMemPool pool;     /* made by the pool operation */
+static void *pool_ptrs[256];  /* its live allocations */
+static int npool;
 
 static int release_last(void)
 {
@@ -146,15 +161,59 @@ static int prepare(void)
     return rc;
 }
 
+static uint32_t model_id;  /* an offline model (the stand-in does not read its bytes) */
+static aclmdlRI model_ri;  /* captured from one sleep_us kernel */
+static uint32_t ri_us;
+
+static int prepare_model(const char *kind, uint32_t us)
+{
+    static const char blob[] = "stand-in model";
+    int rc = prepare();
+    if (rc == 0 && !model_id && kind[0] == 'm') rc = a.aclmdlLoadFromMem(blob, sizeof blob, &model_id);
+    if (rc == 0 && kind[0] == 'r' && (!model_ri || ri_us != us)) {
+        aclrtStream cap = NULL;
+        rc = a.aclrtCreateStream(&cap);
+        if (rc == 0) rc = a.aclmdlRICaptureBegin(cap, 0);
+        *kernel_args = us;
+        if (rc == 0) rc = a.aclrtLaunchKernel(sleep_fn, 1, kernel_args, sizeof *kernel_args, cap);
+        if (rc == 0) rc = a.aclmdlRICaptureEnd(cap, &model_ri);
+        if (rc == 0) ri_us = us;
+    }
+    return rc;
+}
+
+/* aclrtLaunchKernelWithConfig: an argument list with the duration, built each time. */
+static int launch_cfg(uint32_t us, aclrtStream s)
+{
+    aclrtArgsHandle args = NULL;
+    aclrtParamHandle p = NULL;
+    int rc = a.aclrtKernelArgsInit(sleep_fn, &args);
+    if (rc == 0) rc = a.aclrtKernelArgsAppend(args, &us, sizeof us, &p);
+    if (rc == 0) rc = a.aclrtKernelArgsFinalize(args);
+    return rc ? rc : a.aclrtLaunchKernelWithConfig(sleep_fn, 1, s, NULL, args, NULL);
+}
+
 static int launch_one(const char *kind, uint32_t us, aclrtStream s)
 {
-    if (strcmp(kind, "kernel") == 0) {
+    if (strncmp(kind, "kernel", 6) == 0) {
         int rc = prepare();
         if (rc) return rc;
         *kernel_args = us;
+        if (strcmp(kind, "kernelv2") == 0)
+            return a.aclrtLaunchKernelV2(sleep_fn, 1, kernel_args, sizeof *kernel_args, NULL, s);
+        if (strcmp(kind, "kernelhost") == 0)
+            return a.aclrtLaunchKernelWithHostArgs(sleep_fn, 1, s, NULL, &us, sizeof us, NULL, 0);
+        if (strcmp(kind, "kernelcfg") == 0) return launch_cfg(us, s);
         return a.aclrtLaunchKernel(sleep_fn, 1, kernel_args, sizeof *kernel_args, s);
     }
     if (strcmp(kind, "op") == 0) return a.aclopExecuteV2("Add", 0, NULL, NULL, 0, NULL, NULL, NULL, s);
+    if (strncmp(kind, "model", 5) == 0 || strcmp(kind, "ri") == 0) {
+        int rc = prepare_model(kind, us);
+        if (rc) return rc;
+        if (strcmp(kind, "model") == 0) return a.aclmdlExecute(model_id, NULL, NULL);
+        if (strcmp(kind, "modelasync") == 0) return a.aclmdlExecuteAsync(model_id, NULL, NULL, s);
+        return a.aclmdlRIExecuteAsync(model_ri, s);
+    }
     /* aclnn: a tensor of us * 100 bytes (10 ns per byte), both phases */
     size_t bytes = (size_t)us * 100;
     if (bytes > zero_cap) {
@@ -204,11 +263,56 @@ int main(int argc, char **argv)
         int rc = 0;
         if (strcmp(op, "init") == 0) {
             REPORT(a.aclInit(NULL));
-        } else if (strcmp(op, "dev") == 0 || strcmp(op, "reset") == 0) {
+        } else if (!strcmp(op, "dev") || !strcmp(op, "reset") || !strcmp(op, "resetforce")) {
             NEED(1);
             int32_t d = atoi(ARG(1));
-            REPORT(op[0] == 'd' ? a.aclrtSetDevice(d) : a.aclrtResetDevice(d));
+            REPORT(op[0] == 'd' ? a.aclrtSetDevice(d)
+                   : op[5] ? a.aclrtResetDeviceForce(d) : a.aclrtResetDevice(d));
             i += 1;
+        } else if (strcmp(op, "ctx") == 0) {
+            /* ctx D: an explicit context on device D, now the thread's */
+            NEED(1);
+            REPORT(a.aclrtCreateContext(&ctxs[nctx++], atoi(ARG(1))));
+            i += 1;
+        } else if (strcmp(op, "usectx") == 0) {
+            /* usectx K: make the K-th context made by ctx current again */
+            NEED(1);
+            REPORT(a.aclrtSetCurrentContext(ctxs[atoi(ARG(1))]));
+            i += 1;
+        } else if (strcmp(op, "dctx") == 0) {
+            /* dctx K: destroy the K-th context made by ctx; what was allocated in it goes too */
+            NEED(1);
+            REPORT(a.aclrtDestroyContext(ctxs[atoi(ARG(1))]));
+            i += 1;
+        } else if (strcmp(op, "pool") == 0) {
+            /* pool D: a stream-ordered memory pool on device D */
+            NEED(1);
+            aclrtMemPoolProps props;
+            memset(&props, 0, sizeof props);
+            props.location.type = ACL_MEM_LOCATION_TYPE_DEVICE;
+            props.location.id = (uint32_t)atoi(ARG(1));
+            REPORT(a.aclrtMemPoolCreate(&pool, &props));
+            i += 1;
+        } else if (strcmp(op, "palloc") == 0) {
+            NEED(1);
+            void *p = NULL;
+            rc = a.aclrtMemPoolMallocAsync(&p, parse_size(ARG(1)), pool, NULL);
+            if (rc == 0) pool_ptrs[npool++] = p;
+            REPORT(rc);
+            i += 1;
+        } else if (strcmp(op, "pfree") == 0) {
+            REPORT(npool ? a.aclrtMemPoolFreeAsync(pool_ptrs[--npool], NULL) : -1);
+        } else if (strcmp(op, "ptrim") == 0) {
+            NEED(1);
+            REPORT(a.aclrtMemPoolTrimTo(pool, parse_size(ARG(1))));
+            i += 1;
+        } else if (strcmp(op, "pdestroy") == 0) {
+            npool = 0;
+            REPORT(a.aclrtMemPoolDestroy(pool));
+        } else if (strcmp(op, "forget") == 0) {
+            /* what the client holds was freed by a reset or a context's destruction */
+            nheld = 0;
+            REPORT(0);
         } else if (strcmp(op, "count") == 0) {
             uint32_t n = 0;
             rc = a.aclrtGetDeviceCount(&n);

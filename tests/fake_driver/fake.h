@@ -24,7 +24,8 @@
 #define FAKE_MAX_DEVICES 16
 #define FAKE_UUID_STRLEN 40 /* "GPU-" + 8-4-4-4-12 hex digits */
 #define FAKE_DRIVER_VERSION 13000
-#define FAKE_DEVICE_NAME "flexai simulated GPU"
+#define FAKE_DEVICE_NAME "flexai simulated GPU" /* FLEXAI_SIM_NAME's default */
+#define FAKE_NAME_MAX 63 /* characters: NVML's name buffer holds 64 bytes */
 
 struct fake_device_config {
     unsigned char uuid[16];
@@ -36,6 +37,7 @@ struct fake_config {
     size_t memory;     /* bytes per device */
     unsigned kernel_us; /* FLEXAI_SIM_KERNEL_US: duration of kernels not named sleep_us* */
     int mps;            /* FLEXAI_SIM_MPS=1: kernels of different processes may overlap */
+    char name[FAKE_NAME_MAX + 1]; /* FLEXAI_SIM_NAME: the model name every device reports */
     struct fake_device_config dev[FAKE_MAX_DEVICES];
 };
 

@@ -9,7 +9,8 @@
  * Variables: FLEXAI_SIM_DEVICES (1..16, default 1), FLEXAI_SIM_MEMORY (per device, default
  * 16GiB; the shim's units: "16G" is 16 * 10^9 bytes, "16GiB" 16 * 2^30), FLEXAI_SIM_UUIDS (one
  * GPU-... per device), FLEXAI_SIM_KERNEL_US (duration of kernels not named sleep_us*, default
- * 10), FLEXAI_SIM_MPS (1: kernels of different processes overlap).
+ * 10), FLEXAI_SIM_MPS (1: kernels of different processes overlap), FLEXAI_SIM_NAME (the model
+ * name of every device, printable ASCII, at most 63 characters; default "flexai simulated GPU").
  * FLEXAI_SIM_STATE_DIR: where the machine's shared files live (the device timeline, the memory);
  * by default in the flexai node's state directory, see state_path().
  */
@@ -153,6 +154,26 @@ static int parse_mps(void) {
     return 0;
 }
 
+/* FLEXAI_SIM_NAME: the model name (cuDeviceGetName, nvmlDeviceGetName), so that the nodes of a
+ * simulated pool can have different GPU models. */
+static int parse_name(void) {
+    const char *s = getenv("FLEXAI_SIM_NAME");
+    size_t len;
+
+    snprintf(config.name, sizeof config.name, "%s", FAKE_DEVICE_NAME);
+    if (s == NULL)
+        return 0;
+    len = strlen(s);
+    if (len == 0 || len > FAKE_NAME_MAX)
+        return config_fail("FLEXAI_SIM_NAME", s, "must hold 1..63 characters (e.g. H100-80GB)");
+    for (size_t k = 0; k < len; k++)
+        if (s[k] < 0x20 || s[k] > 0x7e)
+            return config_fail("FLEXAI_SIM_NAME", s,
+                               "must be printable ASCII (e.g. H100-80GB)");
+    memcpy(config.name, s, len + 1);
+    return 0;
+}
+
 static int parse_uuids(void) {
     const char *s = getenv("FLEXAI_SIM_UUIDS");
     int n = 0;
@@ -193,7 +214,7 @@ static int parse_uuids(void) {
 static void config_load(void) {
     /* UUIDs depend on the device count, so the order matters. */
     config_ok = parse_devices() == 0 && parse_memory() == 0 && parse_uuids() == 0 &&
-                parse_kernel_us() == 0 && parse_mps() == 0;
+                parse_kernel_us() == 0 && parse_mps() == 0 && parse_name() == 0;
 }
 
 const struct fake_config *fake_config_get(void) {

@@ -213,7 +213,7 @@ CUresult cuDeviceGetName(char *name, int len, CUdevice dev) {
         return rc;
     if (len <= 0)
         return CUDA_ERROR_INVALID_VALUE;
-    snprintf(name, (size_t)len, "%s", FAKE_DEVICE_NAME);
+    snprintf(name, (size_t)len, "%s", fake_config_get()->name);
     return CUDA_SUCCESS;
 }
 

@@ -245,6 +245,23 @@ FAKE_HIDDEN void fake_event_release_ctx_locked(const struct CUctx_st *ctx);
 
 /* The simulated device's time: fake_sim_kernel and fake_now_ns, declared in fake.h. */
 
+/* Device memory for fake_cuda_copy.c (fake_cuda_mem.c): the linear allocation holding a range,
+ * and a range-checked copy (src, n bytes) or fill (n elements of elem bytes of value) on the
+ * current context. */
+FAKE_HIDDEN int fake_mem_find_locked(uintptr_t addr, size_t len, uintptr_t *base, size_t *size,
+                                     const struct CUctx_st **ctx);
+struct fake_access {
+    void *dst;
+    const void *src; /* copies */
+    size_t n;        /* bytes of a copy, elements of a fill */
+    int dst_dev, src_dev, fill;
+    unsigned value, elem; /* fills: the element and its size (1, 2 or 4 bytes) */
+};
+FAKE_HIDDEN CUresult fake_mem_access(const struct fake_access *x);
+/* Whether a function takes its duration as a first 4-byte parameter ("sleep_us..."): 1, 0, or
+ * -1 for an unknown handle (fake_cuda_launch.c). */
+FAKE_HIDDEN int fake_function_sleeps_locked(const void *handle);
+
 /* Modules and functions die with their context (fake_cuda_launch.c). */
 FAKE_HIDDEN void fake_launch_release_ctx_locked(const struct CUctx_st *ctx);
 

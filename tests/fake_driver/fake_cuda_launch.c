@@ -226,6 +226,11 @@ CUresult cuFuncGetName(const char **name, CUfunction hfunc) {
     return f != NULL ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
 }
 
+int fake_function_sleeps_locked(const void *handle) {
+    const struct CUfunc_st *f = function_find_locked(handle);
+    return f == NULL ? -1 : f->sleep;
+}
+
 /* ---- launches ---------------------------------------------------------------------------- */
 
 struct launch {

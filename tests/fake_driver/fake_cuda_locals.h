@@ -33,6 +33,12 @@
 #ifndef FAKE_IN_graph
 #define FAKE_IN_graph(x)
 #endif
+#ifndef FAKE_IN_copy
+#define FAKE_IN_copy(x)
+#endif
+#ifndef FAKE_IN_func
+#define FAKE_IN_func(x)
+#endif
 
 #define FAKE_FN(file, name) FAKE_IN_##file(FAKE_DEFINE_LOCAL(name))
 #define FAKE_VER(file, name, base, since) FAKE_IN_##file(FAKE_DEFINE_LOCAL(name))

@@ -251,6 +251,42 @@ static CUresult lock_current(int args_ok, struct CUctx_st **ctx) {
     return rc;
 }
 
+/* The linear allocation holding [addr, addr+len) (fake_cuda_copy.c: pointer attributes). */
+int fake_mem_find_locked(uintptr_t addr, size_t len, uintptr_t *base, size_t *size,
+                         const struct CUctx_st **ctx) {
+    for (const struct fake_alloc *a = allocs; a != NULL; a = a->next)
+        if (a->kind == ALLOC_LINEAR && addr >= a->base && addr - a->base <= a->size &&
+            len <= a->size - (addr - a->base)) {
+            *base = a->base;
+            *size = a->size;
+            *ctx = a->ctx;
+            return 1;
+        }
+    return 0;
+}
+
+/* A copy (n bytes from src) or fill (n elements of elem bytes of value) on the current
+ * context, under the lock, with the device side(s) range-checked (fake_cuda_copy.c). */
+CUresult fake_mem_access(const struct fake_access *x) {
+    struct CUctx_st *ctx;
+    CUresult rc = lock_current(x->dst != NULL && (x->fill || x->src != NULL), &ctx);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    size_t bytes = x->fill ? x->n * x->elem : x->n;
+    if (x->n > 0 && ((x->dst_dev && !range_valid_locked((uintptr_t)x->dst, bytes, 1)) ||
+                     (x->src_dev && !range_valid_locked((uintptr_t)x->src, bytes, 0))))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    else if (!x->fill)
+        memmove(x->dst, x->src, x->n);
+    else if (x->elem == 1)
+        memset(x->dst, (int)(x->value & 0xffu), x->n);
+    else
+        for (size_t i = 0; i < x->n; i++) /* little-endian: the value's low bytes */
+            memcpy((char *)x->dst + i * x->elem, &x->value, x->elem);
+    pthread_mutex_unlock(&fake_cuda_lock);
+    return rc;
+}
+
 static CUresult alloc_linear(CUdeviceptr *dptr, size_t size) {
     struct CUctx_st *ctx;
     struct fake_alloc *a;

@@ -236,7 +236,7 @@ nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int len
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
     const struct nvmlDevice_st *dev;
     nvmlReturn_t rc = device_query(device, name, &dev);
-    return rc != NVML_SUCCESS ? rc : copy_string(name, length, FAKE_DEVICE_NAME);
+    return rc != NVML_SUCCESS ? rc : copy_string(name, length, fake_config_get()->name);
 }
 
 nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index) {

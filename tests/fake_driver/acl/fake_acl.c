@@ -1,13 +1,18 @@
 /*
- * fake_acl.c - the stand-in libascendcl.so (see fake_acl_internal.h): initialization, devices and
- * ASCEND_RT_VISIBLE_DEVICES, device memory (linear allocations and the virtual-memory family) and
- * its query. Streams, events and work are fake_acl_exec.c's.
+ * fake_acl.c - the stand-in libascendcl.so (see fake_acl_internal.h): device memory (linear
+ * allocations and the virtual-memory family) and its query. Devices and contexts are
+ * fake_acl_ctx.c's, streams, events and work fake_acl_exec.c's.
  *
  * As strict as the documentation says the runtime is: nothing but aclInit works before aclInit
  * (ACL_ERROR_UNINITIALIZE), memory calls need a current device (ACL_ERROR_RT_CONTEXT_NULL), a
  * size of 0 or a NULL output is ACL_ERROR_INVALID_PARAM, an allocation the device cannot hold is
  * ACL_ERROR_RT_MEMORY_ALLOCATION, physical memory cannot be freed while mapped, and an unknown
  * pointer or handle is refused. Allocations take what acl_sizes.h says the runtime takes.
+ * Linear allocations belong to the context current when they were made and are freed with it
+ * (the last aclrtResetDevice of its device, aclrtDestroyContext): a context "manages the
+ * lifetime of device memory" (CANN guide, "Concepts"). Physical memory (aclrtMallocPhysical) is
+ * a handle of the process, freed by aclrtFreePhysical only: the documentation ties it to no
+ * context.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -18,128 +23,12 @@
 #include "fake_acl_internal.h"
 #include "util.h"
 
-static int inited;
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER; /* guards the tables below */
-static _Thread_local int current = -1;                /* this thread's device (user ordinal) */
-
-/* ---- devices ------------------------------------------------------------------------------ */
-
-static int vis_n = -1;
-static int vis_order[FAKE_MAX_DEVICES];
-static pthread_once_t vis_once = PTHREAD_ONCE_INIT;
-
-/* The runtime's list: device ids in order; a bad, unknown or repeated entry ends it (the rule
- * the shim's own parser applies to CUDA_VISIBLE_DEVICES, csrc/core/util.c). */
-static void vis_load(void)
-{
-    const struct fake_config *cfg = fake_config_get();
-    const char *names[FAKE_MAX_DEVICES];
-    if (!cfg) {
-        vis_n = 0;
-        return;
-    }
-    for (int i = 0; i < cfg->ndevices; i++) names[i] = cfg->dev[i].uuid_str;
-    vis_n = fx_visible_parse(getenv("ASCEND_RT_VISIBLE_DEVICES"), names, cfg->ndevices,
-                             vis_order, FAKE_MAX_DEVICES);
-}
-
-int fake_acl_count(void)
-{
-    pthread_once(&vis_once, vis_load);
-    return vis_n;
-}
-
-int fake_acl_physical(int ordinal)
-{
-    return ordinal >= 0 && ordinal < fake_acl_count() ? vis_order[ordinal] : -1;
-}
-
-int fake_acl_ready(void)
-{
-    return __atomic_load_n(&inited, __ATOMIC_ACQUIRE);
-}
-
-int fake_acl_current(void)
-{
-    return current;
-}
 
 #define NEED_INIT()                                                                            \
     do {                                                                                       \
         if (!fake_acl_ready()) return ACL_ERROR_UNINITIALIZE;                                  \
     } while (0)
-
-FAKE_ACL_EXPORT aclError aclInit(const char *configPath)
-{
-    (void)configPath;
-    if (!fake_config_get()) return ACL_ERROR_INVALID_PARAM; /* FLEXAI_SIM_* invalid: said why */
-    if (__atomic_exchange_n(&inited, 1, __ATOMIC_ACQ_REL)) return ACL_ERROR_REPEAT_INITIALIZE;
-    return ACL_SUCCESS;
-}
-
-FAKE_ACL_EXPORT aclError aclFinalize(void)
-{
-    return __atomic_exchange_n(&inited, 0, __ATOMIC_ACQ_REL) ? ACL_SUCCESS
-                                                             : ACL_ERROR_UNINITIALIZE;
-}
-
-FAKE_ACL_EXPORT aclError aclrtGetDeviceCount(uint32_t *count)
-{
-    NEED_INIT();
-    if (!count) return ACL_ERROR_INVALID_PARAM;
-    *count = (uint32_t)fake_acl_count();
-    return ACL_SUCCESS;
-}
-
-FAKE_ACL_EXPORT aclError aclrtSetDevice(int32_t deviceId)
-{
-    NEED_INIT();
-    if (fake_acl_physical(deviceId) < 0) return ACL_ERROR_RT_INVALID_DEVICEID;
-    current = deviceId;
-    return ACL_SUCCESS;
-}
-
-FAKE_ACL_EXPORT aclError aclrtGetDevice(int32_t *deviceId)
-{
-    NEED_INIT();
-    if (!deviceId) return ACL_ERROR_INVALID_PARAM;
-    if (current < 0) return ACL_ERROR_RT_CONTEXT_NULL;
-    *deviceId = current;
-    return ACL_SUCCESS;
-}
-
-FAKE_ACL_EXPORT aclError aclrtResetDevice(int32_t deviceId)
-{
-    NEED_INIT();
-    if (fake_acl_physical(deviceId) < 0) return ACL_ERROR_RT_INVALID_DEVICEID;
-    fake_acl_exec_reset(deviceId);
-    if (current == deviceId) current = -1;
-    return ACL_SUCCESS;
-}
-
-/* User ordinal -> logical id (the index in ASCEND_RT_VISIBLE_DEVICES' numbering) -> physical
- * id (the same here: the stand-in runs outside containers). */
-FAKE_ACL_EXPORT aclError aclrtGetLogicDevIdByUserDevId(const int32_t userDevid,
-                                                       int32_t *const logicDevId)
-{
-    NEED_INIT();
-    int p = fake_acl_physical(userDevid);
-    if (!logicDevId) return ACL_ERROR_INVALID_PARAM;
-    if (p < 0) return ACL_ERROR_RT_INVALID_DEVICEID;
-    *logicDevId = p;
-    return ACL_SUCCESS;
-}
-
-FAKE_ACL_EXPORT aclError aclrtGetPhyDevIdByLogicDevId(const int32_t logicDevId,
-                                                      int32_t *const phyDevId)
-{
-    NEED_INIT();
-    const struct fake_config *cfg = fake_config_get();
-    if (!phyDevId) return ACL_ERROR_INVALID_PARAM;
-    if (!cfg || logicDevId < 0 || logicDevId >= cfg->ndevices) return ACL_ERROR_RT_INVALID_DEVICEID;
-    *phyDevId = logicDevId;
-    return ACL_SUCCESS;
-}
 
 /* ---- memory ------------------------------------------------------------------------------- */
 
@@ -154,6 +43,7 @@ struct block {
     size_t charge;
     int mapped;    /* phys: mappings of it; reserved: nothing */
     void *map_at;  /* phys: where it is mapped (one mapping at a time) */
+    struct fake_ctx *owner; /* linear: the context it dies with */
 };
 static struct block *blocks;
 
@@ -192,7 +82,8 @@ static aclError alloc_linear(void **devPtr, size_t size, unsigned policy, int al
 {
     NEED_INIT();
     if (!devPtr || size == 0) return ACL_ERROR_INVALID_PARAM;
-    int phys = fake_acl_physical(current);
+    struct fake_ctx *owner = fake_acl_current_ctx();
+    int phys = owner ? fake_acl_physical(owner->ordinal) : -1;
     if (phys < 0) return ACL_ERROR_RT_CONTEXT_NULL;
     size_t bytes = (size_t)fx_acl_alloc_bytes(size, policy, align32);
     aclError rc = charge(phys, bytes);
@@ -204,7 +95,7 @@ static aclError alloc_linear(void **devPtr, size_t size, unsigned policy, int al
         fake_node_mem_uncharge(phys, bytes);
         return ACL_ERROR_RT_MEMORY_ALLOCATION;
     }
-    *b = (struct block){NULL, K_LINEAR, phys, p, bytes, bytes, 0, NULL};
+    *b = (struct block){NULL, K_LINEAR, phys, p, bytes, bytes, 0, NULL, owner};
     pthread_mutex_lock(&mu);
     b->next = blocks;
     blocks = b;
@@ -251,6 +142,22 @@ FAKE_ACL_EXPORT aclError aclrtFree(void *devPtr)
     return ACL_SUCCESS;
 }
 
+/* A context released: the linear memory allocated in it goes back to the device. */
+void fake_acl_mem_release(struct fake_ctx *c)
+{
+    for (;;) {
+        pthread_mutex_lock(&mu);
+        struct block *b = blocks;
+        while (b && !(b->kind == K_LINEAR && b->owner == c)) b = b->next;
+        if (b) unlink_locked(b);
+        pthread_mutex_unlock(&mu);
+        if (!b) return;
+        munmap(b->addr, b->size);
+        fake_node_mem_uncharge(b->physical, b->charge);
+        free(b);
+    }
+}
+
 FAKE_ACL_EXPORT aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, size_t count)
 {
     NEED_INIT();
@@ -265,7 +172,7 @@ FAKE_ACL_EXPORT aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free_bytes,
     (void)attr; /* one kind of memory here: every attribute reports the HBM */
     NEED_INIT();
     if (!free_bytes || !total_bytes) return ACL_ERROR_INVALID_PARAM;
-    int phys = fake_acl_physical(current);
+    int phys = fake_acl_physical(fake_acl_current());
     if (phys < 0) return ACL_ERROR_RT_CONTEXT_NULL;
     size_t total = fake_config_get()->memory, used = fake_node_mem_used(phys);
     *total_bytes = total;
@@ -288,7 +195,7 @@ FAKE_ACL_EXPORT aclError aclrtReserveMemAddress(void **virPtr, size_t size, size
         free(b);
         return ACL_ERROR_RT_MEMORY_ALLOCATION;
     }
-    *b = (struct block){NULL, K_RESERVED, -1, p, size, 0, 0, NULL};
+    *b = (struct block){NULL, K_RESERVED, -1, p, size, 0, 0, NULL, NULL};
     pthread_mutex_lock(&mu);
     b->next = blocks;
     blocks = b;
@@ -327,7 +234,7 @@ FAKE_ACL_EXPORT aclError aclrtMallocPhysical(aclrtDrvMemHandle *handle, size_t s
         if (phys >= 0) fake_node_mem_uncharge(phys, size);
         return ACL_ERROR_RT_MEMORY_ALLOCATION;
     }
-    *b = (struct block){NULL, K_PHYS, phys, b, size, phys >= 0 ? size : 0, 0, NULL};
+    *b = (struct block){NULL, K_PHYS, phys, b, size, phys >= 0 ? size : 0, 0, NULL, NULL};
     pthread_mutex_lock(&mu);
     b->next = blocks;
     blocks = b;

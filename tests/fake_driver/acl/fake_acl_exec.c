@@ -11,9 +11,14 @@
  * libopapi.so gives its operators' durations itself (fake_acl_submit).
  *
  * Queues hold at most QUEUE_MAX pieces of work (a submitter waits for room, as the runtime's
- * task queues make it). The NULL stream is the current device's default stream. Events and
- * streams are reference counted by the work that names them. A forked child starts without
- * streams (their workers do not survive fork).
+ * task queues make it). A stream belongs to the context current when it was made; the NULL
+ * stream is the current context's default stream; a released context takes its streams with it
+ * (their work done first). Events are reference counted by the work that names them. A forked
+ * child starts without streams (their workers do not survive fork).
+ *
+ * Capture (aclmdlRICaptureBegin .. aclmdlRICaptureEnd, fake_acl_launch.c): work queued on a
+ * capturing stream does not run; it is added to the model run instance (aclmdlRI) the capture
+ * ends with, which aclmdlRIExecuteAsync queues as one piece of work of their summed duration.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +48,9 @@ struct op {
 
 struct fake_stream {
     struct fake_stream *next; /* every stream of the process (list_mu) */
+    struct fake_ctx *ctx;
+    int is_default;           /* its context's default stream */
+    struct fake_model_ri *capture; /* capturing into this model (list_mu) */
     int ordinal, physical;
     pthread_mutex_t mu;
     pthread_cond_t work, done;
@@ -56,13 +64,11 @@ struct fake_stream {
 
 static pthread_mutex_t list_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct fake_stream *streams;
-static struct fake_stream *defaults[FAKE_MAX_DEVICES];
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 
 static void forget_all(void)
 {
     streams = NULL; /* the parent's workers are gone here; their memory is leaked on purpose */
-    memset(defaults, 0, sizeof defaults);
     pthread_mutex_init(&list_mu, NULL);
 }
 
@@ -117,13 +123,15 @@ static void *worker(void *arg)
     return NULL;
 }
 
-static struct fake_stream *stream_new(int ordinal)
+static struct fake_stream *stream_new(struct fake_ctx *ctx, int is_default)
 {
     struct fake_stream *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     pthread_once(&fork_once, fork_register);
-    s->ordinal = ordinal;
-    s->physical = fake_acl_physical(ordinal);
+    s->ctx = ctx;
+    s->is_default = is_default;
+    s->ordinal = ctx->ordinal;
+    s->physical = fake_acl_physical(ctx->ordinal);
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->work, NULL);
     pthread_cond_init(&s->done, NULL);
@@ -132,30 +140,41 @@ static struct fake_stream *stream_new(int ordinal)
         return NULL;
     }
     s->worker = 1;
+    return s;
+}
+
+static struct fake_stream *default_of_locked(struct fake_ctx *ctx)
+{
+    for (struct fake_stream *s = streams; s; s = s->next)
+        if (s->ctx == ctx && s->is_default) return s;
+    return NULL;
+}
+
+/* The stream a handle names: NULL is the current context's default stream (made on first
+ * use). */
+static struct fake_stream *resolve(aclrtStream stream)
+{
+    if (stream) return stream;
+    struct fake_ctx *ctx = fake_acl_current_ctx();
+    if (!ctx) return NULL;
     pthread_mutex_lock(&list_mu);
-    s->next = streams;
-    streams = s;
+    struct fake_stream *s = default_of_locked(ctx);
+    pthread_mutex_unlock(&list_mu);
+    if (s) return s;
+    struct fake_stream *made = stream_new(ctx, 1);
+    if (!made) return NULL;
+    pthread_mutex_lock(&list_mu);
+    s = default_of_locked(ctx); /* another thread may have been first (ours stays unused) */
+    if (!s) {
+        s = made;
+        s->next = streams;
+        streams = s;
+    }
     pthread_mutex_unlock(&list_mu);
     return s;
 }
 
-/* The stream a handle names: NULL is the current device's default stream (made on first use). */
-static struct fake_stream *resolve(aclrtStream stream)
-{
-    if (stream) return stream;
-    int cur = fake_acl_current();
-    if (cur < 0) return NULL;
-    pthread_mutex_lock(&list_mu);
-    struct fake_stream *s = defaults[cur];
-    pthread_mutex_unlock(&list_mu);
-    if (s) return s;
-    s = stream_new(cur);
-    pthread_mutex_lock(&list_mu);
-    if (defaults[cur]) s = defaults[cur]; /* another thread was first (ours stays unused) */
-    else defaults[cur] = s;
-    pthread_mutex_unlock(&list_mu);
-    return s;
-}
+static void stream_end(struct fake_stream *s);
 
 static aclError push(struct fake_stream *s, struct op o)
 {
@@ -183,7 +202,22 @@ aclError fake_acl_queue_work(aclrtStream stream, int64_t ns, void *zero, size_t 
     if (!fake_acl_ready()) return ACL_ERROR_UNINITIALIZE;
     struct fake_stream *s = resolve(stream);
     if (!s) return ACL_ERROR_RT_CONTEXT_NULL;
+    pthread_mutex_lock(&list_mu);
+    struct fake_model_ri *m = s->capture;
+    if (m) m->ns += ns; /* captured: it runs when the model does */
+    pthread_mutex_unlock(&list_mu);
+    if (m) return ACL_SUCCESS;
     return push(s, (struct op){OP_WORK, ns, 0, NULL, 0, zero, zero_len});
+}
+
+aclError fake_acl_queue_sync(int64_t ns)
+{
+    if (!fake_acl_ready()) return ACL_ERROR_UNINITIALIZE;
+    struct fake_stream *s = resolve(NULL);
+    if (!s) return ACL_ERROR_RT_CONTEXT_NULL;
+    aclError rc = push(s, (struct op){OP_WORK, ns, 0, NULL, 0, NULL, 0});
+    if (rc == ACL_SUCCESS) drain(s);
+    return rc;
 }
 
 aclError fake_acl_submit(aclrtStream stream, int64_t ns, void *zero, size_t zero_len)
@@ -191,12 +225,18 @@ aclError fake_acl_submit(aclrtStream stream, int64_t ns, void *zero, size_t zero
     return fake_acl_queue_work(stream, ns, zero, zero_len);
 }
 
-void fake_acl_exec_reset(int ordinal)
+void fake_acl_exec_release(struct fake_ctx *c)
 {
-    pthread_mutex_lock(&list_mu);
-    struct fake_stream *s = ordinal >= 0 && ordinal < FAKE_MAX_DEVICES ? defaults[ordinal] : NULL;
-    pthread_mutex_unlock(&list_mu);
-    if (s) drain(s); /* the device's work ends with it */
+    for (;;) {
+        pthread_mutex_lock(&list_mu);
+        struct fake_stream **p = &streams;
+        while (*p && (*p)->ctx != c) p = &(*p)->next;
+        struct fake_stream *s = *p;
+        if (s) *p = s->next;
+        pthread_mutex_unlock(&list_mu);
+        if (!s) return;
+        stream_end(s); /* its work is done first */
+    }
 }
 
 /* ---- streams ------------------------------------------------------------------------------ */
@@ -205,11 +245,26 @@ FAKE_ACL_EXPORT aclError aclrtCreateStream(aclrtStream *stream)
 {
     if (!fake_acl_ready()) return ACL_ERROR_UNINITIALIZE;
     if (!stream) return ACL_ERROR_INVALID_PARAM;
-    if (fake_acl_current() < 0) return ACL_ERROR_RT_CONTEXT_NULL;
-    struct fake_stream *s = stream_new(fake_acl_current());
+    struct fake_ctx *ctx = fake_acl_current_ctx();
+    if (!ctx) return ACL_ERROR_RT_CONTEXT_NULL;
+    struct fake_stream *s = stream_new(ctx, 0);
     if (!s) return ACL_ERROR_RT_MEMORY_ALLOCATION;
+    pthread_mutex_lock(&list_mu);
+    s->next = streams;
+    streams = s;
+    pthread_mutex_unlock(&list_mu);
     *stream = s;
     return ACL_SUCCESS;
+}
+
+static void stream_end(struct fake_stream *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->dying = 1;
+    pthread_cond_signal(&s->work);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->thread, NULL); /* its work drains first */
+    free(s);
 }
 
 FAKE_ACL_EXPORT aclError aclrtDestroyStream(aclrtStream stream)
@@ -224,12 +279,7 @@ FAKE_ACL_EXPORT aclError aclrtDestroyStream(aclrtStream stream)
     if (known) *p = s->next;
     pthread_mutex_unlock(&list_mu);
     if (!known) return ACL_ERROR_RT_INVALID_HANDLE;
-    pthread_mutex_lock(&s->mu);
-    s->dying = 1;
-    pthread_cond_signal(&s->work);
-    pthread_mutex_unlock(&s->mu);
-    pthread_join(s->thread, NULL); /* its work drains first */
-    free(s);
+    stream_end(s);
     return ACL_SUCCESS;
 }
 
@@ -337,67 +387,29 @@ FAKE_ACL_EXPORT aclError aclrtEventElapsedTime(float *ms, aclrtEvent startEvent,
     return ACL_SUCCESS;
 }
 
-/* ---- kernels and single operators --------------------------------------------------------- */
+/* ---- capture (its API: fake_acl_launch.c) ------------------------------------------------- */
 
-struct fake_fn {
-    char name[64];
-};
-
-FAKE_ACL_EXPORT aclError aclrtBinaryLoadFromData(const void *data, size_t length,
-                                                 const aclrtBinaryLoadOptions *options,
-                                                 aclrtBinHandle *binHandle)
+struct fake_model_ri *fake_acl_capturing(aclrtStream stream)
 {
-    (void)options;
-    if (!fake_acl_ready()) return ACL_ERROR_UNINITIALIZE;
-    if (!data || length == 0 || !binHandle) return ACL_ERROR_INVALID_PARAM;
-    *binHandle = (aclrtBinHandle)data; /* the stand-in's kernels live in the runtime */
-    return ACL_SUCCESS;
+    struct fake_stream *s = stream;
+    if (!s) return NULL; /* the default stream is never captured */
+    pthread_mutex_lock(&list_mu);
+    struct fake_model_ri *m = s->capture;
+    pthread_mutex_unlock(&list_mu);
+    return m;
 }
 
-FAKE_ACL_EXPORT aclError aclrtBinaryGetFunction(const aclrtBinHandle binHandle,
-                                                const char *kernelName,
-                                                aclrtFuncHandle *funcHandle)
+int fake_acl_capture_swap(aclrtStream stream, struct fake_model_ri *in,
+                          struct fake_model_ri **out)
 {
-    if (!fake_acl_ready()) return ACL_ERROR_UNINITIALIZE;
-    if (!binHandle || !kernelName || !funcHandle || strlen(kernelName) >= 64)
-        return ACL_ERROR_INVALID_PARAM;
-    struct fake_fn *f = calloc(1, sizeof *f);
-    if (!f) return ACL_ERROR_RT_MEMORY_ALLOCATION;
-    strcpy(f->name, kernelName);
-    *funcHandle = f;
-    return ACL_SUCCESS;
-}
-
-static int64_t default_ns(void)
-{
-    const struct fake_config *cfg = fake_config_get();
-    return cfg ? (int64_t)cfg->kernel_us * 1000 : 10000;
-}
-
-FAKE_ACL_EXPORT aclError aclrtLaunchKernel(aclrtFuncHandle funcHandle, uint32_t numBlocks,
-                                           const void *argsData, size_t argsSize,
-                                           aclrtStream stream)
-{
-    const struct fake_fn *f = funcHandle;
-    if (!fake_acl_ready()) return ACL_ERROR_UNINITIALIZE;
-    if (!f || numBlocks == 0) return ACL_ERROR_INVALID_PARAM;
-    int64_t ns = default_ns();
-    if (strcmp(f->name, "sleep_us") == 0 && argsData && argsSize >= 4) {
-        uint32_t us;
-        memcpy(&us, argsData, sizeof us);
-        ns = (int64_t)us * 1000;
+    struct fake_stream *s = stream;
+    if (!s) return -1;
+    pthread_mutex_lock(&list_mu);
+    int ok = in ? !s->capture : s->capture != NULL;
+    if (ok) {
+        *out = s->capture;
+        s->capture = in;
     }
-    return fake_acl_queue_work(stream, ns, NULL, 0);
-}
-
-FAKE_ACL_EXPORT aclError aclopExecuteV2(const char *opType, int numInputs,
-                                        aclTensorDesc *inputDesc[], aclDataBuffer *inputs[],
-                                        int numOutputs, aclTensorDesc *outputDesc[],
-                                        aclDataBuffer *outputs[], aclopAttr *attr,
-                                        aclrtStream stream)
-{
-    (void)inputDesc, (void)inputs, (void)outputDesc, (void)outputs, (void)attr;
-    if (!fake_acl_ready()) return ACL_ERROR_UNINITIALIZE;
-    if (!opType || numInputs < 0 || numOutputs < 0) return ACL_ERROR_INVALID_PARAM;
-    return fake_acl_queue_work(stream, default_ns(), NULL, 0);
+    pthread_mutex_unlock(&list_mu);
+    return ok ? 0 : -1;
 }
