@@ -2,7 +2,8 @@
 (issue 13; targets: filter <= 10 ms p99, bind <= 5 ms p99).
 
     python benchmarks/k8s_extender.py [--nodes 1000] [--pods 1000] [--binders 16]
-        [--api-latency 0] [--full-mode 100] [--policy flexai] [--out benchmarks/results]
+        [--api-latency 0] [--full-mode 100] [--churn 0] [--policy flexai]
+        [--out benchmarks/results]
 
 Three processes, as on a cluster: a fake API server (tests/support/fake_apiserver.py) holding
 the nodes, with the device plugin's ``flexai.io/gpus`` annotation, and the pending pods; the
@@ -13,10 +14,16 @@ a process of their own (the scheduler binds asynchronously), so binds run while 
 are filtered, the situation in which HAMi's extender convoys. Each call is timed round trip,
 over kept-alive connections. ``--api-latency`` delays every API server answer (a loaded
 control plane): binds must then cost about two API round trips each, not queue behind each
-other. ``--full-mode N`` also times N filters that carry full Node objects (no node cache).
+other (each bind is one API write: the Binding carrying the pod's annotation). ``--full-mode
+N`` also times N filters that carry full Node objects (no node cache). ``--churn S`` changes a
+node every S seconds (a GPU's health) and runs the extender with ``--resync 1``, so that its
+state is rebuilt while the pods are scheduled.
 
-The extender's own time per answer (``GET /stats``: JSON in, decision, JSON out, including
-the API calls of a bind) is reported beside the round trips.
+Beside the round trips, the extender's own time per answer (``GET /stats``: JSON in,
+decision, JSON out, including the API call of a bind) in wall time and in the CPU time of the
+thread that answered: on a loaded machine the wall times include waiting for a CPU, the CPU
+times do not, so they say what the extender costs wherever it runs. The load average before
+and after the run is recorded with the numbers.
 
 Pods (seeded): 60% slices (10-50% compute, 2-16 GiB), 30% whole cards, 10% gangs of 2, 4 or
 8 cards. Writes k8s_extender-TAG.json to --out and prints a table.
@@ -48,12 +55,30 @@ def node_names(n: int) -> list[str]:
     return [f"node-{i:04d}" for i in range(n)]
 
 
-def gpus_annotation(i: int) -> str:
+def gpus_annotation(i: int, sick: int = -1) -> str:
+    """Node ``i``'s ``flexai.io/gpus`` annotation (GPU ``sick`` reported unhealthy)."""
     from flexai.k8s.resources import NodeGpu, encode_node_gpus
 
     model, mem = ("H100", 80 * GiB) if i % 3 else ("A100", 40 * GiB)
-    return encode_node_gpus([NodeGpu(g, f"GPU-{i:08d}-0000-4000-8000-{g:012d}", model, mem)
-                             for g in range(8)])
+    return encode_node_gpus([NodeGpu(g, f"GPU-{i:08d}-0000-4000-8000-{g:012d}", model, mem,
+                                     g != sick) for g in range(8)])
+
+
+def churn(api_port: int, every: float, stop: threading.Event, nodes: int, seed: int) -> int:
+    """Every ``every`` seconds one node's GPU 7 turns unhealthy or healthy again (a device
+    plugin's report), so that the extender's resyncs rebuild its state during the run."""
+    rng, sick, changes = random.Random(seed), {}, 0
+    conn = http.client.HTTPConnection("127.0.0.1", api_port, timeout=30)
+    while not stop.wait(every):
+        i = rng.randrange(nodes)
+        sick[i] = not sick.get(i, False)
+        body = json.dumps({"metadata": {"annotations": {
+            "flexai.io/gpus": gpus_annotation(i, 7 if sick[i] else -1)}}})
+        conn.request("PATCH", f"/api/v1/nodes/{node_names(nodes)[i]}", body,
+                     {"Content-Type": "application/merge-patch+json"})
+        conn.getresponse().read()
+        changes += 1
+    return changes
 
 
 def pods(n: int, seed: int) -> list[dict]:
@@ -183,6 +208,7 @@ def binders(port: int, jobs, results, threads: int) -> None:
 
 def run(args) -> dict:
     env = dict(os.environ)
+    load_before = os.getloadavg()
     api = subprocess.Popen([sys.executable, __file__, "--serve-api", "--nodes", str(args.nodes),
                             "--pods", str(args.pods), "--seed", str(args.seed),
                             "--api-latency", str(args.api_latency)],
@@ -193,15 +219,17 @@ def run(args) -> dict:
         port = free_port()
         ext = subprocess.Popen([sys.executable, "-m", "flexai", "k8s", "extender", "--listen",
                                 f"127.0.0.1:{port}", "--kube-api", f"http://127.0.0.1:{api_port}",
-                                "--policy", args.policy, "--resync", "3600",
+                                "--policy", args.policy,
+                                "--resync", str(args.resync if args.churn else 3600),
                                 "--log-level", "warning"], env=env, cwd="/")
         wait_port(port)
         names = node_names(args.nodes)
-        # wait for the extender's first resync to know every node
+        # wait for the extender's first resync to know every node and build its state
         probe, deadline = Conn(port), time.monotonic() + 120
         while time.monotonic() < deadline:
             probe.c.request("GET", "/healthz")
-            if json.loads(probe.c.getresponse().read()).get("nodes") == args.nodes:
+            health = json.loads(probe.c.getresponse().read())
+            if health.get("nodes") == args.nodes and health.get("ready"):
                 break
             time.sleep(0.1)
         else:
@@ -216,6 +244,11 @@ def run(args) -> dict:
         jobs, results = ctx.Queue(), ctx.Queue()
         binder = ctx.Process(target=binders, args=(port, jobs, results, args.binders))
         binder.start()
+        stop, churned = threading.Event(), []
+        if args.churn:
+            changer = threading.Thread(target=lambda: churned.append(churn(
+                api_port, args.churn, stop, args.nodes, args.seed)), daemon=True)
+            changer.start()
         t0 = time.perf_counter()
         for pod in all_pods:
             args_json = json.dumps({"Pod": pod, "Nodes": None, "NodeNames": names}).encode()
@@ -234,6 +267,9 @@ def run(args) -> dict:
                                  "PodUID": m["uid"], "Node": best}).encode())
         jobs.put(None)
         lat["bind"], bound, failed = results.get(timeout=600)
+        if args.churn:
+            stop.set()
+            changer.join(timeout=30)
         binder.join(timeout=30)
         wall = time.perf_counter() - t0
         outcome["bound"], outcome["bind_failed"] = bound, failed
@@ -254,10 +290,15 @@ def run(args) -> dict:
                 dt, _ = loop.post("filter", body)
                 full.append(dt)
         result = {
+            "load_avg_before": [round(x, 2) for x in load_before],
+            "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+            "cpus": os.cpu_count(), "nice": os.nice(0),
             "server_ms": served, "bind_split_ms": bind_split,
             "nodes": args.nodes, "gpus_per_node": 8, "pods": args.pods,
             "binders": args.binders, "api_latency_ms": args.api_latency * 1000,
-            "policy": args.policy, "wall_s": wall, "pods_per_s": args.pods / wall, **outcome,
+            "policy": args.policy, "node_changes": churned[0] if churned else 0,
+            "resync_s": args.resync if args.churn else 3600, "wall_s": wall,
+            "pods_per_s": args.pods / wall, **outcome,
             **{f"{k}_ms": {"p50": pct(v, 50), "p99": pct(v, 99), "max": pct(v, 100),
                            "n": len(v)} for k, v in lat.items()},
         }
@@ -284,6 +325,10 @@ def main() -> int:
     p.add_argument("--api-latency", type=float, default=0.0, help="seconds per API answer")
     p.add_argument("--full-mode", type=int, default=100, help="filters timed in full mode")
     p.add_argument("--policy", default="flexai")
+    p.add_argument("--churn", type=float, default=0.0, help="seconds between node changes "
+                   "(a GPU turning unhealthy or healthy again); 0: none")
+    p.add_argument("--resync", type=float, default=1.0, help="the extender's resync period "
+                   "with --churn (without it 3600: no resync during the run)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--tag", default="")
@@ -292,24 +337,29 @@ def main() -> int:
     if args.serve_api:
         return serve_api(args)
     res = run(args)
-    tag = args.tag or f"{args.nodes}n-{args.pods}p-lat{int(args.api_latency * 1000)}ms"
+    tag = args.tag or (f"{args.nodes}n-{args.pods}p-lat{int(args.api_latency * 1000)}ms"
+                       + (f"-churn{args.churn:g}s" if args.churn else ""))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"k8s_extender-{tag}.json").write_text(json.dumps(res, indent=2) + "\n")
     print(f"{args.nodes} nodes x 8 GPUs, {args.pods} pending pods, policy {args.policy}, "
-          f"{args.binders} binders, API latency {args.api_latency * 1000:.0f} ms")
+          f"{args.binders} binders, API latency {args.api_latency * 1000:.0f} ms, "
+          f"{res['node_changes']} node changes (resync every {res['resync_s']:g} s)")
     print(f"{'call':<22}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'n':>7}")
     for k in ("filter", "prioritize", "bind", "filter_full_mode"):
         if f"{k}_ms" in res:
             d = res[f"{k}_ms"]
             print(f"{k:<22}{d['p50']:>9.2f}{d['p99']:>9.2f}{d['max']:>9.2f}{d['n']:>7}")
-    print("the extender's own time per answer (JSON in, decision, JSON out):")
+    print("the extender's own time per answer (JSON in, decision, JSON out), wall | thread CPU:")
     for route, d in sorted(res["server_ms"].items()):
-        print(f"  {route:<20}{d['p50']:>9.2f}{d['p99']:>9.2f}{d['max']:>9.2f}{d['n']:>7}")
+        print(f"  {route:<20}{d['p50']:>9.2f}{d['p99']:>9.2f}{d['max']:>9.2f}{d['n']:>7}"
+              f"  |{d['cpu_p50']:>8.2f}{d['cpu_p99']:>8.2f}{d['cpu_max']:>8.2f}")
     for part, d in res["bind_split_ms"].items():
         print(f"  bind: {part:<14}{d['p50']:>9.2f}{d['p99']:>9.2f}{'':>9}{d['n']:>7}")
     print(f"bound {res['bound']}, bind failed {res['bind_failed']}, unschedulable "
-          f"{res['unschedulable']}; {res['pods_per_s']:.0f} pods/s")
+          f"{res['unschedulable']}; {res['pods_per_s']:.0f} pods/s; load average "
+          f"{res['load_avg_before']} before, {res['load_avg_after']} after, "
+          f"{res['cpus']} CPUs, nice {res['nice']}")
     return 0
 
 

@@ -1,9 +1,10 @@
 """The scheduler extender over HTTP, with JSON in the exact shape kube-scheduler's extender/v1
 sends (PascalCase top-level keys, camelCase Kubernetes objects inside): filter in node-cache
 (``NodeNames``) and full (``Nodes``) mode with failed and unresolvable nodes and their reasons,
-prioritize with integer scores 0..10, bind writing the annotation the device plugin reads,
-reservations given back when a bind fails or a pod finishes, concurrent binds that neither
-overcommit a GPU nor wait on each other's API calls, and TCP_NODELAY on accepted sockets.
+prioritize with integer scores 0..10, bind writing the annotation the device plugin reads in
+the one Binding it posts, resync reading back the pods of its scheduler, reservations given
+back when a bind fails or a pod finishes, concurrent binds that neither overcommit a GPU nor
+wait on each other's API calls, and TCP_NODELAY on accepted sockets.
 """
 from __future__ import annotations
 
@@ -158,10 +159,11 @@ def pod_request_of(limits: dict):
     return pod_request(pod_obj("tmp", limits)).to_request()
 
 
-def test_bind_annotates_then_binds_and_reserves(served):
+def test_bind_is_one_write_carrying_the_annotation_and_reserves(served):
     ext, client, api = served
     api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])
     ext.resync()
+    writes = api.writes
     names = []
     for i in range(4):  # 3 slices of 30% fit one card; the 4th does not
         pod = api.add_pod(pod_obj(f"p{i}", SLICE))
@@ -175,12 +177,13 @@ def test_bind_annotates_then_binds_and_reserves(served):
         names.append(f"p{i}")
     assert names == ["p0", "p1", "p2"]
     assert [b[1:] for b in api.bindings] == [(n, "n") for n in names]
+    assert api.writes - writes == 3 and api.calls.get("PATCH", 0) == 0  # one write per bind
     p0 = api.pod("default", "p0")
     alloc = json.loads(p0["metadata"]["annotations"]["flexai.io/allocation"])
     assert alloc["node"] == "n" and alloc["gpus"] == [0] and alloc["compute"] == 30
     assert alloc["memory"] == 4096 << 20 and alloc["slice"] == "default.p0"
-    assert p0["metadata"]["labels"]["flexai.io/allocated"] == "true"
     assert p0["metadata"]["annotations"]["flexai.io/assigned"] == "false"
+    assert p0["spec"]["nodeName"] == "n"
     # a finished pod gives its share back at the next resync
     api.pods[("default", "p1")]["status"]["phase"] = "Succeeded"
     ext.resync()
@@ -313,3 +316,152 @@ def test_bind_without_an_api_server_is_an_error_not_a_hang():
     ext = Extender(Cluster(), None)
     res = ext.bind({"PodName": "p", "PodNamespace": "default", "PodUID": "u", "Node": "n"})
     assert "no API server" in res["Error"]
+
+
+def test_resync_reads_back_bound_pods_of_its_scheduler_only(api):
+    api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])
+    first = Extender(Cluster(), KubeApi(api.url))
+    first.resync()
+    whole = {"flexai.io/gpu": "1"}
+    pod = api.add_pod(pod_obj("p", whole))
+    first.filter({"Pod": pod, "NodeNames": ["n"]})
+    assert first.bind({"PodName": "p", "PodNamespace": "default",
+                       "PodUID": pod["metadata"]["uid"], "Node": "n"}) == {"Error": ""}
+    # a pod of another scheduler carrying a stale copy of the annotation counts for nothing
+    other = pod_obj("other", whole)
+    other["spec"]["schedulerName"] = "default-scheduler"
+    other["spec"]["nodeName"] = "n"
+    other["metadata"]["annotations"] = api.pod("default", "p")["metadata"]["annotations"]
+    api.add_pod(other)
+    # a restarted extender learns the bound pod from the API server alone
+    again = Extender(Cluster(), KubeApi(api.url))
+    again.resync()
+    assert again.cluster.stats()["reservations"] == 1
+    nxt = api.add_pod(pod_obj("q", whole))
+    res = again.filter({"Pod": nxt, "NodeNames": ["n"]})
+    assert res["NodeNames"] == [] and "no room now" in res["FailedNodes"]["n"]
+    # ... and a profile of another name reads none of them back
+    third = Extender(Cluster(), KubeApi(api.url), scheduler_name="elsewhere")
+    third.resync()
+    assert third.cluster.stats()["reservations"] == 0
+
+
+def test_bind_of_a_pod_bound_meanwhile_fails_and_gives_the_card_back(served):
+    ext, client, api = served
+    api.add_node("n", node_obj("n", gpus=1)["metadata"]["annotations"])
+    ext.resync()
+    whole = {"flexai.io/gpu": "1"}
+    pod = api.add_pod(pod_obj("p", whole))
+    client.post("filter", {"Pod": pod, "NodeNames": ["n"]})
+    api.pods[("default", "p")]["spec"]["nodeName"] = "elsewhere"  # another binder won
+    res, _ = client.post("bind", {"PodName": "p", "PodNamespace": "default",
+                                  "PodUID": pod["metadata"]["uid"], "Node": "n"})
+    assert "409" in res["Error"] and "already assigned" in res["Error"]
+    assert "flexai.io/allocation" not in (api.pod("default", "p")["metadata"].get(
+        "annotations") or {})  # nothing half-written
+    assert ext.cluster.stats()["reservations"] == 0
+
+
+def test_alike_nodes_all_pass_filter_and_score_alike(served):
+    """The policy scans one node per class of alike nodes; the answers must still name every
+    node of a class (a scheduler filtering out the one scanned must find the others)."""
+    ext, client, api = served
+    names = [f"n{i}" for i in range(6)]
+    ext.cluster.update_nodes([node_obj(n) for n in names])
+    res, _ = client.post("filter", {"Pod": pod_obj("p", SLICE), "NodeNames": names})
+    assert res["NodeNames"] == names and res["FailedNodes"] == {}
+    # n1 half used: the others stay alike; the scheduler sends a list without the first node
+    ext.cluster.reserve("x1", pod_request_of(SLICE), "n1")
+    sent = names[2:] + ["n1"]
+    res, _ = client.post("filter", {"Pod": pod_obj("q", SLICE), "NodeNames": sent})
+    assert res["NodeNames"] == sent
+    scores, _ = client.post("prioritize", {"Pod": pod_obj("q", SLICE), "NodeNames": sent})
+    got = {s["Host"]: s["Score"] for s in scores}
+    assert got["n1"] == 10 and len({got[n] for n in names[2:]}) == 1 and got["n2"] < 10
+    # whole cards: every empty node fits, the half-used one still has a free card
+    whole = {"flexai.io/gpu": "2"}
+    res, _ = client.post("filter", {"Pod": pod_obj("g", whole), "NodeNames": sent})
+    assert res["NodeNames"] == names[2:] and "no room now" in res["FailedNodes"]["n1"]
+    scores, _ = client.post("prioritize", {"Pod": pod_obj("g", whole), "NodeNames": sent})
+    assert {s["Host"]: s["Score"] for s in scores}["n1"] == 0
+    assert len({s["Score"] for s in scores if s["Host"] != "n1"}) == 1
+    # the place assumed for the pod is on a node it was sent
+    assert ext.cluster._held["uid-default-g"].node in names[2:]
+
+
+def test_filter_json_answers_what_filter_answers(api):
+    ext = Extender(Cluster(), KubeApi(api.url))
+    ext.cluster.update_nodes([node_obj("a"), node_obj("b", gpus=1), node_obj("tiny", memory=GiB),
+                              node_obj("bare", annotated=False), node_obj('odd"name')])
+    ext.cluster.reserve("x", pod_request_of({"flexai.io/gpu": "1"}), "b")
+    names = ["a", "b", "tiny", "bare", "ghost", 'odd"name']
+    for limits in (SLICE, {"flexai.io/gpu": "1"}, {"flexai.io/gpu": "2"}, None,
+                   dict(SLICE, **{"flexai.io/gpu-memory": "lots"})):
+        args = {"Pod": pod_obj("p", limits), "Nodes": None, "NodeNames": names}
+        assert json.loads(ext.filter_json(args)) == ext.filter(args), limits
+    res = json.loads(ext.filter_json({"Pod": pod_obj("p", {"flexai.io/gpu": "1"}),
+                                      "NodeNames": names}))
+    assert res["NodeNames"] == ["a", "tiny", 'odd"name']  # a whole card: any size
+    assert list(res["FailedNodes"]) == ["b"] and "no room now" in res["FailedNodes"]["b"]
+    assert set(res["FailedAndUnresolvableNodes"]) == {"bare", "ghost"}
+
+
+def test_prioritize_json_answers_what_prioritize_answers(api):
+    ext = Extender(Cluster(), KubeApi(api.url))
+    ext.cluster.update_nodes([node_obj("a"), node_obj("b", gpus=1), node_obj('odd"name')])
+    ext.cluster.reserve("x", pod_request_of(SLICE), "b")
+    names = ["a", "b", "ghost", 'odd"name']
+    for limits in (SLICE, {"flexai.io/gpu": "2"}, None, {"flexai.io/gpu-compute": "0"}):
+        args = {"Pod": pod_obj("p", limits), "Nodes": None, "NodeNames": names}
+        assert json.loads(ext.prioritize_json(args)) == ext.prioritize(args), limits
+
+
+def test_stats_report_wall_and_thread_cpu_per_route(served):
+    ext, client, api = served
+    ext.cluster.update_nodes([node_obj("a")])
+    for _ in range(3):
+        client.post("filter", {"Pod": pod_obj("p", SLICE), "NodeNames": ["a"]})
+    client.conn.request("GET", "/stats")
+    stats = json.loads(client.conn.getresponse().read())
+    d = stats["POST /filter"]
+    assert d["n"] == 3
+    assert all(d[k] >= 0 for k in ("p50", "p99", "max", "cpu_p50", "cpu_p99", "cpu_max"))
+
+
+def test_node_changes_rebuild_the_state_without_stopping_decisions(monkeypatch):
+    """While the state is rebuilt after a node change (slow at scale), filter, prioritize and
+    bind go on with the previous state; what they reserve or give back meanwhile is carried
+    into the new state."""
+    cluster = Cluster()
+    cluster.update_nodes([node_obj("a", gpus=1), node_obj("b", gpus=1)])
+    whole = pod_request_of({"flexai.io/gpu": "1"})
+    cluster.reserve("gone", whole, "a")
+    building, finish = threading.Event(), threading.Event()
+    real = Cluster._build
+
+    def slow(self, nodes, held):
+        out = real(self, nodes, held)
+        building.set()
+        assert finish.wait(10)
+        return out
+
+    monkeypatch.setattr(Cluster, "_build", slow)
+    changer = threading.Thread(target=cluster.update_nodes,
+                               args=([node_obj("c", gpus=1)],), daemon=True)
+    changer.start()
+    assert building.wait(10)
+    # decisions while the new state is being built: not blocked, on the previous state
+    worker = threading.Thread(target=lambda: (cluster.release("gone"),
+                                              cluster.reserve("new", whole, "b")), daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert not cluster.ready
+    passing, _, _ = cluster.filter(whole, ["a", "b", "c"])
+    assert passing == ["a"]  # c is not known yet
+    finish.set()
+    changer.join(10)
+    assert cluster.ready
+    passing, failed, _ = cluster.filter(whole, ["a", "b", "c"])
+    assert passing == ["a", "c"] and list(failed) == ["b"]  # "gone" released, "new" kept
+    assert cluster.stats()["reservations"] == 1

@@ -98,7 +98,8 @@ def _extender(args: argparse.Namespace) -> int:
     # many connection threads share one interpreter: hand the GIL over after 1 ms instead of
     # Python's 5 ms, so a short filter does not wait behind another thread's work
     sys.setswitchinterval(0.001)
-    ext = Extender(Cluster(args.policy), _api(args.kube_api, required=False))
+    ext = Extender(Cluster(args.policy), _api(args.kube_api, required=False),
+                   scheduler_name=args.scheduler_name)
     stop = _stop_on_signals()
     if ext.api is not None:
         threading.Thread(target=ext.resync_loop, args=(stop, args.resync), daemon=True,
@@ -173,6 +174,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--policy", default="flexai", help="a flexai.policy name (default flexai; "
                     "also fgd, best-fit, first-fit, ...)")
     ex.add_argument("--kube-api", default=None, help="API server URL (default: in-cluster)")
+    ex.add_argument("--scheduler-name", default=DEFAULT_SCHEDULER,
+                    help="the scheduler profile whose bound pods resync reads back")
     ex.add_argument("--resync", type=float, default=10.0, help="seconds between full resyncs "
                     "of nodes and placed pods")
     ex.add_argument("--log-level", default="info", choices=("debug", "info", "warning",

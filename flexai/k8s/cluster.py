@@ -1,42 +1,33 @@
-"""The extender's view of the cluster and its decisions: which nodes a pod fits (filter), how
-good each is (prioritize), and which GPU(s) of the chosen node it gets (bind), all through
-:mod:`flexai.policy` on one incremental :class:`~flexai.policy.PoolState`.
-
-The view is built from the node annotation ``flexai.io/gpus`` the device plugins write and from
-the pods the extender placed (its own binds at once; every pod carrying ``flexai.io/allocation``
-at each resync, so a restarted extender and finished pods are caught up).
+"""The extender's decisions: which nodes a pod fits (filter), how good each is (prioritize), and
+which GPU(s) of the chosen node it gets (bind), all through :mod:`flexai.policy` on the
+:class:`~flexai.policy.PoolState` of :class:`~flexai.k8s.view.ClusterView` (nodes and
+reservations), with kube-scheduler's "assume" for the pods between prioritize and bind.
 
 No lock convoys (HAMi's bind timeouts with thousands of pending pods): one lock guards the
-in-memory state and is held only for array work (tens of microseconds); the API server is
-never called under it. A bind reserves its GPU under the lock, then writes the pod's annotation
-and the binding outside it, and gives the reservation back if either fails.
+in-memory state and is held only for array work (well under a millisecond); the API server is
+never called under it. A bind reserves its GPU under the lock, then posts the Binding (which
+carries the pod's annotation) outside it, and gives the reservation back if that fails.
+
+The policy scans one node per class of alike nodes; every answer here still names each node
+(a class's verdict and score are each of its nodes'). Answers come with the state's node names
+already encoded as JSON, so the extender joins strings instead of encoding 1,000 names per call.
 
 This module must never decide with anything but flexai.policy, and never call the API server
 while holding its lock.
 """
 from __future__ import annotations
 
+import json
 import logging
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Optional
+from itertools import repeat
 
 import numpy as np
 
-from ..policy import GpuView, NodeView, Place, PoolState, PoolView, Request, make_policy
+from ..policy import Place, PoolState, Request, make_policy
 from ..policy.state import Candidates
-from .resources import (
-    ANNOTATION_ALLOCATION,
-    ANNOTATION_NODE_GPUS,
-    MIB,
-    Allocation,
-    NodeGpu,
-    PodRequest,
-    decode_node_gpus,
-    slice_name,
-)
+from .resources import MIB, Allocation, PodRequest, slice_name
+from .view import ClusterView, Held
 
 log = logging.getLogger("flexai.k8s.extender")
 
@@ -47,20 +38,6 @@ NO_GPUS = "flexai: no GPUs reported for this node (no healthy GPU in its flexai.
 ASSUME_SECONDS = 30.0
 
 
-@dataclass
-class _Held:
-    """A pod's reservation in the state: ``assumed`` at prioritize (the node the scheduler will
-    most likely bind), ``binding`` while bind writes to the API server, then ``bound``."""
-
-    node: str
-    gpus: tuple
-    request: Request
-    since: float
-    phase: str = "bound"
-    gen: int = -1
-    taken: object = None  # the state's Allocation while gen is current
-
-
 def _describe(r: Request) -> str:
     mem = f"{r.memory // MIB} MiB" if r.memory else "all its memory"
     if r.gpus > 1:
@@ -68,8 +45,8 @@ def _describe(r: Request) -> str:
     return f"a GPU with {r.compute}% compute and {mem} free"
 
 
-class Cluster:
-    """Nodes, reservations and the policy (thread-safe).
+class Cluster(ClusterView):
+    """The decisions over a :class:`~flexai.k8s.view.ClusterView` (thread-safe).
 
     Parameters
     ----------
@@ -78,134 +55,19 @@ class Cluster:
     """
 
     def __init__(self, policy: str = "flexai") -> None:
+        super().__init__()
         self.policy = make_policy(policy)
-        self._lock = threading.Lock()
-        self._nodes: dict[str, tuple[str, tuple[NodeGpu, ...]]] = {}
-        self._held: dict[str, _Held] = {}
-        self._requests: "OrderedDict[str, PodRequest]" = OrderedDict()
-        self._state: Optional[PoolState] = None
-        self._gen = 0
         self._purged = 0.0
-
-    # ---- inputs ------------------------------------------------------------------------------
-
-    def update_nodes(self, nodes: list[dict], complete: bool = False) -> None:
-        """Take node objects (annotations read); ``complete``: the list is every node, so
-        nodes not in it are forgotten."""
-        fresh = {}
-        for node in nodes:
-            meta = node.get("metadata") or {}
-            name = meta.get("name")
-            raw = (meta.get("annotations") or {}).get(ANNOTATION_NODE_GPUS)
-            if not name:
-                continue
-            old = self._nodes.get(name)
-            if old is not None and old[0] == raw:
-                fresh[name] = old
-                continue
-            try:
-                gpus = decode_node_gpus(raw) if raw else ()
-            except ValueError as exc:
-                log.error("node %s: %s", name, exc)
-                gpus = ()
-            fresh[name] = (raw, gpus)
-        with self._lock:
-            changed = False
-            for name, entry in fresh.items():
-                if self._nodes.get(name) is not entry:
-                    self._nodes[name] = entry
-                    changed = True
-            if complete:
-                for name in set(self._nodes) - set(fresh):
-                    del self._nodes[name]
-                    changed = True
-            if changed:
-                self._state = None
-
-    def remember(self, uid: str, request: PodRequest) -> None:
-        """Keep a pod's request from its filter call for its bind call (which carries none)."""
-        with self._lock:
-            self._requests[uid] = request
-            self._requests.move_to_end(uid)
-            while len(self._requests) > 20000:
-                self._requests.popitem(last=False)
-
-    def request_of(self, uid: str) -> Optional[PodRequest]:
-        with self._lock:
-            return self._requests.get(uid)
-
-    def sync_pods(self, pods: list[dict], started: float) -> None:
-        """Reservations from the pods' ``flexai.io/allocation`` annotations (a list taken at
-        ``started``): pods gone or finished are released, unknown ones are taken."""
-        from .resources import pod_request
-
-        live: dict[str, _Held] = {}
-        finished = set()
-        for pod in pods:
-            meta = pod.get("metadata") or {}
-            ann = (meta.get("annotations") or {}).get(ANNOTATION_ALLOCATION)
-            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-                finished.add(meta.get("uid", ""))
-                continue
-            if not ann:
-                continue
-            try:
-                a = Allocation.from_json(ann)
-                req = pod_request(pod)
-            except ValueError as exc:
-                log.error("pod %s/%s: %s", meta.get("namespace"), meta.get("name"), exc)
-                continue
-            if req is not None:
-                live[meta.get("uid", "")] = _Held(a.node, a.gpus, req.to_request(), a.time)
-        with self._lock:
-            for uid, h in list(self._held.items()):
-                if uid in finished or (uid not in live and h.phase == "bound"
-                                       and h.since < started):
-                    self._drop(uid)
-            for uid, h in live.items():
-                if uid not in self._held:
-                    self._held[uid] = h
-                    self._state = None
-
-    # ---- the state ---------------------------------------------------------------------------
-
-    def _current(self) -> PoolState:
-        """The state (rebuilt after node or reservation changes); call under the lock."""
-        if self._state is not None:
-            return self._state
-        views = []
-        for name, (_, gpus) in sorted(self._nodes.items()):
-            views.append(NodeView(name, tuple(
-                GpuView(g.index, g.model, g.memory, g.memory, 100) for g in gpus if g.healthy)))
-        state = PoolState.from_view(PoolView(tuple(views)))
-        self._gen += 1
-        for uid, h in self._held.items():
-            try:
-                h.taken, h.gen = state.place(h.request, Place(h.node, h.gpus, False)), self._gen
-            except ValueError as exc:
-                log.warning("reservation of pod %s on %s no longer fits: %s", uid, h.node, exc)
-                h.taken, h.gen = None, -1
-        self._state = state
-        return state
 
     # ---- decisions ---------------------------------------------------------------------------
 
-    def _drop(self, uid: str) -> None:
-        """Give back a reservation; call under the lock."""
-        h = self._held.pop(uid, None)
-        if h is None:
-            return
-        if h.gen == self._gen and self._state is not None and h.taken is not None:
-            self._state.release(h.taken)
-        else:
-            self._state = None
-
-    def _take(self, uid: str, state: PoolState, request: Request, cand, k: int,
+    def _take(self, uid: str, state: PoolState, request: Request, node: int, col: int,
               phase: str) -> Place:
-        """Reserve candidate ``k`` for the pod; call under the lock."""
-        place = state.to_place(request, int(cand.node[k]), int(cand.col[k]))
+        """Reserve GPU column ``col`` of node row ``node`` (-1 for a gang: its first whole
+        GPUs) for the pod; call under the lock."""
+        place = state.to_place(request, node, col)
         taken = state.place(request, place)
-        self._held[uid] = _Held(place.node, place.gpus, request, time.time(), phase, self._gen,
+        self._held[uid] = Held(place.node, place.gpus, request, time.time(), phase, self._gen,
                                 taken)
         return place
 
@@ -222,61 +84,105 @@ class Cluster:
                       if h.phase == "assumed" and now - h.since > ASSUME_SECONDS]:
                 self._drop(u)
 
-    def filter(self, request: Request, names: list[str],
-               uid: str = "") -> tuple[list[str], dict, dict]:
-        """``(fitting names, {name: reason} failed, {name: reason} unresolvable)``: a node
-        whose GPUs could never hold the request is unresolvable (preemption would not help)."""
+    #: filter's verdict per node: fits, no room now, GPUs too small / of another model, none.
+    FITS, BUSY, SMALL, NO_GPU = 0, 1, 2, 3
+
+    def _best(self, state: PoolState, cand: Candidates, values: np.ndarray,
+              distinct: bool) -> np.ndarray:
+        """Per node row (plus one last slot, for names the state lacks) the least of
+        ``values`` over the node's candidates, inf where it has none. Scans with ``distinct``
+        keep one node per class of alike nodes: its value is every node of its class's."""
+        n = len(state.names)
+        out = np.full(n + 1, np.inf)
+        if len(cand):
+            if distinct:
+                per = np.full(int(state.sig.max()) + 1, np.inf)
+                np.minimum.at(per, state.sig[cand.node], values)
+                out[:n] = per[state.sig]
+            else:
+                np.minimum.at(out, cand.node, values)
+        return out
+
+    def _could(self, state: PoolState, request: Request) -> np.ndarray:
+        """Per node row: whether its GPUs could ever hold the request (cached per state)."""
+        cache = state.cache.setdefault("k8s-could", {})
+        key = (request.models, request.memory, max(request.gpus, 1))
+        could = cache.get(key)
+        if could is None:
+            ok = state.model_mask(request.models) & (state.mtot >= request.memory)
+            could = ok.sum(axis=1) >= max(request.gpus, 1)
+            if len(cache) >= 64:
+                cache.pop(next(iter(cache)))
+            cache[key] = could
+        return could
+
+    def filter_codes(self, request: Request, names: list[str],
+                     uid: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each name its verdict (:attr:`FITS`, :attr:`BUSY`, :attr:`SMALL`,
+        :attr:`NO_GPU`), its row in the state (-1: unknown) and the state's row names as JSON
+        strings (an object array, for answers built without encoding each name again)."""
         with self._lock:
             self._forget_assumed(uid)
             state = self._current()
             cand = state.candidates(request, distinct=True)
-            fits = np.zeros(len(state.names), bool)
-            fits[cand.node] = True
-            ok = state.model_mask(request.models) & (state.mtot >= request.memory)
-            could = ok.sum(axis=1) >= max(request.gpus, 1)
+            fits = np.isfinite(self._best(state, cand, np.zeros(len(cand)), True))
+            could = self._could(state, request)
             idx = self._indices(state, names)
+            encoded = self._encoded(state)
+        code = np.full(len(names), self.NO_GPU, np.int8)
         known = idx >= 0
-        code = np.full(len(names), 3, np.int8)  # 0 fits, 1 busy, 2 too small, 3 no GPUs
         k = idx[known]
-        code[known] = np.where(fits[k], 0, np.where(could[k], 1, np.where(state.has_gpu[k],
-                                                                           2, 3)))
-        busy = f"flexai: no room now, needs {_describe(request)}"
+        code[known] = np.where(fits[k], self.FITS, np.where(
+            could[k], self.BUSY, np.where(state.has_gpu[k], self.SMALL, self.NO_GPU)))
+        return code, idx, encoded
+
+    def reasons(self, request: Request) -> dict[int, str]:
+        """The words of each verdict but :attr:`FITS` for ``request``."""
         small = f"flexai: its GPUs can never hold {_describe(request)}" + (
             f" of model {'/'.join(sorted(request.models))}" if request.models else "")
+        return {self.BUSY: f"flexai: no room now, needs {_describe(request)}",
+                self.SMALL: small, self.NO_GPU: NO_GPUS}
+
+    def filter(self, request: Request, names: list[str],
+               uid: str = "") -> tuple[list[str], dict, dict]:
+        """``(fitting names, {name: reason} failed, {name: reason} unresolvable)``: a node
+        whose GPUs could never hold the request is unresolvable (preemption would not help)."""
+        code, _, _ = self.filter_codes(request, names, uid)
+        words = self.reasons(request)
         passing, failed, never = [], {}, {}
         for name, c in zip(names, code.tolist()):
-            if c == 0:
+            if c == self.FITS:
                 passing.append(name)
-            elif c == 1:
-                failed[name] = busy
+            elif c == self.BUSY:
+                failed[name] = words[c]
             else:
-                never[name] = small if c == 2 else NO_GPUS
+                never[name] = words[c]
         return passing, failed, never
 
-    def _scored(self, state: PoolState, request: Request, only) -> tuple:
-        """Candidates on the nodes ``only`` (an index array, or one node's index) and the
-        policy's score of each (lower is better)."""
-        if isinstance(only, int):
-            cand = state.candidates(request, only=only, distinct=self.policy.distinct)
-        else:
-            cand = state.candidates(request, distinct=self.policy.distinct)
-            keep = np.zeros(len(state.names) + 1, bool)
-            keep[only] = True
-            sel = keep[cand.node]
-            cand = Candidates(cand.node[sel], cand.col[sel])
-        if not len(cand):
-            return cand, np.zeros(0)
-        return cand, np.asarray(self.policy.score(request, state, cand), dtype=np.float64)
+    def _encoded(self, state: PoolState, key: str = "k8s-encoded",
+                 form: str = "{}") -> np.ndarray:
+        """The state's row names as JSON strings put in ``form`` (an object array, cached per
+        state, whose last slot stands for names the state lacks); call under the lock."""
+        enc = state.cache.get(key)
+        if enc is None:
+            enc = np.empty(len(state.names) + 1, dtype=object)
+            enc[:-1] = [form.format(json.dumps(n)) for n in state.names]
+            enc[-1] = form.format('""')
+            state.cache[key] = enc
+        return enc
 
     def _indices(self, state: PoolState, names: list[str]) -> np.ndarray:
         """Row of each name in ``state`` (-1: unknown); the scheduler sends the same lists
-        again and again, so the last few are remembered (per state). Call under the lock."""
+        again and again (filter: every node), so the last few used are remembered (per
+        state). Call under the lock."""
         key = tuple(names)
         cache = state.cache.setdefault("k8s-indices", {})
-        idx = cache.get(key)
-        if idx is None:
-            get = state.node_index.get
-            idx = np.fromiter((get(n, -1) for n in names), np.int64, len(names))
+        idx = cache.pop(key, None)
+        if idx is not None:
+            cache[key] = idx  # the most recently used last
+        else:
+            idx = np.array(list(map(state.node_index.get, names, repeat(-1, len(names)))),
+                           np.int64)
             if len(cache) >= 8:
                 cache.pop(next(iter(cache)))
             cache[key] = idx
@@ -286,19 +192,34 @@ class Cluster:
                    uid: str = "") -> list[tuple[str, int]]:
         """An integer 0..10 per name: 10 for the policy's best node, 0 where it does not fit.
 
-        With the pod's ``uid``, the best place is also reserved (assumed) until the pod's bind
-        or its next filter, so that the pods scheduled before its bind lands do not count on
-        the same capacity."""
+        With the pod's ``uid``, the best place among ``names`` is also reserved (assumed) until
+        the pod's bind or its next filter, so that the pods scheduled before its bind lands do
+        not count on the same capacity."""
+        out, _, _ = self.prioritize_scores(request, names, uid)
+        return list(zip(names, out.tolist()))
+
+    def prioritize_scores(self, request: Request, names: list[str],
+                          uid: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`prioritize`'s scores as an array, with each name's row in the state (-1:
+        unknown) and the state's rows as ``{"Host":"NAME","Score":`` JSON heads (an object
+        array whose last slot stands for unknown names)."""
+        distinct = self.policy.distinct
         with self._lock:
             state = self._current()
             idx = self._indices(state, names)
-            cand, scores = self._scored(state, request, idx[idx >= 0])
-            best = np.full(len(state.names) + 1, np.inf)
-            if len(cand):
-                np.minimum.at(best, cand.node, scores)
-                if uid and uid not in self._held:
-                    self._take(uid, state, request, cand, int(np.argmin(scores)), "assumed")
-        mine = best[idx]  # -1 -> the extra inf slot
+            heads = self._encoded(state, "k8s-heads", '{{"Host":{},"Score":')
+            cand = state.candidates(request, distinct=distinct)
+            scores = (np.asarray(self.policy.score(request, state, cand), dtype=np.float64)
+                      if len(cand) else np.zeros(0))
+            best = self._best(state, cand, scores, distinct)
+            mine = best[idx]  # -1 -> the extra inf slot
+            if uid and uid not in self._held and np.isfinite(mine).any():
+                node = int(idx[int(np.argmin(mine))])
+                # the candidate scored for that node's class (alike nodes: same GPU columns)
+                same = (state.sig[cand.node] == state.sig[node]) if distinct else (
+                    cand.node == node)
+                k = int(np.flatnonzero(same)[int(np.argmin(scores[same]))])
+                self._take(uid, state, request, node, int(cand.col[k]), "assumed")
         finite = np.isfinite(mine)
         out = np.zeros(len(names), np.int64)
         if finite.any():
@@ -307,7 +228,7 @@ class Cluster:
                 out[finite] = np.rint(10 * (hi - mine[finite]) / (hi - lo))
             else:
                 out[finite] = 10
-        return list(zip(names, out.tolist()))
+        return out, idx, heads
 
     def reserve(self, uid: str, request: Request, node: str) -> Place:
         """Choose the GPU(s) of ``node`` for the pod and take them (idempotent per uid).
@@ -333,11 +254,14 @@ class Cluster:
             i = state.node_index.get(node)
             if i is None:
                 raise ValueError(f"{node!r}: {NO_GPUS}")
-            cand, scores = self._scored(state, request, int(i))
+            cand = state.candidates(request, only=int(i), distinct=self.policy.distinct)
             if not len(cand):
                 raise ValueError(f"{node!r} has no room now: the pod needs "
                                  f"{_describe(request)}")
-            return self._take(uid, state, request, cand, int(np.argmin(scores)), "binding")
+            scores = np.asarray(self.policy.score(request, state, cand), dtype=np.float64)
+            k = int(np.argmin(scores))
+            return self._take(uid, state, request, int(cand.node[k]), int(cand.col[k]),
+                              "binding")
 
     def bound(self, uid: str) -> None:
         """The pod's bind landed: its reservation lasts until the pod is gone."""
@@ -351,11 +275,6 @@ class Cluster:
         with self._lock:
             self._drop(uid)
 
-    def uuids(self, node: str, gpus: tuple) -> tuple:
-        with self._lock:
-            by_index = {g.index: g.uuid for g in self._nodes.get(node, ("", ()))[1]}
-        return tuple(by_index.get(i, "") for i in gpus)
-
     def allocation(self, namespace: str, name: str, uid: str, pod: PodRequest,
                    place: Place) -> Allocation:
         """The ``flexai.io/allocation`` annotation for a reserved pod."""
@@ -363,10 +282,3 @@ class Cluster:
         return Allocation(place.node, place.gpus, self.uuids(place.node, place.gpus),
                           r.memory if r.gpus == 1 else 0, r.compute, r.priority,
                           slice_name(namespace, name, uid), pod.container, time.time())
-
-    def stats(self) -> dict:
-        with self._lock:
-            assumed = sum(1 for h in self._held.values() if h.phase == "assumed")
-            return {"nodes": len(self._nodes), "reservations": len(self._held),
-                    "assumed": assumed}
-

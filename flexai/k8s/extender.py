@@ -9,8 +9,11 @@ whole answer). In node-cache mode (``nodeCacheCapable: true``) the scheduler sen
 ``NodeNames`` and the answer is ``NodeNames`` (only names it sent); otherwise it sends full
 ``Nodes`` and gets ``Nodes`` back. Answers are written with TCP_NODELAY (``httpserve``).
 
-Bind writes the pod's ``flexai.io/allocation`` annotation (the device plugin reads it) and then
-the binding; see ``cluster`` for why nothing here waits on a lock while the API server answers.
+Bind makes one API write: a ``Binding`` whose ``metadata.annotations`` carry the pod's
+``flexai.io/allocation`` (the device plugin reads it from the pod), which the API server merges
+into the pod in the same update that sets its node. Resync finds the placed pods by the
+scheduler's name (field selector ``spec.schedulerName``), as labels on a Binding are not copied
+to the pod. See ``cluster`` for why nothing here waits on a lock while the API server answers.
 This module must never decide placement itself (the policy does) nor print.
 """
 from __future__ import annotations
@@ -22,31 +25,36 @@ import time
 from collections import deque
 from typing import Any, Optional
 
+import numpy as np
+
 from .cluster import Cluster
 from .httpserve import JsonServer
 from .kubeapi import KubeApi, KubeApiError
-from .resources import ANNOTATION_ALLOCATION, ANNOTATION_ASSIGNED, LABEL_ALLOCATED, pod_request
+from .resources import (
+    ANNOTATION_ALLOCATION,
+    ANNOTATION_ASSIGNED,
+    DEFAULT_SCHEDULER,
+    pod_request,
+)
 
 log = logging.getLogger("flexai.k8s.extender")
 
 
-_ENCODED: dict[str, str] = {}  # node name -> '{"Host":"name"', for fast prioritize answers
-_SCORE_TAIL = [f',"Score":{i}}}' for i in range(11)]
+_SCORE_TAILS = np.array([f"{i}}}" for i in range(11)], dtype=object)
 
 
-def host_priority_json(pairs: list[tuple[str, int]]) -> bytes:
-    """A HostPriorityList as JSON text, built without a dict per host (1,000 dicts through
-    ``json.dumps`` cost more than the decision)."""
+_MALFORMED = 4  # a filter verdict beside the cluster's: the pod's request cannot be read
+
+
+def _pairs(enc: np.ndarray, code: np.ndarray, kinds: tuple, words: dict) -> str:
+    """``"name":"reason",...`` for the names whose verdict is one of ``kinds``."""
     parts = []
-    for name, score in pairs:
-        head = _ENCODED.get(name)
-        if head is None:
-            head = '{"Host":' + json.dumps(name)
-            if len(_ENCODED) < 200_000:
-                _ENCODED[name] = head
-        parts.append(head + _SCORE_TAIL[score] if 0 <= score <= 10
-                     else f'{head},"Score":{int(score)}}}')
-    return ("[" + ",".join(parts) + "]").encode()
+    for kind in kinds:
+        sel = enc[code == kind]
+        if len(sel):
+            tail = ":" + json.dumps(words[kind])
+            parts.append((tail + ",").join(sel) + tail)
+    return ",".join(parts)
 
 
 def _names(nodes: Optional[dict]) -> list[str]:
@@ -54,44 +62,57 @@ def _names(nodes: Optional[dict]) -> list[str]:
 
 
 class Extender:
-    """The three verbs over a :class:`Cluster` and (for bind and resync) an API client."""
+    """The three verbs over a :class:`Cluster` and (for bind and resync) an API client;
+    ``scheduler_name`` is the profile whose pods resync reads back."""
 
-    def __init__(self, cluster: Cluster, api: Optional[KubeApi] = None) -> None:
+    def __init__(self, cluster: Cluster, api: Optional[KubeApi] = None,
+                 scheduler_name: str = DEFAULT_SCHEDULER) -> None:
         self.cluster = cluster
         self.api = api
+        self.scheduler_name = scheduler_name
         # seconds of each successful bind spent in the API server / in the extender itself
         self.bind_times: deque = deque(maxlen=10000)
 
     # ---- verbs -------------------------------------------------------------------------------
 
-    def filter(self, args: dict) -> dict:
-        """ExtenderArgs -> ExtenderFilterResult."""
-        args = args or {}
+    def _verdicts(self, args: dict) -> tuple:
+        """``(names, codes, encoded row names or None, row of each name or None, reasons by
+        code, full-mode Node items or None)`` for an ExtenderArgs."""
         pod = args.get("Pod") or {}
-        full = args.get("Nodes") is not None
-        items = (args.get("Nodes") or {}).get("items") or []
-        if full:
+        items = None
+        if args.get("Nodes") is not None:
+            items = (args.get("Nodes") or {}).get("items") or []
             self.cluster.update_nodes(items)
             names = _names(args.get("Nodes"))
         else:
-            names = list(args.get("NodeNames") or [])
-        failed: dict[str, str] = {}
-        never: dict[str, str] = {}
+            names = args.get("NodeNames") or []
         try:
             req = pod_request(pod)
         except ValueError as exc:
-            req, passing = None, []
-            never = {n: f"flexai: {exc}" for n in names}
-        else:
-            if req is None:
-                passing = names
+            code = np.full(len(names), _MALFORMED, np.int8)
+            return names, code, None, None, {_MALFORMED: f"flexai: {exc}"}, items
+        if req is None:
+            return names, np.zeros(len(names), np.int8), None, None, {}, items
+        uid = (pod.get("metadata") or {}).get("uid") or ""
+        self.cluster.remember(uid, req)
+        r = req.to_request()
+        code, idx, encoded = self.cluster.filter_codes(r, names, uid)
+        return names, code, encoded, idx, self.cluster.reasons(r), items
+
+    def filter(self, args: dict) -> dict:
+        """ExtenderArgs -> ExtenderFilterResult."""
+        names, code, _, _, words, items = self._verdicts(args or {})
+        passing, failed, never = [], {}, {}
+        for name, c in zip(names, code.tolist()):
+            if c == Cluster.FITS:
+                passing.append(name)
+            elif c == Cluster.BUSY:
+                failed[name] = words[c]
             else:
-                uid = (pod.get("metadata") or {}).get("uid") or ""
-                self.cluster.remember(uid, req)
-                passing, failed, never = self.cluster.filter(req.to_request(), names, uid)
+                never[name] = words[c]
         result: dict[str, Any] = {"FailedNodes": failed, "FailedAndUnresolvableNodes": never,
                                   "Error": ""}
-        if full:
+        if items is not None:
             keep = set(passing)
             result["Nodes"] = {"metadata": {}, "items": [
                 n for n in items if (n.get("metadata") or {}).get("name") in keep]}
@@ -101,9 +122,57 @@ class Extender:
             result["NodeNames"] = passing
         return result
 
+    def filter_json(self, args: dict) -> Any:
+        """ExtenderArgs -> ExtenderFilterResult as JSON bytes (node-cache mode; a full-mode
+        call answers the dict of :meth:`filter`). Each name's JSON comes from the state's
+        cache and every node of one verdict shares one reason, so the answer is string joins,
+        not an encoder walking a thousand dict entries."""
+        args = args or {}
+        if args.get("Nodes") is not None:
+            return self.filter(args)
+        names, code, encoded, idx, words, _ = self._verdicts(args)
+        if encoded is None:
+            enc = np.array([json.dumps(n) for n in names] or [""], dtype=object)[:len(names)]
+        else:
+            enc = encoded[idx]
+            unknown = np.flatnonzero(idx < 0)
+            for i in unknown.tolist():
+                enc[i] = json.dumps(names[i])
+        out = ['{"NodeNames":[', ",".join(enc[code == Cluster.FITS]), '],"FailedNodes":{']
+        out.append(_pairs(enc, code, (Cluster.BUSY,), words))
+        out.append('},"FailedAndUnresolvableNodes":{')
+        out.append(_pairs(enc, code, (Cluster.SMALL, Cluster.NO_GPU, _MALFORMED), words))
+        out.append('},"Nodes":null,"Error":""}')
+        return "".join(out).encode()
+
     def prioritize(self, args: dict) -> list[dict]:
         """ExtenderArgs -> HostPriorityList (integer scores 0..10)."""
         return [{"Host": n, "Score": s} for n, s in self.scores(args)]
+
+    def prioritize_json(self, args: dict) -> bytes:
+        """ExtenderArgs -> HostPriorityList as JSON bytes, joined from each node's cached
+        ``{"Host":"NAME","Score":`` head and its score's tail (no dict per host)."""
+        args = args or {}
+        if args.get("Nodes") is not None:
+            return json.dumps(self.prioritize(args), separators=(",", ":")).encode()
+        names = args.get("NodeNames") or []
+        req = self._request(args.get("Pod") or {})
+        if req is None:
+            return ("[" + ",".join(f'{{"Host":{json.dumps(n)},"Score":0}}' for n in names)
+                    + "]").encode()
+        uid = ((args.get("Pod") or {}).get("metadata") or {}).get("uid") or ""
+        out, idx, heads = self.cluster.prioritize_scores(req.to_request(), names, uid)
+        sel = heads[idx]
+        for i in np.flatnonzero(idx < 0).tolist():
+            sel[i] = f'{{"Host":{json.dumps(names[i])},"Score":'
+        return ("[" + ",".join(sel + _SCORE_TAILS[out]) + "]").encode()
+
+    @staticmethod
+    def _request(pod: dict):
+        try:
+            return pod_request(pod)
+        except ValueError:
+            return None
 
     def scores(self, args: dict) -> list[tuple[str, int]]:
         """(host, integer score 0..10) for each node of ExtenderArgs."""
@@ -111,10 +180,7 @@ class Extender:
         full = args.get("Nodes") is not None
         names = _names(args.get("Nodes")) if full else list(args.get("NodeNames") or [])
         pod = args.get("Pod") or {}
-        try:
-            req = pod_request(pod)
-        except ValueError:
-            req = None
+        req = self._request(pod)
         if req is None:
             return [(n, 0) for n in names]
         uid = (pod.get("metadata") or {}).get("uid") or ""
@@ -143,11 +209,9 @@ class Extender:
             return {"Error": f"flexai: pod {ns}/{name}: {exc}"}
         alloc = self.cluster.allocation(ns, name, uid, req, place)
         api_start = time.perf_counter()
-        try:
-            self.api.patch_pod_metadata(ns, name, annotations={
-                ANNOTATION_ALLOCATION: alloc.to_json(), ANNOTATION_ASSIGNED: "false"},
-                labels={LABEL_ALLOCATED: "true"})
-            self.api.bind(ns, name, uid, node)
+        try:  # one write: the Binding carries the annotations onto the pod
+            self.api.bind(ns, name, uid, node, annotations={
+                ANNOTATION_ALLOCATION: alloc.to_json(), ANNOTATION_ASSIGNED: "false"})
         except KubeApiError as exc:
             self.cluster.release(uid)
             return {"Error": f"flexai: pod {ns}/{name}: {exc}"}
@@ -160,13 +224,16 @@ class Extender:
     # ---- resync from the API server ----------------------------------------------------------
 
     def resync(self) -> None:
-        """Nodes and placed pods from the API server (every node, every flexai pod)."""
+        """Nodes and placed pods from the API server: every node, and every pod of this
+        scheduler that is bound (those carrying the allocation annotation count)."""
         if self.api is None:
             return
         started = time.time()
         self.cluster.update_nodes(self.api.list_nodes(), complete=True)
-        self.cluster.sync_pods(self.api.list_pods(label_selector=f"{LABEL_ALLOCATED}=true"),
-                               started)
+        self.cluster.sync_pods(self.api.list_pods(
+            field_selector=f"spec.schedulerName={self.scheduler_name},spec.nodeName!="),
+            started)
+        self.cluster.warm()
 
     def resync_loop(self, stop: threading.Event, every: float) -> None:
         while True:
@@ -182,15 +249,16 @@ class Extender:
     def routes(self, prefix: str = "") -> dict:
         p = "/" + prefix.strip("/") if prefix.strip("/") else ""
         return {
-            ("POST", f"{p}/filter"): lambda b: (200, self.filter(b)),
-            ("POST", f"{p}/prioritize"): lambda b: (200, host_priority_json(self.scores(b))),
+            ("POST", f"{p}/filter"): lambda b: (200, self.filter_json(b)),
+            ("POST", f"{p}/prioritize"): lambda b: (200, self.prioritize_json(b)),
             ("POST", f"{p}/bind"): lambda b: (200, self.bind(b)),
-            ("GET", "/healthz"): lambda b: (200, {"ok": True, **self.cluster.stats()}),
+            ("GET", "/healthz"): lambda b: (200, {"ok": True, "ready": self.cluster.ready,
+                                                  **self.cluster.stats()}),
             ("GET", "/stats/bind"): lambda b: (200, self.bind_stats()),
         }
 
     def bind_stats(self) -> dict:
-        """Milliseconds of the last successful binds spent in the API server (two writes) and
+        """Milliseconds of the last successful binds spent in the API server (one write) and
         in the extender's own work (decision, reservation), p50/p99."""
         out = {}
         for k, name in ((0, "api"), (1, "own")):

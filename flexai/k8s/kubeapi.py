@@ -184,11 +184,19 @@ class KubeApi:
         return self.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}",
                             {"metadata": meta}, "application/merge-patch+json")
 
-    def bind(self, namespace: str, name: str, uid: str, node: str) -> dict:
-        """Bind the pod to ``node`` (a ``v1.Binding`` on the pod's ``binding`` subresource)."""
-        body = {"apiVersion": "v1", "kind": "Binding",
-                "metadata": {"name": name, "namespace": namespace, "uid": uid or None},
+    def bind(self, namespace: str, name: str, uid: str, node: str,
+             annotations: Optional[dict[str, str]] = None) -> dict:
+        """Bind the pod to ``node``: one ``v1.Binding`` posted to the pod's ``binding``
+        subresource. The API server merges the Binding's ``metadata.annotations`` into the
+        pod's in the same write that sets ``spec.nodeName`` (pods/binding storage has always
+        done so), so a choice recorded this way lands atomically with the binding. With
+        ``uid`` the server refuses (409) a pod of that name that is another incarnation.
+        """
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
+        if uid:
+            meta["uid"] = uid
+        if annotations:
+            meta["annotations"] = dict(annotations)
+        body = {"apiVersion": "v1", "kind": "Binding", "metadata": meta,
                 "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
-        if not uid:
-            del body["metadata"]["uid"]
         return self.request("POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", body)

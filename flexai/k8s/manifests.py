@@ -175,7 +175,7 @@ def objects(namespace: str = DEFAULTS["namespace"], image: str = DEFAULTS["image
     docs.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(sc, ns)})
     docs += _rbac(sc, ns, [
         {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods/binding"], "verbs": ["create"]}])
     for role in ("system:kube-scheduler", "system:volume-scheduler"):
         docs.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -207,7 +207,8 @@ def objects(namespace: str = DEFAULTS["namespace"], image: str = DEFAULTS["image
                                            "readOnly": True}]},
                         {"name": "extender", "image": image,
                          "command": ["flexai", "k8s", "extender",
-                                     "--listen", f"127.0.0.1:{EXTENDER_PORT}"],
+                                     "--listen", f"127.0.0.1:{EXTENDER_PORT}",
+                                     "--scheduler-name", scheduler_name],
                          "resources": {"requests": {"cpu": "500m", "memory": "512Mi"}}},
                     ],
                     "volumes": [{"name": "config", "configMap": {"name": f"{sc}-config"}}],

@@ -39,7 +39,6 @@ from .resources import (
     ANNOTATION_ALLOCATION,
     ANNOTATION_ASSIGNED,
     ANNOTATION_NODE_GPUS,
-    LABEL_ALLOCATED,
     RESOURCE_GPU,
     Allocation,
     NodeGpu,
@@ -153,8 +152,7 @@ class DevicePlugin:
                                "(run it in a pod, or pass --kube-api)")
         node = self.config.node_name
         found = []
-        for pod in self.api.list_pods(field_selector=f"spec.nodeName={node}",
-                                      label_selector=f"{LABEL_ALLOCATED}=true"):
+        for pod in self.api.list_pods(field_selector=f"spec.nodeName={node}"):
             meta = pod.get("metadata") or {}
             ann = meta.get("annotations") or {}
             phase = (pod.get("status") or {}).get("phase")

@@ -8,9 +8,10 @@ write for each other, a pod's request as a :class:`flexai.policy.Request`, a nod
   else from the priority class (``flexai-high`` ... or a bare priority name), else from the
   pod's integer priority (``>= 1000000`` high, ``< 0`` low, else normal).
 - The device plugin writes each node's GPUs in the node annotation ``flexai.io/gpus``.
-- The extender writes its choice in the pod annotation ``flexai.io/allocation`` (and the label
-  ``flexai.io/allocated``) before binding; the device plugin reads it in ``Allocate`` and sets
-  ``flexai.io/assigned`` to ``"true"``.
+- The extender writes its choice in the pod annotation ``flexai.io/allocation``, carried by the
+  pod's ``Binding`` (the API server merges a Binding's annotations into the pod as it binds
+  it); the device plugin reads it from the pod in ``Allocate`` and sets ``flexai.io/assigned``
+  to ``"true"``.
 
 Pure: this module must never do I/O, import gRPC or talk to the API server; its errors are
 ``ValueError`` naming the field and showing an accepted example.
@@ -36,7 +37,6 @@ ANNOTATION_MODELS = "flexai.io/gpu-models"
 ANNOTATION_ALLOCATION = "flexai.io/allocation"
 ANNOTATION_ASSIGNED = "flexai.io/assigned"
 ANNOTATION_NODE_GPUS = "flexai.io/gpus"
-LABEL_ALLOCATED = "flexai.io/allocated"
 
 DEFAULT_SCHEDULER = "flexai-scheduler"
 #: The kubelet's device plugin directory.

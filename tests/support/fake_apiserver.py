@@ -2,11 +2,21 @@
 handful of calls flexai's components make, over HTTP/1.1 keep-alive with TCP_NODELAY.
 
 - ``GET /api/v1/nodes``, ``GET|PATCH /api/v1/nodes/NAME`` (merge patch);
-- ``GET /api/v1/pods`` with ``fieldSelector=spec.nodeName=X`` and ``labelSelector=k=v``;
+- ``GET /api/v1/pods`` with ``labelSelector=k=v,...`` and ``fieldSelector`` terms ``f=v``,
+  ``f==v``, ``f!=v`` on the fields a real server lets pods be selected by (``spec.nodeName``,
+  ``spec.schedulerName``, ``status.phase``, ...; any other field is a 400, as there);
 - ``GET|PATCH /api/v1/namespaces/NS/pods/NAME`` (merge patch);
-- ``POST /api/v1/namespaces/NS/pods/NAME/binding`` (409 when already bound, 404 for no pod).
+- ``POST /api/v1/namespaces/NS/pods/NAME/binding``, as kube-apiserver's pods/binding storage
+  does it: in one update it sets ``spec.nodeName``, merges the Binding's
+  ``metadata.annotations`` into the pod's and sets the ``PodScheduled`` condition; it does not
+  copy the Binding's labels (kube-apiserver does only behind the ``PodTopologyLabelsAdmission``
+  feature gate). Refused as there: a Binding whose name differs from the URL's (400), no
+  ``target.name`` or a target kind other than Node (422), no such pod (404), and with 409
+  Conflict a pod already bound, being deleted or with scheduling gates, or whose UID or
+  resourceVersion differs from the Binding's ``metadata`` (the preconditions).
 
-``latency`` (seconds) delays every answer, as a loaded API server would; ``calls`` counts them.
+Every write bumps the object's ``resourceVersion``. ``latency`` (seconds) delays every answer,
+as a loaded API server would; ``calls`` counts them per method, ``writes`` counts writes.
 Test support only: it checks nothing about authorization and never persists anything.
 """
 from __future__ import annotations
@@ -47,7 +57,9 @@ class FakeApiServer(ThreadingHTTPServer):
         self.nodes: dict[str, dict] = {}
         self.pods: dict[tuple[str, str], dict] = {}
         self.calls: dict[str, int] = {}
+        self.writes = 0
         self.bindings: list[tuple[str, str, str]] = []
+        self._version = 0
         self._thread: Optional[threading.Thread] = None
 
     def get_request(self):
@@ -71,6 +83,12 @@ class FakeApiServer(ThreadingHTTPServer):
 
     # ---- contents ------------------------------------------------------------------------------
 
+    def bump(self, obj: dict) -> dict:
+        """Give ``obj`` the next resourceVersion (call under the lock)."""
+        self._version += 1
+        obj.setdefault("metadata", {})["resourceVersion"] = str(self._version)
+        return obj
+
     def add_node(self, name: str, annotations: Optional[dict] = None,
                  labels: Optional[dict] = None) -> dict:
         node = {"apiVersion": "v1", "kind": "Node",
@@ -79,8 +97,8 @@ class FakeApiServer(ThreadingHTTPServer):
                              "labels": dict(labels or {})},
                 "status": {"allocatable": {}}}
         with self.lock:
-            self.nodes[name] = node
-        return node
+            self.nodes[name] = self.bump(node)
+        return copy.deepcopy(node)
 
     def add_pod(self, pod: dict) -> dict:
         pod = copy.deepcopy(pod)
@@ -89,8 +107,8 @@ class FakeApiServer(ThreadingHTTPServer):
         meta.setdefault("uid", f"uid-{meta['namespace']}-{meta['name']}")
         pod.setdefault("status", {"phase": "Pending"})
         with self.lock:
-            self.pods[(meta["namespace"], meta["name"])] = pod
-        return pod
+            self.pods[(meta["namespace"], meta["name"])] = self.bump(pod)
+        return copy.deepcopy(pod)
 
     def pod(self, namespace: str, name: str) -> dict:
         with self.lock:
@@ -104,10 +122,51 @@ class FakeApiServer(ThreadingHTTPServer):
 def _labels_match(obj: dict, selector: str) -> bool:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     for term in filter(None, selector.split(",")):
-        k, _, v = term.partition("=")
+        if "!=" in term:
+            k, _, v = term.partition("!=")
+            if labels.get(k) == v:
+                return False
+            continue
+        k, _, v = term.replace("==", "=").partition("=")
         if labels.get(k) != v:
             return False
     return True
+
+
+#: The pod fields kube-apiserver accepts in a field selector, and how to read them.
+POD_FIELDS = {
+    "metadata.name": lambda p: p["metadata"].get("name", ""),
+    "metadata.namespace": lambda p: p["metadata"].get("namespace", ""),
+    "spec.nodeName": lambda p: (p.get("spec") or {}).get("nodeName") or "",
+    "spec.restartPolicy": lambda p: (p.get("spec") or {}).get("restartPolicy") or "",
+    "spec.schedulerName": lambda p: (p.get("spec") or {}).get("schedulerName") or "",
+    "spec.serviceAccountName": lambda p: (p.get("spec") or {}).get("serviceAccountName") or "",
+    "spec.hostNetwork": lambda p: str(bool((p.get("spec") or {}).get("hostNetwork"))).lower(),
+    "status.phase": lambda p: (p.get("status") or {}).get("phase") or "",
+    "status.podIP": lambda p: (p.get("status") or {}).get("podIP") or "",
+    "status.nominatedNodeName": lambda p: (p.get("status") or {}).get("nominatedNodeName") or "",
+}
+
+
+def parse_field_selector(selector: str) -> list[tuple[str, bool, str]]:
+    """``[(field, equal, value)]``; ValueError names a field pods cannot be selected by."""
+    terms = []
+    for term in filter(None, selector.split(",")):
+        if "!=" in term:
+            field, _, value = term.partition("!=")
+            equal = False
+        else:
+            field, _, value = term.replace("==", "=").partition("=")
+            equal = True
+        if field not in POD_FIELDS:
+            raise ValueError(f'"{field}" is not a known field selector: only "'
+                             + '", "'.join(POD_FIELDS) + '"')
+        terms.append((field, equal, value))
+    return terms
+
+
+def _fields_match(pod: dict, terms: list[tuple[str, bool, str]]) -> bool:
+    return all((POD_FIELDS[f](pod) == v) == eq for f, eq, v in terms)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -121,9 +180,10 @@ class _Handler(BaseHTTPRequestHandler):
         """Answer in one write (headers and body), after the handler let go of the lock."""
         self._reply = (status, json.dumps(obj).encode())
 
-    def _status(self, code: int, message: str) -> None:
-        self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                          "message": message, "code": code})
+    def _status(self, code: int, message: str, reason: str = "") -> None:
+        self._send(code, {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                          "status": "Failure", "message": message, "code": code,
+                          **({"reason": reason} if reason else {})})
 
     def _handle(self, method: str) -> None:
         srv = self.server
@@ -132,7 +192,7 @@ class _Handler(BaseHTTPRequestHandler):
         if srv.latency:
             time.sleep(srv.latency)
         url = urllib.parse.urlsplit(self.path)
-        q = dict(urllib.parse.parse_qsl(url.query))
+        q = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         path = url.path
         with srv.lock:
             srv.calls[method] = srv.calls.get(method, 0) + 1
@@ -145,36 +205,93 @@ class _Handler(BaseHTTPRequestHandler):
             if m:
                 node = srv.nodes.get(m[1])
                 if node is None:
-                    return self._status(404, f'nodes "{m[1]}" not found')
+                    return self._status(404, f'nodes "{m[1]}" not found', "NotFound")
                 if method == "PATCH":
-                    node = srv.nodes[m[1]] = merge_patch(node, body)
+                    srv.writes += 1
+                    node = srv.nodes[m[1]] = srv.bump(merge_patch(node, body))
                 return self._send(200, node)
             if method == "GET" and path == "/api/v1/pods":
-                want = q.get("fieldSelector", "")
-                node = want.split("=", 1)[1] if want.startswith("spec.nodeName=") else None
-                items = [p for p in srv.pods.values()
-                         if (node is None or (p.get("spec") or {}).get("nodeName") == node)
+                try:
+                    terms = parse_field_selector(q.get("fieldSelector", ""))
+                except ValueError as exc:
+                    return self._status(400, f"field label not supported: {exc}", "BadRequest")
+                items = [p for p in srv.pods.values() if _fields_match(p, terms)
                          and _labels_match(p, q.get("labelSelector", ""))]
                 return self._send(200, {"kind": "PodList", "apiVersion": "v1",
                                         "metadata": {}, "items": items})
             m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)(/binding)?", path)
+            if m and m[3]:
+                if method != "POST":
+                    return self._status(405, f"{method} is not allowed on pods/binding",
+                                        "MethodNotAllowed")
+                return self._bind(m[1], m[2], body)
             if m:
                 key = (m[1], m[2])
                 pod = srv.pods.get(key)
                 if pod is None:
-                    return self._status(404, f'pods "{m[2]}" not found')
-                if m[3] and method == "POST":
-                    if (pod.get("spec") or {}).get("nodeName"):
-                        return self._status(409, f'pod {m[2]} is already assigned to node '
-                                                 f'"{pod["spec"]["nodeName"]}"')
-                    target = (body or {}).get("target") or {}
-                    pod.setdefault("spec", {})["nodeName"] = target.get("name")
-                    srv.bindings.append((m[1], m[2], target.get("name")))
-                    return self._send(201, {"kind": "Status", "status": "Success"})
+                    return self._status(404, f'pods "{m[2]}" not found', "NotFound")
                 if method == "PATCH":
-                    pod = srv.pods[key] = merge_patch(pod, body)
+                    srv.writes += 1
+                    pod = srv.pods[key] = srv.bump(merge_patch(pod, body))
                 return self._send(200, pod)
-            return self._status(404, f"no {method} {path} in the fake API server")
+            return self._status(404, f"no {method} {path} in the fake API server", "NotFound")
+
+    def _bind(self, namespace: str, name: str, binding: Any) -> None:
+        """pods/binding's create, as kube-apiserver's pod storage does it (call under the
+        lock)."""
+        srv = self.server
+        if not isinstance(binding, dict) or binding.get("kind") not in (None, "Binding"):
+            return self._status(400, "the body of pods/binding must be a v1 Binding",
+                                "BadRequest")
+        meta = binding.get("metadata") or {}
+        if meta.get("name") != name:
+            return self._status(400, "name in URL does not match name in Binding object",
+                                "BadRequest")
+        if meta.get("namespace") not in (None, "", namespace):
+            return self._status(400, "the namespace of the provided object does not match "
+                                     "the namespace sent on the request", "BadRequest")
+        ann = meta.get("annotations") or {}
+        if not isinstance(ann, dict) or not all(isinstance(v, str) for v in ann.values()):
+            return self._status(400, "metadata.annotations of a Binding must map strings to "
+                                     "strings", "BadRequest")
+        target = binding.get("target") or {}
+        if not target.get("name"):
+            return self._status(422, f'Binding "{name}" is invalid: target.name: Required '
+                                     "value", "Invalid")
+        if target.get("kind") not in (None, "", "Node"):
+            return self._status(422, f'Binding "{name}" is invalid: target.kind: Invalid '
+                                     f'value: "{target["kind"]}": must be empty or \'Node\'',
+                                "Invalid")
+        pod = srv.pods.get((namespace, name))
+        if pod is None:
+            return self._status(404, f'pods "{name}" not found', "NotFound")
+        pmeta, spec = pod["metadata"], pod.setdefault("spec", {})
+        why = None
+        if meta.get("uid") and meta["uid"] != pmeta.get("uid"):
+            why = (f"Precondition failed: UID in precondition: {meta['uid']}, UID in object "
+                   f"meta: {pmeta.get('uid')}")
+        elif meta.get("resourceVersion") and meta["resourceVersion"] != pmeta.get(
+                "resourceVersion"):
+            why = "the object has been modified; please apply your changes to the latest version"
+        elif pmeta.get("deletionTimestamp"):
+            why = f"pod {name} is being deleted, cannot be assigned to a host"
+        elif spec.get("nodeName"):
+            why = f'pod {name} is already assigned to node "{spec["nodeName"]}"'
+        elif spec.get("schedulingGates"):
+            why = f"pod {name} has non-empty .spec.schedulingGates"
+        if why:
+            return self._status(409, f'Operation cannot be fulfilled on pods/binding "{name}": '
+                                     f"{why}", "Conflict")
+        spec["nodeName"] = target["name"]
+        pmeta["annotations"] = {**(pmeta.get("annotations") or {}), **ann}
+        status = pod.setdefault("status", {})
+        conds = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+        status["conditions"] = conds + [{"type": "PodScheduled", "status": "True"}]
+        srv.bump(pod)
+        srv.writes += 1
+        srv.bindings.append((namespace, name, target["name"]))
+        return self._send(201, {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                                "status": "Success", "code": 201})
 
     def _do(self, method: str) -> None:
         self._reply = (500, b"{}")
