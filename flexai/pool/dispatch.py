@@ -78,6 +78,9 @@ class Dispatcher:
     def _start(self, job: dict[str, Any], place: Any) -> None:
         import ray
 
+        if self._goes_remote(job, place):  # a GPU-less origin's --remote-ok job
+            self._start_remote(job, place)  # (flexai.pool.remote)
+            return
         with self._lock:
             node = self._nodes.get(place.node)
             if node is None or not node.alive:
