@@ -282,6 +282,7 @@ class PoolHead(RemotePlacement, Dispatcher):
                 job["reason"] = reason
                 self._stats["lost"] += 1
                 self._finish(job, "lost", None)
+        self._lose_remote_jobs(name, reason)  # jobs elsewhere on a remote slice there
 
     # ---- status -------------------------------------------------------------------------------
 

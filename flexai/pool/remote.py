@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .dispatch import FINAL
 from .member import pool_dir
 
 #: The token's file in the pool directory.
@@ -132,6 +133,21 @@ class RemotePlacement:
             cancel = job["cancel"]
         if cancel:
             origin.handle.stop.remote(job["id"], 5.0, job["reason"] or "cancelled")
+
+    def _lose_remote_jobs(self, name: str, reason: str) -> None:
+        """Node ``name`` is gone (lock held): the jobs whose remote slice was there are lost,
+        and stopped on their own nodes (their CUDA calls could only fail from now on)."""
+        for job in self._jobs.values():
+            remote = job.get("remote")
+            if not remote or remote["node"] != name or job["state"] in FINAL:
+                continue
+            remote["released"] = True  # with the node
+            job["cancel"], job["reason"] = True, f"its remote slice is gone: {reason}"
+            self._stats["lost"] += 1
+            self._finish(job, "lost", None)
+            origin = self._nodes.get(job["node"])
+            if origin is not None and origin.alive:
+                origin.handle.stop.remote(job["id"], 5.0, job["reason"])
 
     def _release_remote(self, job: dict[str, Any]) -> None:
         """Drop a finished job's booking on its GPU node (once; never waits for the agent)."""
