@@ -101,6 +101,18 @@ def _agent(name: str):
     return ray.get_actor(f"flexai-agent-{name}", namespace="flexai")
 
 
+def _try_resize(node: str, name: str, compute: int) -> bool:
+    import ray
+
+    try:
+        ray.get(_agent(node).resize.remote(name, compute=compute), timeout=30)
+        return True
+    except ray.exceptions.RayTaskError as exc:
+        if "not attached" in str(exc) or "no slice" in str(exc).lower():
+            return False
+        raise
+
+
 def test_remote_ok_job_runs_on_the_gpu_less_node_in_a_remote_slice(cluster, api, tmp_path):
     import ray
 
@@ -127,6 +139,13 @@ def test_remote_ok_job_runs_on_the_gpu_less_node_in_a_remote_slice(cluster, api,
         assert gpu["memory_free"] <= gpu["memory_total"] - GiB
         booked = ray.get(_agent(remote["node"]).remote_bookings.remote(), timeout=30)
         assert [b["slice"] for b in booked] == [name]
+        # the policy's Shrink reaches the remote slice (once its session has attached)
+        wait_for(lambda: _try_resize(remote["node"], name, 10), 30, "the slice to resize")
+        booked = ray.get(_agent(remote["node"]).remote_bookings.remote(), timeout=30)
+        assert booked[0]["compute"] == 10
+        view = ray.get(_agent(remote["node"]).report.remote(), timeout=30)["view"]
+        gpu = next(g for g in view["gpus"] if g["index"] == remote["gpu"])
+        assert [s["compute"] for s in gpu["slices"] if s["job"] == name] == [10]
         wait_for(lambda: any(s["job"] in (name, job["id"]) and s["memory"] == GiB
                              for s in _slices_of(api, remote["node"], remote["gpu"])),
                  30, "the head's view of the GPU node to show the booking")

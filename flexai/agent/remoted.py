@@ -145,6 +145,30 @@ class RemoteSlices:
         """Drop job ``job_id``'s booking; True when there was one."""
         return self.bookings.pop(slice_name(job_id), None) is not None
 
+    def resize(self, job_id: str, state_dir: str, **values: Any) -> dict[str, Any]:
+        """Change a booked remote slice's compute share and/or memory quota
+        (``flexai.node.control.resize`` on its GPU; the policy's ``Shrink``) and its booking.
+
+        Raises
+        ------
+        NotFoundError
+            No such booking, or its session has not attached yet (try again).
+        """
+        from .._ffi import NotFoundError
+        from ..node.control import resize
+
+        booking = self.bookings.get(slice_name(job_id))
+        if booking is None:
+            raise NotFoundError(f"resize: no remote slice {slice_name(job_id)!r} booked here")
+        done = resize(booking.job_id, device=self._gpus[booking.gpus[0]].uuid,
+                      state_dir=state_dir, **values)
+        if done.memory is not None:
+            booking.memory = done.memory
+        if done.compute is not None:
+            booking.compute = done.compute
+            booking.guarantee = min(booking.guarantee, booking.compute)
+        return booking.to_dict()
+
     def servers(self) -> dict[int, str]:
         """GPU index -> the address of its running server."""
         return {g: a for g, (p, a) in self._servers.items() if p.poll() is None}

@@ -70,7 +70,9 @@ class AgentActor:
         self.agent.stop(job_id, grace_s=grace_s, reason=reason)
 
     def resize(self, job_id: str, **kwargs: Any) -> dict[str, Any]:
-        """``NodeAgent.resize``."""
+        """``NodeAgent.resize`` (a remote slice booked here: ``RemoteSlices.resize``)."""
+        if self._remote is not None and job_id in self._remote.bookings:
+            return self._remote.resize(job_id, self.agent.state_dir, **kwargs)
         return self.agent.resize(job_id, **kwargs)
 
     def read_logs(self, job_id: str, stream: str = "stdout", offset: int = 0,
