@@ -178,7 +178,10 @@ def jobs_main(args: argparse.Namespace) -> int:
              "COMMAND"]]
     now = time.time()
     for r in records:
-        rows.append([r["id"], r["state"], r["node"] or "-",
+        state = r["state"]
+        if state == "evicted" and r.get("reason", "").startswith("evicted by "):
+            state = r["reason"].split(" (")[0]  # "evicted by job-7": its owner sees why
+        rows.append([r["id"], state, r["node"] or "-",
                      ",".join(map(str, r["gpus"])) or "-", r["priority"],
                      format_bytes(r["memory"]) if r["memory"] else "-",
                      f"{r['compute']}%" if r["compute"] else "-",
