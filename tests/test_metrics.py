@@ -145,6 +145,21 @@ def test_usage_follows_the_processes(clients, state_dir) -> None:
     assert used_after in ([], [0.0]), used_after
 
 
+def test_a_capped_slice_asking_more_has_throttled_time(clients, state_dir) -> None:
+    """A client asking 40% of the device under a 10% cap is held back by the gate: its slice's
+    throttled time is in the scrape (and an uncapped light one has next to none)."""
+    capped = start_client(clients, state_dir, "module", "duty", "500", "40", "1000",
+                          FLEXAI_SLICE="capped", FLEXAI_GPU_COMPUTE="10")
+    try:
+        with MetricsServer(server_env(state_dir)) as server:
+            found = samples(server.scrape())
+    finally:
+        finish(capped)
+    throttled = value(found, "flexai_slice_throttled_seconds_total", slice="capped", gpu=UUID0)
+    assert 0.05 < throttled < 5.0, throttled  # it ran 1 s asking 4x its cap
+    assert value(found, "flexai_slice_gpu_seconds_total", slice="capped", gpu=UUID0) > 0
+
+
 @loads_library_in_process
 def test_an_unreadable_node_is_reported_down(tmp_path) -> None:
     not_a_dir = tmp_path / "file"
@@ -270,4 +285,5 @@ def test_node_status_joins_nvml_and_the_state_by_uuid() -> None:
     assert [(s["name"], s["gpu"], s["memory_used"]) for s in status["slices"]] == [
         ("job-a", UUID0, GiB), ("job-b", UUID0, 512 * MiB), ("job-b", other, 0),
         ("idle", "", 0)]
+    assert [s["throttled_seconds"] for s in status["slices"]] == [0.0, 0.0, 0.0, 0.0]
     assert status["queue"] == []

@@ -102,6 +102,19 @@ def test_once_prints_one_plain_frame(clients, state_dir) -> None:
     assert all(line == line.rstrip() for line in out.splitlines())
 
 
+def test_once_shows_a_capped_slice_s_throttled_time(clients, state_dir) -> None:
+    capped = start_client(clients, state_dir, "module", "duty", "500", "40", "1000",
+                          FLEXAI_SLICE="capped", FLEXAI_GPU_COMPUTE="10")
+    try:
+        res = top(["--once"], top_env(state_dir))
+    finally:
+        finish(capped)
+    assert res.returncode == 0, res.stderr
+    assert "THROTTLED" in line_of(res.stdout, "SLICE")
+    last = line_of(res.stdout, "capped").split()[-1]  # the THROTTLED column
+    assert last.endswith("s") and float(last[:-1]) > 0.05, res.stdout
+
+
 def test_once_on_an_empty_node(state_dir) -> None:
     res = top(["--once", "--state-dir", str(state_dir)], top_env(state_dir))
     assert res.returncode == 0, res.stderr
@@ -153,7 +166,8 @@ def test_pool_frame_from_plain_data() -> None:
             {"name": "cpu-only", "alive": True, "gpus": []}],
         "slices": [{"name": "job-2", "node": "node-a", "gpu": "GPU-a0", "priority": "low",
                     "nprocs": 2, "memory_limit": 2 * GiB, "memory_used": GiB // 2,
-                    "compute": 10, "burst": 0, "gpu_seconds": 1.5}],
+                    "compute": 10, "burst": 0, "gpu_seconds": 1.5,
+                    "throttled_seconds": 0.25}],
         "queue": [{"job": "big-1", "priority": "normal", "memory": 96 * GiB, "compute": 50,
                    "waiting_s": 12.4, "reason": "no GPU has 96 GiB free"}],
     }
@@ -170,11 +184,12 @@ def test_pool_frame_from_plain_data() -> None:
     # granted by the pool, not in the node's state yet: what the pool knows
     train = next(line for line in out.splitlines() if "train-1" in line)
     assert train.split()[:5] == ["node-a", "train-1", "high", "-", "0"]
-    assert train.split()[-5:] == ["-", "8", "GiB", "30%", "-"]  # used unknown, limit, share
+    # used unknown, limit, share; no GPU time nor throttled time known
+    assert train.split()[-6:] == ["-", "8", "GiB", "30%", "-", "-"]
     # in the node's state: once, with its usage
     (job2,) = [line for line in out.splitlines() if "job-2" in line]
     assert job2.split()[:5] == ["node-a", "job-2", "low", "2", "0"]
-    assert "512 MiB  2 GiB  10%" in job2 and "1.50s" in job2
+    assert "512 MiB  2 GiB  10%" in job2 and job2.split()[-2:] == ["1.50s", "0.25s"]
     big = line_of(out, "big-1")
     assert "normal" in big and "96 GiB" in big and "12s" in big and "no GPU has" in big
 

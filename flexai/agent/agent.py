@@ -102,6 +102,9 @@ class NodeAgent:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._jobs = JobTable(self.log_dir)
         self._gpus, self._nvml_error = read_gpus()
+        #: Slices held on this node's GPUs for jobs elsewhere (remote slices booked by the
+        #: pool, flexai.agent.remoted): slice name -> a job-like record, counted by view().
+        self.bookings: dict[str, Any] = {}
         self._node: Node | None = None
         self._node_lock = threading.Lock()
         self._started = time.time()
@@ -148,7 +151,8 @@ class NodeAgent:
             the compute it may not be shrunk below (the share, 0 for best-effort jobs).
         """
         snap = self.snapshot()
-        gpus = gpu_views(self._gpus, snap, [j for j in self._jobs.jobs() if j.running])
+        gpus = gpu_views(self._gpus, snap, [j for j in self._jobs.jobs() if j.running]
+                         + list(self.bookings.values()))
         return {"name": self.name, "gpus": gpus, "cpu_milli_free": 1000 * _cpus(),
                 "host_memory_free": _host_memory()[1]}
 

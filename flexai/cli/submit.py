@@ -25,7 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     """Add ``submit``, ``jobs`` and ``cancel`` to the ``flexai`` parser."""
     s = sub.add_parser("submit", help="run a command in a slice somewhere in the pool",
                        usage="flexai submit [--gpu-memory SIZE] [--gpu-compute PERCENT] "
-                             "[--priority P] [--gpu-model NAME] [--local-only] -- CMD [ARGS...]",
+                             "[--priority P] [--gpu-model NAME] [--local-only] [--remote-ok] "
+                             "-- CMD [ARGS...]",
                        description="Run CMD inside a slice on the node the pool's policy "
                                    "chooses (this one when it fits), stream its output here "
                                    "and exit with its status. A job that does not fit now "
@@ -47,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "more: whole GPUs on one node")
     s.add_argument("--local-only", action="store_true",
                    help="run on this machine's node only (wait rather than go remote)")
+    s.add_argument("--remote-ok", action="store_true",
+                   help="on a node without a GPU: run CMD here, its CUDA driver calls going to "
+                        "a remote slice on the GPU node the pool chose (see docs/remote.md)")
     s.add_argument("--env", metavar="KEY=VALUE", action="append", default=[],
                    help="set a variable in the job's environment (repeatable)")
     s.add_argument("--detach", action="store_true",
@@ -117,7 +121,7 @@ def submit_main(args: argparse.Namespace) -> int:
         job = client.submit(command, gpu_memory=args.gpu_memory, gpu_compute=args.gpu_compute,
                             priority=args.priority, gpu_model=args.gpu_model, gpus=args.gpus,
                             local_only=args.local_only, env=_env(args.env), cwd=os.getcwd(),
-                            address=args.address)
+                            address=args.address, remote_ok=args.remote_ok)
     except FlexaiError as exc:
         return fail(exc)
     if not had_pool and client.this_node() is not None:
@@ -174,7 +178,10 @@ def jobs_main(args: argparse.Namespace) -> int:
              "COMMAND"]]
     now = time.time()
     for r in records:
-        rows.append([r["id"], r["state"], r["node"] or "-",
+        state = r["state"]
+        if state == "evicted" and r.get("reason", "").startswith("evicted by "):
+            state = r["reason"].split(" (")[0]  # "evicted by job-7": its owner sees why
+        rows.append([r["id"], state, r["node"] or "-",
                      ",".join(map(str, r["gpus"])) or "-", r["priority"],
                      format_bytes(r["memory"]) if r["memory"] else "-",
                      f"{r['compute']}%" if r["compute"] else "-",

@@ -12,7 +12,8 @@ Both give plain data of one shape, which is all this module draws::
                            "compute_granted": int}]}],
      "slices": [{"name": str, "node": str, "gpu": str (UUID or index), "priority": str,
                  "nprocs": int, "memory_limit": int, "memory_used": int (optional),
-                 "compute": int, "burst": int, "gpu_seconds": float}],
+                 "compute": int, "burst": int, "gpu_seconds": float,
+                 "throttled_seconds": float (optional)}],
      "queue":  [{"job": str, "priority": str, "memory": int, "compute": int,
                  "waiting_s": float, "reason": str}]}
 
@@ -162,7 +163,8 @@ def render(data: dict[str, Any], *, pool: bool, now: float | None = None) -> Any
 
     t = Table(title="Slices", title_justify="left", box=None, pad_edge=False)
     for col in (["NODE"] if pool else []) + ["SLICE", "PRIORITY", "PROCS", "GPU", "MEMORY",
-                                             "USED", "LIMIT", "COMPUTE", "GPU TIME"]:
+                                             "USED", "LIMIT", "COMPUTE", "GPU TIME",
+                                             "THROTTLED"]:
         t.add_column(col, no_wrap=True)
     for s in slices:
         limit, used = s.get("memory_limit") or 0, s.get("memory_used")
@@ -171,13 +173,14 @@ def render(data: dict[str, Any], *, pool: bool, now: float | None = None) -> Any
         compute = f"{s['compute']}%" if s.get("compute") else "-"
         if s.get("burst"):
             compute += f" (burst {s['burst']}%)"
-        seconds = s.get("gpu_seconds")
+        seconds, throttled = s.get("gpu_seconds"), s.get("throttled_seconds")
         row = ([s.get("node", "")] if pool else []) + [
             s.get("name", ""), s.get("priority", ""), str(s.get("nprocs", "-")),
             str(index) if index is not None and index >= 0 else (gpu[:12] or "-"),
             _bar(used or 0, limit) if limit else Text("no limit", style="dim"),
             _size(used), _size(limit) if limit else "none", compute,
-            f"{seconds:.2f}s" if seconds else "-"]
+            f"{seconds:.2f}s" if seconds else "-",
+            f"{throttled:.2f}s" if throttled else "-"]
         t.add_row(*row)
     parts += [Text(""), t if slices else Text("no slices")]
 

@@ -3,8 +3,9 @@ reads the node at scrape time, and :func:`serve` to expose it over HTTP.
 
 What a scrape reads: the node's shared state through :class:`~flexai.node.NodeSnapshot` (slices,
 their limits, usage and GPU time; never the C library directly), the devices' models and
-memory through NVML (``pynvml``; on the simulated device the fake ``libnvidia-ml.so.1`` answers
-in a process started with :func:`flexai.sim.sim_env`), and the pool's counters when the pool
+memory through NVML (:mod:`flexai.node.devices`, the one reader of NVML; on the simulated
+device the fake ``libnvidia-ml.so.1`` answers in a process started with
+:func:`flexai.sim.sim_env`), and the pool's counters when the pool
 head registered a :class:`PoolCounters`. The same per-node numbers are offered as plain data by
 :func:`node_status` (the one-node form of ``flexai.pool.status()``, which ``flexai top`` draws).
 
@@ -22,14 +23,15 @@ Metrics (labels: ``gpu`` = device UUID, ``model``, ``slice``, ``priority``, ``ou
     flexai_slice_compute_percent           {slice, gpu, model, priority}  0: no share
     flexai_slice_compute_burst_percent     {slice, gpu, model, priority}  0: hard cap
     flexai_slice_gpu_seconds_total         {slice, gpu, model, priority}
+    flexai_slice_throttled_seconds_total   {slice, gpu, model, priority}  launches held back
     flexai_slice_processes                 {slice, priority}
     flexai_slices                          {priority}    slices of the node by priority
     flexai_pool_queue_length               {priority}    (pool head only)
     flexai_pool_placements_total           {outcome}     placed | queued | preempted
     flexai_pool_preemptions_total, flexai_pool_evictions_total
 
-Throttled time is not exported: the node's usage rows (``flexai_usage_row``) carry no time a
-slice spent waiting for its share, only the GPU time it used.
+Throttled time is the time a slice's launches on a device waited in the gate (its cap, a
+higher priority, another slice's lease), from the node's usage rows (``throttled_ns``).
 
 The pool hook: the pool head creates one :class:`PoolCounters`, passes it to
 ``serve(port, pool=counters)`` (or ``MetricsCollector(pool=counters)``), and updates it as it
@@ -42,87 +44,31 @@ through :class:`~flexai.node.NodeSnapshot`.
 """
 from __future__ import annotations
 
-import ctypes
-import os
 import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .._ffi import FlexaiError, names
+from .devices import Gpu
+from .devices import read_gpus as _read_gpus
 from .snapshot import NodeSnapshot
 
 #: The outcomes of a placement decision that :meth:`PoolCounters.count_placement` accepts.
 OUTCOMES = ("placed", "queued", "preempted")
 
 
-@dataclass(frozen=True)
-class Gpu:
-    """A device as NVML reports it: ``index``, ``uuid`` ("GPU-..."), ``model`` name, and
-    ``memory_total``/``memory_used`` in bytes (used: by every process on the node)."""
-
-    index: int
-    uuid: str
-    model: str
-    memory_total: int
-    memory_used: int
-
-
-_nvml_lock = threading.Lock()
-_nvml_ready = False
-
-
 def read_gpus() -> list[Gpu] | None:
     """The devices NVML reports, or None when NVML does not answer (no driver, no device).
 
-    NVML is initialized once per process, on the first call that succeeds. pynvml opens
-    ``libnvidia-ml.so.1`` by name; when the contract's NVML variable (``FLEXAI_LIBNVML``) names a
-    file, that file is opened first, so that the open by name finds it (the simulated device's
-    NVML without ``LD_LIBRARY_PATH``).
+    Read through :func:`flexai.node.devices.read_gpus`, which leaves NVML initialized after
+    the first read that succeeds (a scrape does not pay its start again).
     """
-    global _nvml_ready
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    with _nvml_lock:
-        try:
-            if not _nvml_ready:
-                _open_named_nvml()
-                pynvml.nvmlInit()
-                _nvml_ready = True
-            out = []
-            for i in range(pynvml.nvmlDeviceGetCount()):
-                h = pynvml.nvmlDeviceGetHandleByIndex(i)
-                mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-                out.append(Gpu(i, _text(pynvml.nvmlDeviceGetUUID(h)),
-                               _text(pynvml.nvmlDeviceGetName(h)), int(mem.total),
-                               int(mem.used)))
-            return out
-        except pynvml.NVMLError:
-            return None
-
-
-def _open_named_nvml() -> None:
-    from ..spec import variable
-
-    try:
-        path = os.environ.get(variable("libnvml").name, "")
-    except FlexaiError:  # no library, no contract: pynvml's open by name alone
-        return
-    if "/" in path and os.path.isfile(path):
-        try:
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        except OSError:
-            pass  # pynvml's own open then says what is wrong
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    gpus, why = _read_gpus(keep=True)
+    return None if why else list(gpus)
 
 
 def node_status(state_dir: str | None = None, *, snapshot: NodeSnapshot | None = None,
@@ -147,7 +93,8 @@ def node_status(state_dir: str | None = None, *, snapshot: NodeSnapshot | None =
         ``{"nodes": [{"name", "alive", "gpus": [{"index", "uuid", "model", "memory_total",
         "memory_used", "memory_granted", "compute_granted", "busy_seconds"}]}],
         "slices": [{"name", "node", "gpu", "priority", "nprocs", "memory_limit",
-        "memory_used", "compute", "burst", "gpu_seconds"}], "queue": []}``; sizes in bytes,
+        "memory_used", "compute", "burst", "gpu_seconds", "throttled_seconds"}],
+        "queue": []}``; sizes in bytes,
         compute in percent, ``gpu`` the device UUID. A device NVML does not know (or every
         device, without NVML) has index -1, model "" and memory_total 0.
 
@@ -179,11 +126,13 @@ def node_status(state_dir: str | None = None, *, snapshot: NodeSnapshot | None =
                            "priority": s.priority, "nprocs": s.nprocs,
                            "memory_limit": d.limit_bytes, "memory_used": d.used_bytes,
                            "compute": d.compute, "burst": d.burst,
-                           "gpu_seconds": d.gpu_seconds})
+                           "gpu_seconds": d.gpu_seconds,
+                           "throttled_seconds": d.throttled_ns / 1e9})
         if not s.devices:
             slices.append({"name": s.name, "node": node, "gpu": "", "priority": s.priority,
                            "nprocs": s.nprocs, "memory_limit": 0, "memory_used": 0,
-                           "compute": 0, "burst": 0, "gpu_seconds": 0.0})
+                           "compute": 0, "burst": 0, "gpu_seconds": 0.0,
+                           "throttled_seconds": 0.0})
     ordered = sorted(rows.values(), key=lambda g: (g["index"] < 0, g["index"], g["uuid"]))
     return {"nodes": [{"name": node, "alive": True, "gpus": ordered}], "slices": slices,
             "queue": []}
@@ -336,6 +285,9 @@ class MetricsCollector:
         burst = gauge("flexai_slice_compute_burst_percent",
                       "Slice compute burst (0: the share is a hard cap)", labels=sl)
         seconds = counter("flexai_slice_gpu_seconds", "GPU time the slice used", labels=sl)
+        throttled = counter("flexai_slice_throttled_seconds",
+                            "Time the slice's launches were held back (cap, priority, lease)",
+                            labels=sl)
         procs = gauge("flexai_slice_processes", "Live processes of the slice",
                       labels=["slice", "priority"])
         by_priority = Counter({p: 0 for p in names("FLEXAI_PRIORITY_").values()})
@@ -353,7 +305,8 @@ class MetricsCollector:
             share.add_metric(key, s["compute"])
             burst.add_metric(key, s["burst"])
             seconds.add_metric(key, s["gpu_seconds"])
-        yield from (limit, mem, share, burst, seconds, procs)
+            throttled.add_metric(key, s["throttled_seconds"])
+        yield from (limit, mem, share, burst, seconds, throttled, procs)
         slices = gauge("flexai_slices", "Slices of the node by priority", labels=["priority"])
         for p, n in sorted(by_priority.items()):
             slices.add_metric([p], n)

@@ -34,6 +34,7 @@ class AgentActor:
         env = dict(os.environ)
         env.pop("CUDA_VISIBLE_DEVICES", None)  # Ray's choice for this actor, not for jobs
         self.agent = NodeAgent(name=name, env=env)
+        self._remote: Any = None  # flexai.agent.remoted.RemoteSlices, made on first use
         self.server = None
         if metrics_port is not None:
             from ..node import metrics
@@ -69,7 +70,9 @@ class AgentActor:
         self.agent.stop(job_id, grace_s=grace_s, reason=reason)
 
     def resize(self, job_id: str, **kwargs: Any) -> dict[str, Any]:
-        """``NodeAgent.resize``."""
+        """``NodeAgent.resize`` (a remote slice booked here: ``RemoteSlices.resize``)."""
+        if self._remote is not None and job_id in self._remote.bookings:
+            return self._remote.resize(job_id, self.agent.state_dir, **kwargs)
         return self.agent.resize(job_id, **kwargs)
 
     def read_logs(self, job_id: str, stream: str = "stdout", offset: int = 0,
@@ -92,8 +95,60 @@ class AgentActor:
         return {"env": {k: env.get(k) for k in names}, "libflexai_mapped": mapped,
                 "pid": os.getpid()}
 
+    # ---- remote slices (flexai.agent.remoted, flexai.pool.remote) ----------------------------
+
+    def _slices(self) -> Any:
+        from ..agent.remoted import RemoteSlices
+
+        if self._remote is None:
+            env = dict(os.environ)
+            env.pop("CUDA_VISIBLE_DEVICES", None)
+            self._remote = RemoteSlices(env, self.agent.gpus, self.agent.log_dir)
+            self.agent.bookings = self._remote.bookings
+        return self._remote
+
+    def remote_book(self, job_id: str, gpu: int, memory: int, compute: int,
+                    priority: str) -> str:
+        """Book job ``job_id``'s remote slice on GPU ``gpu`` and return the ``HOST:PORT`` of
+        that GPU's ``flexai remoted`` (started now, on this node's Ray address, if needed)."""
+        import ray
+
+        from .remote import read_token
+
+        token = read_token()
+        if not token:
+            from .._ffi import BadValueError
+
+            raise BadValueError(f"node {self.agent.name} has no remote-slice token (a pool "
+                                "made before remote slices: `flexai pool down`, then up again)")
+        slices = self._slices()
+        address = slices.endpoint(gpu, ray.util.get_node_ip_address(), token)
+        slices.book(job_id, gpu, memory, compute, priority,
+                    0 if priority == "best-effort" else compute)
+        return address
+
+    def remote_release(self, job_id: str) -> bool:
+        """Drop job ``job_id``'s remote-slice booking; True when there was one."""
+        return self._remote is not None and self._remote.release(job_id)
+
+    def remote_bookings(self) -> list[dict[str, Any]]:
+        """The remote slices booked on this node."""
+        return [] if self._remote is None else [b.to_dict()
+                                                for b in self._remote.bookings.values()]
+
+    def start_remote(self, job_id: str, argv: Sequence[str], address: str,
+                     **kwargs: Any) -> int:
+        """Start a job here whose CUDA calls go to the remote slice at ``address``
+        (``flexai.agent.remoted.start_remote_job``); returns the pid."""
+        from ..agent.remoted import start_remote_job
+        from .remote import read_token
+
+        return start_remote_job(self.agent, job_id, argv, address, read_token(), **kwargs)
+
     def close(self, grace_s: float = 5.0) -> None:
         """Stop every job this agent started and the metrics server."""
+        if self._remote is not None:
+            self._remote.close()
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

@@ -115,7 +115,7 @@ def request_spec(argv: Sequence[str], *, gpu_memory: int | str | None = None,
                  gpu_compute: int | None = None, priority: str = "normal",
                  gpu_model: str | Sequence[str] | None = None, gpus: int | None = None,
                  local_only: bool = False, env: Mapping[str, str] | None = None,
-                 cwd: str | None = None) -> dict[str, Any]:
+                 cwd: str | None = None, remote_ok: bool = False) -> dict[str, Any]:
     """The job spec the head takes, with the values checked that need no pool (sizes,
     compute, priority); raises BadValueError with an example."""
     from .placement import PRIORITIES
@@ -140,7 +140,8 @@ def request_spec(argv: Sequence[str], *, gpu_memory: int | str | None = None,
     return {"argv": [str(a) for a in argv], "memory": memory, "compute": gpu_compute or 0,
             "gpus": gpus, "priority": priority, "models": models or None,
             "where": "local-only" if local_only else "prefer-local",
-            "origin": _origin(), "env": dict(env or {}), "cwd": cwd}
+            "origin": _origin(), "env": dict(env or {}), "cwd": cwd,
+            "remote_ok": bool(remote_ok)}
 
 
 def _origin() -> str | None:
@@ -152,7 +153,8 @@ def submit(argv: Sequence[str], *, gpu_memory: int | str | None = None,
            gpu_compute: int | None = None, priority: str = "normal",
            gpu_model: str | Sequence[str] | None = None, gpus: int | None = None,
            local_only: bool = False, env: Mapping[str, str] | None = None,
-           cwd: str | None = None, address: str | None = None, start: bool = True) -> Job:
+           cwd: str | None = None, address: str | None = None, start: bool = True,
+           remote_ok: bool = False) -> Job:
     """Submit ``argv`` to run in a slice on the node the policy chooses.
 
     Parameters
@@ -176,6 +178,10 @@ def submit(argv: Sequence[str], *, gpu_memory: int | str | None = None,
         Added environment and working directory of the job on its node.
     address, start
         See :func:`connect`; by default the embedded pool starts when none runs.
+    remote_ok : bool
+        On a node without a GPU: run the job here, its CUDA driver calls going to a remote
+        slice on the GPU node the policy chose (flexai.pool.remote). Without it such a job
+        is started on the GPU node itself.
 
     Returns
     -------
@@ -190,7 +196,7 @@ def submit(argv: Sequence[str], *, gpu_memory: int | str | None = None,
     """
     spec = request_spec(argv, gpu_memory=gpu_memory, gpu_compute=gpu_compute,
                         priority=priority, gpu_model=gpu_model, gpus=gpus,
-                        local_only=local_only, env=env, cwd=cwd)
+                        local_only=local_only, env=env, cwd=cwd, remote_ok=remote_ok)
     connect(address, start=start)
     head = _head()
     answer = _call(head.submit.remote(spec))

@@ -49,12 +49,22 @@ class Dispatcher:
             self._count_queue()
             return
         view = self._pool_view()
-        for job_id, request in order:
+        now = time.time()
+        block_below = len(pl.PRIORITIES)  # the queue's rule (flexai.policy.queue): effective
+        for job_id, request in order:     # ranks >= this wait behind one that cannot start
             with self._lock:
                 job = self._jobs.get(job_id)
                 if job is None or job["state"] != "queued":
                     self._dequeue(job_id)
                     continue
+                rank = self._queue.effective_rank(job_id, now)
+                starving = now - self._queue.since(job_id) >= self._queue.aging
+            if rank >= block_below:
+                with self._lock:
+                    if not job["wait_reason"]:
+                        self.counters.count_placement("queued")
+                        job["wait_reason"] = "behind a waiting job of higher priority"
+                continue
             decision = pl.decide(request, view)
             if isinstance(decision, pl.Wait) and getattr(decision, "never", False):
                 with self._lock:  # the policy says it would not fit even an idle pool
@@ -67,17 +77,30 @@ class Dispatcher:
                     if not job["wait_reason"]:
                         self.counters.count_placement("queued")
                     job["wait_reason"] = decision.reason
+                block_below = min(block_below, rank if starving else rank + 1)
                 continue
             if isinstance(decision, pl.Preempt):
                 self._preempt(job, decision)
-                continue  # it starts on a later tick, when the view shows the room
+                # it starts on a later tick, when the view shows the room; until then the
+                # room is its own: the jobs behind it are planned as if it had started
+                try:
+                    view = pl.apply_decision(view, request, decision, job_id)
+                except ValueError:  # the view moved under the plan: replan on the next tick
+                    pass
+                continue
             self._start(job, decision)
-            view = self._pool_view()
+            try:  # (the node's view has it too, see _reserve; this keeps the plans above)
+                view = pl.apply_decision(view, request, decision, job_id)
+            except ValueError:
+                view = self._pool_view()
         self._count_queue()
 
     def _start(self, job: dict[str, Any], place: Any) -> None:
         import ray
 
+        if self._goes_remote(job, place):  # a GPU-less origin's --remote-ok job
+            self._start_remote(job, place)  # (flexai.pool.remote)
+            return
         with self._lock:
             node = self._nodes.get(place.node)
             if node is None or not node.alive:

@@ -24,6 +24,7 @@ from . import placement as pl
 from .admit import admit
 from .dispatch import CALL_TIMEOUT, FINAL, Dispatcher
 from .member import agent_actor_name
+from .remote import RemotePlacement
 
 #: Seconds between heartbeats.
 HEARTBEAT = 1.0
@@ -49,7 +50,7 @@ class _Node:
         return self.state == "alive"
 
 
-class PoolHead(Dispatcher):
+class PoolHead(RemotePlacement, Dispatcher):
     """The head actor (``ray.remote(PoolHead)``, threaded; every method returns plain data).
 
     Parameters
@@ -134,6 +135,7 @@ class PoolHead(Dispatcher):
                 "models": sorted(request.models) if request.models else None,
                 "origin": request.origin, "where": request.where,
                 "env": dict(spec.get("env") or {}), "cwd": spec.get("cwd"),
+                "remote_ok": bool(spec.get("remote_ok")), "remote": None,
                 "state": "queued", "node": None, "gpus": [], "pid": None, "returncode": None,
                 "reason": "", "wait_reason": "", "submitted_at": now, "started_at": None,
                 "ended_at": None, "cancel": False}
@@ -257,6 +259,7 @@ class PoolHead(Dispatcher):
                 ended: float | None = None) -> None:
         job["state"], job["returncode"] = state, rc
         job["ended_at"] = ended or time.time()
+        self._release_remote(job)  # a remote slice's booking on its GPU node (flexai.pool.remote)
         self._changed.notify_all()
         self._wake.set()
 
@@ -279,6 +282,7 @@ class PoolHead(Dispatcher):
                 job["reason"] = reason
                 self._stats["lost"] += 1
                 self._finish(job, "lost", None)
+        self._lose_remote_jobs(name, reason)  # jobs elsewhere on a remote slice there
 
     # ---- status -------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from .member import (
     stop_process_group,
     write_record,
 )
+from .remote import new_token, write_token
 
 #: How long the agent actor may take to start (seconds).
 ACTOR_TIMEOUT = 60.0
@@ -175,6 +176,7 @@ def up(*, name: str | None = None, port: int = DEFAULT_PORT, node_ip: str | None
     args += node_start_args(name, _devices(env), num_cpus=num_cpus,
                             object_store_memory=object_store_memory, node_ip=node_ip)
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    new_token(env)  # the pool's remote-slice secret (flexai.pool.remote), 0600, never printed
     log = d / "ray.log"
     proc = start_ray(args, node_env(env), log)
     address = _ray_address(log.read_text(errors="replace"), node_ip, port)
@@ -259,6 +261,7 @@ def join(address: str, *, name: str | None = None, node_ip: str | None = None,
         if len(live) > 1:
             raise BadValueError(f"--name {name}: a node of that name is already in the pool "
                                 f"(choose another, e.g. --name {name}-2)")
+        write_token(ray.get(head.remote_token.remote(), timeout=ACTOR_TIMEOUT), env)
         info = _start_agent(name, _node_id(name), env, metrics_port)
         ray.get(head.register.remote(name, info), timeout=ACTOR_TIMEOUT)
     except BaseException:
