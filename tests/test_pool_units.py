@@ -1,7 +1,7 @@
 """The pool's pure parts without Ray: admission (what can never run is refused with one line),
-the pool view built from the agents' dicts, the first-fit placement and its queue (or
-flexai.policy's, when installed), and the head's dispatch of a preemption plan with fake
-agents (who gets stopped, why, and what the counters say).
+the pool view built from the agents' dicts, placement and queueing through flexai.policy, and
+the head's dispatch of a preemption plan with fake agents (who gets stopped, why, and what the
+counters say).
 """
 from __future__ import annotations
 
