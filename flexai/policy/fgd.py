@@ -107,6 +107,22 @@ class Workload:
                                 if asked else 0.0)
         self.hmem_per_compute = (sum(p * key[5] for key, p in gpu_types) / asked
                                  if asked else 0.0)
+        self.feeds = bool(self.cpu_per_compute or self.hmem_per_compute)
+
+    def stranded(self, free_compute, cpu, hmem) -> np.ndarray:
+        """Free GPU compute (percent) beyond what ``cpu`` (milli) and ``hmem`` (bytes) can
+        feed at :attr:`cpu_per_compute` and :attr:`hmem_per_compute` (element-wise; a
+        resource no GPU type asks for never binds; zeros when neither is asked)."""
+        c, h = self.cpu_per_compute, self.hmem_per_compute
+        if c and h:
+            fed = np.minimum(np.asarray(cpu) / c, np.asarray(hmem) / h)
+        elif c:
+            fed = np.asarray(cpu) / c
+        elif h:
+            fed = np.asarray(hmem) / h
+        else:
+            return np.zeros(np.shape(free_compute))
+        return np.maximum(free_compute - fed, 0.0)
 
     def reach(self, cpu: np.ndarray, hm: np.ndarray) -> np.ndarray:
         """(rows, shapes): the probability of the GPU task types of each shape whose CPU and
@@ -147,6 +163,7 @@ class _Frag:
         self.ut = np.zeros((n, len(w.shapes)), np.int64)
         self.total = np.zeros(n, np.int64)
         self.frag = np.zeros(n)
+        self.strand = np.zeros(n)  # Workload.stranded of each node as it is (for Flexai)
         self.stamp = np.full(n, -1, np.int64)
         # a gang shape never fits a GPU that holds anything: its compute bar is out of reach
         self.bar = np.where(w.gang, 2 * COMPUTE_FULL + 1, w.d)
@@ -173,6 +190,8 @@ class _Frag:
         ut = np.where(fit, 0, f[:, :, None]).sum(axis=1) - total[:, None]
         self.fit[rows], self.cnt[rows], self.ut[rows], self.total[rows] = fit, cnt, ut, total
         self.frag[rows] = self._frag(cnt, ut, total, s.cpu[rows], s.hmem[rows])
+        if w.feeds:
+            self.strand[rows] = w.stranded(total, s.cpu[rows], s.hmem[rows])
 
     def _frag(self, cnt, ut, total, cpu, hmem) -> np.ndarray:
         """Expected fragmentation from the per-shape terms (rows x shapes -> rows)."""
@@ -267,14 +286,13 @@ class Flexai(FGD):
     - FGD's growth of the node's expected fragmentation;
     - ``balance`` times the growth of the node's **stranded** GPU compute: the free compute
       that the node's free CPU and host memory cannot feed, when GPU tasks bring on average
-      what the workload's do per compute percent (``Workload.cpu_per_compute``,
-      ``hmem_per_compute``). A task that takes much CPU or memory and few GPUs (a CPU-only
-      task above all) goes where the GPUs are already taken; a task that brings little goes
-      where CPU or memory is short, so idle GPUs do not end up on nodes with no CPU left.
-      FGD sees this only per task type (a type whose CPU no longer fits a node counts all the
-      node's free compute as fragmented), one task at a time; the balance term sees the
-      node's whole remaining GPU, CPU and memory. Off when the workload asks neither CPU nor
-      host memory (e.g. :data:`DEFAULT_WORKLOAD`);
+      what the workload's do per compute percent (``Workload.stranded``). A task that takes
+      much CPU or memory and few GPUs (a CPU-only task above all) goes where the GPUs are
+      already taken; a task that brings little goes where CPU or memory is short, so idle
+      GPUs do not end up on nodes with no CPU left. FGD sees this only per task type (a type
+      whose CPU no longer fits a node counts all the node's free compute as fragmented), one
+      task at a time; the balance term sees the node's whole remaining GPU, CPU and memory.
+      Off when the workload asks neither CPU nor host memory (e.g. :data:`DEFAULT_WORKLOAD`);
     - ``pack`` times how much free capacity the chosen GPU and node keep (as shares of a GPU
       / of the node), so that among places that score alike the one that packs tighter wins
       and whole GPUs and idle nodes stay free for larger tasks (gangs).
@@ -300,35 +318,25 @@ class Flexai(FGD):
         self.balance = float(balance)
 
     def score(self, request, state, cand):
-        delta = super().score(request, state, cand)
+        f = self.frag(state)
+        delta = f.delta(state, request, cand)
         n = cand.node
         take = request.gpus * (COMPUTE_FULL if request.gpus > 1 else request.compute)
-        total = self.frag(state).total[n]
+        left = f.total[n] - take
         w = self.workload
-        if self.balance and (w.cpu_per_compute or w.hmem_per_compute):
-            before = self.stranded(total, state.cpu[n], state.hmem[n])
-            after = self.stranded(total - take, state.cpu[n] - request.cpu_milli,
-                                  state.hmem[n] - request.host_memory)
-            delta = delta + self.balance * (after - before)
+        if self.balance and w.feeds:
+            cpu, hmem = state.cpu[n], state.hmem[n]
+            if request.cpu_milli:
+                cpu = cpu - request.cpu_milli
+            if request.host_memory:
+                hmem = hmem - request.host_memory
+            delta = delta + self.balance * (w.stranded(left, cpu, hmem) - f.strand[n])
         if not self.pack:
             return delta
-        node_left = (total - take) / state.gpu_cap[n]
+        packed = left / state.gpu_cap[n]
         if request.gpus == 1:
-            gpu_left = (state.cfree[n, cand.col] - request.compute) / COMPUTE_FULL
-        else:
-            gpu_left = 0.0
-        return delta + self.pack * (gpu_left + node_left)
-
-    def stranded(self, free_compute, cpu, hmem) -> np.ndarray:
-        """Free GPU compute (percent) beyond what ``cpu`` (milli) and ``hmem`` (bytes) can
-        feed at the workload's average CPU and host memory per compute percent."""
-        w = self.workload
-        fed = np.full(np.shape(free_compute), np.inf)
-        if w.cpu_per_compute:
-            fed = np.minimum(fed, np.asarray(cpu) / w.cpu_per_compute)
-        if w.hmem_per_compute:
-            fed = np.minimum(fed, np.asarray(hmem) / w.hmem_per_compute)
-        return np.maximum(0.0, free_compute - fed)
+            packed = packed + (state.cfree[n, cand.col] - request.compute) / COMPUTE_FULL
+        return delta + self.pack * packed
 
     def __repr__(self) -> str:
         return (f"Flexai(workload={self.workload!r}, pack={self.pack:g}, "
