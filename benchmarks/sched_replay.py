@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from gpu_trace import TraceNode, TracePod
 
-from flexai.policy import POLICIES, PoolState, Request
+from flexai.policy import POLICIES, PoolState, Request, Workload
 from flexai.policy import types as ptypes
 
 #: qos -> priority (issue 10): LS high, Burstable normal, BE low. Guaranteed (rare in the trace;
@@ -59,14 +59,19 @@ def empty_state(nodes: Sequence[TraceNode]) -> PoolState:
                            host_memory=[n.memory_mib * MIB for n in nodes])
 
 
+#: FGD and flexai weigh up to this many task types of the trace (the library's default keeps
+#: 64; the openb default list has 151, and FGD leaves fewer GPUs unallocated with all of them).
+WORKLOAD_TYPES = 256
+
+
 def make_policy(name: str, workload: Sequence[TracePod], seed: int = 0):
     """POLICIES[name], given the workload's requests where the policy takes them (FGD's task
-    mix) and `seed` where it takes one (random-fit)."""
+    mix, up to WORKLOAD_TYPES types) and `seed` where it takes one (random-fit)."""
     cls = POLICIES[name]
     params = inspect.signature(cls).parameters
     opts: dict = {}
     if "workload" in params:
-        opts["workload"] = [request_of(p) for p in workload]
+        opts["workload"] = Workload([request_of(p) for p in workload], max_types=WORKLOAD_TYPES)
     if "seed" in params:
         opts["seed"] = seed
     return cls(**opts)

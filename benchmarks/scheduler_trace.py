@@ -149,10 +149,39 @@ def run_latency(policies, n_nodes, decisions, seed, mix, repeats) -> dict:
             "machine_after": machine(), "policies": out}
 
 
-def run_timed(nodes, pods, policies, seed, load_x, count, mix, real: bool) -> dict:
+def peak_gpus(pods) -> float:
+    """The most GPUs the pods ask for at once, by their creation and deletion times."""
+    events = sorted([(p.creation, p.gpu_request) for p in pods if p.deletion is not None] +
+                    [(p.deletion, -p.gpu_request) for p in pods if p.deletion is not None],
+                    key=lambda e: (e[0], e[1]))  # a departure frees before an arrival takes
+    now = peak = 0.0
+    for _, d in events:
+        now += d
+        peak = max(peak, now)
+    return peak
+
+
+def run_timed(nodes, pods, policies, seed, load_x, count, mix, real: bool,
+              n_nodes: int | None) -> dict:
+    """The time-based replay on the first `n_nodes` nodes: with the trace's times when it has
+    them (and `n_nodes` None: the fewest first nodes whose GPUs are at least the trace's peak
+    demand / `load_x`), else synthetic times at an offered load of `load_x` (100 nodes)."""
     import sched_timed
-    source = "trace times"
-    if not real or not any(p.creation is not None and p.deletion is not None for p in pods):
+    timed = real and any(p.creation is not None and p.deletion is not None for p in pods)
+    if timed:
+        peak = peak_gpus([p for p in pods if p.creation is not None])
+        if n_nodes is None:
+            n_nodes, cap = len(nodes), 0
+            for i, n in enumerate(nodes):
+                cap += n.gpus
+                if cap >= peak / load_x:
+                    n_nodes = i + 1
+                    break
+        nodes = nodes[:max(1, n_nodes)]
+        source = (f"trace times on the first {len(nodes)} nodes ({sum(n.gpus for n in nodes)} "
+                  f"GPUs; the trace asks for at most {peak:.0f} GPUs at once)")
+    else:
+        nodes = nodes[:max(1, n_nodes or 100)]
         cap = sum(n.gpus for n in nodes)
         probe = gpu_trace.synthetic_pods(2000, seed=seed, mix=mix)
         mean_gpu = sum(p.gpu_request for p in probe) / len(probe)
@@ -160,8 +189,8 @@ def run_timed(nodes, pods, policies, seed, load_x, count, mix, real: bool) -> di
         gap = life * mean_gpu / (load_x * cap)
         pods = gpu_trace.synthetic_pods(count, seed=seed + 1, mean_gap_s=gap, mean_life_s=life,
                                         mix=mix)
-        source = (f"synthetic times on {len(nodes)} nodes ({cap} GPUs), offered load {load_x}x "
-                  f"capacity, {count} pods")
+        source = (f"synthetic times on the first {len(nodes)} nodes ({cap} GPUs), offered "
+                  f"load {load_x}x capacity, {count} pods")
     out = {"source": source, "policies": {}}
     for name in policies:
         t0 = time.perf_counter()
@@ -245,9 +274,9 @@ def run_one(args, kind: str, tag: str, nodes: list, pods: list, real: bool,
     res["latency"] = run_latency(policies, args.latency_nodes, args.latency_decisions, args.seed,
                                  gpu_trace.MIXES[kind], args.latency_repeats)
     if not args.no_timed:
-        sub = nodes[:30] if args.quick else nodes[:max(1, args.timed_nodes)]
-        res["timed"] = run_timed(sub, pods, policies, args.seed, args.timed_load, args.timed_pods,
-                                 gpu_trace.MIXES[kind], real)
+        res["timed"] = run_timed(nodes, pods, policies, args.seed, args.timed_load, args.timed_pods,
+                                 gpu_trace.MIXES[kind], real,
+                                 30 if args.quick else args.timed_nodes)
     res["seconds"] = time.perf_counter() - t0
     res["machine_end"] = machine()
     return res
@@ -274,8 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timed-load", type=float, default=1.3,
                     help="offered load of the synthetic timed replay, x capacity")
     ap.add_argument("--timed-pods", type=int, default=3000)
-    ap.add_argument("--timed-nodes", type=int, default=100,
-                    help="the timed replay runs on the first N nodes (default 100)")
+    ap.add_argument("--timed-nodes", type=int, default=None,
+                    help="the timed replay runs on the first N nodes (default: 100 with "
+                    "synthetic times; with the trace's times, the fewest whose GPUs are the "
+                    "trace's peak demand / --timed-load)")
     ap.add_argument("--no-timed", action="store_true", help="skip the priority replay")
     ap.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     ap.add_argument("--out", default=str(HERE / "results"))

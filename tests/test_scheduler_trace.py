@@ -239,9 +239,20 @@ def test_cli_variants_use_the_openb_files_beside_pods_or_synthetic_ones(tmp_path
         assert "wait_high_p99_s" in res["timed"]["policies"]["flexai"] or \
             res["timed"]["policies"]["flexai"]["never_started"]
     multi_run = json.loads((tmp_path / "scheduler_trace-openb-multigpu50.json").read_text())
-    assert multi_run["trace"]["pods"] == 60 and multi_run["timed"]["source"] == "trace times"
+    assert multi_run["trace"]["pods"] == 60
+    assert multi_run["timed"]["source"].startswith("trace times on the first 5 nodes")
     both = (tmp_path / "scheduler_trace-variants.md").read_text()
     assert both.count("| flexai |") == 3 and "load average" in both
+
+
+def test_peak_demand_counts_overlapping_pods_only():
+    import scheduler_trace
+
+    def pod(name, gpus, start, end):
+        return gpu_trace.TracePod(name, 1000, 1024, gpus, 1000, None, "LS", "", start, end)
+    # a and b overlap (3 GPUs); c starts when a ends (a departure frees first)
+    pods = [pod("a", 1, 0, 10), pod("b", 2, 5, 20), pod("c", 2, 10, 30)]
+    assert scheduler_trace.peak_gpus(pods) == 4
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
