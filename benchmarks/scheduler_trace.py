@@ -31,9 +31,9 @@ pods of the same kind (gpu_trace.MIXES) on the same nodes. Per trace, three repl
    times (offered load --timed-load x capacity, pods of the trace's kind) when it has none.
 
 Writes scheduler_trace-TAG.json, .md (the table) and .png per trace to --out, and with
---variants scheduler_trace-variants[-quick].md (every table); prints the tables. --quick
-finishes in a few minutes on a loaded 2-core machine (a 60-node synthetic trace, 300 decisions
-for latency, a short timed replay).
+--variants scheduler_trace-TAG-variants.md (every table; TAG the first trace's); prints the
+tables. --quick finishes in about a minute on a 2-core machine (a 60-node synthetic trace, 300
+decisions for latency, a short timed replay).
 """
 from __future__ import annotations
 
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {out}/scheduler_trace-{tag}.json, .md" + (
             ", .png" if drew else " (no matplotlib: no PNG)"), flush=True)
     if args.variants:
-        name = "scheduler_trace-variants" + ("-quick" if args.quick else "") + ".md"
+        name = f"scheduler_trace-{runs[0][1]}-variants.md"
         (out / name).write_text("\n".join(texts))
         print(f"wrote {out}/{name}")
     return 0

@@ -241,7 +241,7 @@ def test_cli_variants_use_the_openb_files_beside_pods_or_synthetic_ones(tmp_path
     multi_run = json.loads((tmp_path / "scheduler_trace-openb-multigpu50.json").read_text())
     assert multi_run["trace"]["pods"] == 60
     assert multi_run["timed"]["source"].startswith("trace times on the first 5 nodes")
-    both = (tmp_path / "scheduler_trace-variants.md").read_text()
+    both = (tmp_path / "scheduler_trace-openb-default-variants.md").read_text()
     assert both.count("| flexai |") == 3 and "load average" in both
 
 
