@@ -7,9 +7,10 @@ statistics, for CI and tests (benchmarks/scheduler_trace.py replays both).
 Node list columns: sn, cpu_milli, memory_mib, gpu (the published files; `num_gpu` is accepted
 too), model (empty or "nan" on a CPU-only node).
 Pod list columns: name, cpu_milli, memory_mib, num_gpu (0..8), gpu_milli (the share of one card,
-1..1000, for num_gpu == 1; 1000 for whole cards), gpu_spec (empty, "nan", or models joined by
-"|"), qos (LS, Burstable, BE, Guaranteed), pod_phase, creation_time, deletion_time,
-scheduled_time (seconds; empty where unknown).
+1..1000, for num_gpu == 1; 1000 for whole cards), and where the file has them (the published
+multigpu* variants have only the first five): gpu_spec (empty, "nan", or models joined by "|";
+absent: any model), qos (LS, Burstable, BE, Guaranteed; absent: Burstable), pod_phase,
+creation_time, deletion_time, scheduled_time (seconds; empty where unknown).
 
 What it must never do: ship or download the real trace (its terms allow research use only; the
 user gives its path), print, or exit; bad input raises ValueError naming the file, the line and
@@ -30,6 +31,8 @@ POD_COLUMNS = ("name", "cpu_milli", "memory_mib", "num_gpu", "gpu_milli", "gpu_s
 NODE_EXAMPLE = "openb-node-0026,96000,393216,8,G2"
 POD_EXAMPLE = "openb-pod-0022,4000,15258,1,220,,BE,Running,9679175,9973826,9679175"
 QOS = ("LS", "Burstable", "BE", "Guaranteed")
+#: The qos of a pod whose file has no qos column.
+QOS_ABSENT = "Burstable"
 
 
 @dataclass(frozen=True)
@@ -136,9 +139,11 @@ def read_nodes(path: str | Path) -> list[TraceNode]:
 
 def read_pods(path: str | Path) -> list[TracePod]:
     """Read an `openb_pod_list_*.csv` file, in file order."""
-    rows = _Rows(Path(path), POD_COLUMNS[:7], {}, POD_EXAMPLE)
+    rows = _Rows(Path(path), POD_COLUMNS[:5], {}, POD_EXAMPLE)
     pods: list[TracePod] = []
     for line, row in rows:
+        if "qos" not in row:
+            row["qos"] = QOS_ABSENT
         num_gpu = rows.int_(line, row, "num_gpu", 0, 64)
         milli = rows.int_(line, row, "gpu_milli", 0, 1000)
         if num_gpu and not milli:
@@ -205,6 +210,19 @@ NODE_SHAPES: tuple[tuple[float, tuple[int, int, int, str]], ...] = (
 #: 13.7% CPU-only, 37.4% sharing, 47.4% one card, 1.5% several.
 POD_MIX: tuple[tuple[float, str], ...] = (
     (0.13, "cpu"), (0.38, "share"), (0.47, "one"), (0.02, "multi"))
+#: Synthetic stand-ins for the published variants of the pod list (when the user has not got
+#: them): "gpushare" for openb_pod_list_gpushare100.csv (every GPU task shares one card),
+#: "multigpu" for openb_pod_list_multigpu50.csv (the default tasks plus multi-GPU ones until
+#: these ask for about half the GPUs: here 12% of the tasks ask for 52% of the GPUs).
+MIXES: dict[str, tuple[tuple[float, str], ...]] = {
+    "default": POD_MIX,
+    "gpushare": ((0.13, "cpu"), (0.87, "share")),
+    "multigpu": ((0.12, "cpu"), (0.34, "share"), (0.42, "one"), (0.12, "multi")),
+}
+#: The published file of each variant.
+VARIANT_FILES = {"default": "openb_pod_list_default.csv",
+                 "gpushare": "openb_pod_list_gpushare100.csv",
+                 "multigpu": "openb_pod_list_multigpu50.csv"}
 #: Common shares of one card (milli), with weights.
 SHARES: tuple[tuple[int, float], ...] = (
     (50, 1), (110, 2), (160, 2), (220, 4), (230, 2), (250, 2), (320, 4), (440, 2), (460, 6),

@@ -1,34 +1,45 @@
 """Replay a GPU-sharing cluster trace under every flexai.policy policy, side by side (issue 10).
 
     python benchmarks/scheduler_trace.py --nodes openb_node_list_gpu_node.csv \\
-        --pods openb_pod_list_default.csv [--policies first-fit,fgd,...] [--seed 42] \\
-        [--repeats 1] [--out benchmarks/results]
-    python benchmarks/scheduler_trace.py [--synthetic] [--scale 200] [--quick]
+        --pods openb_pod_list_default.csv [--variants] [--policies first-fit,fgd,...] \\
+        [--seed 42] [--repeats 1] [--out benchmarks/results]
+    python benchmarks/scheduler_trace.py [--synthetic] [--scale 200] [--mix multigpu] \\
+        [--variants] [--quick]
 
 The trace is Alibaba's cluster-trace-gpu-v2023 (openb_*.csv; research use only, so it is never
 in this repository: give its paths), or, without paths, a seeded synthetic trace with the same
-columns (benchmarks/gpu_trace.py). Three replays:
+columns (benchmarks/gpu_trace.py). --variants runs, one after the other, the default pod list,
+the GPU-sharing variant and the multi-GPU variant: openb_pod_list_gpushare100.csv and
+openb_pod_list_multigpu50.csv from the --pods file's folder when they are there, else synthetic
+pods of the same kind (gpu_trace.MIXES) on the same nodes. Per trace, three replays:
 
 1. Packing, as the FGD paper (Weng et al., ATC'23) does it: the trace's nodes; its pods in a
    seeded random order, then pods drawn again from the trace until the GPUs asked for reach
    1.3x the cluster's; pods never leave; a pod that does not fit is dropped. Reported: the
    share of GPU capacity allocated when the first pod fails to fit and at the end, and the GPUs
    left unallocated at the end (capacity minus allocated GPU shares, in GPUs: the paper's
-   measure), plus a plot of unallocated GPUs against the arrived workload.
-2. Latency: microseconds per placement decision (policy.choose) on a 1,000-node x 8-GPU pool.
+   measure), plus a plot of unallocated GPUs against the arrived workload, and the CPU time
+   per decision at the trace's size.
+2. Latency: microseconds per placement decision (policy.choose) on a 1,000-node x 8-GPU pool,
+   three ways (sched_replay.latency_replay): the wall-clock time of each decision (what a
+   caller waits, on a loaded machine including other processes' turns), the least of
+   --latency-repeats timings of the same decision on the same state (robust to contention),
+   and the thread's CPU time. The machine's load average is recorded with them.
 3. Time-based, with priorities from qos (LS high, Burstable normal, BE low): pods arrive and
    leave at their times, wait in the policy's queue, and may evict lower priorities
    (benchmarks/sched_timed.py). Reported: high-priority wait p99 and evictions. Synthetic
-   times (offered load --timed-load x capacity) when the trace has none.
+   times (offered load --timed-load x capacity, pods of the trace's kind) when it has none.
 
-Writes scheduler_trace-TAG.json, .md (the table) and .png to --out; prints the table.
---quick finishes in under a minute on a 2-core machine (a 60-node synthetic trace, 300
+Writes scheduler_trace-TAG.json, .md (the table) and .png per trace to --out, and with
+--variants scheduler_trace-TAG-variants.md (every table; TAG the first trace's); prints the
+tables. --quick finishes in about a minute on a 2-core machine (a 60-node synthetic trace, 300
 decisions for latency, a short timed replay).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,16 +67,38 @@ def _num(x: float | None, fmt: str = "{:.0f}") -> str:
     return "-" if x is None else fmt.format(x)
 
 
-def load(args) -> tuple[str, list, list]:
-    """(tag, nodes, pods) from the paths or the synthetic generator."""
-    if args.nodes or args.pods:
-        nodes, pods = gpu_trace.read_nodes(args.nodes), gpu_trace.read_pods(args.pods)
-        stem = Path(args.pods).stem.replace("openb_pod_list_", "")
-        return f"openb-{stem}", nodes, pods
-    nodes = gpu_trace.synthetic_nodes(args.scale, seed=args.seed)
+def machine() -> dict:
+    """The CPUs and the load average now (1, 5, 15 minutes)."""
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"cpus": os.cpu_count(), "load_avg_1_5_15": load, "at": time.strftime("%H:%M:%S")}
+
+
+def traces(args) -> list[tuple[str, str, list, list, bool]]:
+    """[(variant, tag, nodes, pods, from a file)]: the trace(s) the arguments name."""
+    kinds = list(gpu_trace.MIXES) if args.variants else [args.mix]
+    nodes = (gpu_trace.read_nodes(args.nodes) if args.nodes
+             else gpu_trace.synthetic_nodes(args.scale, seed=args.seed))
     gpus = sum(n.gpus for n in nodes)
-    pods = gpu_trace.synthetic_pods(max(50, int(gpus * 1.4)), seed=args.seed)
-    return f"synthetic-{args.scale}", nodes, pods
+    out = []
+    for kind in kinds:
+        path = None
+        if args.pods:
+            path = Path(args.pods) if (kind == "default" or not args.variants) else \
+                Path(args.pods).parent / gpu_trace.VARIANT_FILES[kind]
+        real = path is not None and (path.exists() or not args.variants)
+        if real:
+            pods = gpu_trace.read_pods(path)
+            tag = "openb-" + path.stem.replace("openb_pod_list_", "")
+        else:
+            pods = gpu_trace.synthetic_pods(max(50, int(gpus * 1.4)), seed=args.seed,
+                                            mix=gpu_trace.MIXES[kind])
+            base = "openb-nodes-synthetic" if args.nodes else f"synthetic-{args.scale}"
+            tag = base if kind == "default" else f"{base}-{kind}"
+        out.append((kind, tag + ("-quick" if args.quick else ""), nodes, pods, real))
+    return out
 
 
 def run_packing(nodes, pods, policies, seed, repeats, inflation) -> dict:
@@ -79,6 +112,7 @@ def run_packing(nodes, pods, policies, seed, repeats, inflation) -> dict:
             r = rp.packing_replay(nodes, order, name, pods, seed=seed + k)
             runs.append((r, time.perf_counter() - t0))
         first = [r.at_first_fail() for r, _ in runs if r.at_first_fail() is not None]
+        cpu_us = [x for r, _ in runs for x in r.cpu_us]
         xs, ys = runs[0][0].curve(upto=inflation)
         curves = [r.curve(upto=inflation)[1] for r, _ in runs]
         n = min(len(c) for c in curves)
@@ -92,6 +126,8 @@ def run_packing(nodes, pods, policies, seed, repeats, inflation) -> dict:
             "pods_never_fit_empty_cluster": sum(r.never_fit for r, _ in runs) / repeats,
             "decision_us_p50": rp.percentile([x for r, _ in runs for x in r.latency_us], 50),
             "decision_us_p99": rp.percentile([x for r, _ in runs for x in r.latency_us], 99),
+            "decision_cpu_us_p50": rp.percentile(cpu_us, 50),
+            "decision_cpu_us_p99": rp.percentile(cpu_us, 99),
             "seconds": sum(s for _, s in runs),
             "seeds": [seed + k for k in range(repeats)],
             "curve_arrived": xs[:n],
@@ -100,29 +136,61 @@ def run_packing(nodes, pods, policies, seed, repeats, inflation) -> dict:
     return out
 
 
-def run_latency(policies, n_nodes, decisions, seed) -> dict:
+def run_latency(policies, n_nodes, decisions, seed, mix, repeats) -> dict:
     nodes = gpu_trace.synthetic_nodes(n_nodes, seed=seed, uniform=(8, "G2"))
-    pods = gpu_trace.synthetic_pods(decisions, seed=seed, models=("G2",), spec_share=0.0)
+    pods = gpu_trace.synthetic_pods(decisions, seed=seed, models=("G2",), spec_share=0.0,
+                                    mix=mix)
     out = {}
+    before = machine()
     for name in policies:
-        lat = rp.latency_replay(nodes, pods, name, decisions)
-        out[name] = {"p50_us": rp.percentile(lat, 50), "p99_us": rp.percentile(lat, 99),
-                     "max_us": max(lat), "decisions": len(lat)}
-    return {"nodes": n_nodes, "gpus_per_node": 8, "policies": out}
+        lat = rp.latency_replay(nodes, pods, name, decisions, repeats=repeats)
+        out[name] = lat.summary()
+    return {"nodes": n_nodes, "gpus_per_node": 8, "repeats": repeats, "machine_before": before,
+            "machine_after": machine(), "policies": out}
 
 
-def run_timed(nodes, pods, policies, seed, load_x, count, real: bool) -> dict:
+def peak_gpus(pods) -> float:
+    """The most GPUs the pods ask for at once, by their creation and deletion times."""
+    events = sorted([(p.creation, p.gpu_request) for p in pods if p.deletion is not None] +
+                    [(p.deletion, -p.gpu_request) for p in pods if p.deletion is not None],
+                    key=lambda e: (e[0], e[1]))  # a departure frees before an arrival takes
+    now = peak = 0.0
+    for _, d in events:
+        now += d
+        peak = max(peak, now)
+    return peak
+
+
+def run_timed(nodes, pods, policies, seed, load_x, count, mix, real: bool,
+              n_nodes: int | None) -> dict:
+    """The time-based replay on the first `n_nodes` nodes: with the trace's times when it has
+    them (and `n_nodes` None: the fewest first nodes whose GPUs are at least the trace's peak
+    demand / `load_x`), else synthetic times at an offered load of `load_x` (100 nodes)."""
     import sched_timed
-    source = "trace times"
-    if not (real and any(p.creation is not None and p.deletion is not None for p in pods)):
+    timed = real and any(p.creation is not None and p.deletion is not None for p in pods)
+    if timed:
+        peak = peak_gpus([p for p in pods if p.creation is not None])
+        if n_nodes is None:
+            n_nodes, cap = len(nodes), 0
+            for i, n in enumerate(nodes):
+                cap += n.gpus
+                if cap >= peak / load_x:
+                    n_nodes = i + 1
+                    break
+        nodes = nodes[:max(1, n_nodes)]
+        source = (f"trace times on the first {len(nodes)} nodes ({sum(n.gpus for n in nodes)} "
+                  f"GPUs; the trace asks for at most {peak:.0f} GPUs at once)")
+    else:
+        nodes = nodes[:max(1, n_nodes or 100)]
         cap = sum(n.gpus for n in nodes)
-        probe = gpu_trace.synthetic_pods(2000, seed=seed)
+        probe = gpu_trace.synthetic_pods(2000, seed=seed, mix=mix)
         mean_gpu = sum(p.gpu_request for p in probe) / len(probe)
         life = 3600.0
         gap = life * mean_gpu / (load_x * cap)
-        pods = gpu_trace.synthetic_pods(count, seed=seed + 1, mean_gap_s=gap, mean_life_s=life)
-        source = (f"synthetic times on {len(nodes)} nodes ({cap} GPUs), offered load {load_x}x "
-                  f"capacity, {count} pods")
+        pods = gpu_trace.synthetic_pods(count, seed=seed + 1, mean_gap_s=gap, mean_life_s=life,
+                                        mix=mix)
+        source = (f"synthetic times on the first {len(nodes)} nodes ({cap} GPUs), offered "
+                  f"load {load_x}x capacity, {count} pods")
     out = {"source": source, "policies": {}}
     for name in policies:
         t0 = time.perf_counter()
@@ -131,22 +199,37 @@ def run_timed(nodes, pods, policies, seed, load_x, count, real: bool) -> dict:
     return out
 
 
+def _load(m: dict | None) -> str:
+    la = (m or {}).get("load_avg_1_5_15")
+    return "?" if not la else "/".join(f"{x:.1f}" for x in la)
+
+
 def table(tag: str, res: dict) -> str:
-    cap = res["trace"]["gpus"]
-    lines = [f"Trace {tag}: {res['trace']['nodes']} nodes, {cap} GPUs, "
+    lat_all = res["latency"]
+    lines = [f"Trace {tag}: {res['trace']['nodes']} nodes, {res['trace']['gpus']} GPUs, "
              f"{res['trace']['pods']} pods; arrivals to {res['inflation']}x capacity, "
-             f"seeds {res['seeds']}. Latency on {res['latency']['nodes']} nodes x 8 GPUs. "
-             f"Priorities: {res.get('timed', {}).get('source', 'not run')}.", "",
+             f"seeds {res['seeds']}. Latency on {lat_all['nodes']} nodes x 8 GPUs, "
+             f"{lat_all['repeats']} timings of each decision. Priorities: "
+             f"{res.get('timed', {}).get('source', 'not run')}. Machine: "
+             f"{res['machine_start']['cpus']} CPUs, load average (1/5/15 min) "
+             f"{_load(res['machine_start'])} at the start, {_load(lat_all['machine_before'])} "
+             f"when timing decisions, {_load(res.get('machine_end'))} at the end.", "",
              "| policy | allocated at first failure | allocated at end | GPUs unallocated "
-             "at end | decision p50 / p99 (us), 1000x8 | high-prio wait p99 (s) | evictions |",
-             "|---|---|---|---|---|---|---|"]
+             "at end | decision p50 / p99 (us), 1000x8: wall | least of "
+             f"{lat_all['repeats']} | CPU | CPU p99 (us) at trace size "
+             "| high-prio wait p99 (s) | evictions |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, p in res["packing"].items():
-        lat = res["latency"]["policies"].get(name, {})
+        lat = lat_all["policies"].get(name, {})
         tm = res.get("timed", {}).get("policies", {}).get(name, {})
+
+        def pair(key):
+            return f"{_num(lat.get(key + '_p50_us'))} / {_num(lat.get(key + '_p99_us'))}"
         lines.append(
             f"| {name} | {_pct(p['allocated_at_first_failure'])} | "
-            f"{_pct(p['allocated_at_end'])} | {_num(p['unallocated_gpus_at_end'])} | "
-            f"{_num(lat.get('p50_us'))} / {_num(lat.get('p99_us'))} | "
+            f"{_pct(p['allocated_at_end'])} | {_num(p['unallocated_gpus_at_end'], '{:.1f}')} | "
+            f"{pair('wall')} | {pair('min')} | {pair('cpu')} | "
+            f"{_num(p.get('decision_cpu_us_p99'))} | "
             f"{_num(tm.get('wait_high_p99_s'))} | {_num(tm.get('evictions'))} |")
     return "\n".join(lines) + "\n"
 
@@ -181,25 +264,51 @@ def plot(tag: str, res: dict, path: Path) -> bool:
     return True
 
 
+def run_one(args, kind: str, tag: str, nodes: list, pods: list, real: bool,
+            policies: list) -> dict:
+    res: dict = {"variant": kind, "trace": gpu_trace.summary(nodes, pods),
+                 "inflation": args.inflation, "seeds": [args.seed + k for k in range(args.repeats)],
+                 "machine_start": machine()}
+    t0 = time.perf_counter()
+    res["packing"] = run_packing(nodes, pods, policies, args.seed, args.repeats, args.inflation)
+    res["latency"] = run_latency(policies, args.latency_nodes, args.latency_decisions, args.seed,
+                                 gpu_trace.MIXES[kind], args.latency_repeats)
+    if not args.no_timed:
+        res["timed"] = run_timed(nodes, pods, policies, args.seed, args.timed_load, args.timed_pods,
+                                 gpu_trace.MIXES[kind], real,
+                                 30 if args.quick else args.timed_nodes)
+    res["seconds"] = time.perf_counter() - t0
+    res["machine_end"] = machine()
+    return res
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", help="openb_node_list_*.csv")
     ap.add_argument("--pods", help="openb_pod_list_*.csv")
     ap.add_argument("--synthetic", action="store_true", help="a synthetic trace (the default)")
     ap.add_argument("--scale", type=int, default=200, help="synthetic nodes (default 200)")
+    ap.add_argument("--mix", default="default", choices=list(gpu_trace.MIXES),
+                    help="the kind of synthetic pods (default: like the openb default list)")
+    ap.add_argument("--variants", action="store_true",
+                    help="run the default, GPU-sharing and multi-GPU traces one after another")
     ap.add_argument("--policies", default="", help="comma-separated (default: all POLICIES)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--repeats", type=int, default=1, help="packing replays (seeds) per policy")
     ap.add_argument("--inflation", type=float, default=1.3)
     ap.add_argument("--latency-nodes", type=int, default=1000)
     ap.add_argument("--latency-decisions", type=int, default=3000)
+    ap.add_argument("--latency-repeats", type=int, default=3,
+                    help="timings of each decision; the least is reported beside the first")
     ap.add_argument("--timed-load", type=float, default=1.3,
                     help="offered load of the synthetic timed replay, x capacity")
     ap.add_argument("--timed-pods", type=int, default=3000)
-    ap.add_argument("--timed-nodes", type=int, default=100,
-                    help="the timed replay runs on the first N nodes (default 100)")
+    ap.add_argument("--timed-nodes", type=int, default=None,
+                    help="the timed replay runs on the first N nodes (default: 100 with "
+                    "synthetic times; with the trace's times, the fewest whose GPUs are the "
+                    "trace's peak demand / --timed-load)")
     ap.add_argument("--no-timed", action="store_true", help="skip the priority replay")
-    ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    ap.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     if bool(args.nodes) != bool(args.pods):
@@ -210,38 +319,34 @@ def main(argv: list[str] | None = None) -> int:
         args.scale = min(args.scale, 60)
         args.latency_decisions = min(args.latency_decisions, 300)
         args.timed_pods = min(args.timed_pods, 400)
-    if args.scale < 1 or args.repeats < 1 or args.inflation < 1:
-        return _fail("--scale and --repeats must be >= 1 and --inflation >= 1")
+    if args.scale < 1 or args.repeats < 1 or args.inflation < 1 or args.latency_repeats < 1:
+        return _fail("--scale, --repeats and --latency-repeats must be >= 1 and --inflation >= 1")
     from flexai.policy import POLICIES
     policies = [p for p in args.policies.split(",") if p] or list(POLICIES)
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         return _fail(f"unknown policy {unknown[0]!r}; one of {', '.join(POLICIES)}")
     try:
-        tag, nodes, pods = load(args)
+        runs = traces(args)
     except ValueError as e:
         return _fail(str(e))
-    if args.quick:
-        tag += "-quick"
-    res: dict = {"trace": gpu_trace.summary(nodes, pods), "inflation": args.inflation,
-                 "seeds": [args.seed + k for k in range(args.repeats)]}
-    t0 = time.perf_counter()
-    res["packing"] = run_packing(nodes, pods, policies, args.seed, args.repeats, args.inflation)
-    res["latency"] = run_latency(policies, args.latency_nodes, args.latency_decisions, args.seed)
-    if not args.no_timed:
-        sub = nodes[:30] if args.quick else nodes[:max(1, args.timed_nodes)]
-        res["timed"] = run_timed(sub, pods, policies, args.seed, args.timed_load, args.timed_pods,
-                                 real=bool(args.nodes))
-    res["seconds"] = time.perf_counter() - t0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    text = table(tag, res)
-    (out / f"scheduler_trace-{tag}.md").write_text(text)
-    (out / f"scheduler_trace-{tag}.json").write_text(json.dumps(res, indent=1) + "\n")
-    drew = plot(tag, res, out / f"scheduler_trace-{tag}.png")
-    print(text)
-    print(f"wrote {out}/scheduler_trace-{tag}.json, .md" + (", .png" if drew else
-                                                              " (no matplotlib: no PNG)"))
+    texts = []
+    for kind, tag, nodes, pods, real in runs:
+        res = run_one(args, kind, tag, nodes, pods, real, policies)
+        text = table(tag, res)
+        texts.append(text)
+        (out / f"scheduler_trace-{tag}.md").write_text(text)
+        (out / f"scheduler_trace-{tag}.json").write_text(json.dumps(res, indent=1) + "\n")
+        drew = plot(tag, res, out / f"scheduler_trace-{tag}.png")
+        print(text, flush=True)
+        print(f"wrote {out}/scheduler_trace-{tag}.json, .md" + (
+            ", .png" if drew else " (no matplotlib: no PNG)"), flush=True)
+    if args.variants:
+        name = f"scheduler_trace-{runs[0][1]}-variants.md"
+        (out / name).write_text("\n".join(texts))
+        print(f"wrote {out}/{name}")
     return 0
 
 

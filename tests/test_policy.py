@@ -149,6 +149,8 @@ def test_bad_views_and_names_are_refused():
         Workload([])
     with pytest.raises(ValueError, match="pack"):
         POLICIES["flexai"](pack=-1)
+    with pytest.raises(ValueError, match="balance"):
+        POLICIES["flexai"](balance=float("nan"))
 
 
 # ---- each policy on a case where its choice is known --------------------------------------------
@@ -221,6 +223,40 @@ def test_flexai_follows_fgd_and_packs_its_ties():
     view = pool(node("b", 100, 100), node("a", 100))
     assert _choose("fgd", Request(0, 50), view, workload=work) == Place("b", (0,))
     assert _choose("flexai", Request(0, 50), view, workload=work) == Place("a", (0,))
+
+
+def test_workload_knows_the_cpu_and_memory_its_gpu_tasks_bring_per_compute():
+    work = Workload([Request(0, 50, cpu_milli=5000, host_memory=GiB),
+                     Request(0, 100, gpus=2, cpu_milli=20000), Request(0, 0, gpus=0,
+                                                                       cpu_milli=64000)])
+    # per compute percent asked by the GPU types: (5000 + 20000) / (50 + 200); CPU-only
+    # tasks ask no compute and do not count
+    assert work.cpu_per_compute == pytest.approx(100.0)
+    assert work.hmem_per_compute == pytest.approx(GiB / 250)
+    assert Workload([Request(0, 50)]).cpu_per_compute == 0
+
+
+def test_flexai_keeps_cpu_for_the_free_gpus_where_fgd_sees_a_tie():
+    # every expected GPU task brings 10 cores per GPU
+    work = Workload([Request(0, 100, cpu_milli=10000)])
+
+    def two_gpus(name, cores):
+        return NodeView(name, (gpu(0), gpu(1)), cpu_milli_free=cores)
+
+    # a CPU-only task of 20 cores: on b (30 cores) it leaves 10, enough for one of b's two
+    # GPUs only; on a (40 cores) both GPUs stay fed. The expected task still fits either
+    # node, so FGD (and flexai without the balance term) sees a tie and takes the first.
+    view = pool(two_gpus("b", 30000), two_gpus("a", 40000))
+    cpu_task = Request(0, 0, gpus=0, cpu_milli=20000)
+    assert _choose("fgd", cpu_task, view, workload=work) == Place("b", ())
+    assert _choose("flexai", cpu_task, view, workload=work, balance=0) == Place("b", ())
+    assert _choose("flexai", cpu_task, view, workload=work) == Place("a", ())
+    # a GPU task that brings no CPU goes where the CPU is short (c can feed only one GPU),
+    # so that the GPU left idle there is one the CPU can still feed
+    view = pool(two_gpus("a", 40000), two_gpus("c", 10000))
+    lean = Request(0, 100)
+    assert _choose("fgd", lean, view, workload=work) == Place("a", (0,))
+    assert _choose("flexai", lean, view, workload=work) == Place("c", (0,))
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))

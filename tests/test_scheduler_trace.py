@@ -51,7 +51,7 @@ def test_reader_reads_the_published_columns(tmp_path):
 
 
 @pytest.mark.parametrize("text, where", [
-    (PODS_CSV.replace(",qos,", ",class,"), "missing column(s) qos"),
+    (PODS_CSV.replace(",num_gpu,", ",gpus,"), "missing column(s) num_gpu"),
     (PODS_CSV.replace("LS,Running", "XX,Running"), "line 4, column qos"),
     (PODS_CSV.replace("4000,15258", "four,15258"), "line 3, column cpu_milli"),
     (PODS_CSV.replace("88000,327680,8,1000", "88000,327680,8,500"), "line 2, column gpu_milli"),
@@ -60,6 +60,39 @@ def test_reader_errors_name_the_line_column_and_an_example(tmp_path, text, where
     with pytest.raises(ValueError) as e:
         gpu_trace.read_pods(_write(tmp_path, "p.csv", text))
     assert where in str(e.value) and "openb-pod-0022" in str(e.value)
+
+
+def test_reader_takes_the_five_columns_of_the_multigpu_variants(tmp_path):
+    # openb_pod_list_multigpu*.csv have only name..gpu_milli: any model, qos Burstable
+    text = "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np-0,88000,327680,8,1000\n" \
+        "p-1,4000,15258,1,220\n"
+    pods = gpu_trace.read_pods(_write(tmp_path, "p.csv", text))
+    assert [(p.num_gpu, p.gpu_milli, p.gpu_spec, p.qos, p.creation) for p in pods] == [
+        (8, 1000, None, gpu_trace.QOS_ABSENT, None), (1, 220, None, gpu_trace.QOS_ABSENT, None)]
+
+
+def test_synthetic_variants_stress_sharing_and_multi_gpu():
+    def shares(mix):
+        pods = gpu_trace.synthetic_pods(4000, seed=5, mix=gpu_trace.MIXES[mix])
+        asked = sum(p.gpu_request for p in pods)
+        multi = sum(p.gpu_request for p in pods if p.num_gpu > 1) / asked
+        shared = sum(p.gpu_request for p in pods if p.num_gpu == 1 and p.gpu_milli < 1000)
+        return multi, shared / asked
+    assert shares("gpushare") == (0, 1)  # every GPU task shares a card
+    multi, _ = shares("multigpu")
+    assert 0.45 < multi < 0.6 and shares("default")[0] < 0.2  # about half the GPUs asked
+
+
+def test_latency_is_timed_three_ways():
+    nodes = gpu_trace.synthetic_nodes(10, seed=1, uniform=(8, "G2"))
+    pods = gpu_trace.synthetic_pods(30, seed=1, models=("G2",), spec_share=0.0)
+    lat = rp.latency_replay(nodes, pods, "fgd", 30, repeats=3)
+    s = lat.summary()
+    assert s["decisions"] == 30 and s["repeats"] == 3 and len(lat.place_us) > 0
+    # the least of three timings never exceeds the first one
+    assert all(m <= w for m, w in zip(lat.min_us, lat.wall_us))
+    assert all(x >= 0 for x in lat.cpu_us)
+    assert s["min_p99_us"] <= s["min_max_us"]
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -181,6 +214,45 @@ def test_cli_writes_table_json_and_plot(tmp_path, capsys):
     assert "| first-fit |" in table and "| random-fit |" in table
     assert (tmp_path / "scheduler_trace-synthetic-12.png").stat().st_size > 1000
     assert "| first-fit |" in capsys.readouterr().out
+
+
+def test_cli_variants_use_the_openb_files_beside_pods_or_synthetic_ones(tmp_path, capsys):
+    import scheduler_trace
+    d = tmp_path / "csv"
+    d.mkdir()
+    gpu_trace.write_nodes(d / "openb_node_list_gpu_node.csv",
+                          gpu_trace.synthetic_nodes(10, seed=2))
+    gpu_trace.write_pods(d / "openb_pod_list_default.csv", gpu_trace.synthetic_pods(60, seed=2))
+    multi = gpu_trace.synthetic_pods(60, seed=3, mix=gpu_trace.MIXES["multigpu"])
+    gpu_trace.write_pods(d / "openb_pod_list_multigpu50.csv", multi)  # no gpushare100 file
+    rc = scheduler_trace.main([
+        "--nodes", str(d / "openb_node_list_gpu_node.csv"),
+        "--pods", str(d / "openb_pod_list_default.csv"), "--variants",
+        "--policies", "first-fit,flexai", "--latency-nodes", "5", "--latency-decisions", "10",
+        "--timed-nodes", "5", "--timed-pods", "40", "--out", str(tmp_path)])
+    assert rc == 0
+    for tag in ("openb-default", "openb-nodes-synthetic-gpushare", "openb-multigpu50"):
+        res = json.loads((tmp_path / f"scheduler_trace-{tag}.json").read_text())
+        assert set(res["latency"]["policies"]["flexai"]) >= {"wall_p99_us", "min_p99_us",
+                                                             "cpu_p99_us"}
+        assert res["machine_start"]["cpus"] >= 1
+        assert "wait_high_p99_s" in res["timed"]["policies"]["flexai"] or \
+            res["timed"]["policies"]["flexai"]["never_started"]
+    multi_run = json.loads((tmp_path / "scheduler_trace-openb-multigpu50.json").read_text())
+    assert multi_run["trace"]["pods"] == 60
+    assert multi_run["timed"]["source"].startswith("trace times on the first 5 nodes")
+    both = (tmp_path / "scheduler_trace-openb-default-variants.md").read_text()
+    assert both.count("| flexai |") == 3 and "load average" in both
+
+
+def test_peak_demand_counts_overlapping_pods_only():
+    import scheduler_trace
+
+    def pod(name, gpus, start, end):
+        return gpu_trace.TracePod(name, 1000, 1024, gpus, 1000, None, "LS", "", start, end)
+    # a and b overlap (3 GPUs); c starts when a ends (a departure frees first)
+    pods = [pod("a", 1, 0, 10), pod("b", 2, 5, 20), pod("c", 2, 10, 30)]
+    assert scheduler_trace.peak_gpus(pods) == 4
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):

@@ -41,7 +41,11 @@ Deciding (``decide``):
 Policies (``POLICIES``: name -> class, ``DEFAULT_POLICY = "flexai"``): ``first-fit``
 (``FirstFit``), ``best-fit`` (``BestFit``), ``dot-product`` (``DotProduct``), ``random-fit``
 (``RandomFit(seed=0)``), ``gpu-packing`` (``GpuPacking``), ``fgd`` (``FGD(workload=None)``) and
-``flexai`` (``Flexai(workload=None, pack=1.0)``: FGD plus a packing term that breaks its ties).
+``flexai`` (``Flexai(workload=None, pack=1.0, balance=10.0)``: FGD's growth plus ``balance``
+times the growth of the GPU compute the node's CPU and host memory can no longer feed at the
+workload's average CPU and memory per GPU (``Workload.stranded``, from ``cpu_per_compute`` and
+``hmem_per_compute``),
+plus a packing term that breaks the remaining ties).
 ``Workload(tasks, max_types=64)`` is the expected mix of task types FGD weighs (sample
 ``Request``s or ``(Request, weight)`` pairs, e.g. the trace's pods); ``DEFAULT_WORKLOAD`` when
 none is given; ``FGD.fragmentation(state)`` is the pool's expected fragmentation. Every policy

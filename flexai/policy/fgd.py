@@ -11,6 +11,10 @@ Definitions (from the paper; the code is our own):
   types (:class:`Workload`).
 - FGD places a task where F_n grows the least (the steepest descent of fragmentation).
 
+flexai's default (:class:`Flexai`) adds to FGD's growth the growth of the GPU compute a node's
+CPU and host memory can no longer feed (stranded compute; our own term) and a packing
+tie-break.
+
 Speed: the per-node, per-type terms (which GPUs fit each type, how many, the unusable free
 compute) are cached with the :class:`PoolState` and recomputed only for nodes whose ``stamp``
 changed; a decision then evaluates every candidate's change in closed form, vectorized over
@@ -43,6 +47,13 @@ class Workload:
         Keep the most popular shapes up to this many, renormalized. The cost of a decision grows
         with the number of distinct GPU shapes among them (gpus, compute, memory, models), not
         with CPU or host memory variants.
+
+    Attributes
+    ----------
+    types : list of (shape key, probability)
+    cpu_per_compute, hmem_per_compute : float
+        What the GPU task types bring on average per compute percent they ask for: CPU
+        (milli) and host memory (bytes), weighted by probability (0 when none asks any).
 
     Examples
     --------
@@ -89,6 +100,29 @@ class Workload:
             j = int(np.searchsorted(self.hm_steps, hm)) + 1
             q[i, j, shapes[(k, d, mem, models)]] += p
         self.q = q.cumsum(axis=0).cumsum(axis=1)
+        # what the GPU task types bring per compute percent they ask for, on average: CPU
+        # (milli) and host memory (bytes); 0 when no type asks for that resource
+        asked = sum(p * k * d for (k, d, *_), p in gpu_types)
+        self.cpu_per_compute = (sum(p * key[4] for key, p in gpu_types) / asked
+                                if asked else 0.0)
+        self.hmem_per_compute = (sum(p * key[5] for key, p in gpu_types) / asked
+                                 if asked else 0.0)
+        self.feeds = bool(self.cpu_per_compute or self.hmem_per_compute)
+
+    def stranded(self, free_compute, cpu, hmem) -> np.ndarray:
+        """Free GPU compute (percent) beyond what ``cpu`` (milli) and ``hmem`` (bytes) can
+        feed at :attr:`cpu_per_compute` and :attr:`hmem_per_compute` (element-wise; a
+        resource no GPU type asks for never binds; zeros when neither is asked)."""
+        c, h = self.cpu_per_compute, self.hmem_per_compute
+        if c and h:
+            fed = np.minimum(np.asarray(cpu) / c, np.asarray(hmem) / h)
+        elif c:
+            fed = np.asarray(cpu) / c
+        elif h:
+            fed = np.asarray(hmem) / h
+        else:
+            return np.zeros(np.shape(free_compute))
+        return np.maximum(free_compute - fed, 0.0)
 
     def reach(self, cpu: np.ndarray, hm: np.ndarray) -> np.ndarray:
         """(rows, shapes): the probability of the GPU task types of each shape whose CPU and
@@ -129,6 +163,7 @@ class _Frag:
         self.ut = np.zeros((n, len(w.shapes)), np.int64)
         self.total = np.zeros(n, np.int64)
         self.frag = np.zeros(n)
+        self.strand = np.zeros(n)  # Workload.stranded of each node as it is (for Flexai)
         self.stamp = np.full(n, -1, np.int64)
         # a gang shape never fits a GPU that holds anything: its compute bar is out of reach
         self.bar = np.where(w.gang, 2 * COMPUTE_FULL + 1, w.d)
@@ -155,6 +190,8 @@ class _Frag:
         ut = np.where(fit, 0, f[:, :, None]).sum(axis=1) - total[:, None]
         self.fit[rows], self.cnt[rows], self.ut[rows], self.total[rows] = fit, cnt, ut, total
         self.frag[rows] = self._frag(cnt, ut, total, s.cpu[rows], s.hmem[rows])
+        if w.feeds:
+            self.strand[rows] = w.stranded(total, s.cpu[rows], s.hmem[rows])
 
     def _frag(self, cnt, ut, total, cpu, hmem) -> np.ndarray:
         """Expected fragmentation from the per-shape terms (rows x shapes -> rows)."""
@@ -241,36 +278,66 @@ class FGD(Policy):
 
 
 class Flexai(FGD):
-    """flexai's default: FGD's fragmentation growth, with packing to break its ties.
+    """flexai's default: FGD's fragmentation growth, plus the GPU compute a placement strands
+    for want of CPU and host memory, with packing to break the remaining ties.
 
-    The score is FGD's growth plus ``pack`` times how much free capacity the chosen GPU and
-    node keep (as shares of a GPU / of the node), so that among places that fragment alike the
-    one that packs tighter wins and whole GPUs and idle nodes stay free for larger tasks.
+    The score of a place is the sum of three terms, all in compute percent (FGD's unit):
+
+    - FGD's growth of the node's expected fragmentation;
+    - ``balance`` times the growth of the node's **stranded** GPU compute: the free compute
+      that the node's free CPU and host memory cannot feed, when GPU tasks bring on average
+      what the workload's do per compute percent (``Workload.stranded``). A task that takes
+      much CPU or memory and few GPUs (a CPU-only task above all) goes where the GPUs are
+      already taken; a task that brings little goes where CPU or memory is short, so idle
+      GPUs do not end up on nodes with no CPU left. FGD sees this only per task type (a type
+      whose CPU no longer fits a node counts all the node's free compute as fragmented), one
+      task at a time; the balance term sees the node's whole remaining GPU, CPU and memory.
+      Off when the workload asks neither CPU nor host memory (e.g. :data:`DEFAULT_WORKLOAD`);
+    - ``pack`` times how much free capacity the chosen GPU and node keep (as shares of a GPU
+      / of the node), so that among places that score alike the one that packs tighter wins
+      and whole GPUs and idle nodes stay free for larger tasks (gangs).
 
     Parameters
     ----------
     workload : see :class:`FGD`
     pack : float
-        Weight of the packing term, in compute percent (FGD's unit). 0 is plain FGD.
+        Weight of the packing term. 0 drops it.
+    balance : float
+        Weight of the stranded-compute term. 0 drops it (``Flexai(pack=0, balance=0)`` is
+        FGD).
     """
 
     name = "flexai"
 
-    def __init__(self, workload=None, pack: float = 1.0) -> None:
+    def __init__(self, workload=None, pack: float = 1.0, balance: float = 10.0) -> None:
         super().__init__(workload)
-        if not isinstance(pack, (int, float)) or isinstance(pack, bool) or pack < 0:
-            raise ValueError(f"Flexai: pack must be a number >= 0, not {pack!r} (e.g. pack=1.0)")
+        for what, v, eg in (("pack", pack, "pack=1.0"), ("balance", balance, "balance=10")):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
+                raise ValueError(f"Flexai: {what} must be a number >= 0, not {v!r} (e.g. {eg})")
         self.pack = float(pack)
+        self.balance = float(balance)
 
     def score(self, request, state, cand):
-        delta = super().score(request, state, cand)
-        if not self.pack:
-            return delta
+        f = self.frag(state)
+        delta = f.delta(state, request, cand)
         n = cand.node
         take = request.gpus * (COMPUTE_FULL if request.gpus > 1 else request.compute)
-        node_left = (self.frag(state).total[n] - take) / state.gpu_cap[n]
+        left = f.total[n] - take
+        w = self.workload
+        if self.balance and w.feeds:
+            cpu, hmem = state.cpu[n], state.hmem[n]
+            if request.cpu_milli:
+                cpu = cpu - request.cpu_milli
+            if request.host_memory:
+                hmem = hmem - request.host_memory
+            delta = delta + self.balance * (w.stranded(left, cpu, hmem) - f.strand[n])
+        if not self.pack:
+            return delta
+        packed = left / state.gpu_cap[n]
         if request.gpus == 1:
-            gpu_left = (state.cfree[n, cand.col] - request.compute) / COMPUTE_FULL
-        else:
-            gpu_left = 0.0
-        return delta + self.pack * (gpu_left + node_left)
+            packed = packed + (state.cfree[n, cand.col] - request.compute) / COMPUTE_FULL
+        return delta + self.pack * packed
+
+    def __repr__(self) -> str:
+        return (f"Flexai(workload={self.workload!r}, pack={self.pack:g}, "
+                f"balance={self.balance:g})")
