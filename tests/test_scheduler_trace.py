@@ -5,6 +5,7 @@ priorities, and the CLI's files. Fast (seconds); the measured figures are benchm
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -212,7 +213,11 @@ def test_cli_writes_table_json_and_plot(tmp_path, capsys):
     assert ff["curve_arrived"][0] == 0 and ff["curve_arrived"][-1] <= 1.3
     table = (tmp_path / "scheduler_trace-synthetic-12.md").read_text()
     assert "| first-fit |" in table and "| random-fit |" in table
-    assert (tmp_path / "scheduler_trace-synthetic-12.png").stat().st_size > 1000
+    png = tmp_path / "scheduler_trace-synthetic-12.png"
+    if importlib.util.find_spec("matplotlib"):  # the plot needs the bench extra
+        assert png.stat().st_size > 1000
+    else:
+        assert not png.exists()
     assert "| first-fit |" in capsys.readouterr().out
 
 
