@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "wire.h"
 
 #define QUEUE_CAP ((size_t)256 << 10) /* batched requests wait here; full: sent at once */
 #define CONNECT_TIMEOUT_MS 10000
@@ -64,25 +65,7 @@ void fxc_log(int level, const char *fmt, ...) {
 /* ---- raw I/O ------------------------------------------------------------------------------ */
 
 static int send_all(int fd, struct iovec *iov, int n) {
-    while (n > 0) {
-        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        size_t left = (size_t)w;
-        while (n > 0 && left >= iov->iov_len) {
-            left -= iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n > 0) {
-            iov->iov_base = (char *)iov->iov_base + left;
-            iov->iov_len -= left;
-        }
-    }
-    return 0;
+    return fx_r_send_iov(fd, iov, n);
 }
 
 static int recv_all(int fd, void *buf, size_t n) {

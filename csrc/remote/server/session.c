@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "session.h"
+#include "wire.h"
 
 #define INBUF ((size_t)64 << 10)
 #define OUTCAP 4096u
@@ -126,25 +127,7 @@ static void enter_ctx(uint32_t id) {
 /* ---- I/O ---------------------------------------------------------------------------------- */
 
 static int send_iov(struct iovec *iov, int n) {
-    while (n > 0) {
-        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-        ssize_t w = sendmsg(sock, &msg, MSG_NOSIGNAL);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        size_t left = (size_t)w;
-        while (n > 0 && left >= iov->iov_len) {
-            left -= iov->iov_len;
-            iov++;
-            n--;
-        }
-        if (n > 0) {
-            iov->iov_base = (char *)iov->iov_base + left;
-            iov->iov_len -= left;
-        }
-    }
-    return 0;
+    return fx_r_send_iov(sock, iov, n);
 }
 
 static int send_frame(uint16_t op, uint16_t flags, uint32_t a, uint32_t b, const void *p,
