@@ -13,8 +13,10 @@ import pytest
 
 import flexai.policy as fp
 from flexai.policy import (
+    FGD,
     POLICIES,
     Evict,
+    FGDExact,
     GpuView,
     NodeView,
     Place,
@@ -99,7 +101,7 @@ def test_the_docstring_lists_the_public_api():
     for name in fp.__all__:
         assert name in doc, f"flexai.policy's docstring does not mention {name}"
     assert set(POLICIES) == {"first-fit", "best-fit", "dot-product", "random-fit",
-                             "gpu-packing", "fgd", "flexai"}
+                             "gpu-packing", "fgd", "fgd-exact", "flexai"}
     for name in POLICIES:
         assert f"``{name}``" in doc
 
@@ -223,6 +225,63 @@ def test_flexai_follows_fgd_and_packs_its_ties():
     view = pool(node("b", 100, 100), node("a", 100))
     assert _choose("fgd", Request(0, 50), view, workload=work) == Place("b", (0,))
     assert _choose("flexai", Request(0, 50), view, workload=work) == Place("a", (0,))
+
+
+def test_fgd_scores_the_growth_on_the_papers_integer_scale():
+    # the paper's plugin: floor(100 * sigmoid(-growth / 100)) (growth in compute percent),
+    # higher is better. Placing 20% on a's idle GPU loses the 90%-type there (+1.6 expected
+    # fragmentation), on b's 95% GPU too (+1.5): both score 49, a tie kept in pool order;
+    # FGD on the exact growth takes b
+    work = Workload([(Request(0, 50), 98), (Request(0, 90), 2)])
+    view = pool(node("a", 100), node("b", 95))
+    state = PoolState.from_view(view)
+    r = Request(0, 20)
+    cand = state.candidates(r)
+    assert FGDExact(work).score(r, state, cand).tolist() == pytest.approx([1.6, 1.5])
+    assert FGD(work).score(r, state, cand).tolist() == [-49, -49]
+    assert _choose("fgd", r, view, workload=work) == Place("a", (0,))
+    assert _choose("fgd-exact", r, view, workload=work) == Place("b", (0,))
+    # no growth is 50 points, a whole idle 8-GPU node fragmented is 0
+    assert FGD(work, levels=100).score(r, state, cand).max() >= -50
+    eight = PoolState.from_view(pool(node("c", *[100] * 8)))
+    gang = Request(0, 100, gpus=8)
+    assert FGD(Workload([Request(0, 50)]), levels=1000).score(
+        gang, eight, eight.candidates(gang)).tolist() == [-500]
+    with pytest.raises(ValueError, match="levels must be an integer >= 1 or None"):
+        FGD(work, levels=0)
+
+
+def test_workload_weighs_whole_gpu_types_by_the_gpus_they_ask_for():
+    tasks = [Request(0, 50), Request(0, 100, gpus=4)]
+    assert [p for _, p in Workload(tasks).types] == pytest.approx([0.5, 0.5])
+    heavy = Workload(tasks, gang_weight=1.0)  # 1 and 1 + 4
+    assert sorted(p for _, p in heavy.types) == pytest.approx([1 / 6, 5 / 6])
+    back = heavy.weighted(0.0)
+    assert sorted(p for _, p in back.types) == pytest.approx([0.5, 0.5])
+    assert heavy.weighted(1.0) is heavy
+    with pytest.raises(ValueError, match="gang_weight must be a number >= 0"):
+        Workload(tasks, gang_weight=-1)
+
+
+def test_flexai_keeps_the_last_node_able_to_host_a_rare_task_type():
+    # only "big" (128 cores) can host the expected 8-GPU, 120-core task. A 32-core CPU task
+    # fits all three nodes; the balance term alone sends it to big, where the most CPU is
+    # spare, which leaves the 8-GPU task nowhere to go. The reserve sends it to g1.
+    def eight(name, cores):
+        return NodeView(name, tuple(gpu(i) for i in range(8)), cpu_milli_free=cores)
+
+    work = Workload([(Request(0, 100, gpus=8, cpu_milli=120000), 1),
+                     (Request(0, 0, gpus=0, cpu_milli=32000), 10),
+                     (Request(0, 100, cpu_milli=12000), 30)])
+    view = pool(eight("g1", 96000), eight("big", 128000), eight("g2", 96000))
+    cpu_task = Request(0, 0, gpus=0, cpu_milli=32000)
+    assert _choose("flexai", cpu_task, view, workload=work, reserve=0) == Place("big", ())
+    assert _choose("flexai", cpu_task, view, workload=work) == Place("g1", ())
+    # the reserve never refuses a place: with the others' CPU gone, big takes it
+    view = pool(eight("g1", 16000), eight("big", 128000), eight("g2", 16000))
+    assert _choose("flexai", cpu_task, view, workload=work) == Place("big", ())
+    with pytest.raises(ValueError, match="reserve must be an integer >= 0"):
+        POLICIES["flexai"](workload=work, reserve=-1)
 
 
 def test_workload_knows_the_cpu_and_memory_its_gpu_tasks_bring_per_compute():

@@ -160,6 +160,9 @@ def test_decisions_fit_and_respect_priorities(view, r, name):
             assert sum(s.compute for s in g.slices) <= 100
 
 
+FGD_LIKE = ("fgd", "fgd-exact", "flexai")
+
+
 @st.composite
 def pools(draw):
     n = draw(st.integers(1, 6))
@@ -175,7 +178,7 @@ def pools(draw):
        name=st.sampled_from(NAMES), data=st.data())
 def test_the_incremental_state_never_overcommits_and_releases_exactly(state, rs, name, data):
     init = (state.cfree.copy(), state.mfree.copy(), state.cpu.copy(), state.first.copy())
-    policy = POLICIES[name](workload=Workload(rs)) if name in ("fgd", "flexai") \
+    policy = POLICIES[name](workload=Workload(rs)) if name in FGD_LIKE \
         else POLICIES[name]()
     allocs = []
     for r in rs * 2:
@@ -194,15 +197,25 @@ def test_the_incremental_state_never_overcommits_and_releases_exactly(state, rs,
         assert (state.cfree >= 0).all() and (state.cfree <= 100).all()
         assert (state.mfree >= 0).all() and (state.mfree <= state.mtot).all()
         assert (state.cpu >= 0).all()
-        if name in ("fgd", "flexai"):
-            cached = policy.frag(state)
-            fresh = _Frag(state, policy.workload)
-            fresh.refresh(state)
-            assert np.allclose(cached.frag, fresh.frag)
+        if name in FGD_LIKE:
+            _same_as_fresh(policy, state)
     for a in data.draw(st.permutations(allocs)):
         state.release(a)
+        if name in FGD_LIKE:
+            _same_as_fresh(policy, state)
     for before, now in zip(init, (state.cfree, state.mfree, state.cpu, state.first)):
         assert np.array_equal(before, now)
+
+
+def _same_as_fresh(policy, state):
+    """The policy's cached per-node terms (kept up to date node by node) equal a fresh
+    computation on the state as it is: fragmentation, and which task types each node hosts."""
+    cached = policy.frag(state)
+    fresh = _Frag(state, policy.workload, track_hosts=cached.track_hosts)
+    fresh.refresh(state)
+    assert np.allclose(cached.frag, fresh.frag)
+    assert np.array_equal(cached.hosts, fresh.hosts)
+    assert np.array_equal(cached.nhosts, fresh.hosts.sum(axis=0))
 
 
 @SETTINGS
@@ -222,7 +235,7 @@ def test_preemption_plans_only_take_from_strictly_lower_priorities(view, r):
 def test_skipping_alike_nodes_and_gpus_changes_no_choice(state, rs, name):
     """Scans keep one of each class of alike nodes and GPUs: the choice must be the one a scan
     of every place would make (the lowest score, earliest on ties)."""
-    policy = POLICIES[name](workload=Workload(rs)) if name in ("fgd", "flexai") \
+    policy = POLICIES[name](workload=Workload(rs)) if name in FGD_LIKE \
         else POLICIES[name]()
     for r in rs * 2:
         d = policy.choose(r, state)

@@ -40,13 +40,17 @@ Deciding (``decide``):
 
 Policies (``POLICIES``: name -> class, ``DEFAULT_POLICY = "flexai"``): ``first-fit``
 (``FirstFit``), ``best-fit`` (``BestFit``), ``dot-product`` (``DotProduct``), ``random-fit``
-(``RandomFit(seed=0)``), ``gpu-packing`` (``GpuPacking``), ``fgd`` (``FGD(workload=None)``) and
-``flexai`` (``Flexai(workload=None, pack=1.0, balance=10.0)``: FGD's growth plus ``balance``
-times the growth of the GPU compute the node's CPU and host memory can no longer feed at the
-workload's average CPU and memory per GPU (``Workload.stranded``, from ``cpu_per_compute`` and
-``hmem_per_compute``),
-plus a packing term that breaks the remaining ties).
-``Workload(tasks, max_types=64)`` is the expected mix of task types FGD weighs (sample
+(``RandomFit(seed=0)``), ``gpu-packing`` (``GpuPacking``), ``fgd`` (``FGD(workload=None,
+levels=100)``: the paper's FGD, scoring the growth of fragmentation as an integer 0..100 the
+way its Kubernetes plugin does), ``fgd-exact`` (``FGDExact(workload=None)``: FGD on the exact
+growth) and ``flexai`` (``Flexai(workload=None, pack=1.0, balance=10.0, gang_weight=1.0,
+reserve=10)``: FGD's exact growth on the workload weighed by the GPUs each type asks for, plus
+``balance`` times the growth of the GPU compute the node's CPU and host memory can no longer
+feed at the workload's average CPU and memory per GPU (``Workload.stranded``, from
+``cpu_per_compute`` and ``hmem_per_compute``), a packing term that breaks the remaining ties,
+and a reserve: never one of the last ``reserve`` nodes able to host a task type while another
+place exists).
+``Workload(tasks, max_types=64, gang_weight=0.0)`` (``workload``) is the expected mix of task types FGD weighs (sample
 ``Request``s or ``(Request, weight)`` pairs, e.g. the trace's pods); ``DEFAULT_WORKLOAD`` when
 none is given; ``FGD.fragmentation(state)`` is the pool's expected fragmentation. Every policy
 is a ``Policy`` with ``choose(request, state) -> Place | Wait`` (never changes the state) and
@@ -72,7 +76,7 @@ in order (see ``queue`` for the aging and blocking rules).
 from __future__ import annotations
 
 from .decide import Decision, apply_decision, decide, make_policy
-from .fgd import DEFAULT_WORKLOAD, FGD, Flexai, Workload
+from .fgd import FGD, FGDExact, Flexai
 from .policies import BestFit, DotProduct, FirstFit, GpuPacking, Policy, RandomFit
 from .preempt import EVICTABLE, plan_preemption
 from .queue import AGING_SECONDS, Queue, schedule_queue
@@ -94,11 +98,12 @@ from .types import (
     Wait,
     priority_rank,
 )
+from .workload import DEFAULT_WORKLOAD, Workload
 
 __all__ = [
     "AGING_SECONDS", "Queue", "schedule_queue",
     "COMPUTE_FULL", "DEFAULT_POLICY", "DEFAULT_WORKLOAD", "EVICTABLE", "POLICIES", "PRIORITIES",
-    "WHERE", "FGD", "Flexai", "Workload",
+    "WHERE", "FGD", "FGDExact", "Flexai", "Workload",
     "Allocation", "BestFit", "Decision", "DotProduct", "Evict", "FirstFit", "GpuPacking",
     "GpuView", "NodeView", "Place", "Policy", "PoolState", "PoolView", "Preempt", "RandomFit",
     "Request", "Shrink", "SliceView", "Wait", "apply_decision", "decide", "make_policy",

@@ -8,17 +8,22 @@ Definitions (from the paper; the code is our own):
   host memory, no accepted model, or m asks for no GPU), all the node's free GPU compute is
   fragmented; otherwise the free compute of each GPU that cannot hold m's per-GPU share is.
 - The expected fragmentation F_n = sum_m p_m F_n(m) over the workload's distribution of task
-  types (:class:`Workload`).
-- FGD places a task where F_n grows the least (the steepest descent of fragmentation).
+  types (:class:`~flexai.policy.workload.Workload`).
+- FGD places a task where F_n grows the least (the steepest descent of fragmentation). The
+  paper's scheduler plugin scores that growth as a Kubernetes score, an integer from 0 to 100
+  through a sigmoid, so places whose growths differ by less than a point tie; :class:`FGD`
+  does the same by default (``levels=100``) and reproduces the paper's published results on
+  its trace (docs/scheduler.md); ``levels=None`` ranks the exact growth.
 
 flexai's default (:class:`Flexai`) adds to FGD's growth the growth of the GPU compute a node's
-CPU and host memory can no longer feed (stranded compute; our own term) and a packing
-tie-break.
+CPU and host memory can no longer feed (stranded compute; our own term), a packing tie-break,
+and a reserve: it does not take one of the last few nodes able to host a task type while
+another place exists.
 
 Speed: the per-node, per-type terms (which GPUs fit each type, how many, the unusable free
-compute) are cached with the :class:`PoolState` and recomputed only for nodes whose ``stamp``
-changed; a decision then evaluates every candidate's change in closed form, vectorized over
-candidates x task types.
+compute, which task types the node can host) are cached with the :class:`PoolState` and
+recomputed only for nodes whose ``stamp`` changed; a decision then evaluates every candidate's
+change in closed form, vectorized over candidates x task types.
 
 Pure: numpy only; never I/O, Ray or Kubernetes.
 """
@@ -31,116 +36,14 @@ import numpy as np
 from .policies import Policy
 from .state import Candidates, PoolState
 from .types import COMPUTE_FULL, Request
+from .workload import DEFAULT_WORKLOAD, Workload
 
 __all__ = ["DEFAULT_WORKLOAD", "FGD", "Flexai", "Workload"]
 
-
-class Workload:
-    """The expected mix of task types: each a request shape with a probability.
-
-    Parameters
-    ----------
-    tasks : iterable of Request or (Request, weight)
-        Sample requests (e.g. the trace's pods); identical shapes (gpus, compute, memory, models,
-        cpu, host memory) are merged and their weights added.
-    max_types : int
-        Keep the most popular shapes up to this many, renormalized. The cost of a decision grows
-        with the number of distinct GPU shapes among them (gpus, compute, memory, models), not
-        with CPU or host memory variants.
-
-    Attributes
-    ----------
-    types : list of (shape key, probability)
-    cpu_per_compute, hmem_per_compute : float
-        What the GPU task types bring on average per compute percent they ask for: CPU
-        (milli) and host memory (bytes), weighted by probability (0 when none asks any).
-
-    Examples
-    --------
-    >>> Workload([(Request(0, 50), 3), (Request(0, 100, gpus=8), 1)])  # doctest: +SKIP
-    """
-
-    def __init__(self, tasks: Iterable[Union[Request, tuple]], max_types: int = 64) -> None:
-        if isinstance(max_types, bool) or not isinstance(max_types, int) or max_types < 1:
-            raise ValueError(f"Workload: max_types must be an integer >= 1, not {max_types!r} "
-                             "(e.g. max_types=32)")
-        weights: dict[tuple, float] = {}
-        for t in tasks:
-            r, w = (t, 1.0) if isinstance(t, Request) else t
-            if not isinstance(r, Request) or not (float(w) > 0):
-                raise ValueError(f"Workload: each task is a Request or (Request, weight > 0), "
-                                 f"not {t!r} (e.g. (Request(0, 50), 3))")
-            key = (r.gpus, r.compute, r.memory, r.models, r.cpu_milli, r.host_memory)
-            weights[key] = weights.get(key, 0.0) + float(w)
-        if not weights:
-            raise ValueError("Workload: needs at least one task (e.g. Workload([Request(0, 50)]))")
-        top = sorted(weights.items(), key=lambda kv: -kv[1])[:max_types]
-        total = sum(w for _, w in top)
-        self.types = [(k, w / total) for k, w in top]
-        # GPU shapes (gpus, compute, memory, models): the CPU-only types need none (for them
-        # all free GPU compute is fragmented, whatever the placement)
-        shapes: dict[tuple, int] = {}
-        for (k, d, mem, models, _, _), _ in self.types:
-            if k:
-                shapes.setdefault((k, d, mem, models), len(shapes))
-        self.shapes = list(shapes)
-        self.k = np.array([s[0] for s in self.shapes], np.int64)
-        self.d = np.array([s[1] for s in self.shapes], np.int64)
-        self.mem = np.array([s[2] for s in self.shapes], np.int64)
-        self.models = [s[3] for s in self.shapes]
-        self.gang = self.k > 1
-        # q[i, j, s]: probability of the types of shape s whose CPU is within the i smallest
-        # CPU thresholds and host memory within the j smallest (see `reach`)
-        gpu_types = [(key, p) for key, p in self.types if key[0]]
-        self.cpu_steps = np.unique([key[4] for key, _ in gpu_types] or [0])
-        self.hm_steps = np.unique([key[5] for key, _ in gpu_types] or [0])
-        q = np.zeros((self.cpu_steps.size + 1, self.hm_steps.size + 1, len(self.shapes)))
-        for (k, d, mem, models, cpu, hm), p in gpu_types:
-            i = int(np.searchsorted(self.cpu_steps, cpu)) + 1
-            j = int(np.searchsorted(self.hm_steps, hm)) + 1
-            q[i, j, shapes[(k, d, mem, models)]] += p
-        self.q = q.cumsum(axis=0).cumsum(axis=1)
-        # what the GPU task types bring per compute percent they ask for, on average: CPU
-        # (milli) and host memory (bytes); 0 when no type asks for that resource
-        asked = sum(p * k * d for (k, d, *_), p in gpu_types)
-        self.cpu_per_compute = (sum(p * key[4] for key, p in gpu_types) / asked
-                                if asked else 0.0)
-        self.hmem_per_compute = (sum(p * key[5] for key, p in gpu_types) / asked
-                                 if asked else 0.0)
-        self.feeds = bool(self.cpu_per_compute or self.hmem_per_compute)
-
-    def stranded(self, free_compute, cpu, hmem) -> np.ndarray:
-        """Free GPU compute (percent) beyond what ``cpu`` (milli) and ``hmem`` (bytes) can
-        feed at :attr:`cpu_per_compute` and :attr:`hmem_per_compute` (element-wise; a
-        resource no GPU type asks for never binds; zeros when neither is asked)."""
-        c, h = self.cpu_per_compute, self.hmem_per_compute
-        if c and h:
-            fed = np.minimum(np.asarray(cpu) / c, np.asarray(hmem) / h)
-        elif c:
-            fed = np.asarray(cpu) / c
-        elif h:
-            fed = np.asarray(hmem) / h
-        else:
-            return np.zeros(np.shape(free_compute))
-        return np.maximum(free_compute - fed, 0.0)
-
-    def reach(self, cpu: np.ndarray, hm: np.ndarray) -> np.ndarray:
-        """(rows, shapes): the probability of the GPU task types of each shape whose CPU and
-        host memory fit within ``cpu`` and ``hm`` (per row)."""
-        return self.q[np.searchsorted(self.cpu_steps, cpu, side="right"),
-                      np.searchsorted(self.hm_steps, hm, side="right")]
-
-    def __len__(self) -> int:
-        return len(self.types)
-
-    def __repr__(self) -> str:
-        return f"Workload({len(self)} task types, {len(self.shapes)} GPU shapes)"
-
-
-#: A generic mix for when nothing better is known: shares of one GPU, whole GPUs and gangs.
-DEFAULT_WORKLOAD = Workload([(Request(0, 10), 2), (Request(0, 25), 3), (Request(0, 50), 3),
-                             (Request(0, 100), 4), (Request(0, 100, gpus=2), 1),
-                             (Request(0, 100, gpus=4), 1), (Request(0, 100, gpus=8), 1)])
+#: What taking one of the last hosts of a task type costs in :class:`Flexai`'s score (compute
+#: percent): more than any growth of fragmentation or stranded compute can reach, so such a
+#: place is taken only when no other place exists.
+RESERVE_COST = 1e6
 
 
 class _Frag:
@@ -151,11 +54,17 @@ class _Frag:
 
     With host_m = "type m can run on the node", sum_m p_m F_n(m) = total + sum_s
     [cnt_s >= k_s] * reach_s(cpu, hm) * ut_s, which is what ``_frag`` computes.
+
+    Also per node and GPU task type ``hosts`` (whether the node can host one task of the type
+    now) and per type ``nhosts`` (how many nodes can), kept only when ``track_hosts``.
     """
 
-    def __init__(self, state: PoolState, w: Workload) -> None:
+    def __init__(self, state: PoolState, w: Workload, track_hosts: bool = False) -> None:
         n, g = state.cfree.shape
         self.w = w
+        self.track_hosts = track_hosts
+        self.hosts = np.zeros((n, w.t_k.size), bool)
+        self.nhosts = np.zeros(w.t_k.size, np.int64)
         masks = [state.model_mask(m) for m in w.models]
         self.model_ok = np.stack(masks, axis=2) if masks else np.zeros((n, g, 0), bool)
         self.fit = np.zeros((n, g, len(w.shapes)), bool)
@@ -192,14 +101,18 @@ class _Frag:
         self.frag[rows] = self._frag(cnt, ut, total, s.cpu[rows], s.hmem[rows])
         if w.feeds:
             self.strand[rows] = w.stranded(total, s.cpu[rows], s.hmem[rows])
+        if self.track_hosts:
+            h = w.hosts(cnt, s.cpu[rows], s.hmem[rows])
+            self.nhosts += h.sum(axis=0) - self.hosts[rows].sum(axis=0)
+            self.hosts[rows] = h
 
     def _frag(self, cnt, ut, total, cpu, hmem) -> np.ndarray:
         """Expected fragmentation from the per-shape terms (rows x shapes -> rows)."""
         w = self.w
         return total + ((cnt >= w.k) * w.reach(cpu, hmem) * ut).sum(axis=1)
 
-    def delta(self, s: PoolState, r: Request, cand: Candidates) -> np.ndarray:
-        """The growth of each candidate node's expected fragmentation if ``r`` went there.
+    def after(self, s: PoolState, r: Request, cand: Candidates):
+        """Each candidate node's (cnt, ut, total, cpu, hmem) if ``r`` went there.
 
         For one GPU with free compute f0 taking c: the shapes it fitted and no longer fits
         (``lost``) leave the count, and ut grows by f0 for those and by c for the shapes it
@@ -228,7 +141,13 @@ class _Frag:
             cpu = cpu - r.cpu_milli
         if r.host_memory:
             hmem = hmem - r.host_memory
-        return self._frag(cnt, ut, total, cpu, hmem) - self.frag[n]
+        return cnt, ut, total, cpu, hmem
+
+    def delta(self, s: PoolState, r: Request, cand: Candidates, after=None) -> np.ndarray:
+        """The growth of each candidate node's expected fragmentation if ``r`` went there
+        (``after``: :meth:`after`'s answer, when the caller has it)."""
+        cnt, ut, total, cpu, hmem = after if after is not None else self.after(s, r, cand)
+        return self._frag(cnt, ut, total, cpu, hmem) - self.frag[cand.node]
 
     @staticmethod
     def _gang_taken(s: PoolState, r: Request, n: np.ndarray) -> np.ndarray:
@@ -246,35 +165,64 @@ class FGD(Policy):
     ----------
     workload : Workload or iterable of Request / (Request, weight), optional
         The expected task types; :data:`DEFAULT_WORKLOAD` when omitted.
+    levels : int or None
+        Score the growth g (compute percent) as the paper's plugin does: ``floor(levels *
+        sigmoid(-g / 100))``, an integer where higher is better, so growths less than about
+        ``400 / levels`` percent apart tie (100, the default, is a Kubernetes score). None
+        ranks the exact growth.
     """
 
     name = "fgd"
 
-    def __init__(self, workload: Optional[Union[Workload, Iterable]] = None) -> None:
+    def __init__(self, workload: Optional[Union[Workload, Iterable]] = None,
+                 levels: Optional[int] = 100) -> None:
         if workload is None:
             workload = DEFAULT_WORKLOAD
         elif not isinstance(workload, Workload):
             workload = Workload(workload)
+        if levels is not None and (isinstance(levels, bool) or not isinstance(levels, int)
+                                   or levels < 1):
+            raise ValueError(f"{type(self).__name__}: levels must be an integer >= 1 or None, "
+                             f"not {levels!r} (e.g. levels=100)")
         self.workload = workload
+        self.levels = levels
 
     def frag(self, state: PoolState) -> "_Frag":
         """The cached fragmentation terms for ``state`` (refreshed for changed nodes)."""
         key = ("fgd", id(self.workload))
         cache = state.cache.get(key)
         if cache is None or cache.w is not self.workload:
-            cache = state.cache[key] = _Frag(state, self.workload)
+            cache = state.cache[key] = _Frag(state, self.workload, self._track_hosts)
+        elif self._track_hosts and not cache.track_hosts:
+            cache = state.cache[key] = _Frag(state, self.workload, True)
         cache.refresh(state)
         return cache
+
+    _track_hosts = False
 
     def fragmentation(self, state: PoolState) -> float:
         """The pool's expected fragmentation (sum over nodes), in compute percent."""
         return float(self.frag(state).frag.sum())
 
     def score(self, request, state, cand):
-        return self.frag(state).delta(state, request, cand)
+        growth = self.frag(state).delta(state, request, cand)
+        if self.levels is None:
+            return growth
+        x = np.clip(growth / COMPUTE_FULL, -60.0, 60.0)
+        return -np.floor(self.levels / (1.0 + np.exp(x)))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(workload={self.workload!r})"
+        return f"{type(self).__name__}(workload={self.workload!r}, levels={self.levels!r})"
+
+
+class FGDExact(FGD):
+    """:class:`FGD` ranking the exact growth of fragmentation (``levels=None``): no ties
+    between places whose growths differ at all."""
+
+    name = "fgd-exact"
+
+    def __init__(self, workload=None) -> None:
+        super().__init__(workload, levels=None)
 
 
 class Flexai(FGD):
@@ -295,7 +243,15 @@ class Flexai(FGD):
       Off when the workload asks neither CPU nor host memory (e.g. :data:`DEFAULT_WORKLOAD`);
     - ``pack`` times how much free capacity the chosen GPU and node keep (as shares of a GPU
       / of the node), so that among places that score alike the one that packs tighter wins
-      and whole GPUs and idle nodes stay free for larger tasks (gangs).
+      and whole GPUs and idle nodes stay free for larger tasks (gangs);
+    - the **reserve**: :data:`RESERVE_COST` for each GPU task type of which the place would
+      take one of the last ``reserve`` nodes able to host it. The rarest task types (a
+      whole 8-GPU machine with most of its CPU, which only a few nodes of the pool can hold)
+      keep somewhere to go while the pool has room elsewhere; without it a CPU-heavy task can
+      take the last such node long before the pool is full.
+
+    FGD's workload is weighed with ``gang_weight`` (:meth:`Workload.weighted`): a whole-GPU
+    type counts ``1 + gang_weight * gpus`` times, as the GPU capacity it would allocate.
 
     Parameters
     ----------
@@ -303,33 +259,49 @@ class Flexai(FGD):
     pack : float
         Weight of the packing term. 0 drops it.
     balance : float
-        Weight of the stranded-compute term. 0 drops it (``Flexai(pack=0, balance=0)`` is
-        FGD).
+        Weight of the stranded-compute term. 0 drops it.
+    gang_weight : float
+        See above; 0 weighs task types by their count alone. (``Flexai(pack=0, balance=0,
+        gang_weight=0, reserve=0)`` is ``FGD(levels=None)``.)
+    reserve : int
+        How many of the last nodes able to host a task type to keep; 0 keeps none.
     """
 
     name = "flexai"
 
-    def __init__(self, workload=None, pack: float = 1.0, balance: float = 10.0) -> None:
-        super().__init__(workload)
-        for what, v, eg in (("pack", pack, "pack=1.0"), ("balance", balance, "balance=10")):
+    def __init__(self, workload=None, pack: float = 1.0, balance: float = 10.0,
+                 gang_weight: float = 1.0, reserve: int = 10) -> None:
+        super().__init__(workload, levels=None)
+        for what, v, eg in (("pack", pack, "pack=1.0"), ("balance", balance, "balance=10"),
+                            ("gang_weight", gang_weight, "gang_weight=1.0")):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
                 raise ValueError(f"Flexai: {what} must be a number >= 0, not {v!r} (e.g. {eg})")
+        if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
+            raise ValueError(f"Flexai: reserve must be an integer >= 0, not {reserve!r} "
+                             "(e.g. reserve=10)")
         self.pack = float(pack)
         self.balance = float(balance)
+        self.gang_weight = float(gang_weight)
+        self.reserve = reserve
+        self._track_hosts = reserve > 0
+        self.workload = self.workload.weighted(self.gang_weight)
 
     def score(self, request, state, cand):
         f = self.frag(state)
-        delta = f.delta(state, request, cand)
+        after = f.after(state, request, cand)
+        delta = f.delta(state, request, cand, after)
         n = cand.node
+        if self.reserve:
+            scarce = (f.nhosts <= self.reserve) & (f.nhosts > 0)
+            if scarce.any():
+                keep = self.workload.hosts(after[0], after[3], after[4])
+                lost = (f.hosts[n] & ~keep & scarce).sum(axis=1)
+                delta = delta + RESERVE_COST * lost
         take = request.gpus * (COMPUTE_FULL if request.gpus > 1 else request.compute)
         left = f.total[n] - take
         w = self.workload
         if self.balance and w.feeds:
-            cpu, hmem = state.cpu[n], state.hmem[n]
-            if request.cpu_milli:
-                cpu = cpu - request.cpu_milli
-            if request.host_memory:
-                hmem = hmem - request.host_memory
+            cpu, hmem = after[3], after[4]
             delta = delta + self.balance * (w.stranded(left, cpu, hmem) - f.strand[n])
         if not self.pack:
             return delta
@@ -340,4 +312,5 @@ class Flexai(FGD):
 
     def __repr__(self) -> str:
         return (f"Flexai(workload={self.workload!r}, pack={self.pack:g}, "
-                f"balance={self.balance:g})")
+                f"balance={self.balance:g}, gang_weight={self.gang_weight:g}, "
+                f"reserve={self.reserve})")

@@ -5,14 +5,15 @@ Pure: imports only the policy modules.
 """
 from __future__ import annotations
 
-from .fgd import FGD, Flexai
+from .fgd import FGD, FGDExact, Flexai
 from .policies import BestFit, DotProduct, FirstFit, GpuPacking, Policy, RandomFit
 
 __all__ = ["DEFAULT_POLICY", "POLICIES"]
 
 #: name -> class; each class's ``name`` attribute is its key.
 POLICIES: dict[str, type[Policy]] = {
-    cls.name: cls for cls in (FirstFit, BestFit, DotProduct, RandomFit, GpuPacking, FGD, Flexai)
+    cls.name: cls for cls in (FirstFit, BestFit, DotProduct, RandomFit, GpuPacking, FGD, FGDExact,
+                                  Flexai)
 }
 #: The policy ``decide`` uses when none is named.
 DEFAULT_POLICY = "flexai"
