@@ -50,8 +50,9 @@ feed at the workload's average CPU and memory per GPU (``Workload.stranded``, fr
 ``cpu_per_compute`` and ``hmem_per_compute``), a packing term that breaks the remaining ties,
 and a reserve: never one of the last ``reserve`` nodes able to host a task type while another
 place exists).
-``Workload(tasks, max_types=64, gang_weight=0.0)`` (``workload``) is the expected mix of task types FGD weighs (sample
-``Request``s or ``(Request, weight)`` pairs, e.g. the trace's pods); ``DEFAULT_WORKLOAD`` when
+``Workload(tasks, max_types=64, gang_weight=0.0)`` (``workload``) is the expected mix of task
+types FGD weighs (sample ``Request``s or ``(Request, weight)`` pairs, e.g. the trace's pods;
+``gang_weight`` weighs a whole-GPU type by ``1 + gang_weight * gpus``); ``DEFAULT_WORKLOAD`` when
 none is given; ``FGD.fragmentation(state)`` is the pool's expected fragmentation. Every policy
 is a ``Policy`` with ``choose(request, state) -> Place | Wait`` (never changes the state) and
 handles locality the same way: ``local-only`` only the origin; ``prefer-local`` the origin

@@ -292,11 +292,7 @@ class Flexai(FGD):
         delta = f.delta(state, request, cand, after)
         n = cand.node
         if self.reserve:
-            scarce = (f.nhosts <= self.reserve) & (f.nhosts > 0)
-            if scarce.any():
-                keep = self.workload.hosts(after[0], after[3], after[4])
-                lost = (f.hosts[n] & ~keep & scarce).sum(axis=1)
-                delta = delta + RESERVE_COST * lost
+            delta = delta + RESERVE_COST * self._hosts_lost(f, cand, after)
         take = request.gpus * (COMPUTE_FULL if request.gpus > 1 else request.compute)
         left = f.total[n] - take
         w = self.workload
@@ -309,6 +305,22 @@ class Flexai(FGD):
         if request.gpus == 1:
             packed = packed + (state.cfree[n, cand.col] - request.compute) / COMPUTE_FULL
         return delta + self.pack * packed
+
+    def _hosts_lost(self, f: _Frag, cand: Candidates, after) -> np.ndarray:
+        """Per candidate: how many task types with at most ``reserve`` hosts left the place
+        would take a host from (only candidates on such hosts are looked at)."""
+        lost = np.zeros(len(cand))
+        scarce = np.flatnonzero((f.nhosts <= self.reserve) & (f.nhosts > 0))
+        if not scarce.size:
+            return lost
+        held = f.hosts[cand.node][:, scarce]
+        rows = np.flatnonzero(held.any(axis=1))
+        if rows.size:
+            cnt, cpu, hmem = after[0], after[3], after[4]
+            keep = self.workload.hosts(cnt[rows], np.broadcast_to(cpu, len(cand))[rows],
+                                       np.broadcast_to(hmem, len(cand))[rows], scarce)
+            lost[rows] = (held[rows] & ~keep).sum(axis=1)
+        return lost
 
     def __repr__(self) -> str:
         return (f"Flexai(workload={self.workload!r}, pack={self.pack:g}, "

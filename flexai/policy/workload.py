@@ -10,7 +10,7 @@ Pure: numpy only; never I/O, Ray or Kubernetes.
 """
 from __future__ import annotations
 
-from typing import Iterable, Union
+from typing import Iterable, Optional, Union
 
 import numpy as np
 
@@ -131,11 +131,15 @@ class Workload:
         return np.array([k[0] if k[0] and k[1] == COMPUTE_FULL else 0 for k, _ in self.types],
                         np.float64)
 
-    def hosts(self, cnt: np.ndarray, cpu: np.ndarray, hm: np.ndarray) -> np.ndarray:
+    def hosts(self, cnt: np.ndarray, cpu: np.ndarray, hm: np.ndarray,
+              types: Optional[np.ndarray] = None) -> np.ndarray:
         """(rows, GPU types) bool: whether each row (a node's count of GPUs that fit each
-        shape, free CPU and host memory; see fgd._Frag) can host one task of each GPU type."""
-        return ((cnt[..., self.t_shape] >= self.t_k) & (np.asarray(cpu)[..., None] >= self.t_cpu)
-                & (np.asarray(hm)[..., None] >= self.t_hm))
+        shape, free CPU and host memory; see fgd._Frag) can host one task of each GPU type
+        (of the GPU types indexed by ``types`` only, when given)."""
+        t = slice(None) if types is None else types
+        return ((cnt[..., self.t_shape[t]] >= self.t_k[t])
+                & (np.asarray(cpu)[..., None] >= self.t_cpu[t])
+                & (np.asarray(hm)[..., None] >= self.t_hm[t]))
 
     def stranded(self, free_compute, cpu, hmem) -> np.ndarray:
         """Free GPU compute (percent) beyond what ``cpu`` (milli) and ``hmem`` (bytes) can
