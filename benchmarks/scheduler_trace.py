@@ -2,7 +2,7 @@
 
     python benchmarks/scheduler_trace.py --nodes openb_node_list_gpu_node.csv \\
         --pods openb_pod_list_default.csv [--variants] [--policies first-fit,fgd,...] \\
-        [--seed 42] [--repeats 1] [--out benchmarks/results]
+        [--seed 42] [--repeats 1] [--paper analysis_allo_discrete.csv] [--out benchmarks/results]
     python benchmarks/scheduler_trace.py [--synthetic] [--scale 200] [--mix multigpu] \\
         [--variants] [--quick]
 
@@ -30,6 +30,9 @@ pods of the same kind (gpu_trace.MIXES) on the same nodes. Per trace, three repl
    (benchmarks/sched_timed.py). Reported: high-priority wait p99 and evictions. Synthetic
    times (offered load --timed-load x capacity, pods of the trace's kind) when it has none.
 
+--paper takes the FGD paper's published results (analysis_allo_discrete.csv of its simulator,
+benchmarks/fgd_paper.py) and adds their averages for the same pod list under the table.
+
 Writes scheduler_trace-TAG.json, .md (the table) and .png per trace to --out, and with
 --variants scheduler_trace-TAG-variants.md (every table; TAG the first trace's); prints the
 tables. --quick finishes in about a minute on a 2-core machine (a 60-node synthetic trace, 300
@@ -47,6 +50,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import fgd_paper  # noqa: E402
 import gpu_trace  # noqa: E402
 import sched_replay as rp  # noqa: E402
 
@@ -231,6 +235,10 @@ def table(tag: str, res: dict) -> str:
             f"{pair('wall')} | {pair('min')} | {pair('cpu')} | "
             f"{_num(p.get('decision_cpu_us_p99'))} | "
             f"{_num(tm.get('wait_high_p99_s'))} | {_num(tm.get('evictions'))} |")
+    for name, p in res.get("paper", {}).items():
+        lines.append(f"| paper's {name} (published, {p['seeds']} seeds) | - | "
+                     f"{_pct(p['allocated_at_end'])} | "
+                     f"{_num(p['unallocated_gpus_at_end'], '{:.1f}')} | - | - | - | - | - | - |")
     return "\n".join(lines) + "\n"
 
 
@@ -277,6 +285,10 @@ def run_one(args, kind: str, tag: str, nodes: list, pods: list, real: bool,
         res["timed"] = run_timed(nodes, pods, policies, args.seed, args.timed_load, args.timed_pods,
                                  gpu_trace.MIXES[kind], real,
                                  30 if args.quick else args.timed_nodes)
+    if args.paper and real:
+        workload = "openb_pod_list_" + tag.removeprefix("openb-").removesuffix("-quick")
+        res["paper"] = fgd_paper.read_results(args.paper, workload,
+                                              round(100 * args.inflation))
     res["seconds"] = time.perf_counter() - t0
     res["machine_end"] = machine()
     return res
@@ -309,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                     "trace's peak demand / --timed-load)")
     ap.add_argument("--no-timed", action="store_true", help="skip the priority replay")
     ap.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
+    ap.add_argument("--paper", help="the FGD paper's published results "
+                    "(analysis_allo_discrete.csv of its simulator) to set beside ours")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args(argv)
     if bool(args.nodes) != bool(args.pods):
@@ -328,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"unknown policy {unknown[0]!r}; one of {', '.join(POLICIES)}")
     try:
         runs = traces(args)
+        if args.paper:  # a bad file is an error now, not after the replays
+            fgd_paper.read_results(args.paper, "", round(100 * args.inflation))
     except ValueError as e:
         return _fail(str(e))
     out = Path(args.out)

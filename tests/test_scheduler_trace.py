@@ -250,6 +250,52 @@ def test_cli_variants_use_the_openb_files_beside_pods_or_synthetic_ones(tmp_path
     assert both.count("| flexai |") == 3 and "load average" in both
 
 
+PAPER_CSV = """workload,sc_policy,tune,seed,total_gpus,0,129,130
+openb_pod_list_default,06-FGD,1.3,42,16,0.25,95.0,95.0
+openb_pod_list_default,06-FGD,1.3,43,16,0.24,96.0,97.0
+openb_pod_list_default,03-GpuClustering,1.3,42,16,0.2,90.0,90.0
+openb_pod_list_multigpu50,06-FGD,1.3,42,16,0.2,50.0,50.0
+"""
+
+
+def test_the_papers_published_results_are_averaged_per_policy(tmp_path):
+    import fgd_paper
+    res = fgd_paper.read_results(_write(tmp_path, "a.csv", PAPER_CSV), "openb_pod_list_default")
+    assert set(res) == {"fgd", "gpu-clustering"}
+    assert res["fgd"]["seeds"] == 2
+    assert res["fgd"]["allocated_at_end"] == pytest.approx(0.96)
+    assert res["fgd"]["unallocated_gpus_at_end"] == pytest.approx(16 * 0.04)
+    assert fgd_paper.read_results(tmp_path / "a.csv", "openb_pod_list_gpushare100") == {}
+    with pytest.raises(ValueError, match="missing column"):
+        fgd_paper.read_results(_write(tmp_path, "b.csv", PAPER_CSV.replace(",130", ",131")),
+                               "openb_pod_list_default")
+    with pytest.raises(ValueError, match="line 2: column 130 must be a percent"):
+        fgd_paper.read_results(_write(tmp_path, "c.csv", PAPER_CSV.replace("95.0\n", "195\n")),
+                               "openb_pod_list_default")
+
+
+def test_cli_sets_the_papers_figures_beside_ours(tmp_path, capsys):
+    import scheduler_trace
+    d = tmp_path / "csv"
+    d.mkdir()
+    gpu_trace.write_nodes(d / "openb_node_list_gpu_node.csv",
+                          gpu_trace.synthetic_nodes(6, seed=2))
+    gpu_trace.write_pods(d / "openb_pod_list_default.csv", gpu_trace.synthetic_pods(40, seed=2))
+    rc = scheduler_trace.main([
+        "--nodes", str(d / "openb_node_list_gpu_node.csv"),
+        "--pods", str(d / "openb_pod_list_default.csv"), "--paper",
+        str(_write(tmp_path, "paper.csv", PAPER_CSV)), "--policies", "first-fit,fgd",
+        "--latency-nodes", "5", "--latency-decisions", "10", "--no-timed",
+        "--out", str(tmp_path)])
+    assert rc == 0
+    table = (tmp_path / "scheduler_trace-openb-default.md").read_text()
+    assert "| paper's fgd (published, 2 seeds) | - | 96.0% | 0.6 |" in table
+    assert "| fgd |" in table
+    bad = scheduler_trace.main(["--paper", str(tmp_path / "none.csv"), "--quick",
+                                "--out", str(tmp_path)])
+    assert bad == 2 and "cannot read the paper's results" in capsys.readouterr().err
+
+
 def test_peak_demand_counts_overlapping_pods_only():
     import scheduler_trace
 
