@@ -280,8 +280,8 @@ def test_flexai_keeps_the_last_node_able_to_host_a_rare_task_type():
     # the reserve never refuses a place: with the others' CPU gone, big takes it
     view = pool(eight("g1", 16000), eight("big", 128000), eight("g2", 16000))
     assert _choose("flexai", cpu_task, view, workload=work) == Place("big", ())
-    with pytest.raises(ValueError, match="reserve must be an integer >= 0"):
-        POLICIES["flexai"](workload=work, reserve=-1)
+    with pytest.raises(ValueError, match="reserve must be a share of the pool's nodes"):
+        POLICIES["flexai"](workload=work, reserve=2)
 
 
 def test_workload_knows_the_cpu_and_memory_its_gpu_tasks_bring_per_compute():

@@ -44,12 +44,12 @@ Policies (``POLICIES``: name -> class, ``DEFAULT_POLICY = "flexai"``): ``first-f
 levels=100)``: the paper's FGD, scoring the growth of fragmentation as an integer 0..100 the
 way its Kubernetes plugin does), ``fgd-exact`` (``FGDExact(workload=None)``: FGD on the exact
 growth) and ``flexai`` (``Flexai(workload=None, pack=1.0, balance=10.0, gang_weight=1.0,
-reserve=10)``: FGD's exact growth on the workload weighed by the GPUs each type asks for, plus
+reserve=0.01)``: FGD's exact growth on the workload weighed by the GPUs each type asks for, plus
 ``balance`` times the growth of the GPU compute the node's CPU and host memory can no longer
 feed at the workload's average CPU and memory per GPU (``Workload.stranded``, from
 ``cpu_per_compute`` and ``hmem_per_compute``), a packing term that breaks the remaining ties,
-and a reserve: never one of the last ``reserve`` nodes able to host a task type while another
-place exists).
+and a reserve: never one of the last nodes able to host a task type (``reserve`` of the GPU
+nodes, at least one) while another place exists).
 ``Workload(tasks, max_types=64, gang_weight=0.0)`` (``workload``) is the expected mix of task
 types FGD weighs (sample ``Request``s or ``(Request, weight)`` pairs, e.g. the trace's pods;
 ``gang_weight`` weighs a whole-GPU type by ``1 + gang_weight * gpus``); ``DEFAULT_WORKLOAD`` when

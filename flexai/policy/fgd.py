@@ -29,6 +29,7 @@ Pure: numpy only; never I/O, Ray or Kubernetes.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable, Optional, Union
 
 import numpy as np
@@ -245,7 +246,8 @@ class Flexai(FGD):
       / of the node), so that among places that score alike the one that packs tighter wins
       and whole GPUs and idle nodes stay free for larger tasks (gangs);
     - the **reserve**: :data:`RESERVE_COST` for each GPU task type of which the place would
-      take one of the last ``reserve`` nodes able to host it. The rarest task types (a
+      take one of the last nodes able to host it (the last ``reserve`` share of the pool's
+      GPU nodes, at least one). The rarest task types (a
       whole 8-GPU machine with most of its CPU, which only a few nodes of the pool can hold)
       keep somewhere to go while the pool has room elsewhere; without it a CPU-heavy task can
       take the last such node long before the pool is full.
@@ -263,26 +265,28 @@ class Flexai(FGD):
     gang_weight : float
         See above; 0 weighs task types by their count alone. (``Flexai(pack=0, balance=0,
         gang_weight=0, reserve=0)`` is ``FGD(levels=None)``.)
-    reserve : int
-        How many of the last nodes able to host a task type to keep; 0 keeps none.
+    reserve : float
+        The share of the pool's GPU nodes (0..1; at least one node) kept as the last hosts of
+        each task type; 0 keeps none. 0.01: 13 nodes of a 1,213-node pool, 1 of 23.
     """
 
     name = "flexai"
 
     def __init__(self, workload=None, pack: float = 1.0, balance: float = 10.0,
-                 gang_weight: float = 1.0, reserve: int = 10) -> None:
+                 gang_weight: float = 1.0, reserve: float = 0.01) -> None:
         super().__init__(workload, levels=None)
         for what, v, eg in (("pack", pack, "pack=1.0"), ("balance", balance, "balance=10"),
                             ("gang_weight", gang_weight, "gang_weight=1.0")):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 0:
                 raise ValueError(f"Flexai: {what} must be a number >= 0, not {v!r} (e.g. {eg})")
-        if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
-            raise ValueError(f"Flexai: reserve must be an integer >= 0, not {reserve!r} "
-                             "(e.g. reserve=10)")
+        if (isinstance(reserve, bool) or not isinstance(reserve, (int, float))
+                or not 0 <= reserve <= 1):
+            raise ValueError(f"Flexai: reserve must be a share of the pool's nodes, 0..1, not "
+                             f"{reserve!r} (e.g. reserve=0.01)")
         self.pack = float(pack)
         self.balance = float(balance)
         self.gang_weight = float(gang_weight)
-        self.reserve = reserve
+        self.reserve = float(reserve)
         self._track_hosts = reserve > 0
         self.workload = self.workload.weighted(self.gang_weight)
 
@@ -292,7 +296,7 @@ class Flexai(FGD):
         delta = f.delta(state, request, cand, after)
         n = cand.node
         if self.reserve:
-            delta = delta + RESERVE_COST * self._hosts_lost(f, cand, after)
+            delta = delta + RESERVE_COST * self._hosts_lost(state, f, cand, after)
         take = request.gpus * (COMPUTE_FULL if request.gpus > 1 else request.compute)
         left = f.total[n] - take
         w = self.workload
@@ -306,11 +310,12 @@ class Flexai(FGD):
             packed = packed + (state.cfree[n, cand.col] - request.compute) / COMPUTE_FULL
         return delta + self.pack * packed
 
-    def _hosts_lost(self, f: _Frag, cand: Candidates, after) -> np.ndarray:
-        """Per candidate: how many task types with at most ``reserve`` hosts left the place
+    def _hosts_lost(self, state: PoolState, f: _Frag, cand: Candidates, after) -> np.ndarray:
+        """Per candidate: how many task types with no more hosts than the reserve the place
         would take a host from (only candidates on such hosts are looked at)."""
         lost = np.zeros(len(cand))
-        scarce = np.flatnonzero((f.nhosts <= self.reserve) & (f.nhosts > 0))
+        keep = max(1, math.ceil(self.reserve * int(state.has_gpu.sum())))
+        scarce = np.flatnonzero((f.nhosts <= keep) & (f.nhosts > 0))
         if not scarce.size:
             return lost
         held = f.hosts[cand.node][:, scarce]
@@ -325,4 +330,4 @@ class Flexai(FGD):
     def __repr__(self) -> str:
         return (f"Flexai(workload={self.workload!r}, pack={self.pack:g}, "
                 f"balance={self.balance:g}, gang_weight={self.gang_weight:g}, "
-                f"reserve={self.reserve})")
+                f"reserve={self.reserve:g})")
