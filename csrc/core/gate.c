@@ -14,7 +14,8 @@
  * the driver's launch: a thread that waits (for the lease, for tokens, for work to drain) lets
  * the others in, and the launch itself runs unlocked between fx_gate_enter and fx_gate_leave,
  * counted in `launching` so that a release waits for it. Waits for marks have a bound: work that
- * never finishes (a kernel waiting on the host) cannot hang the process.
+ * never finishes (a kernel waiting on the host) cannot hang the process, and once the gate gave
+ * up on such work it waits only briefly until a mark completes again (see fx_give_up).
  *
  * Handles: the gate's events belong to a context (the backend's, e.g. a CUDA context) and are
  * only recorded on queues of that context; a queue named relative to its thread (the CUDA
@@ -50,10 +51,17 @@
                                         * fx_settle_idle): idle time is never charged */
 #define FX_STUCK_NS 200000000ULL       /* work in flight this long without progress is given up
                                         * on: its estimate is charged and its marks forgotten */
+#define FX_STUCK_SHORT_NS 5000000ULL   /* the same on a queue given up on, until one of its
+                                        * marks completes again (see fx_give_up) */
+#define FX_STUCK_BACKLOG_NS 20000000ULL /* at most this much estimated work is given up on after
+                                         * FX_STUCK_SHORT_NS in one episode; then FX_STUCK_NS */
 
 struct fx_mark {
     fx_event_t ev;
     fx_ctx_t ctx;    /* the event's context */
+    fx_queue_t q;    /* the queue it was recorded on, as fx_stream tells queues apart */
+    unsigned flags;
+    uint64_t thread;
     uint64_t est_ns; /* estimated GPU time of the launches this mark closes */
     unsigned n[FX_WORK_KINDS]; /* how many of them of each kind (enum fx_work) */
 };
@@ -107,6 +115,15 @@ struct fx_gate {
     uint64_t seg_counted; /* GPU time of the segment already added to busy_ns */
     unsigned unmeasured[FX_WORK_KINDS]; /* launches measured since the segment last grew */
     uint64_t last_leave_ns; /* when the last launch through the gate returned */
+    int stuck;            /* gave up on the work of queue stuck_* and none of its marks
+                           * completed since (an episode, see fx_give_up) */
+    fx_queue_t stuck_q;   /* that queue, told apart as fx_stream does */
+    unsigned stuck_flags;
+    fx_ctx_t stuck_ctx;
+    uint64_t stuck_thread;
+    uint64_t stuck_ns;    /* estimated work given up on after FX_STUCK_SHORT_NS in the episode */
+    unsigned moved;       /* counts pops and give-ups: a waiting thread sees that the oldest mark
+                           * changed while it slept (another thread gave up on the one it timed) */
 };
 
 static struct fx_gate fx_ld[FLEXAI_MAX_DEVICES];
@@ -123,6 +140,15 @@ static uint64_t fx_thread_self(void)
     static __thread uint64_t id;
     if (!id) id = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
     return id;
+}
+
+/* The thread a queue belongs to (fx_stream.thread): the caller for a queue named relative to
+ * its thread, 0 for one any thread may use. */
+static uint64_t fx_queue_thread(fx_queue_t q, unsigned flags)
+{
+    return fx_backend->queue_per_thread && fx_backend->queue_per_thread(q, flags)
+               ? fx_thread_self()
+               : 0;
 }
 
 static void fx_ld_reset(void)
@@ -266,6 +292,21 @@ static void fx_segment_end(struct fx_gate *ld)
     ld->seg_start = NULL;
 }
 
+/* Whether the gate gave up on the work of this queue and none of its marks completed since. */
+static int fx_stuck_queue(const struct fx_gate *ld, fx_queue_t q, unsigned flags, fx_ctx_t ctx,
+                          uint64_t thread)
+{
+    return ld->stuck && q == ld->stuck_q && flags == ld->stuck_flags && ctx == ld->stuck_ctx &&
+           thread == ld->stuck_thread;
+}
+
+static void fx_stuck_end(struct fx_gate *ld)
+{
+    FX_DEBUG("work the gate gave up on completes again");
+    ld->stuck = 0;
+    ld->stuck_ns = 0;
+}
+
 /* Pop the oldest mark if its work is done; 1 when popped. */
 static int fx_pop_if_done(struct fx_gate *ld)
 {
@@ -276,18 +317,42 @@ static int fx_pop_if_done(struct fx_gate *ld)
     fx_event_done(ld, m->ev, m->ctx);
     ld->head = (ld->head + 1) % FX_RING;
     ld->count--;
+    ld->moved++;
     if (ld->count == 0 && ld->since_mark == 0) fx_segment_end(ld); /* all our work is done */
+    if (ld->stuck && fx_stuck_queue(ld, m->q, m->flags, m->ctx, m->thread)) fx_stuck_end(ld);
     return 1;
 }
 
-/* Work in flight made no progress for FX_STUCK_NS (a kernel waits on the host, a stream waits
- * on an event nobody records): stop waiting for it. Its estimate is charged, its events are
- * destroyed (legal while pending: the driver frees them once reached) and the segment ends. */
+/* The oldest mark in flight made no progress for FX_STUCK_NS (a kernel waits on the host, a
+ * stream waits on an event nobody records): stop waiting for the work in flight. Its estimate is
+ * charged, its events are destroyed (legal while pending: the driver frees them once reached)
+ * and the segment ends.
+ *
+ * The next launches on that queue, while it is still held, queue behind the same work, so until
+ * one of its marks completes again (fx_pop_if_done) the gate waits only FX_STUCK_SHORT_NS for a
+ * mark of that queue (an episode): a queue held for seconds costs one long wait, not one per
+ * bound of work. Marks of the process's other queues, whose work runs, are waited for as
+ * always. The short wait is still several bounds long, so a process adds at most about a bound
+ * of work per short wait, and only FX_STUCK_BACKLOG_NS of work is given up on that quickly per
+ * episode: what queues behind a stuck queue runs when it resumes, and that must stay short. */
 static void fx_give_up(struct fx_gate *ld)
 {
-    FX_INFO("work in flight made no progress for %llu ms: no longer waiting for it",
-            (unsigned long long)(FX_STUCK_NS / 1000000ULL));
-    ld->busy_ns += fx_inflight_ns(ld);
+    const struct fx_mark *m = &ld->ring[ld->head]; /* the one that showed no progress */
+    uint64_t ns = fx_inflight_ns(ld);
+    if (ld->count && !fx_stuck_queue(ld, m->q, m->flags, m->ctx, m->thread)) {
+        FX_INFO("work in flight made no progress for %llu ms: no longer waiting for it",
+                (unsigned long long)(FX_STUCK_NS / 1000000ULL));
+        ld->stuck = 1;
+        ld->stuck_q = m->q;
+        ld->stuck_flags = m->flags;
+        ld->stuck_ctx = m->ctx;
+        ld->stuck_thread = m->thread;
+        ld->stuck_ns = 0;
+    } else {
+        ld->stuck_ns += ns;
+    }
+    ld->busy_ns += ns;
+    ld->moved++;
     for (; ld->count; ld->count--, ld->head = (ld->head + 1) % FX_RING)
         fx_backend->event_destroy(ld->ring[ld->head].ev);
     fx_forget_unmarked(ld);
@@ -295,20 +360,32 @@ static void fx_give_up(struct fx_gate *ld)
     ld->seg_start = NULL;
 }
 
+/* How long the oldest mark may show no progress before the gate gives up (see fx_give_up). */
+static uint64_t fx_patience_ns(const struct fx_gate *ld)
+{
+    const struct fx_mark *m = &ld->ring[ld->head];
+    return ld->stuck && ld->stuck_ns < FX_STUCK_BACKLOG_NS &&
+                   fx_stuck_queue(ld, m->q, m->flags, m->ctx, m->thread)
+               ? FX_STUCK_SHORT_NS
+               : FX_STUCK_NS;
+}
+
 /* Wait, the mutex let go, until fewer than `left` marks remain in flight and the in-flight
- * estimate is under `bound` (0: until all is done); gives up after FX_STUCK_NS without a mark
- * completing. */
+ * estimate is under `bound` (0: until all is done); gives up after fx_patience_ns without a
+ * mark completing. */
 static void fx_wait_marks(uint32_t dev, struct fx_gate *ld, uint64_t bound)
 {
     uint64_t stuck_since = 0;
+    unsigned moved = ld->moved;
     while (ld->count && (bound == 0 || fx_inflight_ns(ld) >= bound)) {
-        if (fx_pop_if_done(ld)) {
+        if (fx_pop_if_done(ld)) continue;
+        if (ld->moved != moved) { /* another mark is the oldest now: its own time starts */
+            moved = ld->moved;
             stuck_since = 0;
-            continue;
         }
         uint64_t now = fx_now_ns();
         if (!stuck_since) stuck_since = now;
-        if (now - stuck_since >= FX_STUCK_NS) {
+        if (now - stuck_since >= fx_patience_ns(ld)) {
             fx_give_up(ld);
             return;
         }
@@ -331,7 +408,7 @@ static int fx_mark_stream(struct fx_gate *ld, const struct fx_stream *e,
         return -1;
     }
     struct fx_mark *m = &ld->ring[(ld->head + ld->count) % FX_RING];
-    *m = (struct fx_mark){ev, e->ctx, w->est_ns, {0}};
+    *m = (struct fx_mark){ev, e->ctx, e->q, e->flags, e->thread, w->est_ns, {0}};
     memcpy(m->n, w->n, sizeof m->n);
     ld->count++;
     return 0;
@@ -562,8 +639,12 @@ struct fx_gate *fx_gate_enter(fx_queue_t stream, unsigned flags, int32_t *status
                              ? FX_INFLIGHT_SHORT_NS
                              : FX_INFLIGHT_NS;
         fx_wait_marks(dev, ld, bound);
-        /* nothing of ours in flight: the GPU is idle for us, a new busy segment starts here */
-        if (!ld->seg_start && ld->count == 0 && ld->since_mark == 0 && !ld->launching) {
+        /* nothing of ours in flight: the GPU is idle for us, a new busy segment starts here
+         * (not on a queue the gate gave up on: the start would be reached only once it resumes,
+         * and no mark could be measured until then) */
+        if (!ld->seg_start && ld->count == 0 && ld->since_mark == 0 && !ld->launching &&
+            !(ld->stuck &&
+              fx_stuck_queue(ld, stream, flags, ctx, fx_queue_thread(stream, flags)))) {
             ld->seg_start = fx_event(ld, ctx);
             ld->seg_ctx = ctx;
             ld->seg_counted = 0;
@@ -591,10 +672,7 @@ void fx_gate_leave(struct fx_gate *ld, int submitted, fx_queue_t stream, unsigne
         struct fx_unmarked w = {1, ld->est_ns[kind], {0}};
         w.n[kind] = 1;
         fx_ctx_t ctx = fx_launch_ctx;
-        uint64_t thread = fx_backend->queue_per_thread &&
-                                  fx_backend->queue_per_thread(stream, flags)
-                              ? fx_thread_self()
-                              : 0;
+        uint64_t thread = fx_queue_thread(stream, flags);
         struct fx_stream key = {stream, flags, ctx, thread, {0}};
         fx_unmarked_add(fx_stream_slot(ld, &key), &w);
         ld->since_mark++;
@@ -619,8 +697,11 @@ void fx_gate_forget_queue(fx_queue_t queue)
 {
     if (!__atomic_load_n(&fx_ld_used, __ATOMIC_ACQUIRE)) return;
     FX_EACH_GATE(ld) {
-        if (!__atomic_load_n(&ld->nstreams, __ATOMIC_RELAXED)) continue;
+        if (!__atomic_load_n(&ld->nstreams, __ATOMIC_RELAXED) &&
+            !__atomic_load_n(&ld->stuck, __ATOMIC_RELAXED))
+            continue;
         pthread_mutex_lock(&ld->mu);
+        if (ld->stuck && ld->stuck_q == queue) fx_stuck_end(ld); /* its handle may be reused */
         int kept = 0;
         for (int i = 0; i < ld->nstreams; i++) {
             struct fx_stream e = ld->streams[i];
@@ -669,6 +750,7 @@ void fx_gate_forget_context(fx_ctx_t ctx, int alive)
         }
         ld->nstreams = n;
         fx_recount(ld);
+        if (ld->stuck && ld->stuck_ctx == ctx) fx_stuck_end(ld);
         if (ld->seg_start && ld->seg_ctx == ctx) {
             if (alive) fx_backend->event_destroy(ld->seg_start);
             ld->seg_start = NULL; /* later marks of other contexts are estimated */
