@@ -66,7 +66,8 @@ Fast state for large pools (``state``): ``PoolState.from_view(view)`` or
 ``state.compute_capacity()``. A scan skips nodes alike in everything a policy reads and GPUs
 alike on a node (the choice is the one a full scan makes); FGD's per-node terms live in
 ``state.cache`` and follow each ``place``/``release`` of a node, so a decision costs about
-0.1 ms (p50) and 0.3-0.5 ms (p99) of CPU at 1,000 nodes x 8 GPUs.
+0.15-0.2 ms (p50) and 0.3-0.5 ms (p99) of CPU at 1,000 nodes x 8 GPUs for FGD, 0.25 / 0.5-0.6
+ms for flexai (docs/scheduler.md).
 
 Queueing (``queue``): ``Queue(aging=AGING_SECONDS)`` (300 s per level) with
 ``push(key, request, now)``, ``remove(key)``, ``ordered(now) -> [(key, request)]``,
