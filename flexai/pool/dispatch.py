@@ -1,7 +1,8 @@
 """The head's placement half (:class:`Dispatcher`, a mixin of ``PoolHead``): walk the queue,
 ask ``flexai.pool.placement.decide`` for each waiting job, start it through its node's agent,
 count the job in the node's view until the agent's own view shows it, and carry out the
-preemption plans the policy makes (shrink through resize, evict through stop).
+preemption plans the policy makes (shrink through resize, evict through stop; a remote slice's
+job is stopped on its origin and resized on its GPU node, see flexai.pool.remote).
 
 It shares the head's tables and lock (``_lock``, ``_jobs``, ``_nodes``, ``_queue``,
 ``counters``, ``_stats``, ``_changed``, ``_finish``). This module must never print, never talk
@@ -152,17 +153,29 @@ class Dispatcher:
             if node is None or not node.alive:
                 continue
             self.counters.count_preemption()
+            with self._lock:  # a remote slice's job runs on its origin (flexai.pool.remote)
+                far, name = self._remote_victim(action.job, action.node) or (None, action.job)
             if isinstance(action, pl.Evict):
                 self.counters.count_eviction()
                 with self._lock:
-                    victim = self._jobs.get(action.job)
+                    victim = self._jobs.get(action.job) if far is None else far
                     if victim is not None and victim["state"] not in FINAL:
                         victim["cancel"] = True
                         victim["reason"] = (f"evicted by {job['id']} ({job['priority']} "
                                             "priority) to make room")
-                node.handle.stop.remote(action.job, 5.0, f"evicted by {job['id']}")
-            else:
-                node.handle.resize.remote(action.job, compute=action.compute)
+                    if far is not None:  # stopped there, it ends as any job (and _finish
+                        node = self._nodes.get(far["node"])  # releases its booking)
+                if node is not None and node.alive:
+                    node.handle.stop.remote(action.job if far is None else far["id"], 5.0,
+                                            f"evicted by {job['id']}")
+            else:  # a remote job's compute is enforced by its slice on the GPU node
+                node.handle.resize.remote(name, compute=action.compute)
+
+    def _remote_victim(self, name: str, node: str) -> tuple[dict[str, Any], str] | None:
+        """The job whose remote slice on ``node`` the policy calls ``name`` and that slice's
+        name there, or None (a local job). ``flexai.pool.remote.RemotePlacement`` answers for
+        the head; lock held."""
+        return None
 
     def _dequeue(self, job_id: str) -> None:
         if job_id in self._queue:

@@ -26,6 +26,8 @@ from .member import pool_dir
 
 #: The token's file in the pool directory.
 TOKEN_FILE = "remote-token"
+#: The prefix of a remote slice's name on its GPU node (flexai.agent.remoted.SLICE_PREFIX).
+SLICE_PREFIX = "remote-"
 #: The longest the head waits for a GPU node to start its server and book the slice.
 BOOK_TIMEOUT = 45.0
 
@@ -133,6 +135,18 @@ class RemotePlacement:
             cancel = job["cancel"]
         if cancel:
             origin.handle.stop.remote(job["id"], 5.0, job["reason"] or "cancelled")
+
+    def _remote_victim(self, name: str, node: str) -> tuple[dict[str, Any], str] | None:
+        """The job whose remote slice on ``node`` a preemption plan calls ``name`` (the GPU
+        node's view names it ``remote-<job>``, the head's own count ``<job>`` until the next
+        report) and the slice's name there, or None for a local job. Lock held."""
+        job = self._jobs.get(name)
+        if job is None and name.startswith(SLICE_PREFIX):
+            job = self._jobs.get(name[len(SLICE_PREFIX):])
+        remote = job.get("remote") if job is not None else None
+        if not remote or remote["node"] != node:
+            return None
+        return job, SLICE_PREFIX + job["id"]
 
     def _lose_remote_jobs(self, name: str, reason: str) -> None:
         """Node ``name`` is gone (lock held): the jobs whose remote slice was there are lost,
