@@ -407,8 +407,8 @@ def test_sim_context_teardown_frees_its_memory_and_invalidates_pointers(run_clie
 
 def test_sim_released_primary_context_is_unusable_until_retained_again(run_client, tmp_path):
     r = run_client("init", "ctx", "0", "ctx", "0", "release", "0", "alloc", "1MiB", "release",
-                   "0", "alloc", "1MiB", "release", "0", "ctx", "0", "alloc", "1MiB", preload=NATIVE,
-                   env=_sim_alone(tmp_path))
+                   "0", "alloc", "1MiB", "release", "0", "ctx", "0", "alloc", "1MiB",
+                   preload=NATIVE, env=_sim_alone(tmp_path))
     assert r.rcs("release") == [0, 0, INVALID_CONTEXT]
     assert r.rcs("alloc") == [0, INVALID_CONTEXT, 0]
 

@@ -7,7 +7,6 @@ others check the slice is charged what the driver holds."""
 from __future__ import annotations
 
 import pytest
-
 from test_memory import NATIVE, OOM, _sim_alone
 
 MiB = 1 << 20

@@ -25,13 +25,11 @@ from typing import Any
 
 from .._ffi import BadValueError
 from ..node.launch import without_flexai
-from ..remote.wire import RUN_DIR_VARIABLE, TOKEN_VARIABLE
+from ..remote.wire import RUN_DIR_VARIABLE, TOKEN_VARIABLE, slice_name
 from ..spec import env_of, variable, variables
 
 #: How long a new ``flexai remoted`` may take to listen (seconds; a busy 2-core machine).
 START_TIMEOUT = 30.0
-#: The prefix ``flexai remoted`` gives the slices of its sessions (flexai.remote.server).
-SLICE_PREFIX = "remote-"
 
 
 @dataclass
@@ -49,11 +47,6 @@ class Booking:
     def to_dict(self) -> dict[str, Any]:
         return {"slice": self.job_id, "gpus": list(self.gpus), "priority": self.priority,
                 "memory": self.memory, "compute": self.compute, "booked_at": self.booked_at}
-
-
-def slice_name(job_id: str) -> str:
-    """The name of job ``job_id``'s remote slice on the GPU node."""
-    return job_id if job_id.startswith(SLICE_PREFIX) else SLICE_PREFIX + job_id
 
 
 def _free_port(host: str) -> int:

@@ -21,13 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..remote.wire import SLICE_PREFIX, slice_name
 from .dispatch import FINAL
 from .member import pool_dir
 
 #: The token's file in the pool directory.
 TOKEN_FILE = "remote-token"
-#: The prefix of a remote slice's name on its GPU node (flexai.agent.remoted.SLICE_PREFIX).
-SLICE_PREFIX = "remote-"
 #: The longest the head waits for a GPU node to start its server and book the slice.
 BOOK_TIMEOUT = 45.0
 
@@ -146,7 +145,7 @@ class RemotePlacement:
         remote = job.get("remote") if job is not None else None
         if not remote or remote["node"] != node:
             return None
-        return job, SLICE_PREFIX + job["id"]
+        return job, slice_name(job["id"])
 
     def _lose_remote_jobs(self, name: str, reason: str) -> None:
         """Node ``name`` is gone (lock held): the jobs whose remote slice was there are lost,

@@ -29,12 +29,12 @@ from ..node.launch import slice_env, without_flexai
 from ..spec import parse_config, variable, variables
 from . import wire
 from .client import client_dir
+from .wire import slice_name
 
 log = logging.getLogger("flexai.remote")
 
 HANDSHAKE_TIMEOUT_S = 5.0
 MAX_HANDSHAKES = 32
-SLICE_PREFIX = "remote-"
 
 
 def worker_path() -> Path:
@@ -90,7 +90,7 @@ def slice_variables(request: Mapping[str, str], session_id: str) -> dict[str, st
     out = dict(request)
     slice_var = variable("slice").name
     name = out.get(slice_var) or session_id
-    out[slice_var] = name if name.startswith(SLICE_PREFIX) else SLICE_PREFIX + name
+    out[slice_var] = slice_name(name)
     return out
 
 

@@ -22,6 +22,14 @@ ADDRESS_VARIABLE = "FLEXAI_REMOTE"
 RUN_DIR_VARIABLE = "FLEXAI_REMOTE_RUN_DIR"
 #: A session worker's id, in its environment.
 SESSION_VARIABLE = "FLEXAI_REMOTE_SESSION"
+#: A remote session's slice on the GPU node is named this + the job's (or session's) name; the
+#: server, the node agent and the pool head all read and make such names.
+SLICE_PREFIX = "remote-"
+
+
+def slice_name(name: str) -> str:
+    """The name of a remote session's slice for job or session ``name`` (SLICE_PREFIX once)."""
+    return name if name.startswith(SLICE_PREFIX) else SLICE_PREFIX + name
 #: The remote variables: flexai's, but not the slice contract's (the library never reads them).
 REMOTE_VARIABLES = (TOKEN_VARIABLE, ADDRESS_VARIABLE, RUN_DIR_VARIABLE, SESSION_VARIABLE)
 
