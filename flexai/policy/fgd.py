@@ -297,8 +297,7 @@ class Flexai(FGD):
         n = cand.node
         if self.reserve:
             delta = delta + RESERVE_COST * self._hosts_lost(state, f, cand, after)
-        take = request.gpus * (COMPUTE_FULL if request.gpus > 1 else request.compute)
-        left = f.total[n] - take
+        left = after[2]  # the node's free compute once the request is there
         w = self.workload
         if self.balance and w.feeds:
             cpu, hmem = after[3], after[4]
@@ -314,16 +313,15 @@ class Flexai(FGD):
         """Per candidate: how many task types with no more hosts than the reserve the place
         would take a host from (only candidates on such hosts are looked at)."""
         lost = np.zeros(len(cand))
-        keep = max(1, math.ceil(self.reserve * int(state.has_gpu.sum())))
-        scarce = np.flatnonzero((f.nhosts <= keep) & (f.nhosts > 0))
+        last = max(1, math.ceil(self.reserve * int(state.has_gpu.sum())))
+        scarce = np.flatnonzero((f.nhosts <= last) & (f.nhosts > 0))
         if not scarce.size:
             return lost
         held = f.hosts[cand.node][:, scarce]
         rows = np.flatnonzero(held.any(axis=1))
         if rows.size:
             cnt, cpu, hmem = after[0], after[3], after[4]
-            keep = self.workload.hosts(cnt[rows], np.broadcast_to(cpu, len(cand))[rows],
-                                       np.broadcast_to(hmem, len(cand))[rows], scarce)
+            keep = self.workload.hosts(cnt[rows], cpu[rows], hmem[rows], scarce)
             lost[rows] = (held[rows] & ~keep).sum(axis=1)
         return lost
 
