@@ -39,14 +39,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main, parser=p)
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port 0..65535 (e.g. 9464)")
+def tcp_port(example: int):
+    """An argparse type for a TCP port 0..65535; its error shows ``example`` (``flexai pool``
+    uses it too)."""
+    def port(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if not 0 <= value <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a TCP port 0..65535 (e.g. {example})")
+        return value
     return port
+
+
+_port = tcp_port(9464)
 
 
 def main(args: argparse.Namespace) -> int:

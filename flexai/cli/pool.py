@@ -13,6 +13,9 @@ from typing import Any
 from .._ffi import FlexaiError
 from ..spec import format_bytes
 from ._output import columns, fail
+from .agent import tcp_port
+
+_port = tcp_port(6379)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,15 +73,6 @@ def _node_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=_port, metavar="N",
                    help="serve this node's Prometheus metrics on this port (0: a free one)")
 
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port 0..65535 (e.g. 6379)")
-    return port
 
 
 def _store(args: argparse.Namespace) -> int | None:
