@@ -120,8 +120,15 @@ class Dispatcher:
                 job["reason"] = f"could not start on {place.node}: {_cause(exc)}"
                 self._finish(job, "failed", None)
             return
+        self._started(job, pid, node)
+
+    def _started(self, job: dict[str, Any], pid: int, node: Any, *others: Any) -> None:
+        """Count ``job`` running as ``pid`` on ``node`` (``others``: nodes it also uses, a
+        remote slice's GPU node), and stop it there if it was cancelled meanwhile."""
         with self._lock:
-            node.last_start = time.monotonic()  # reports begun before now may not show it
+            now = time.monotonic()
+            for n in (node, *others):
+                n.last_start = now  # reports begun before now may not show it
             job["state"], job["pid"], job["started_at"] = "running", pid, time.time()
             self._stats["started"] += 1
             self.counters.count_placement("placed")

@@ -125,15 +125,7 @@ class RemotePlacement:
                 job["reason"] = f"remote slice: {step} failed: {_cause(exc)}"
                 self._finish(job, "failed", None)  # releases the booking
             return
-        with self._lock:
-            origin.last_start = target.last_start = time.monotonic()
-            job["state"], job["pid"], job["started_at"] = "running", pid, time.time()
-            self._stats["started"] += 1
-            self.counters.count_placement("placed")
-            self._changed.notify_all()
-            cancel = job["cancel"]
-        if cancel:
-            origin.handle.stop.remote(job["id"], 5.0, job["reason"] or "cancelled")
+        self._started(job, pid, origin, target)
 
     def _remote_victim(self, name: str, node: str) -> tuple[dict[str, Any], str] | None:
         """The job whose remote slice on ``node`` a preemption plan calls ``name`` (the GPU
