@@ -95,7 +95,11 @@ def test_device_plugin_waits_for_a_kubelet_and_stops_cleanly(tmp_path):
                              str(tmp_path / "lib"), "--host-state-dir", str(tmp_path / "state"),
                              "--watch-interval", "0.1"],
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
+    preload = tmp_path / "lib" / "ld.so.preload"
+    deadline = time.monotonic() + 30  # started: it prepared the host (a loaded machine is slow)
+    while not preload.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # and is waiting for a kubelet
     assert proc.poll() is None, proc.stderr.read()
     assert _stop(proc) == 0
     assert (tmp_path / "lib" / "ld.so.preload").read_text() == \

@@ -58,6 +58,7 @@ def _serve(server, stop: threading.Event) -> int:
 
 
 def _device_plugin(args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()  # first: a SIGTERM during start-up still ends it cleanly
     from .. import lib_dir
     from ..k8s.allocate import Layout, prepare_host
     from ..k8s.gpus import Nvml
@@ -82,7 +83,6 @@ def _device_plugin(args: argparse.Namespace) -> int:
     if not plugin.gpus:
         logging.getLogger("flexai.k8s.plugin").warning(
             "no GPU found (%s): advertising none", nvml.error or "NVML shows no device")
-    stop = _stop_on_signals()
     try:
         plugin.run(stop)
     finally:
@@ -91,6 +91,7 @@ def _device_plugin(args: argparse.Namespace) -> int:
 
 
 def _extender(args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()  # first: a SIGTERM during start-up still ends it cleanly
     from ..k8s.cluster import Cluster
     from ..k8s.extender import Extender
 
@@ -100,7 +101,6 @@ def _extender(args: argparse.Namespace) -> int:
     sys.setswitchinterval(0.001)
     ext = Extender(Cluster(args.policy), _api(args.kube_api, required=False),
                    scheduler_name=args.scheduler_name)
-    stop = _stop_on_signals()
     if ext.api is not None:
         threading.Thread(target=ext.resync_loop, args=(stop, args.resync), daemon=True,
                          name="flexai-resync").start()
@@ -111,13 +111,13 @@ def _extender(args: argparse.Namespace) -> int:
 
 
 def _webhook(args: argparse.Namespace) -> int:
+    stop = _stop_on_signals()  # first: a SIGTERM during start-up still ends it cleanly
     from ..k8s.webhook import server
 
     host, port = _address(args.listen)
     if bool(args.cert) != bool(args.key):
         raise ValueError("--cert and --key go together (e.g. --cert tls.crt --key tls.key)")
-    return _serve(server(host, port, args.scheduler_name, args.cert, args.key),
-                  _stop_on_signals())
+    return _serve(server(host, port, args.scheduler_name, args.cert, args.key), stop)
 
 
 def _manifests(args: argparse.Namespace) -> int:
