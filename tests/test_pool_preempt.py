@@ -39,26 +39,10 @@ def cluster(request) -> raycluster.RayCluster:
 def api(cluster, monkeypatch, request):
     """flexai.pool in this process, as a client on n0 (polling through it is cheaper than a
     `flexai jobs` process per look)."""
-    import ray
-
-    import flexai.pool
-
-    monkeypatch.setenv("FLEXAI_STATE_DIR", cluster.nodes["n0"].env["FLEXAI_STATE_DIR"])
-    if not ray.is_initialized():
-        request.session.config.add_cleanup(ray.shutdown)  # runs before the cluster stops
-    flexai.pool.connect(cluster.address)
-    return flexai.pool
+    return raycluster.connect(cluster, monkeypatch, request)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
+_wait_for = raycluster.wait_for
 
 
 def _job(api, command_tail: str, state: str) -> dict:

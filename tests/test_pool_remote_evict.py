@@ -126,14 +126,8 @@ def _held_on_g0(status: dict, job_id: str) -> list[dict]:
 
 
 def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.5)
+    """raycluster.wait_for, looking every 0.5 s (each look is a `flexai` process)."""
+    return raycluster.wait_for(predicate, timeout, what, every=0.5)
 
 
 def _start_victim(cluster, tmp_path, priority: str = "low", memory: str = "3GiB",
