@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("ray")
 
 from support import raycluster  # noqa: E402
+from support.fake_pool import FakeNode  # noqa: E402
 
 #: Every job: a slice too large for two of them on n0's 16 GiB card.
 SLICE = ("--local-only", "--gpu-memory", "12GiB", "--gpu-compute", "50")
@@ -148,22 +149,6 @@ def test_a_normal_job_is_evicted_neither_by_normal_nor_by_high(cluster, api):
 GiB = 2**30
 
 
-class _Calls:
-    def __init__(self, calls, name):
-        self.calls, self.name = calls, name
-
-    def remote(self, *args, **kwargs):
-        self.calls.append((self.name, args, kwargs))
-
-
-class _Node:
-    def __init__(self, name, view):
-        self.name, self.alive, self.view, self.calls = name, True, view, []
-        self.handle = type("H", (), {})()
-        self.handle.stop = _Calls(self.calls, "stop")
-        self.handle.resize = _Calls(self.calls, "resize")
-
-
 def _head(views):
     import threading
 
@@ -175,7 +160,7 @@ def _head(views):
         def __init__(self):
             self._lock = threading.RLock()
             self._changed = threading.Condition(self._lock)
-            self._nodes = {v["name"]: _Node(v["name"], v) for v in views}
+            self._nodes = {v["name"]: FakeNode(v["name"], v) for v in views}
             self._jobs, self._queue, self.started = {}, pl.Queue(), []
             self._stats = {"lost": 0, "started": 0}
             self.counters = PoolCounters()
