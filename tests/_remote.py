@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import flexai
 from flexai import sim
 from flexai.node.launch import without_flexai
 
@@ -145,6 +146,13 @@ def first_line(proc: subprocess.Popen, timeout: float = 60) -> dict:
         proc.kill()
         raise AssertionError(f"no output from the program: {proc.stderr.read()}")
     return json.loads(box[0])
+
+
+def slice_used(state_dir: Path, name: str) -> int:
+    """Bytes slice ``name`` holds on its devices in ``state_dir`` (0 when there is no such
+    slice)."""
+    s = flexai.NodeSnapshot.read(state_dir).slice(name)
+    return 0 if s is None else sum(d.used_bytes for d in s.devices)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.02) -> float:

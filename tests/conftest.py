@@ -77,6 +77,19 @@ def clients(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture
+def remoted(tmp_path):
+    """A ``flexai remoted`` on loopback serving the simulated device (tests/_remote.py), its
+    slices' state directory as ``.state_dir``; stopped at the test's end."""
+    from _remote import Remoted, server_env
+
+    state = tmp_path / "state"
+    state.mkdir()
+    with Remoted(server_env(state, tmp_path / "run")) as server:
+        server.state_dir = state
+        yield server
+
+
+@pytest.fixture
 def state_dir(tmp_path) -> Path:
     d = tmp_path / "state"
     d.mkdir()

@@ -7,8 +7,6 @@ there); the slices' processes are test clients that allocate memory and wait on 
 from __future__ import annotations
 
 import os
-import selectors
-import subprocess
 import urllib.request
 
 import pytest
@@ -16,8 +14,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support import prometheus
 from support.prometheus import Agent, MetricsServer, Prometheus
+from support.waiting_client import finish, start_client
 
-from conftest import base_env, loads_library_in_process
+from conftest import loads_library_in_process
 from flexai import sim
 from flexai.node.launch import without_flexai
 from flexai.node.metrics import MetricsCollector, PoolCounters, serve
@@ -41,36 +40,6 @@ def value(found: dict, name: str, **labels: str) -> float:
     hits = [v for ls, v in found.get(name, []) if all(ls.get(k) == x for k, x in labels.items())]
     assert len(hits) == 1, f"{name}{labels}: {hits} in {found.get(name)}"
     return hits[0]
-
-
-def start_client(clients, state_dir, *ops: str, **env: str) -> subprocess.Popen:
-    """A client in a slice that runs ``ops`` then waits for its stdin to close."""
-    proc = subprocess.Popen([str(clients["client"]), "init", "ctx", "0", *ops, "wait"],
-                            env=base_env(state_dir, **env), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = b""
-    with selectors.DefaultSelector() as sel:  # raw reads: no buffer hides a line from select
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while b'"op":"wait"' not in out:
-            if not sel.select(30):
-                finish(proc)
-                raise AssertionError(f"client silent for 30 s; so far {out!r}")
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            assert chunk, f"client exited: {out!r} {proc.stderr.read()!r}"
-            out += chunk
-    lines = out.decode().splitlines()
-    assert all('"rc":0' in line for line in lines), lines
-    return proc
-
-
-def finish(proc: subprocess.Popen) -> None:
-    """Let the client go on past its wait (to its exit) and reap it."""
-    proc.stdin.close()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def server_env(state_dir) -> dict[str, str]:

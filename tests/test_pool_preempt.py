@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("ray")
 
 from support import raycluster  # noqa: E402
+from support.fake_pool import FakeNode  # noqa: E402
 
 #: Every job: a slice too large for two of them on n0's 16 GiB card.
 SLICE = ("--local-only", "--gpu-memory", "12GiB", "--gpu-compute", "50")
@@ -39,26 +40,10 @@ def cluster(request) -> raycluster.RayCluster:
 def api(cluster, monkeypatch, request):
     """flexai.pool in this process, as a client on n0 (polling through it is cheaper than a
     `flexai jobs` process per look)."""
-    import ray
-
-    import flexai.pool
-
-    monkeypatch.setenv("FLEXAI_STATE_DIR", cluster.nodes["n0"].env["FLEXAI_STATE_DIR"])
-    if not ray.is_initialized():
-        request.session.config.add_cleanup(ray.shutdown)  # runs before the cluster stops
-    flexai.pool.connect(cluster.address)
-    return flexai.pool
+    return raycluster.connect(cluster, monkeypatch, request)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
+_wait_for = raycluster.wait_for
 
 
 def _job(api, command_tail: str, state: str) -> dict:
@@ -164,22 +149,6 @@ def test_a_normal_job_is_evicted_neither_by_normal_nor_by_high(cluster, api):
 GiB = 2**30
 
 
-class _Calls:
-    def __init__(self, calls, name):
-        self.calls, self.name = calls, name
-
-    def remote(self, *args, **kwargs):
-        self.calls.append((self.name, args, kwargs))
-
-
-class _Node:
-    def __init__(self, name, view):
-        self.name, self.alive, self.view, self.calls = name, True, view, []
-        self.handle = type("H", (), {})()
-        self.handle.stop = _Calls(self.calls, "stop")
-        self.handle.resize = _Calls(self.calls, "resize")
-
-
 def _head(views):
     import threading
 
@@ -191,7 +160,7 @@ def _head(views):
         def __init__(self):
             self._lock = threading.RLock()
             self._changed = threading.Condition(self._lock)
-            self._nodes = {v["name"]: _Node(v["name"], v) for v in views}
+            self._nodes = {v["name"]: FakeNode(v["name"], v) for v in views}
             self._jobs, self._queue, self.started = {}, pl.Queue(), []
             self._stats = {"lost": 0, "started": 0}
             self.counters = PoolCounters()

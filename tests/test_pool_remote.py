@@ -15,7 +15,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -63,26 +62,10 @@ def cluster(request) -> raycluster.RayCluster:
 @pytest.fixture
 def api(cluster, monkeypatch, request):
     """flexai.pool in this process, as a client of the cluster."""
-    import ray
-
-    import flexai.pool
-
-    monkeypatch.setenv("FLEXAI_STATE_DIR", cluster.nodes["n0"].env["FLEXAI_STATE_DIR"])
-    if not ray.is_initialized():
-        request.session.config.add_cleanup(ray.shutdown)
-    flexai.pool.connect(cluster.address)
-    return flexai.pool
+    return raycluster.connect(cluster, monkeypatch, request)
 
 
-def wait_for(predicate, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(every)
+wait_for = raycluster.wait_for
 
 
 def _job_with(api, word: str):

@@ -30,6 +30,7 @@ pytest.importorskip("ray")
 pytest.importorskip("cuda.bindings")
 
 from support import raycluster  # noqa: E402
+from support.fake_pool import FakeNode  # noqa: E402
 
 GiB = 2**30
 
@@ -126,14 +127,8 @@ def _held_on_g0(status: dict, job_id: str) -> list[dict]:
 
 
 def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.5)
+    """raycluster.wait_for, looking every 0.5 s (each look is a `flexai` process)."""
+    return raycluster.wait_for(predicate, timeout, what, every=0.5)
 
 
 def _start_victim(cluster, tmp_path, priority: str = "low", memory: str = "3GiB",
@@ -237,22 +232,6 @@ def test_a_cancelled_remote_job_stops_where_it_runs(cluster, tmp_path):
 # ---- the head's preemption round, without Ray ------------------------------------------------
 
 
-class _Calls:
-    def __init__(self, calls, name):
-        self.calls, self.name = calls, name
-
-    def remote(self, *args, **kwargs):
-        self.calls.append((self.name, args, kwargs))
-
-
-class _Node:
-    def __init__(self, name):
-        self.name, self.alive, self.view, self.calls = name, True, None, []
-        self.handle = type("H", (), {})()
-        self.handle.stop = _Calls(self.calls, "stop")
-        self.handle.resize = _Calls(self.calls, "resize")
-
-
 def _head():
     """A ``PoolHead`` without its threads or Ray: nodes g0 (GPU) and c0 (origin), a remote job
     job-1 (low, its slice on g0) and a local job job-2 (low, on g0)."""
@@ -265,7 +244,7 @@ def _head():
     head = PoolHead.__new__(PoolHead)
     head._lock = threading.RLock()
     head._changed = threading.Condition(head._lock)
-    head._nodes = {n: _Node(n) for n in ("g0", "c0")}
+    head._nodes = {n: FakeNode(n) for n in ("g0", "c0")}
     head._queue, head.counters = pl.Queue(), PoolCounters()
     head._stats = {"lost": 0, "started": 0}
     base = {"priority": "low", "state": "running", "cancel": False, "reason": ""}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from support.fake_pool import FakeNode
 
 from flexai.node.metrics import PoolCounters
 from flexai.pool import dispatch
@@ -82,31 +83,11 @@ def test_queue_orders_by_priority_then_age():
     assert "normal" not in q
 
 
-class _Remote:
-    def __init__(self, calls, name):
-        self.calls, self.name = calls, name
-
-    def remote(self, *args, **kwargs):
-        self.calls.append((self.name, args, kwargs))
-
-
-class _Handle:
-    def __init__(self):
-        self.calls = []
-        self.stop = _Remote(self.calls, "stop")
-        self.resize = _Remote(self.calls, "resize")
-
-
-class _Node:
-    def __init__(self, name):
-        self.name, self.handle, self.alive, self.view = name, _Handle(), True, None
-
-
 class _Head(dispatch.Dispatcher):
     def __init__(self):
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._nodes = {"n0": _Node("n0")}
+        self._nodes = {"n0": FakeNode("n0")}
         self._jobs = {}
         self._queue = pl.Queue()
         self._stats = {"lost": 0, "started": 0}

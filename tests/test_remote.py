@@ -11,36 +11,20 @@ from pathlib import Path
 
 import pytest
 
-import flexai
 from flexai.remote import client_library
 
 pytest.importorskip("cuda.bindings")
 from _remote import (  # noqa: E402
-    Remoted,
     client_env,
     first_line,
     run_program,
     server_env,
+    slice_used,
     start_program,
 )
 
 GiB = 1 << 30
 API_DEF = Path(__file__).parent.parent / "csrc" / "remote" / "api.def"
-
-
-@pytest.fixture
-def remoted(tmp_path):
-    state = tmp_path / "state"
-    state.mkdir()
-    with Remoted(server_env(state, tmp_path / "run")) as server:
-        server.state_dir = state
-        yield server
-
-
-def slice_used(state_dir: Path, name: str) -> int:
-    snap = flexai.NodeSnapshot.read(state_dir)
-    s = snap.slice(name)
-    return 0 if s is None else sum(d.used_bytes for d in s.devices)
 
 
 def test_client_library_is_installed_and_exports_what_api_def_lists():

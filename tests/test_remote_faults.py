@@ -26,30 +26,15 @@ pytest.importorskip("cuda.bindings")
 from _remote import (  # noqa: E402
     PROGRAM,
     TOKEN,
-    Remoted,
     client_env,
     first_line,
-    server_env,
+    slice_used,
     start_program,
     wait_for,
 )
 
 MiB = 1 << 20
 API_DEF = Path(__file__).parent.parent / "csrc" / "remote" / "api.def"
-
-
-@pytest.fixture
-def remoted(tmp_path):
-    state = tmp_path / "state"
-    state.mkdir()
-    with Remoted(server_env(state, tmp_path / "run")) as server:
-        server.state_dir = state
-        yield server
-
-
-def slice_used(state_dir: Path, name: str) -> int:
-    s = flexai.NodeSnapshot.read(state_dir).slice(name)
-    return 0 if s is None else sum(d.used_bytes for d in s.devices)
 
 
 def rss_kib(pid: int) -> int:

@@ -4,7 +4,6 @@ it draws, redraws when a slice appears, and exits 0 on Ctrl-C."""
 from __future__ import annotations
 
 import os
-import selectors
 import shlex
 import shutil
 import signal
@@ -14,40 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from support.waiting_client import finish, start_client
 
-from conftest import base_env
 from flexai import sim
 from flexai.node.launch import without_flexai
 
 UUID0 = "GPU-f1e5a100-0000-4000-8000-000000000000"
-
-
-def start_client(clients, state_dir, *ops: str, **env: str) -> subprocess.Popen:
-    """A client in a slice that runs ``ops`` then waits for its stdin to close."""
-    proc = subprocess.Popen([str(clients["client"]), "init", "ctx", "0", *ops, "wait"],
-                            env=base_env(state_dir, **env), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        while b'"op":"wait"' not in out:
-            if not sel.select(30):
-                finish(proc)
-                raise AssertionError(f"client silent for 30 s; so far {out!r}")
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            assert chunk, f"client exited: {out!r} {proc.stderr.read()!r}"
-            out += chunk
-    assert all('"rc":0' in line for line in out.decode().splitlines()), out
-    return proc
-
-
-def finish(proc: subprocess.Popen) -> None:
-    proc.stdin.close()
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def top_env(state_dir: Path) -> dict[str, str]:

@@ -335,3 +335,31 @@ def shared(request: Any, start: Any) -> RayCluster:
             raise
         _shared = cluster
     return _shared
+
+
+def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.2) -> Any:
+    """Poll ``predicate()`` every ``every`` s until it returns something true, and return that;
+    raise AssertionError naming ``what`` once ``timeout`` s have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+def connect(cluster: RayCluster, monkeypatch: Any, request: Any) -> Any:
+    """``flexai.pool`` in this process, connected to ``cluster`` as a client on n0 (its
+    origin), for a module's ``api`` fixture; Ray is shut down at the session's end, before the
+    cluster stops."""
+    import ray
+
+    import flexai.pool
+
+    monkeypatch.setenv("FLEXAI_STATE_DIR", cluster.nodes["n0"].env["FLEXAI_STATE_DIR"])
+    if not ray.is_initialized():
+        request.session.config.add_cleanup(ray.shutdown)  # runs before the cluster stops
+    flexai.pool.connect(cluster.address)
+    return flexai.pool
