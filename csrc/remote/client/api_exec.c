@@ -44,14 +44,30 @@ static void *create_end(enum fxc_kind kind, struct fxc_obj *o, uint16_t op, cons
     return fxc_handle(kind, o->id);
 }
 
-/* Destroys a live stream or event: queued, and forgotten here whatever the queue says. */
-static CUresult destroy(enum fxc_kind kind, uint16_t op, const void *handle) {
+/* fxc_ready(), then the live object of `kind` a handle names (CUDA_ERROR_INVALID_HANDLE if
+ * none). CUDA_SUCCESS with *po set, else the error to return. */
+static CUresult ready_obj(enum fxc_kind kind, const void *handle, struct fxc_obj **po) {
     CUresult rc = fxc_ready();
     if (rc != CUDA_SUCCESS)
         return rc;
-    struct fxc_obj *o = fxc_obj_get(kind, handle);
-    if (o == NULL)
-        return CUDA_ERROR_INVALID_HANDLE;
+    *po = fxc_obj_get(kind, handle);
+    return *po == NULL ? CUDA_ERROR_INVALID_HANDLE : CUDA_SUCCESS;
+}
+
+/* Asks the server to query or synchronize object `id`: NOT_READY as is, else the first error of
+ * queued work if this one succeeded. */
+static CUresult wait_call(uint16_t op, uint32_t id) {
+    struct fx_rq_id rq = {id, 0};
+    CUresult rc = fxc_call(op, &rq, sizeof(rq), NULL, 0, NULL, 0, NULL);
+    return rc == CUDA_ERROR_NOT_READY ? rc : fxc_sync_result(rc);
+}
+
+/* Destroys a live stream or event: queued, and forgotten here whatever the queue says. */
+static CUresult destroy(enum fxc_kind kind, uint16_t op, const void *handle) {
+    struct fxc_obj *o;
+    CUresult rc = ready_obj(kind, handle, &o);
+    if (rc != CUDA_SUCCESS)
+        return rc;
     struct fx_rq_id rq = {o->id, 0};
     rc = fxc_batch(op, &rq, sizeof(rq), NULL, 0);
     fxc_obj_drop(kind, o->id);
@@ -62,11 +78,11 @@ static CUresult destroy(enum fxc_kind kind, uint16_t op, const void *handle) {
 static CUresult event_on_stream(uint16_t op, CUevent e, CUstream s, unsigned flags,
                                 int per_thread) {
     uint32_t sid;
-    CUresult rc = fxc_ready();
+    struct fxc_obj *ev;
+    CUresult rc = ready_obj(FXC_EVENT, e, &ev);
     if (rc != CUDA_SUCCESS)
         return rc;
-    struct fxc_obj *ev = fxc_obj_get(FXC_EVENT, e);
-    if (ev == NULL || (rc = fxc_stream_id(s, per_thread, &sid)) != CUDA_SUCCESS)
+    if (fxc_stream_id(s, per_thread, &sid) != CUDA_SUCCESS)
         return CUDA_ERROR_INVALID_HANDLE;
     struct fx_rq_event rq = {ev->id, flags, sid, 0};
     return fxc_batch(op, &rq, sizeof(rq), NULL, 0);
@@ -107,9 +123,7 @@ static CUresult stream_wait_call(uint16_t op, CUstream s, int per_thread) {
         return rc;
     if ((rc = fxc_stream_id(s, per_thread, &sid)) != CUDA_SUCCESS)
         return rc;
-    struct fx_rq_id rq = {sid, 0};
-    rc = fxc_call(op, &rq, sizeof(rq), NULL, 0, NULL, 0, NULL);
-    return rc == CUDA_ERROR_NOT_READY ? rc : fxc_sync_result(rc);
+    return wait_call(op, sid);
 }
 
 FXC_EXPORT CUresult cuStreamSynchronize(CUstream hStream) {
@@ -228,15 +242,9 @@ FXC_EXPORT CUresult cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream
 }
 
 static CUresult event_call(uint16_t op, CUevent e) {
-    CUresult rc = fxc_ready();
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    struct fxc_obj *ev = fxc_obj_get(FXC_EVENT, e);
-    if (ev == NULL)
-        return CUDA_ERROR_INVALID_HANDLE;
-    struct fx_rq_id rq = {ev->id, 0};
-    rc = fxc_call(op, &rq, sizeof(rq), NULL, 0, NULL, 0, NULL);
-    return rc == CUDA_ERROR_NOT_READY ? rc : fxc_sync_result(rc);
+    struct fxc_obj *ev;
+    CUresult rc = ready_obj(FXC_EVENT, e, &ev);
+    return rc != CUDA_SUCCESS ? rc : wait_call(op, ev->id);
 }
 
 FXC_EXPORT CUresult cuEventQuery(CUevent hEvent) {
