@@ -33,6 +33,13 @@ CUresult fxc_ready(void) {
     return fxc_initialized ? CUDA_SUCCESS : CUDA_ERROR_NOT_INITIALIZED;
 }
 
+CUresult fxc_ready_out(const void *out) {
+    CUresult rc = fxc_ready();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    return out == NULL ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+}
+
 static CUresult init_exchange(unsigned flags, int version_only) {
     CUresult rc = fxc_connect();
     if (rc != CUDA_SUCCESS)
@@ -163,21 +170,17 @@ FXC_EXPORT CUresult cuGetErrorString(CUresult error, const char **pStr) {
 /* ---- devices ------------------------------------------------------------------------------ */
 
 FXC_EXPORT CUresult cuDeviceGetCount(int *count) {
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(count);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (count == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     *count = fxc_device_count;
     return CUDA_SUCCESS;
 }
 
 FXC_EXPORT CUresult cuDeviceGet(CUdevice *device, int ordinal) {
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(device);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (device == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     if (!dev_ok(ordinal))
         return CUDA_ERROR_INVALID_DEVICE;
     *device = ordinal;

@@ -15,11 +15,9 @@ static CUresult ctx_of(CUcontext ctx, struct fxc_obj **out) {
 }
 
 FXC_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(pctx);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (pctx == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     if (dev < 0 || dev >= fxc_device_count)
         return CUDA_ERROR_INVALID_DEVICE;
     struct fx_rq_dev rq = {dev, 0};
@@ -66,11 +64,9 @@ FXC_EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags
 }
 
 static CUresult ctx_create(CUcontext *pctx, unsigned flags, CUdevice dev) {
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(pctx);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (pctx == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     if (dev < 0 || dev >= fxc_device_count)
         return CUDA_ERROR_INVALID_DEVICE;
     struct fxc_obj *o = fxc_obj_new(FXC_CTX);
@@ -139,11 +135,9 @@ FXC_EXPORT CUresult cuCtxSetCurrent(CUcontext ctx) {
 }
 
 FXC_EXPORT CUresult cuCtxGetCurrent(CUcontext *pctx) {
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(pctx);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (pctx == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     uint32_t id = fxc_ctx_current();
     *pctx = id ? (CUcontext)fxc_handle(FXC_CTX, id) : NULL;
     return CUDA_SUCCESS;
@@ -172,11 +166,9 @@ FXC_EXPORT CUresult cuCtxPopCurrent_v2(CUcontext *pctx) {
 }
 
 FXC_EXPORT CUresult cuCtxGetDevice(CUdevice *device) {
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(device);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (device == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     struct fxc_obj *o = fxc_obj_by_id(FXC_CTX, fxc_ctx_current());
     if (o == NULL)
         return CUDA_ERROR_INVALID_CONTEXT;
@@ -185,11 +177,9 @@ FXC_EXPORT CUresult cuCtxGetDevice(CUdevice *device) {
 }
 
 FXC_EXPORT CUresult cuCtxGetApiVersion(CUcontext ctx, unsigned int *version) {
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(version);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (version == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     uint32_t id = ctx == NULL ? fxc_ctx_current() : 0;
     struct fxc_obj *o = ctx == NULL ? fxc_obj_by_id(FXC_CTX, id) : fxc_obj_get(FXC_CTX, ctx);
     if (o == NULL)

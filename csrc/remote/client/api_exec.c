@@ -8,31 +8,99 @@
  */
 #include "client.h"
 
-/* ---- streams ------------------------------------------------------------------------------ */
+/* ---- creating and destroying, shared by streams and events --------------------------------- */
 
-static CUresult stream_create(CUstream *phStream, unsigned flags, int prio) {
+/* The checks of a stream or event creation, in the driver's order (not initialized, then a NULL
+ * out pointer or flags outside `allowed`, then no current context), and the new object of `kind`
+ * in the current context with `flags`. CUDA_SUCCESS with *po set, else the error to return. */
+static CUresult create_begin(enum fxc_kind kind, const void *out, unsigned flags, unsigned allowed,
+                             struct fxc_obj **po) {
     CUresult rc = fxc_ready();
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (phStream == NULL || (flags & ~1u) != 0)
+    if (out == NULL || (flags & ~allowed) != 0)
         return CUDA_ERROR_INVALID_VALUE;
     uint32_t ctx = fxc_ctx_current();
     if (ctx == 0 || fxc_obj_by_id(FXC_CTX, ctx) == NULL)
         return CUDA_ERROR_INVALID_CONTEXT;
-    struct fxc_obj *o = fxc_obj_new(FXC_STREAM);
+    struct fxc_obj *o = fxc_obj_new(kind);
     if (o == NULL)
         return CUDA_ERROR_OUT_OF_MEMORY;
     o->ctx = ctx;
     o->flags = flags;
+    *po = o;
+    return CUDA_SUCCESS;
+}
+
+/* Queues the creation request of o; drops o if that fails. Returns its handle (NULL: failed,
+ * *rc says why). */
+static void *create_end(enum fxc_kind kind, struct fxc_obj *o, uint16_t op, const void *rq,
+                        uint32_t rlen, CUresult *rc) {
+    *rc = fxc_batch(op, rq, rlen, NULL, 0);
+    if (*rc != CUDA_SUCCESS) {
+        fxc_obj_drop(kind, o->id);
+        return NULL;
+    }
+    return fxc_handle(kind, o->id);
+}
+
+/* fxc_ready(), then the live object of `kind` a handle names (CUDA_ERROR_INVALID_HANDLE if
+ * none). CUDA_SUCCESS with *po set, else the error to return. */
+static CUresult ready_obj(enum fxc_kind kind, const void *handle, struct fxc_obj **po) {
+    CUresult rc = fxc_ready();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    *po = fxc_obj_get(kind, handle);
+    return *po == NULL ? CUDA_ERROR_INVALID_HANDLE : CUDA_SUCCESS;
+}
+
+/* Asks the server to query or synchronize object `id`: NOT_READY as is, else the first error of
+ * queued work if this one succeeded. */
+static CUresult wait_call(uint16_t op, uint32_t id) {
+    struct fx_rq_id rq = {id, 0};
+    CUresult rc = fxc_call(op, &rq, sizeof(rq), NULL, 0, NULL, 0, NULL);
+    return rc == CUDA_ERROR_NOT_READY ? rc : fxc_sync_result(rc);
+}
+
+/* Destroys a live stream or event: queued, and forgotten here whatever the queue says. */
+static CUresult destroy(enum fxc_kind kind, uint16_t op, const void *handle) {
+    struct fxc_obj *o;
+    CUresult rc = ready_obj(kind, handle, &o);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    struct fx_rq_id rq = {o->id, 0};
+    rc = fxc_batch(op, &rq, sizeof(rq), NULL, 0);
+    fxc_obj_drop(kind, o->id);
+    return rc;
+}
+
+/* An event and a stream, queued: cuEventRecord* and cuStreamWaitEvent*. */
+static CUresult event_on_stream(uint16_t op, CUevent e, CUstream s, unsigned flags,
+                                int per_thread) {
+    uint32_t sid;
+    struct fxc_obj *ev;
+    CUresult rc = ready_obj(FXC_EVENT, e, &ev);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (fxc_stream_id(s, per_thread, &sid) != CUDA_SUCCESS)
+        return CUDA_ERROR_INVALID_HANDLE;
+    struct fx_rq_event rq = {ev->id, flags, sid, 0};
+    return fxc_batch(op, &rq, sizeof(rq), NULL, 0);
+}
+
+/* ---- streams ------------------------------------------------------------------------------ */
+
+static CUresult stream_create(CUstream *phStream, unsigned flags, int prio) {
+    struct fxc_obj *o;
+    CUresult rc = create_begin(FXC_STREAM, phStream, flags, 1u, &o);
+    if (rc != CUDA_SUCCESS)
+        return rc;
     o->prio = prio > 0 ? 0 : prio < -5 ? -5 : prio; /* clamped into the usual range, as NVIDIA's */
     struct fx_rq_stream rq = {o->id, flags, prio, 0};
-    rc = fxc_batch(FX_ROP_STREAM_CREATE, &rq, sizeof(rq), NULL, 0);
-    if (rc != CUDA_SUCCESS) {
-        fxc_obj_drop(FXC_STREAM, o->id);
-        return rc;
-    }
-    *phStream = fxc_handle(FXC_STREAM, o->id);
-    return CUDA_SUCCESS;
+    CUstream h = create_end(FXC_STREAM, o, FX_ROP_STREAM_CREATE, &rq, sizeof(rq), &rc);
+    if (h != NULL)
+        *phStream = h;
+    return rc;
 }
 
 FXC_EXPORT CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags) {
@@ -45,16 +113,7 @@ FXC_EXPORT CUresult cuStreamCreateWithPriority(CUstream *phStream, unsigned int 
 }
 
 FXC_EXPORT CUresult cuStreamDestroy_v2(CUstream hStream) {
-    CUresult rc = fxc_ready();
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    struct fxc_obj *o = fxc_obj_get(FXC_STREAM, hStream);
-    if (o == NULL)
-        return CUDA_ERROR_INVALID_HANDLE;
-    struct fx_rq_id rq = {o->id, 0};
-    rc = fxc_batch(FX_ROP_STREAM_DESTROY, &rq, sizeof(rq), NULL, 0);
-    fxc_obj_drop(FXC_STREAM, o->id);
-    return rc;
+    return destroy(FXC_STREAM, FX_ROP_STREAM_DESTROY, hStream);
 }
 
 static CUresult stream_wait_call(uint16_t op, CUstream s, int per_thread) {
@@ -64,9 +123,7 @@ static CUresult stream_wait_call(uint16_t op, CUstream s, int per_thread) {
         return rc;
     if ((rc = fxc_stream_id(s, per_thread, &sid)) != CUDA_SUCCESS)
         return rc;
-    struct fx_rq_id rq = {sid, 0};
-    rc = fxc_call(op, &rq, sizeof(rq), NULL, 0, NULL, 0, NULL);
-    return rc == CUDA_ERROR_NOT_READY ? rc : fxc_sync_result(rc);
+    return wait_call(op, sid);
 }
 
 FXC_EXPORT CUresult cuStreamSynchronize(CUstream hStream) {
@@ -82,23 +139,11 @@ FXC_EXPORT CUresult cuStreamQuery_ptsz(CUstream hStream) {
     return stream_wait_call(FX_ROP_STREAM_QUERY, hStream, 1);
 }
 
-static CUresult stream_wait_event(CUstream s, CUevent e, unsigned flags, int per_thread) {
-    uint32_t sid;
-    CUresult rc = fxc_ready();
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    struct fxc_obj *ev = fxc_obj_get(FXC_EVENT, e);
-    if (ev == NULL || (rc = fxc_stream_id(s, per_thread, &sid)) != CUDA_SUCCESS)
-        return CUDA_ERROR_INVALID_HANDLE;
-    struct fx_rq_event rq = {ev->id, flags, sid, 0};
-    return fxc_batch(FX_ROP_STREAM_WAIT_EVENT, &rq, sizeof(rq), NULL, 0);
-}
-
 FXC_EXPORT CUresult cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags) {
-    return stream_wait_event(hStream, hEvent, Flags, 0);
+    return event_on_stream(FX_ROP_STREAM_WAIT_EVENT, hEvent, hStream, Flags, 0);
 }
 FXC_EXPORT CUresult cuStreamWaitEvent_ptsz(CUstream hStream, CUevent hEvent, unsigned int Flags) {
-    return stream_wait_event(hStream, hEvent, Flags, 1);
+    return event_on_stream(FX_ROP_STREAM_WAIT_EVENT, hEvent, hStream, Flags, 1);
 }
 
 /* Priority, flags and context of a created stream are known here; the default streams have
@@ -163,52 +208,23 @@ FXC_EXPORT CUresult cuStreamGetCtx_ptsz(CUstream hStream, CUcontext *pctx) {
 /* ---- events ------------------------------------------------------------------------------- */
 
 FXC_EXPORT CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags) {
-    CUresult rc = fxc_ready();
+    struct fxc_obj *o;
+    CUresult rc = create_begin(FXC_EVENT, phEvent, Flags, 0xfu, &o);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (phEvent == NULL || (Flags & ~0xfu) != 0)
-        return CUDA_ERROR_INVALID_VALUE;
-    uint32_t ctx = fxc_ctx_current();
-    if (ctx == 0 || fxc_obj_by_id(FXC_CTX, ctx) == NULL)
-        return CUDA_ERROR_INVALID_CONTEXT;
-    struct fxc_obj *o = fxc_obj_new(FXC_EVENT);
-    if (o == NULL)
-        return CUDA_ERROR_OUT_OF_MEMORY;
-    o->ctx = ctx;
-    o->flags = Flags;
     struct fx_rq_event rq = {o->id, Flags, 0, 0};
-    rc = fxc_batch(FX_ROP_EVENT_CREATE, &rq, sizeof(rq), NULL, 0);
-    if (rc != CUDA_SUCCESS) {
-        fxc_obj_drop(FXC_EVENT, o->id);
-        return rc;
-    }
-    *phEvent = fxc_handle(FXC_EVENT, o->id);
-    return CUDA_SUCCESS;
-}
-
-FXC_EXPORT CUresult cuEventDestroy_v2(CUevent hEvent) {
-    CUresult rc = fxc_ready();
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    struct fxc_obj *o = fxc_obj_get(FXC_EVENT, hEvent);
-    if (o == NULL)
-        return CUDA_ERROR_INVALID_HANDLE;
-    struct fx_rq_id rq = {o->id, 0};
-    rc = fxc_batch(FX_ROP_EVENT_DESTROY, &rq, sizeof(rq), NULL, 0);
-    fxc_obj_drop(FXC_EVENT, o->id);
+    CUevent h = create_end(FXC_EVENT, o, FX_ROP_EVENT_CREATE, &rq, sizeof(rq), &rc);
+    if (h != NULL)
+        *phEvent = h;
     return rc;
 }
 
+FXC_EXPORT CUresult cuEventDestroy_v2(CUevent hEvent) {
+    return destroy(FXC_EVENT, FX_ROP_EVENT_DESTROY, hEvent);
+}
+
 static CUresult record(CUevent e, CUstream s, unsigned flags, int per_thread) {
-    uint32_t sid;
-    CUresult rc = fxc_ready();
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    struct fxc_obj *ev = fxc_obj_get(FXC_EVENT, e);
-    if (ev == NULL || (rc = fxc_stream_id(s, per_thread, &sid)) != CUDA_SUCCESS)
-        return CUDA_ERROR_INVALID_HANDLE;
-    struct fx_rq_event rq = {ev->id, flags, sid, 0};
-    return fxc_batch(FX_ROP_EVENT_RECORD, &rq, sizeof(rq), NULL, 0);
+    return event_on_stream(FX_ROP_EVENT_RECORD, e, s, flags, per_thread);
 }
 
 FXC_EXPORT CUresult cuEventRecord(CUevent hEvent, CUstream hStream) {
@@ -226,15 +242,9 @@ FXC_EXPORT CUresult cuEventRecordWithFlags_ptsz(CUevent hEvent, CUstream hStream
 }
 
 static CUresult event_call(uint16_t op, CUevent e) {
-    CUresult rc = fxc_ready();
-    if (rc != CUDA_SUCCESS)
-        return rc;
-    struct fxc_obj *ev = fxc_obj_get(FXC_EVENT, e);
-    if (ev == NULL)
-        return CUDA_ERROR_INVALID_HANDLE;
-    struct fx_rq_id rq = {ev->id, 0};
-    rc = fxc_call(op, &rq, sizeof(rq), NULL, 0, NULL, 0, NULL);
-    return rc == CUDA_ERROR_NOT_READY ? rc : fxc_sync_result(rc);
+    struct fxc_obj *ev;
+    CUresult rc = ready_obj(FXC_EVENT, e, &ev);
+    return rc != CUDA_SUCCESS ? rc : wait_call(op, ev->id);
 }
 
 FXC_EXPORT CUresult cuEventQuery(CUevent hEvent) {
@@ -246,11 +256,9 @@ FXC_EXPORT CUresult cuEventSynchronize(CUevent hEvent) {
 }
 
 static CUresult elapsed(float *ms, CUevent start, CUevent end) {
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(ms);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (ms == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     struct fxc_obj *a = fxc_obj_get(FXC_EVENT, start), *b = fxc_obj_get(FXC_EVENT, end);
     if (a == NULL || b == NULL)
         return CUDA_ERROR_INVALID_HANDLE;

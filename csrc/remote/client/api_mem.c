@@ -30,11 +30,9 @@ FXC_EXPORT CUresult cuMemGetInfo_v2(size_t *free_bytes, size_t *total_bytes) {
 
 FXC_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
     uint64_t p = 0;
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(dptr);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (dptr == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     struct fx_rq_mem rq = {.n = bytesize};
     rc = fxc_call(FX_ROP_MEM_ALLOC, &rq, sizeof(rq), NULL, 0, &p, sizeof(p), NULL);
     if (rc == CUDA_SUCCESS)
@@ -52,15 +50,33 @@ FXC_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr) {
 
 /* ---- copies ------------------------------------------------------------------------------- */
 
-static CUresult htod(CUdeviceptr dst, const void *src, size_t n, CUstream s, int async,
-                     int per_thread) {
-    uint32_t sid = 0;
+/* The checks every copy and memset starts with, in the driver's order: not initialized; for
+ * HtoD and DtoH (host_side), a NULL host buffer of a non-empty copy; for async calls, the stream.
+ * *sid: the stream's wire id (0 when not async). CUDA_SUCCESS, else the error to return. */
+static CUresult mem_begin(int host_side, const void *host, size_t n, CUstream s, int async,
+                          int per_thread, uint32_t *sid) {
     CUresult rc = fxc_ready();
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (src == NULL && n > 0)
+    if (host_side && host == NULL && n > 0)
         return CUDA_ERROR_INVALID_VALUE;
-    if (async && (rc = fxc_stream_id(s, per_thread, &sid)) != CUDA_SUCCESS)
+    if (async && (rc = fxc_stream_id(s, per_thread, sid)) != CUDA_SUCCESS)
+        return rc;
+    return CUDA_SUCCESS;
+}
+
+/* A DtoD copy or memset: queued when async, else sent and answered. */
+static CUresult mem_send(uint16_t op, uint16_t async_op, int async, const struct fx_rq_mem *rq) {
+    if (async)
+        return fxc_batch(async_op, rq, sizeof(*rq), NULL, 0);
+    return fxc_call(op, rq, sizeof(*rq), NULL, 0, NULL, 0, NULL);
+}
+
+static CUresult htod(CUdeviceptr dst, const void *src, size_t n, CUstream s, int async,
+                     int per_thread) {
+    uint32_t sid = 0;
+    CUresult rc = mem_begin(1, src, n, s, async, per_thread, &sid);
+    if (rc != CUDA_SUCCESS)
         return rc;
     size_t off = 0;
     do {
@@ -93,12 +109,8 @@ FXC_EXPORT CUresult cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dstDevice, const void 
 static CUresult dtoh(void *dst, CUdeviceptr src, size_t n, CUstream s, int async,
                      int per_thread) {
     uint32_t sid = 0;
-    CUresult rc = fxc_ready();
+    CUresult rc = mem_begin(1, dst, n, s, async, per_thread, &sid);
     if (rc != CUDA_SUCCESS)
-        return rc;
-    if (dst == NULL && n > 0)
-        return CUDA_ERROR_INVALID_VALUE;
-    if (async && (rc = fxc_stream_id(s, per_thread, &sid)) != CUDA_SUCCESS)
         return rc;
     struct fx_rq_mem rq = {.src = src, .n = n, .stream = sid,
                            .flags = async ? FX_RQ_MEM_ASYNC : 0};
@@ -122,15 +134,11 @@ FXC_EXPORT CUresult cuMemcpyDtoHAsync_v2_ptsz(void *dstHost, CUdeviceptr srcDevi
 static CUresult dtod(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s, int async,
                      int per_thread) {
     uint32_t sid = 0;
-    CUresult rc = fxc_ready();
+    CUresult rc = mem_begin(0, NULL, n, s, async, per_thread, &sid);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (async && (rc = fxc_stream_id(s, per_thread, &sid)) != CUDA_SUCCESS)
-        return rc;
     struct fx_rq_mem rq = {.dst = dst, .src = src, .n = n, .stream = sid};
-    if (async)
-        return fxc_batch(FX_ROP_MEM_DTOD_ASYNC, &rq, sizeof(rq), NULL, 0);
-    return fxc_call(FX_ROP_MEM_DTOD, &rq, sizeof(rq), NULL, 0, NULL, 0, NULL);
+    return mem_send(FX_ROP_MEM_DTOD, FX_ROP_MEM_DTOD_ASYNC, async, &rq);
 }
 
 FXC_EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice,
@@ -153,15 +161,11 @@ FXC_EXPORT CUresult cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dstDevice, CUdeviceptr
 static CUresult memset_any(CUdeviceptr dst, unsigned value, unsigned elem, size_t n, CUstream s,
                            int async, int per_thread) {
     uint32_t sid = 0;
-    CUresult rc = fxc_ready();
+    CUresult rc = mem_begin(0, NULL, n, s, async, per_thread, &sid);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (async && (rc = fxc_stream_id(s, per_thread, &sid)) != CUDA_SUCCESS)
-        return rc;
     struct fx_rq_mem rq = {.dst = dst, .n = n, .stream = sid, .value = value, .elem = elem};
-    if (async)
-        return fxc_batch(FX_ROP_MEMSET_ASYNC, &rq, sizeof(rq), NULL, 0);
-    return fxc_call(FX_ROP_MEMSET, &rq, sizeof(rq), NULL, 0, NULL, 0, NULL);
+    return mem_send(FX_ROP_MEMSET, FX_ROP_MEMSET_ASYNC, async, &rq);
 }
 
 FXC_EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
@@ -211,11 +215,9 @@ static unsigned attr_size(int attr) {
 FXC_EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute,
                                           CUdeviceptr ptr) {
     uint64_t v = 0;
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(data);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (data == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     if (attribute != 1 && attr_size(attribute) == 0)
         return CUDA_ERROR_NOT_SUPPORTED;
     struct fx_rq_mem rq = {.src = ptr, .value = (uint32_t)attribute};

@@ -241,11 +241,9 @@ FXC_EXPORT CUresult cuLibraryGetKernel(CUkernel *pKernel, CUlibrary library, con
 }
 
 FXC_EXPORT CUresult cuKernelGetFunction(CUfunction *pFunc, CUkernel kernel) {
-    CUresult rc = fxc_ready();
+    CUresult rc = fxc_ready_out(pFunc);
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (pFunc == NULL)
-        return CUDA_ERROR_INVALID_VALUE;
     struct fxc_obj *k = fxc_obj_get(FXC_KERNEL, kernel);
     if (k == NULL)
         return CUDA_ERROR_INVALID_HANDLE;

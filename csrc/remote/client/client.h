@@ -111,5 +111,7 @@ CUresult fxc_stream_id(CUstream s, int per_thread, uint32_t *id);
 /* ---- shared helpers of the entry points --------------------------------------------------- */
 /* cuInit done and connection up: CUDA_SUCCESS, else the error to return. */
 CUresult fxc_ready(void);
+/* fxc_ready(), then CUDA_ERROR_INVALID_VALUE if the call's out pointer is NULL (that order). */
+CUresult fxc_ready_out(const void *out);
 
 #endif

@@ -10,11 +10,25 @@
 
 #include "session.h"
 
+/* Whether `id` may name a new object of `kind`: in the client's range and not in use. Every
+ * creation checks this before calling the driver, and answers CUDA_ERROR_INVALID_VALUE if not. */
+static int id_free(enum fxs_kind kind, uint32_t id) {
+    return id >= FX_R_FIRST_ID && id < FX_R_MAX_IDS && fxs_get(kind, id) == NULL;
+}
+
+/* The live object of `kind` named `id`, forgotten here (NULL: none; the id is not touched). */
+static void *take(enum fxs_kind kind, uint32_t id) {
+    void *h = fxs_get(kind, id);
+    if (h != NULL)
+        fxs_del(kind, id);
+    return h;
+}
+
 /* ---- modules and libraries ---------------------------------------------------------------- */
 
 static CUresult load(enum fxs_kind kind, const uint8_t *p, uint32_t len) {
     FXS_TAKE(struct fx_rq_load, rq, p, len);
-    if (rq.id < FX_R_FIRST_ID || rq.id >= FX_R_MAX_IDS || fxs_get(kind, rq.id) != NULL)
+    if (!id_free(kind, rq.id))
         return CUDA_ERROR_INVALID_VALUE;
     const void *image = p + sizeof(rq); /* the payload buffer ends with a NUL (session.c) */
     void *h = NULL;
@@ -103,7 +117,7 @@ static CUresult get_named(enum fxs_kind kind, const uint8_t *p, uint32_t len, st
     void *ph = fxs_get(parent, rq.parent);
     if (ph == NULL)
         return CUDA_ERROR_INVALID_HANDLE;
-    if (rq.id < FX_R_FIRST_ID || rq.id >= FX_R_MAX_IDS || fxs_get(kind, rq.id) != NULL)
+    if (!id_free(kind, rq.id))
         return CUDA_ERROR_INVALID_VALUE;
     struct fxs_callable *c = calloc(1, sizeof(*c));
     if (c == NULL)
@@ -164,7 +178,7 @@ CUresult fxs_op_KERNEL_GET_FUNCTION(const uint8_t *p, uint32_t len, uint32_t mor
     uint32_t fid = (uint32_t)rq.arg0;
     if (k == NULL)
         return CUDA_ERROR_INVALID_HANDLE;
-    if (fid < FX_R_FIRST_ID || fid >= FX_R_MAX_IDS || fxs_get(FXS_FUNC, fid) != NULL)
+    if (!id_free(FXS_FUNC, fid))
         return CUDA_ERROR_INVALID_VALUE;
     struct fxs_callable *c = malloc(sizeof(*c));
     if (c == NULL)
@@ -290,7 +304,7 @@ CUresult fxs_op_LAUNCH(const uint8_t *p, uint32_t len, uint32_t more, struct fxs
 CUresult fxs_op_STREAM_CREATE(const uint8_t *p, uint32_t len, uint32_t more, struct fxs_out *out) {
     (void)more, (void)out;
     FXS_TAKE(struct fx_rq_stream, rq, p, len);
-    if (rq.id < FX_R_FIRST_ID || rq.id >= FX_R_MAX_IDS || fxs_get(FXS_STREAM, rq.id) != NULL)
+    if (!id_free(FXS_STREAM, rq.id))
         return CUDA_ERROR_INVALID_VALUE;
     CUstream s = NULL;
     CUresult rc = FXS_CALL(cuStreamCreateWithPriority, &s, rq.flags, rq.prio);
@@ -302,10 +316,9 @@ CUresult fxs_op_STREAM_CREATE(const uint8_t *p, uint32_t len, uint32_t more, str
 CUresult fxs_op_STREAM_DESTROY(const uint8_t *p, uint32_t len, uint32_t more, struct fxs_out *out) {
     (void)more, (void)out;
     FXS_TAKE(struct fx_rq_id, rq, p, len);
-    CUstream s = fxs_get(FXS_STREAM, rq.id);
+    CUstream s = take(FXS_STREAM, rq.id);
     if (s == NULL)
         return CUDA_ERROR_INVALID_HANDLE;
-    fxs_del(FXS_STREAM, rq.id);
     return FXS_CALL(cuStreamDestroy_v2, s);
 }
 
@@ -339,7 +352,7 @@ CUresult fxs_op_STREAM_WAIT_EVENT(const uint8_t *p, uint32_t len, uint32_t more,
 CUresult fxs_op_EVENT_CREATE(const uint8_t *p, uint32_t len, uint32_t more, struct fxs_out *out) {
     (void)more, (void)out;
     FXS_TAKE(struct fx_rq_event, rq, p, len);
-    if (rq.id < FX_R_FIRST_ID || rq.id >= FX_R_MAX_IDS || fxs_get(FXS_EVENT, rq.id) != NULL)
+    if (!id_free(FXS_EVENT, rq.id))
         return CUDA_ERROR_INVALID_VALUE;
     CUevent e = NULL;
     CUresult rc = FXS_CALL(cuEventCreate, &e, rq.flags);
@@ -351,10 +364,9 @@ CUresult fxs_op_EVENT_CREATE(const uint8_t *p, uint32_t len, uint32_t more, stru
 CUresult fxs_op_EVENT_DESTROY(const uint8_t *p, uint32_t len, uint32_t more, struct fxs_out *out) {
     (void)more, (void)out;
     FXS_TAKE(struct fx_rq_id, rq, p, len);
-    CUevent e = fxs_get(FXS_EVENT, rq.id);
+    CUevent e = take(FXS_EVENT, rq.id);
     if (e == NULL)
         return CUDA_ERROR_INVALID_HANDLE;
-    fxs_del(FXS_EVENT, rq.id);
     return FXS_CALL(cuEventDestroy_v2, e);
 }
 
